@@ -1,0 +1,377 @@
+// The bottom of a volume's stack: a sparse file in the data directory, or a file or block device
+// the operator named. Two modes:
+//  - buffered (default): writes land in the page cache and become durable on flush/FUA through
+//    fdatasync. Reads and writes are synchronous syscalls (page-cache hits cost microseconds,
+//    far less than a trip through a thread pool); fdatasync runs on the thread pool because it can
+//    take milliseconds and must not stall the event loop.
+//  - direct: O_DIRECT with 4 KiB-aligned buffers; IO runs on the thread pool so many requests are
+//    at the disk at once. Unaligned requests go through a bounce buffer with read-modify-write
+//    under a range lock. FUA uses a second descriptor opened O_DSYNC.
+// Holes: TRIM punches them, WRITE_ZEROES punches them unless NO_HOLE asks to keep the allocation,
+// and extents() finds them with SEEK_DATA/SEEK_HOLE, so thin volumes stay thin.
+import fs from "node:fs";
+import { ptr } from "bun:ffi";
+import { assert } from "../../common/assert.ts";
+import { BlockError, blockErrorFromSystem } from "../../common/errors.ts";
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  POSIX_FADV_WILLNEED,
+  SEEK_DATA,
+  SEEK_HOLE,
+  blockDeviceDiscard,
+  blockDeviceLogicalSectorBytes,
+  blockDeviceSizeBytes,
+  blockDeviceZeroOut,
+  fadvise,
+  fallocate,
+  lseek,
+} from "../../common/libc.ts";
+import { directIoAlignmentBytes, directIoBounceBytesMax } from "../../constants.ts";
+import type { BlockCapabilities, BlockLayer, Extent, WriteFlags, ZeroFlags } from "./layer.ts";
+import { RangeLock } from "./range-lock.ts";
+
+export interface FileLayerOptions {
+  path: string;
+  /** O_DIRECT with aligned buffers instead of the page cache. */
+  direct?: boolean;
+  readOnly?: boolean;
+}
+
+/** Zero-filled chunk used when a layer must write zeroes because it cannot punch or zero a range. */
+const zeroChunkBytes = 1024 * 1024;
+
+/** A buffer whose address is a multiple of `alignment`; the parent array stays referenced by the view. */
+export function alignedBuffer(bytes: number, alignment = directIoAlignmentBytes): Uint8Array {
+  const raw = new Uint8Array(bytes + alignment);
+  const skew = (alignment - (ptr(raw) % alignment)) % alignment;
+  return raw.subarray(skew, skew + bytes);
+}
+
+function isAligned(buffer: Uint8Array, offset: number, alignment: number): boolean {
+  return offset % alignment === 0 && buffer.length % alignment === 0 && (buffer.length === 0 || ptr(buffer) % alignment === 0);
+}
+
+function promisify(run: (done: (error: NodeJS.ErrnoException | null) => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => run((error) => (error ? reject(error) : resolve())));
+}
+
+export class FileLayer implements BlockLayer {
+  readonly kind = "file";
+  private readonly rangeLock = new RangeLock();
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    /** O_DSYNC descriptor for FUA writes in direct mode. */
+    private readonly syncFd: number | undefined,
+    private sizeBytes: number,
+    readonly isBlockDevice: boolean,
+    readonly direct: boolean,
+    readonly readOnly: boolean,
+    private readonly alignment: number,
+  ) {}
+
+  /** Create a sparse backing file of `sizeBytes`; refuses to overwrite an existing file. */
+  static createSparse(path: string, sizeBytes: number): void {
+    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    try {
+      fs.ftruncateSync(fd, sizeBytes);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  static open(options: FileLayerOptions): FileLayer {
+    const direct = options.direct === true;
+    const readOnly = options.readOnly === true;
+    const stat = fs.statSync(options.path);
+    const isBlockDevice = stat.isBlockDevice();
+    if (!isBlockDevice && !stat.isFile()) throw new BlockError("EINVAL", `${options.path} is neither a regular file nor a block device`);
+    let flags = readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+    if (direct) flags |= fs.constants.O_DIRECT;
+    // O_EXCL on a block device refuses a device that is mounted or held by another program.
+    if (isBlockDevice) flags |= fs.constants.O_EXCL;
+    const fd = fs.openSync(options.path, flags);
+    let syncFd: number | undefined;
+    try {
+      const sizeBytes = isBlockDevice ? blockDeviceSizeBytes(fd) : fs.fstatSync(fd).size;
+      const alignment = direct ? Math.max(directIoAlignmentBytes, isBlockDevice ? blockDeviceLogicalSectorBytes(fd) : 0) : 512;
+      if (direct && !readOnly) syncFd = fs.openSync(options.path, fs.constants.O_RDWR | fs.constants.O_DIRECT | fs.constants.O_DSYNC);
+      return new FileLayer(options.path, fd, syncFd, sizeBytes, isBlockDevice, direct, readOnly, alignment);
+    } catch (error) {
+      fs.closeSync(fd);
+      if (syncFd !== undefined) fs.closeSync(syncFd);
+      throw error;
+    }
+  }
+
+  size(): number {
+    return this.sizeBytes;
+  }
+
+  capabilities(): BlockCapabilities {
+    return {
+      readOnly: this.readOnly,
+      flush: true,
+      fua: true,
+      trim: !this.readOnly,
+      zero: !this.readOnly,
+      fastZero: !this.readOnly,
+      extents: !this.isBlockDevice,
+      multiConn: true,
+      cache: true,
+      alignmentBytes: this.direct ? this.alignment : 4096,
+    };
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new BlockError("ESHUTDOWN", `${this.path} is closed`);
+  }
+
+  private checkWritable(): void {
+    this.checkOpen();
+    if (this.readOnly) throw new BlockError("EPERM", `${this.path} is read-only`);
+  }
+
+  async read(offset: number, target: Uint8Array): Promise<void> {
+    this.checkOpen();
+    try {
+      if (!this.direct) return this.readSyncAll(this.fd, target, offset);
+      if (isAligned(target, offset, this.alignment)) return await this.readAsyncAll(this.fd, target, offset);
+      const start = offset - (offset % this.alignment);
+      const end = roundUp(offset + target.length, this.alignment);
+      const bounce = this.bounce(end - start);
+      await this.readAsyncAll(this.fd, bounce, start);
+      target.set(bounce.subarray(offset - start, offset - start + target.length));
+    } catch (error) {
+      throw blockErrorFromSystem(error, `read ${this.path} at ${offset}+${target.length}`);
+    }
+  }
+
+  async write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+    this.checkWritable();
+    const fua = flags?.fua === true;
+    try {
+      if (!this.direct) {
+        this.writeSyncAll(this.fd, source, offset);
+        if (fua) await this.datasync();
+        return;
+      }
+      const fd = fua ? this.syncFd! : this.fd;
+      const start = offset - (offset % this.alignment);
+      const end = roundUp(offset + source.length, this.alignment);
+      const release = await this.rangeLock.acquire(start, end);
+      try {
+        if (isAligned(source, offset, this.alignment)) return await this.writeAsyncAll(fd, source, offset);
+        const bounce = this.bounce(end - start);
+        // Read the partial head and tail blocks, then lay the new bytes over them.
+        if (start !== offset) await this.readAsyncAll(this.fd, bounce.subarray(0, this.alignment), start);
+        if (end !== offset + source.length && end - this.alignment >= start + (start !== offset ? this.alignment : 0)) {
+          await this.readAsyncAll(this.fd, bounce.subarray(bounce.length - this.alignment), end - this.alignment);
+        }
+        bounce.set(source, offset - start);
+        await this.writeAsyncAll(fd, bounce, start);
+      } finally {
+        release();
+      }
+    } catch (error) {
+      throw blockErrorFromSystem(error, `write ${this.path} at ${offset}+${source.length}`);
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.checkOpen();
+    try {
+      await this.datasync();
+    } catch (error) {
+      throw blockErrorFromSystem(error, `flush ${this.path}`);
+    }
+  }
+
+  async trim(offset: number, length: number, flags?: WriteFlags): Promise<void> {
+    this.checkWritable();
+    if (length === 0) return;
+    try {
+      if (this.isBlockDevice) blockDeviceDiscard(this.fd, offset, length);
+      else fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    } catch (error) {
+      // TRIM is advisory: a filesystem or device that cannot discard simply keeps the data.
+      const code = (error as { code?: string }).code;
+      if (code !== "EOPNOTSUPP" && code !== "ENOTTY") throw blockErrorFromSystem(error, `trim ${this.path}`);
+    }
+    if (flags?.fua) await this.flush();
+  }
+
+  async zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
+    this.checkWritable();
+    if (length === 0) return;
+    const release = this.direct ? await this.rangeLock.acquire(offset - (offset % this.alignment), roundUp(offset + length, this.alignment)) : undefined;
+    try {
+      if (this.zeroInPlace(offset, length, flags?.noHole === true)) {
+        if (flags?.fua) await this.datasync();
+        return;
+      }
+      if (flags?.fastZero) throw new BlockError("ENOTSUP", `${this.path} cannot zero quickly`);
+      await this.writeZeroes(offset, length);
+      if (flags?.fua) await this.datasync();
+    } catch (error) {
+      throw blockErrorFromSystem(error, `zero ${this.path} at ${offset}+${length}`);
+    } finally {
+      release?.();
+    }
+  }
+
+  /** Zero without moving data; false when neither the filesystem nor the device can. */
+  private zeroInPlace(offset: number, length: number, keepAllocated: boolean): boolean {
+    const modes = this.isBlockDevice
+      ? [FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE]
+      : keepAllocated
+        ? [FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE]
+        : [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE];
+    for (const mode of modes) {
+      try {
+        fallocate(this.fd, mode, offset, length);
+        return true;
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (code !== "EOPNOTSUPP" && code !== "ENOSYS" && code !== "EINVAL") throw error;
+      }
+    }
+    if (this.isBlockDevice) {
+      try {
+        blockDeviceZeroOut(this.fd, offset, length);
+        return true;
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (code !== "EOPNOTSUPP" && code !== "ENOTTY") throw error;
+      }
+    }
+    return false;
+  }
+
+  private async writeZeroes(offset: number, length: number): Promise<void> {
+    const chunk = alignedBuffer(Math.min(zeroChunkBytes, roundUp(length, this.alignment)));
+    for (let done = 0; done < length; ) {
+      const bytes = Math.min(chunk.length, length - done);
+      if (this.direct && (offset + done) % this.alignment === 0 && bytes % this.alignment === 0) {
+        await this.writeAsyncAll(this.fd, chunk.subarray(0, bytes), offset + done);
+      } else {
+        this.writeSyncAll(this.fd, chunk.subarray(0, bytes), offset + done);
+      }
+      done += bytes;
+    }
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    this.checkOpen();
+    try {
+      fadvise(this.fd, offset, length, POSIX_FADV_WILLNEED);
+    } catch (error) {
+      throw blockErrorFromSystem(error, `cache ${this.path}`);
+    }
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.checkOpen();
+    const end = Math.min(offset + length, this.sizeBytes);
+    if (this.isBlockDevice || offset >= end) return [{ offset, length: Math.max(end - offset, 0), hole: false, zero: false }];
+    const extents: Extent[] = [];
+    try {
+      let position = offset;
+      while (position < end) {
+        const dataStart = lseek(this.fd, position, SEEK_DATA);
+        if (dataStart < 0 || dataStart >= end) {
+          extents.push({ offset: position, length: end - position, hole: true, zero: true });
+          break;
+        }
+        if (dataStart > position) extents.push({ offset: position, length: dataStart - position, hole: true, zero: true });
+        const holeStart = lseek(this.fd, dataStart, SEEK_HOLE);
+        const dataEnd = Math.min(holeStart < 0 ? end : holeStart, end);
+        extents.push({ offset: dataStart, length: dataEnd - dataStart, hole: false, zero: false });
+        position = dataEnd;
+      }
+    } catch (error) {
+      throw blockErrorFromSystem(error, `extents ${this.path}`);
+    }
+    return extents;
+  }
+
+  async resize(sizeBytes: number): Promise<void> {
+    this.checkWritable();
+    try {
+      if (this.isBlockDevice) {
+        const deviceBytes = blockDeviceSizeBytes(this.fd);
+        if (sizeBytes > deviceBytes) throw new BlockError("ENOSPC", `${this.path} holds ${deviceBytes} bytes; grow the device first`);
+      } else {
+        fs.ftruncateSync(this.fd, sizeBytes);
+        await this.datasync();
+      }
+      this.sizeBytes = sizeBytes;
+    } catch (error) {
+      throw blockErrorFromSystem(error, `resize ${this.path}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.readOnly) await this.datasync().catch(() => {});
+    fs.closeSync(this.fd);
+    if (this.syncFd !== undefined) fs.closeSync(this.syncFd);
+  }
+
+  private datasync(): Promise<void> {
+    return promisify((done) => fs.fdatasync(this.fd, done));
+  }
+
+  private bounce(bytes: number): Uint8Array {
+    assert(bytes <= directIoBounceBytesMax, "request larger than the bounce buffer bound");
+    return alignedBuffer(bytes, this.alignment);
+  }
+
+  private readSyncAll(fd: number, target: Uint8Array, offset: number): void {
+    let done = 0;
+    while (done < target.length) {
+      const bytes = fs.readSync(fd, target, done, target.length - done, offset + done);
+      if (bytes === 0) {
+        // Past the end of a file that shrank under us (or a device): the layer's size says the
+        // range exists, so this is the medium failing, not a client error.
+        throw new BlockError("EIO", `short read at ${offset + done}`);
+      }
+      done += bytes;
+    }
+  }
+
+  private writeSyncAll(fd: number, source: Uint8Array, offset: number): void {
+    let done = 0;
+    while (done < source.length) done += fs.writeSync(fd, source, done, source.length - done, offset + done);
+  }
+
+  private async readAsyncAll(fd: number, target: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < target.length) {
+      const bytes = await new Promise<number>((resolve, reject) =>
+        fs.read(fd, target, done, target.length - done, offset + done, (error, count) => (error ? reject(error) : resolve(count))),
+      );
+      if (bytes === 0) throw new BlockError("EIO", `short read at ${offset + done}`);
+      done += bytes;
+    }
+  }
+
+  private async writeAsyncAll(fd: number, source: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < source.length) {
+      done += await new Promise<number>((resolve, reject) =>
+        fs.write(fd, source, done, source.length - done, offset + done, (error, count) => (error ? reject(error) : resolve(count))),
+      );
+    }
+  }
+}
+
+function roundUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
