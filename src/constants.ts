@@ -62,13 +62,42 @@ export const eventLogEntriesMax = 100_000;
 /** On SIGTERM, in-flight IO gets this long to drain before the daemon exits anyway. */
 export const shutdownDrainTimeoutMs = 20_000;
 
+// ---- vhost-user-blk (src/node/export/vhost) ----
+/** Virtqueues one vhost-user-blk export may offer (VHOST_USER_GET_QUEUE_NUM, virtio-blk num_queues). */
+export const vhostQueuesMax = 16;
+/** Largest split virtqueue we accept (QEMU's VIRTQUEUE_MAX_SIZE); sizes are powers of two. */
+export const vhostQueueSizeMax = 1024;
+/** Largest vhost-user message payload we read (SET_MEM_TABLE with 8 regions is 264 bytes). */
+export const vhostMessagePayloadBytesMax = 4096;
+/** File descriptors accepted with one vhost-user message (SET_MEM_TABLE carries one per region). */
+export const vhostMessageFdsMax = 8;
+/** Guest memory regions in one SET_MEM_TABLE (VHOST_MEMORY_BASELINE_NREGIONS). */
+export const vhostMemoryRegionsMax = 8;
+/** Device config space bytes in one GET_CONFIG / SET_CONFIG (VHOST_USER_MAX_CONFIG_SIZE). */
+export const vhostConfigBytesMax = 256;
+/** Data segments in one virtio-blk request, advertised as seg_max. */
+export const vhostSegmentsPerRequestMax = 254;
+/** Entries in one indirect descriptor table. */
+export const vhostIndirectDescriptorsMax = 1024;
+/** Ranges in one DISCARD / WRITE_ZEROES request (max_discard_seg, max_write_zeroes_seg). */
+export const vhostDiscardSegmentsMax = 32;
+/** GET_VRING_BASE (the front-end stopping a queue) waits this long for the queue's requests in flight;
+ * requests still running after it are left in the in-flight region to be resubmitted on restart. */
+export const vhostStopDrainTimeoutMs = 10_000;
+
 // ---- Relations asserted at load ----
 assert(volumeSizeBytesMin >= requestBytesMax / 32, "smallest volume must hold a useful request");
-assert(volumeSizeBytesMax <= Number.MAX_SAFE_INTEGER / 1024, "volume offsets must stay exact in a double");
+assert(volumeSizeBytesMax <= Number.MAX_SAFE_INTEGER / 16, "volume offsets (and offset + length sums) must stay exact in a double");
 assert(volumeSizeAlignmentBytes % directIoAlignmentBytes === 0, "volume sizes must be O_DIRECT aligned");
 assert(requestBytesMax % directIoAlignmentBytes === 0, "largest request must be O_DIRECT aligned");
 assert(requestBytesMinimum <= requestBytesPreferred && requestBytesPreferred <= requestBytesMax, "block size constraints ordered");
 assert(requestBytesInFlightPerConnectionMax >= requestBytesMax, "one maximal write must fit in flight");
 assert(directIoBounceBytesMax >= requestBytesMax, "one maximal request must fit a bounce buffer");
+assert(vhostSegmentsPerRequestMax + 2 <= vhostIndirectDescriptorsMax, "a request with seg_max segments, its header and status fits one indirect table");
+assert((vhostQueueSizeMax & (vhostQueueSizeMax - 1)) === 0 && vhostQueueSizeMax <= 32768, "virtqueue sizes are powers of two up to 32768");
+assert(vhostMessagePayloadBytesMax >= 8 + 32 * vhostMemoryRegionsMax && vhostMessagePayloadBytesMax >= 12 + vhostConfigBytesMax, "every vhost-user message fits the payload bound");
+assert(vhostMessageFdsMax >= vhostMemoryRegionsMax, "SET_MEM_TABLE passes one descriptor per region");
+assert(vhostDiscardSegmentsMax * 16 <= requestBytesMax, "a DISCARD request's ranges fit one request");
+assert(vhostQueuesMax >= 1 && vhostQueuesMax <= 256, "vring indexes in vhost-user messages are 8 bits");
 
 export const units = { KiB, MiB, GiB, TiB } as const;
