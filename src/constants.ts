@@ -51,6 +51,8 @@ export const nbdOptionsPerNegotiationMax = 1024;
 export const nbdHandshakeTimeoutMs = 30_000;
 /** Extents returned in one BLOCK_STATUS reply. */
 export const nbdBlockStatusExtentsMax = 4096;
+/** After a graceful close (DISC, ABORT, drain) the last replies get this long to leave before the socket is cut. */
+export const nbdCloseLingerMs = 5_000;
 
 // ---- Control API (src/node/control) ----
 /** Largest request body the control API reads. */
