@@ -86,6 +86,89 @@ export const vhostDiscardSegmentsMax = 32;
 /** GET_VRING_BASE (the front-end stopping a queue) waits this long for the queue's requests in flight;
  * requests still running after it are left in the in-flight region to be resubmitted on restart. */
 export const vhostStopDrainTimeoutMs = 10_000;
+/** Descriptors (listening sockets, sessions, kick eventfds) one process watches for vhost-user exports. */
+export const vhostWatchedDescriptorsMax = 4096;
+
+// ---- Replication (src/replica) ----
+// Times are in milliseconds here; the replica cores count ticks (replicaTickMs each) and convert once,
+// in src/replica/config.ts, so the simulator can run the same cores with shorter timings.
+/** Period at which the driver ticks the replica cores: the resolution of every replication timeout. */
+export const replicaTickMs = 10;
+/** A Ping goes out when nothing else was sent for this long, so an idle link still proves it is alive. */
+export const replicaKeepaliveIntervalMs = 500;
+/** No byte from the peer for this long and the link is declared lost (DESIGN.md §5 linkTimeout). */
+export const replicaLinkTimeoutMs = 1_500;
+/** A connection that has not authenticated in this time is closed. */
+export const replicaHandshakeTimeoutMs = 5_000;
+/** First and largest delay before redialling the peer after a lost or refused link (doubling, jittered). */
+export const replicaReconnectDelayMsMin = 100;
+export const replicaReconnectDelayMsMax = 5_000;
+/** Connections still in their handshake at once; more are refused (stops connection floods). */
+export const replicaPendingConnectionsMax = 4;
+/** Pairing secret length bounds. */
+export const replicaSecretBytesMin = 16;
+export const replicaSecretBytesMax = 1024;
+/** Fresh challenge bytes each side sends in its Hello. */
+export const replicaNonceBytes = 32;
+/** Node names in the Hello (UTF-8 bytes). */
+export const replicaNodeIdBytesMax = 64;
+/** Largest chunk a resync or verify moves in one message. */
+export const replicaResyncChunkBytesMax = 1 * MiB;
+/** Largest frame on the replication link: one maximal write or read reply plus its fields. */
+export const replicaFrameBytesMax = requestBytesMax + 64 * KiB;
+/** Dirty-bitmap runs in one BitmapRuns / ResyncProgress message. */
+export const replicaBitmapRunsPerMessageMax = 4096;
+/** Mirrored operations (writes, trims, zeroes) in flight per volume; more wait in the volume's queue. */
+export const replicaWritesInFlightPerVolumeMax = 256;
+/** Client operations queued behind conflicts, the activity log or a negotiation, per volume. */
+export const replicaQueuedOperationsPerVolumeMax = 4096;
+/** Bytes of one bitmap bit (a "granule"): chosen per volume inside these bounds at format time. */
+export const replicaBitmapGranuleBytesMin = 4 * KiB;
+export const replicaBitmapGranuleBytesMax = 64 * KiB;
+/** Memory the dirty bitmap of a 1 TiB volume may use (DESIGN.md §3). */
+export const replicaBitmapBytesPerTiBMax = 32 * MiB;
+/** Size of one activity-log extent: a write into a cold extent first persists an AL transaction. */
+export const replicaActivityLogExtentBytes = 4 * MiB;
+/** Hot extents the activity log holds (bounds the resync after a primary crash: 256 x 4 MiB = 1 GiB). */
+export const replicaActivityLogExtentsMax = 256;
+/** Generation identifiers kept as history besides the current one and the bitmap base. */
+export const replicaGenerationHistoryLength = 4;
+/** Resync chunks in flight at once (the window), when no client IO competes. */
+export const replicaResyncWindowChunks = 8;
+/** Default resync rate ceiling; client IO also shrinks the window to one chunk while it is busy. */
+export const replicaResyncRateBytesPerSecondDefault = 200 * MiB;
+/** Chunks between resync checkpoints (target flush, bits cleared on both sides, progress persisted). */
+export const replicaResyncCheckpointChunks = 64;
+/** After a failed resync or verify chunk, wait this long before trying it again. */
+export const replicaResyncRetryDelayMs = 1_000;
+/** Extent compared by one CRC32C during online verify. */
+export const replicaVerifyExtentBytes = 1 * MiB;
+/** Differing extents a verify run lists in its report (it still counts the rest). */
+export const replicaVerifyMismatchesReportedMax = 1024;
+/** Granules written to the peer but not yet confirmed durable there before a barrier flush is forced. */
+export const replicaTransferLogGranulesMax = 65_536;
+/** A barrier flush to the peer goes out at least this often while unconfirmed writes exist. */
+export const replicaBarrierIntervalMs = 1_000;
+/** Dirty bitmap pages are written back at least this often. */
+export const replicaBitmapWritebackIntervalMs = 5_000;
+/** Window over which the resync rate (and so the ETA) is measured. */
+export const replicaRateWindowMs = 10_000;
+
+assert(replicaKeepaliveIntervalMs * 2 <= replicaLinkTimeoutMs, "two keepalives fit in the link timeout, so one lost Ping never cuts the link");
+assert(replicaTickMs * 10 <= replicaKeepaliveIntervalMs, "ticks are fine enough to time keepalives");
+assert(replicaReconnectDelayMsMin <= replicaReconnectDelayMsMax, "reconnect delays ordered");
+assert(replicaSecretBytesMin >= 16 && replicaSecretBytesMin <= replicaSecretBytesMax, "pairing secrets carry at least 128 bits");
+assert(replicaFrameBytesMax >= requestBytesMax + 4 * KiB && replicaFrameBytesMax >= replicaResyncChunkBytesMax + 4 * KiB, "one maximal request or chunk plus its fields fits a frame");
+assert(replicaBitmapRunsPerMessageMax * 16 + 64 <= replicaFrameBytesMax, "a full BitmapRuns message fits a frame");
+assert(replicaBitmapGranuleBytesMin >= volumeSizeAlignmentBytes && replicaBitmapGranuleBytesMin <= replicaBitmapGranuleBytesMax, "granules ordered and aligned");
+assert(TiB / replicaBitmapGranuleBytesMin / 8 <= replicaBitmapBytesPerTiBMax, "the finest granule keeps a 1 TiB bitmap within its memory bound");
+assert(volumeSizeBytesMax / replicaBitmapGranuleBytesMax <= 2 ** 32, "bit indexes of the largest volume fit 32 bits");
+assert(replicaActivityLogExtentBytes % replicaBitmapGranuleBytesMax === 0, "activity-log extents hold whole granules");
+assert(replicaActivityLogExtentsMax * 4 + 64 <= 4 * KiB, "one activity-log transaction fits one 4 KiB metadata slot");
+assert(replicaResyncChunkBytesMax % replicaBitmapGranuleBytesMax === 0, "resync chunks hold whole granules");
+assert(replicaVerifyExtentBytes <= replicaResyncChunkBytesMax, "a verify extent can be repaired with one chunk");
+assert(replicaWritesInFlightPerVolumeMax >= requestsInFlightPerConnectionMax, "one connection's queue depth can be mirrored without queueing");
+assert(replicaBarrierIntervalMs < replicaBitmapWritebackIntervalMs, "barriers keep the transfer log short between bitmap writebacks");
 
 // ---- Relations asserted at load ----
 assert(volumeSizeBytesMin >= requestBytesMax / 32, "smallest volume must hold a useful request");

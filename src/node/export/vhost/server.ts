@@ -1,0 +1,149 @@
+// A vhost-user-blk export: a unix socket that QEMU (`-chardev socket,path=...` with
+// `-device vhost-user-blk-pci`) connects to, serving one volume to one front-end at a time. The
+// session does the protocol (session.ts); this module owns the listening socket and the rule that
+// sessions on one export never overlap: a new connection is accepted only once the previous
+// session has released everything, so requests the previous session still had running can never
+// race the resubmitted ones. With `reconnect=N` on the chardev, QEMU comes back after a daemon
+// restart or a session we ended, and the guest carries on.
+import fs from "node:fs";
+import { closeFd, peerProcessId, unixAccept, unixConnect, unixListen } from "../../../common/ffi-socket.ts";
+import { TandemError } from "../../../common/errors.ts";
+import type { Logger } from "../../../common/log.ts";
+import { vhostQueuesMax } from "../../../constants.ts";
+import type { ExportResolver, ExportSessionInfo } from "../types.ts";
+import { Poller, type Watch } from "./poller.ts";
+import { VhostSession } from "./session.ts";
+
+export interface VhostExportOptions {
+  socketPath: string; // unix socket QEMU connects to (we listen; QEMU is the client)
+  volume: string; // volume name, opened through `exports`
+  exports: ExportResolver; // src/node/export/types.ts
+  queues: number; // number of virtqueues offered (1..limit in src/constants.ts)
+  log: Logger; // src/common/log.ts
+}
+
+export interface VhostExport {
+  readonly socketPath: string;
+  sessions(): ExportSessionInfo[];
+  /** Stop: finish requests in flight (drain) or not, close the session and the listening socket. */
+  close(options?: { drain?: boolean }): Promise<void>;
+}
+
+const listenBacklog = 4;
+
+/**
+ * Make `path` free for a new listening socket: a socket left behind by a process that died (nobody
+ * accepts on it) is removed; one that somebody still serves, or anything that is not a socket, is
+ * an error.
+ */
+function claimSocketPath(path: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(path);
+  } catch (error) {
+    if ((error as { code?: string }).code === "ENOENT") return;
+    throw error;
+  }
+  if (!stat.isSocket()) throw new TandemError("already_exists", `${path} exists and is not a socket`);
+  try {
+    const fd = unixConnect(path);
+    closeFd(fd);
+    throw new TandemError("in_use", `${path} is being served by another process`);
+  } catch (error) {
+    if (error instanceof TandemError) throw error;
+    const code = (error as { code?: string }).code;
+    // EAGAIN: a live listener with a full backlog.
+    if (code === "EAGAIN") throw new TandemError("in_use", `${path} is being served by another process`);
+    // ECONNREFUSED (or anything else): nobody listens; the socket file is stale.
+  }
+  fs.unlinkSync(path);
+}
+
+export async function startVhostExport(options: VhostExportOptions): Promise<VhostExport> {
+  const { socketPath, volume, exports, queues } = options;
+  if (!Number.isInteger(queues) || queues < 1 || queues > vhostQueuesMax) {
+    throw new TandemError("invalid_argument", `queues must be 1..${vhostQueuesMax}, not ${queues}`);
+  }
+  const log = options.log.child("vhost", { volume, socket: socketPath });
+  claimSocketPath(socketPath);
+  const listenFd = unixListen(socketPath, listenBacklog);
+  const listenStat = fs.statSync(socketPath);
+  const poller = Poller.acquire();
+  let session: VhostSession | undefined;
+  let closing: Promise<void> | undefined;
+  let listenWatch: Watch | undefined;
+
+  const acceptAll = (): void => {
+    while (!closing) {
+      // A session still releasing (IO settling) keeps new connections waiting in the backlog.
+      if (session?.ended) return;
+      let fd: number | undefined;
+      try {
+        fd = unixAccept(listenFd);
+      } catch (error) {
+        log.warn("accept failed", { error });
+        return;
+      }
+      if (fd === undefined) return;
+      const pid = peerProcessId(fd);
+      const client = pid === undefined ? "unknown process" : `pid ${pid}`;
+      if (session) {
+        log.warn("connection refused: the export already has a front-end", { client, current: session.info().client });
+        closeFd(fd);
+        continue;
+      }
+      let handle;
+      try {
+        handle = exports.open(volume, client);
+      } catch (error) {
+        log.warn("connection refused: volume cannot be opened", { client, error });
+        closeFd(fd);
+        continue;
+      }
+      if (!handle) {
+        log.warn("connection refused: no such volume on this node", { client });
+        closeFd(fd);
+        continue;
+      }
+      session = new VhostSession({
+        fd,
+        client,
+        volume,
+        handle,
+        queues,
+        log,
+        poller,
+        onClosed: (closed) => {
+          if (session === closed) session = undefined;
+          if (!closing) acceptAll();
+        },
+      });
+    }
+  };
+
+  listenWatch = poller.watch(listenFd, acceptAll);
+  log.info("vhost-user-blk export listening", { queues });
+  acceptAll();
+
+  return {
+    socketPath,
+    sessions: () => (session ? [session.info()] : []),
+    close: (closeOptions) => {
+      closing ??= (async () => {
+        listenWatch?.cancel();
+        closeFd(listenFd);
+        // Remove the socket file only if it is still the one we created.
+        try {
+          const stat = fs.lstatSync(socketPath);
+          if (stat.ino === listenStat.ino && stat.dev === listenStat.dev) fs.unlinkSync(socketPath);
+        } catch {
+          // Already gone.
+        }
+        if (session) await session.end("export closed", "info", closeOptions?.drain ?? true);
+        await poller.release();
+        log.info("vhost-user-blk export closed");
+      })();
+      return closing;
+    },
+  };
+}
