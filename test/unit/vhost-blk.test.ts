@@ -118,7 +118,7 @@ describe("decode", () => {
     test(`rejected: ${name}`, () => {
       const request = decodeBlkRequest(build(), { ...limits, ...override });
       expect(request.kind).toBe("reject");
-      if (request.kind === "reject") expect(request.code).toBe(code);
+      if (request.kind === "reject") expect(request.code as BlkStatus).toBe(code);
     });
   }
 
