@@ -9,6 +9,7 @@
 // allocate the header and the data area in one buffer, so a read lands straight in the reply.
 // The client-side halves (option requests, requests, reply decoding) serve the tests and any
 // client we write; they follow the same rules.
+import { assert } from "../../../common/assert.ts";
 import {
   NBD_MAGIC,
   NBD_OPTION_MAGIC,
@@ -82,6 +83,7 @@ function writeUint32(bytes: Uint8Array, offset: number, value: number): void {
 }
 
 function writeUint64(bytes: Uint8Array, offset: number, value: number): void {
+  assert(value >= 0 && value < 2 ** 64 && Number.isInteger(value), "64-bit field out of range");
   writeUint32(bytes, offset, Math.floor(value / 0x1_0000_0000));
   writeUint32(bytes, offset + 4, value >>> 0);
 }

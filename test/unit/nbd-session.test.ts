@@ -1,0 +1,804 @@
+// Proves the NBD session core follows the spec on every negotiation path and in transmission,
+// with no socket involved: a scripted driver (test/helpers/nbd-session-driver.ts) feeds client
+// bytes built with the codec, answers export lookups from a catalog, completes IO in whatever
+// order a test chooses, and reads the server's byte stream back with the client-side decoders.
+// Each test asserts what a client would observe: reply types and error values, cookies, data
+// bytes, IO handed to the layer, pauses, closes and the release of the export handle. Framing
+// is checked by feeding whole conversations split at every byte.
+import { describe, expect, test } from "bun:test";
+import {
+  encodeClientFlags,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+  encodeOptionRequest,
+  decodeInfoReplyData,
+  decodeMetaContextReplyData,
+  decodeServerReplyData,
+} from "../../src/node/export/nbd/codec.ts";
+import {
+  AllocationState,
+  ClientFlag,
+  Command,
+  CommandFlag,
+  ErrorValue,
+  HandshakeFlag,
+  Info,
+  Option,
+  OptionReply,
+  ReplyFlag,
+  ReplyType,
+  TransmissionFlag,
+} from "../../src/node/export/nbd/protocol.ts";
+import { blockStatusDescriptors, errorValueFor, transmissionFlagsFor, type IoRequest } from "../../src/node/export/nbd/session.ts";
+import { SessionDriver, describeExport, fullCapabilities, request } from "../helpers/nbd-session-driver.ts";
+
+const text = new TextEncoder();
+const none = new Uint8Array(0);
+
+function option(optionType: number, data: Uint8Array = none): Uint8Array {
+  return encodeOptionRequest({ option: optionType, data });
+}
+
+function flags(value = ClientFlag.FixedNewstyle | ClientFlag.NoZeroes): Uint8Array {
+  return encodeClientFlags({ flags: value });
+}
+
+function started(): SessionDriver {
+  const driver = new SessionDriver();
+  driver.readGreeting();
+  driver.feed(flags());
+  return driver;
+}
+
+function errorMessage(data: Uint8Array): string {
+  return new TextDecoder().decode(data);
+}
+
+describe("handshake", () => {
+  test("greets with NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE and NO_ZEROES", () => {
+    const driver = new SessionDriver();
+    expect(driver.readGreeting()).toEqual({ handshakeFlags: HandshakeFlag.FixedNewstyle | HandshakeFlag.NoZeroes });
+    expect(driver.unread).toBe(0);
+  });
+
+  test("unknown client flags close the connection", () => {
+    const driver = new SessionDriver();
+    driver.readGreeting();
+    driver.feed(flags(ClientFlag.FixedNewstyle | 0x4));
+    expect(driver.closes).toEqual([{ reason: "unknown client flags 0x5", graceful: false }]);
+    driver.feed(option(Option.List));
+    expect(driver.unread).toBe(0);
+  });
+
+  test("EXPORT_NAME sends size, flags and 124 zeroes unless the client set NO_ZEROES", () => {
+    for (const noZeroes of [false, true]) {
+      const driver = new SessionDriver();
+      driver.readGreeting();
+      driver.feed(flags(ClientFlag.FixedNewstyle | (noZeroes ? ClientFlag.NoZeroes : 0)));
+      driver.feed(option(Option.ExportName, text.encode("vol0")));
+      const reply = driver.readExportNameReply(noZeroes);
+      expect(reply.sizeBytes).toBe(1 << 20);
+      expect(reply.transmissionFlags & TransmissionFlag.HasFlags).toBe(TransmissionFlag.HasFlags);
+      expect(reply.transmissionFlags & TransmissionFlag.SendDontFragment).toBe(0); // no structured replies
+      expect(driver.unread).toBe(0);
+      expect(driver.session.state).toBe("transmission");
+      expect(driver.opens).toEqual([{ name: "vol0", purpose: "go" }]);
+    }
+  });
+
+  test("EXPORT_NAME for an unknown export terminates the session", () => {
+    const driver = started();
+    driver.feed(option(Option.ExportName, text.encode("nope")));
+    expect(driver.closed).toBe(true);
+    expect(driver.closes[0]!.graceful).toBe(false);
+    expect(driver.unread).toBe(0);
+    expect(driver.releases).toBe(0);
+  });
+
+  test("the default export (empty name) is refused with ERR_UNKNOWN when the resolver has none", () => {
+    const driver = started();
+    driver.feed(option(Option.Go, encodeInfoRequest({ name: "", requests: [] })));
+    const reply = driver.readOptionReply();
+    expect(reply.type).toBe(OptionReply.ErrorUnknown);
+    expect(driver.session.state).toBe("options");
+  });
+
+  test("ABORT is acknowledged and the connection closed gracefully; its data is ignored", () => {
+    const driver = started();
+    driver.feed(option(Option.Abort, new Uint8Array([1, 2, 3])));
+    expect(driver.readOptionReply()).toMatchObject({ option: Option.Abort, type: OptionReply.Ack });
+    expect(driver.closes).toEqual([{ reason: "client aborted the negotiation", graceful: true }]);
+  });
+
+  test("LIST returns one REP_SERVER per export then ACK; LIST with data is ERR_INVALID", () => {
+    const catalog = new Map([
+      ["a", describeExport("a", { description: "first" })],
+      ["b", describeExport("b", { description: "" })],
+    ]);
+    const driver = new SessionDriver(catalog);
+    driver.readGreeting();
+    driver.feed(flags(), option(Option.List));
+    const first = driver.readOptionReply();
+    expect(first.type).toBe(OptionReply.Server);
+    expect(decodeServerReplyData(first.data)).toEqual({ name: "a", details: "first" });
+    expect(decodeServerReplyData(driver.readOptionReply().data)).toEqual({ name: "b", details: "" });
+    expect(driver.readOptionReply()).toMatchObject({ option: Option.List, type: OptionReply.Ack });
+    driver.feed(option(Option.List, new Uint8Array([0])));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    expect(driver.session.state).toBe("options");
+  });
+
+  test("unknown and unsupported options get ERR_UNSUP and negotiation continues", () => {
+    const driver = started();
+    for (const optionType of [Option.PeekExport, Option.ExtendedHeaders, 42, 0, 0x7fffffff]) {
+      driver.feed(option(optionType, new Uint8Array(5)));
+      const reply = driver.readOptionReply();
+      expect(reply.option).toBe(optionType);
+      expect(reply.type).toBe(OptionReply.ErrorUnsupported);
+    }
+    driver.feed(option(Option.StartTls));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorPolicy);
+    driver.feed(option(Option.Go, encodeInfoRequest({ name: "vol0", requests: [] })));
+    while (driver.readOptionReply().type !== OptionReply.Ack);
+    expect(driver.session.state).toBe("transmission");
+  });
+
+  test("INFO answers EXPORT, NAME and DESCRIPTION when asked, BLOCK_SIZE always, then ACK, and stays in negotiation", () => {
+    const driver = started();
+    driver.feed(option(Option.Info, encodeInfoRequest({ name: "vol0", requests: [Info.Name, Info.Description, Info.Name, 999] })));
+    const infos = [];
+    let reply = driver.readOptionReply();
+    while (reply.type === OptionReply.Info) {
+      infos.push(decodeInfoReplyData(reply.data));
+      reply = driver.readOptionReply();
+    }
+    expect(reply.type).toBe(OptionReply.Ack);
+    expect(infos).toEqual([
+      { type: Info.Export, sizeBytes: 1 << 20, transmissionFlags: transmissionFlagsFor(describeExport("vol0"), false) },
+      { type: Info.Name, name: "vol0" },
+      { type: Info.Description, description: "volume vol0" },
+      { type: Info.BlockSize, minimumBytes: 512, preferredBytes: 4096, maximumBytes: 32 * 1024 * 1024 },
+    ]);
+    expect(driver.opens).toEqual([{ name: "vol0", purpose: "info" }]);
+    expect(driver.session.state).toBe("options");
+  });
+
+  test("INFO for an unknown export is ERR_UNKNOWN; a refused one is ERR_POLICY with the reason", () => {
+    const catalog = new Map<string, ReturnType<typeof describeExport> | { refused: string }>([["frozen", { refused: "volume is frozen" }]]);
+    const driver = new SessionDriver(catalog);
+    driver.readGreeting();
+    driver.feed(flags(), option(Option.Info, encodeInfoRequest({ name: "ghost", requests: [] })));
+    const unknown = driver.readOptionReply();
+    expect(unknown.type).toBe(OptionReply.ErrorUnknown);
+    expect(errorMessage(unknown.data)).toContain("ghost");
+    driver.feed(option(Option.Go, encodeInfoRequest({ name: "frozen", requests: [] })));
+    const refused = driver.readOptionReply();
+    expect(refused.type).toBe(OptionReply.ErrorPolicy);
+    expect(errorMessage(refused.data)).toBe("volume is frozen");
+    expect(driver.session.state).toBe("options");
+  });
+
+  test("malformed INFO/GO data is ERR_INVALID and negotiation continues", () => {
+    const driver = started();
+    driver.feed(option(Option.Go, new Uint8Array([0, 0, 0, 9, 1])));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    driver.feed(option(Option.Go, new Uint8Array([0, 0, 0, 1, 0, 0, 0])));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    const nul = encodeInfoRequest({ name: "v\u0000", requests: [] });
+    driver.feed(option(Option.Go, nul));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    expect(driver.opens).toEqual([]);
+    expect(driver.session.state).toBe("options");
+  });
+
+  test("STRUCTURED_REPLY is acknowledged, turns on SEND_DF; with data it is ERR_INVALID", () => {
+    const driver = started();
+    driver.feed(option(Option.StructuredReply, new Uint8Array(1)));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    expect(driver.session.structured).toBe(false);
+    driver.feed(option(Option.StructuredReply));
+    expect(driver.readOptionReply()).toMatchObject({ option: Option.StructuredReply, type: OptionReply.Ack });
+    driver.feed(option(Option.Go, encodeInfoRequest({ name: "vol0", requests: [] })));
+    const exportInfo = decodeInfoReplyData(driver.readOptionReply().data) as { transmissionFlags: number };
+    expect(exportInfo.transmissionFlags & TransmissionFlag.SendDontFragment).toBe(TransmissionFlag.SendDontFragment);
+  });
+
+  test("SET_META_CONTEXT needs structured replies, selects base:allocation, ignores unknown namespaces", () => {
+    const driver = started();
+    const set = (queries: string[], name = "vol0") => option(Option.SetMetaContext, encodeMetaContextRequest({ name, queries }));
+    driver.feed(set(["base:allocation"]));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    driver.feed(option(Option.StructuredReply));
+    driver.readOptionReply();
+    driver.feed(set(["qemu:dirty-bitmap:x", "base:allocation", "base:allocation", "base:nothing", "base:"]));
+    const context = driver.readOptionReply();
+    expect(context.type).toBe(OptionReply.MetaContext);
+    expect(decodeMetaContextReplyData(context.data).name).toBe("base:allocation");
+    expect(driver.readOptionReply().type).toBe(OptionReply.Ack);
+    driver.feed(set(["x-other:thing"]));
+    expect(driver.readOptionReply().type).toBe(OptionReply.Ack);
+    driver.feed(set([]));
+    expect(driver.readOptionReply().type).toBe(OptionReply.Ack);
+    driver.feed(set(["nocolon"]));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+    driver.feed(option(Option.SetMetaContext, new Uint8Array([0, 0, 0, 0, 0, 0, 0, 5])));
+    expect(driver.readOptionReply().type).toBe(OptionReply.ErrorInvalid);
+  });
+
+  test("LIST_META_CONTEXT with no query or the base: wildcard lists base:allocation", () => {
+    const driver = started();
+    for (const queries of [[], ["base:"], ["base:allocation"]]) {
+      driver.feed(option(Option.ListMetaContext, encodeMetaContextRequest({ name: "vol0", queries })));
+      const reply = driver.readOptionReply();
+      expect(reply.type).toBe(OptionReply.MetaContext);
+      expect(decodeMetaContextReplyData(reply.data)).toEqual({ id: 0, name: "base:allocation" });
+      expect(driver.readOptionReply().type).toBe(OptionReply.Ack);
+    }
+    driver.feed(option(Option.ListMetaContext, encodeMetaContextRequest({ name: "vol0", queries: ["qemu:"] })));
+    expect(driver.readOptionReply().type).toBe(OptionReply.Ack);
+  });
+
+  test("base:allocation applies only when selected for the export that GO opens", () => {
+    const catalog = new Map([
+      ["vol0", describeExport("vol0")],
+      ["vol1", describeExport("vol1")],
+    ]);
+    for (const [selectedFor, goTo, works] of [
+      ["vol0", "vol0", true],
+      ["vol1", "vol0", false],
+    ] as const) {
+      const driver = new SessionDriver(catalog);
+      driver.readGreeting();
+      driver.feed(flags(), option(Option.StructuredReply));
+      driver.readOptionReply();
+      driver.feed(option(Option.SetMetaContext, encodeMetaContextRequest({ name: selectedFor, queries: ["base:allocation"] })));
+      driver.readOptionReply();
+      driver.readOptionReply();
+      driver.feed(option(Option.Go, encodeInfoRequest({ name: goTo, requests: [] })));
+      while (driver.readOptionReply().type !== OptionReply.Ack);
+      const status = request({ type: Command.BlockStatus, offset: 0, length: 4096 });
+      driver.feed(status.bytes);
+      if (works) {
+        expect(driver.onlyIo().kind).toBe("extents");
+      } else {
+        expect(driver.ios).toEqual([]);
+        expect(driver.readChunk().decoded).toMatchObject({ type: ReplyType.Error, error: ErrorValue.Invalid });
+      }
+    }
+  });
+
+  test("an oversized option is read past: ERR_TOO_BIG if known, ERR_UNSUP if not; EXPORT_NAME closes", () => {
+    const driver = new SessionDriver(undefined, { optionBytesMax: 64 });
+    driver.readGreeting();
+    driver.feed(flags());
+    driver.feed(option(Option.Info, new Uint8Array(100)));
+    expect(driver.readOptionReply()).toMatchObject({ option: Option.Info, type: OptionReply.ErrorTooBig });
+    const unknown = option(77, new Uint8Array(1000).fill(0x49));
+    driver.feed(unknown.subarray(0, 500), unknown.subarray(500));
+    expect(driver.readOptionReply()).toMatchObject({ option: 77, type: OptionReply.ErrorUnsupported });
+    driver.feed(option(Option.StructuredReply));
+    expect(driver.readOptionReply().type).toBe(OptionReply.Ack);
+    driver.feed(option(Option.ExportName, new Uint8Array(65)));
+    expect(driver.closed).toBe(true);
+  });
+
+  test("a flood of options is cut off at the limit", () => {
+    const driver = new SessionDriver(undefined, { optionsMax: 3 });
+    driver.readGreeting();
+    driver.feed(flags());
+    for (let index = 0; index < 3; index++) driver.feed(option(99));
+    expect(driver.closed).toBe(false);
+    driver.feed(option(99));
+    expect(driver.closed).toBe(true);
+    expect(driver.closes[0]!.reason).toContain("more than 3 options");
+  });
+
+  test("a bad option magic is a hard disconnect", () => {
+    const driver = started();
+    const bytes = option(Option.List);
+    bytes[3] = bytes[3]! ^ 0xff;
+    driver.feed(bytes);
+    expect(driver.closes).toEqual([{ reason: expect.stringContaining("IHAVEOPT"), graceful: false }]);
+  });
+
+  test("the handshake timeout closes a negotiating session and is ignored in transmission", () => {
+    const negotiating = started();
+    negotiating.event({ type: "handshakeTimedOut" });
+    expect(negotiating.closes).toEqual([{ reason: "handshake timed out", graceful: false }]);
+    const serving = new SessionDriver();
+    serving.negotiate();
+    serving.event({ type: "handshakeTimedOut" });
+    expect(serving.closed).toBe(false);
+  });
+
+  test("input pauses while an export lookup is pending and bytes that arrived meanwhile are served after", () => {
+    const driver = new SessionDriver();
+    driver.autoAnswer = false;
+    driver.readGreeting();
+    const read = request({ type: Command.Read, offset: 0, length: 512 });
+    driver.feed(flags(), option(Option.Go, encodeInfoRequest({ name: "vol0", requests: [] })), read.bytes);
+    expect(driver.inputPaused).toBe(true);
+    expect(driver.ios).toEqual([]);
+    driver.answerOpen("vol0", "go");
+    expect(driver.inputPaused).toBe(false);
+    while (driver.readOptionReply().type !== OptionReply.Ack);
+    expect(driver.onlyIo()).toMatchObject({ kind: "read", offset: 0 });
+  });
+
+  test("a whole negotiation and first requests split at every byte give the same bytes and IO", () => {
+    const conversation = new Uint8Array(
+      Buffer.concat([
+        flags(),
+        option(77, new Uint8Array(3)),
+        option(Option.StructuredReply),
+        option(Option.ListMetaContext, encodeMetaContextRequest({ name: "vol0", queries: [] })),
+        option(Option.SetMetaContext, encodeMetaContextRequest({ name: "vol0", queries: ["base:allocation"] })),
+        option(Option.Info, encodeInfoRequest({ name: "vol0", requests: [Info.BlockSize] })),
+        option(Option.Go, encodeInfoRequest({ name: "vol0", requests: [Info.BlockSize, Info.Name] })),
+        request({ type: Command.Write, offset: 4096, cookie: 1n }, new Uint8Array(1024).fill(0x5a)).bytes,
+        request({ type: Command.Read, offset: 0, length: 512, cookie: 2n }).bytes,
+        request({ type: Command.BlockStatus, offset: 0, length: 8192, cookie: 3n, flags: CommandFlag.RequestOne }).bytes,
+        request({ type: Command.Flush, cookie: 4n }).bytes,
+      ]),
+    );
+    const run = (cuts: number[]) => {
+      const driver = new SessionDriver();
+      let previous = 0;
+      for (const cut of [...cuts, conversation.length]) {
+        driver.feed(conversation.slice(previous, cut));
+        previous = cut;
+      }
+      const ios = driver.ios.map((io) => ({ ...io, data: "data" in io ? [...io.data] : undefined, target: undefined }));
+      return { output: driver.readRaw(driver.unread), ios };
+    };
+    const whole = run([]);
+    expect(whole.ios.map((io) => io.kind)).toEqual(["write", "read", "extents", "flush"]);
+    expect(whole.ios[0]!.data).toEqual(new Array(1024).fill(0x5a));
+    for (let cut = 1; cut < conversation.length; cut++) {
+      const split = run([cut]);
+      expect(split.output).toEqual(whole.output);
+      expect(split.ios).toEqual(whole.ios);
+    }
+    // Three pieces too, at a spread of places.
+    for (let first = 3; first < conversation.length; first += 97) {
+      for (let second = first + 1; second < conversation.length; second += 211) {
+        const split = run([first, second]);
+        expect(split.output).toEqual(whole.output);
+        expect(split.ios).toEqual(whole.ios);
+      }
+    }
+  });
+});
+
+describe("transmission flags and error values", () => {
+  test("flags follow the layer's capabilities and read-only state", () => {
+    const all = transmissionFlagsFor(describeExport("v"), true);
+    expect(all).toBe(
+      TransmissionFlag.HasFlags |
+        TransmissionFlag.SendFlush |
+        TransmissionFlag.SendFua |
+        TransmissionFlag.SendTrim |
+        TransmissionFlag.SendWriteZeroes |
+        TransmissionFlag.SendFastZero |
+        TransmissionFlag.SendDontFragment |
+        TransmissionFlag.CanMultiConnection |
+        TransmissionFlag.SendCache,
+    );
+    const readOnly = transmissionFlagsFor(describeExport("v", { readOnly: true }), false);
+    expect(readOnly & TransmissionFlag.ReadOnly).toBeTruthy();
+    expect(readOnly & (TransmissionFlag.SendTrim | TransmissionFlag.SendWriteZeroes | TransmissionFlag.SendFua)).toBe(0);
+    const plain = transmissionFlagsFor(
+      describeExport("v", { capabilities: { ...fullCapabilities, flush: false, fua: false, trim: false, zero: false, multiConn: false, cache: false } }),
+      false,
+    );
+    expect(plain).toBe(TransmissionFlag.HasFlags | TransmissionFlag.SendFua);
+    const noFastZero = transmissionFlagsFor(describeExport("v", { capabilities: { ...fullCapabilities, fastZero: false } }), false);
+    expect(noFastZero & TransmissionFlag.SendFastZero).toBe(0);
+  });
+
+  test("layer errors map to NBD error values; ENOTSUP only for fast zero", () => {
+    expect(errorValueFor("EPERM")).toBe(1);
+    expect(errorValueFor("EIO")).toBe(5);
+    expect(errorValueFor("EINVAL")).toBe(22);
+    expect(errorValueFor("ENOSPC")).toBe(28);
+    expect(errorValueFor("EOVERFLOW")).toBe(75);
+    expect(errorValueFor("ESHUTDOWN")).toBe(108);
+    expect(errorValueFor("ENOTSUP", true)).toBe(95);
+    expect(errorValueFor("ENOTSUP", false)).toBe(22);
+  });
+});
+
+describe("transmission", () => {
+  function serving(options: Parameters<SessionDriver["negotiate"]>[0] & { limits?: ConstructorParameters<typeof SessionDriver>[1]; readOnly?: boolean } = {}): SessionDriver {
+    const catalog = new Map([["vol0", describeExport("vol0", { readOnly: options.readOnly ?? false })]]);
+    const driver = new SessionDriver(catalog, options.limits);
+    driver.negotiate(options);
+    return driver;
+  }
+
+  test("READ with structured replies: one OFFSET_DATA chunk with DONE, data read straight into it", () => {
+    const driver = serving();
+    const read = request({ type: Command.Read, offset: 8192, length: 1024 });
+    driver.feed(read.bytes);
+    const io = driver.onlyIo() as Extract<IoRequest, { kind: "read" }>;
+    expect(io.offset).toBe(8192);
+    expect(io.target.length).toBe(1024);
+    io.target.fill(0xc3);
+    driver.complete(io);
+    const chunk = driver.readChunk();
+    expect(chunk.cookie).toBe(read.cookie);
+    expect(chunk.flags).toBe(ReplyFlag.Done);
+    expect(chunk.decoded).toEqual({ type: ReplyType.OffsetData, offset: 8192, data: new Uint8Array(1024).fill(0xc3) });
+    expect(driver.unread).toBe(0);
+  });
+
+  test("READ with simple replies: header then data; a failed read sends the error and no data", () => {
+    const driver = serving({ structured: false });
+    const ok = request({ type: Command.Read, offset: 0, length: 512 });
+    const bad = request({ type: Command.Read, offset: 512, length: 512 });
+    driver.feed(ok.bytes, bad.bytes);
+    const [first, second] = driver.ios as Extract<IoRequest, { kind: "read" }>[];
+    first!.target.fill(7);
+    driver.complete(second!, { ok: false, code: "EIO", message: "read failed: EIO" });
+    driver.complete(first!);
+    expect(driver.readSimpleReply()).toEqual({ error: ErrorValue.InputOutput, cookie: bad.cookie });
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: ok.cookie });
+    expect([...driver.readRaw(512)]).toEqual(new Array(512).fill(7));
+    expect(driver.unread).toBe(0);
+  });
+
+  test("a failed structured READ sends an ERROR chunk with DONE and the message", () => {
+    const driver = serving();
+    const read = request({ type: Command.Read, offset: 0, length: 512 });
+    driver.feed(read.bytes);
+    driver.complete(driver.onlyIo(), { ok: false, code: "EIO", message: "read failed: EIO" });
+    const chunk = driver.readChunk();
+    expect(chunk.flags).toBe(ReplyFlag.Done);
+    expect(chunk.decoded).toEqual({ type: ReplyType.Error, error: ErrorValue.InputOutput, message: "read failed: EIO" });
+  });
+
+  test("requests are pipelined and answered in completion order with their own cookies", () => {
+    const driver = serving();
+    const requests = [0, 1, 2, 3].map((index) => request({ type: Command.Read, offset: index * 512, length: 512 }));
+    driver.feed(...requests.map((entry) => entry.bytes));
+    expect(driver.ios.length).toBe(4);
+    const [a, b, c, d] = [...driver.ios];
+    for (const io of [c!, a!, d!, b!]) driver.complete(io);
+    expect([0, 1, 2, 3].map(() => driver.readChunk().cookie)).toEqual([requests[2]!.cookie, requests[0]!.cookie, requests[3]!.cookie, requests[1]!.cookie]);
+  });
+
+  test("a WRITE payload inside one received chunk is handed down without a copy; split payloads are joined", () => {
+    const driver = serving();
+    const payload = new Uint8Array(4096).map((_, index) => index * 13);
+    const whole = request({ type: Command.Write, offset: 0 }, payload);
+    driver.feed(whole.bytes);
+    const io = driver.onlyIo() as Extract<IoRequest, { kind: "write" }>;
+    expect(io.data.buffer).toBe(whole.bytes.buffer); // a view into the received chunk
+    expect(io.data).toEqual(payload);
+    driver.complete(io);
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: whole.cookie });
+
+    const split = request({ type: Command.Write, offset: 4096, flags: CommandFlag.Fua }, payload);
+    driver.feed(split.bytes.subarray(0, 100), split.bytes.subarray(100, 2000), split.bytes.subarray(2000));
+    const joined = driver.onlyIo() as Extract<IoRequest, { kind: "write" }>;
+    expect(joined).toMatchObject({ kind: "write", offset: 4096, fua: true });
+    expect(joined.data).toEqual(payload);
+  });
+
+  test("FLUSH, TRIM, WRITE_ZEROES and CACHE reach the layer with their flags", () => {
+    const driver = serving();
+    driver.feed(
+      request({ type: Command.Flush }).bytes,
+      request({ type: Command.Trim, offset: 4096, length: 8192, flags: CommandFlag.Fua }).bytes,
+      request({ type: Command.WriteZeroes, offset: 0, length: 4096, flags: CommandFlag.NoHole }).bytes,
+      request({ type: Command.WriteZeroes, offset: 0, length: 4096, flags: CommandFlag.FastZero | CommandFlag.Fua }).bytes,
+      request({ type: Command.Cache, offset: 0, length: 65536 }).bytes,
+    );
+    expect(driver.ios.map(({ id, ...rest }) => rest)).toEqual([
+      { kind: "flush" },
+      { kind: "trim", offset: 4096, length: 8192, fua: true },
+      { kind: "zero", offset: 0, length: 4096, fua: false, noHole: true, fastZero: false },
+      { kind: "zero", offset: 0, length: 4096, fua: true, noHole: false, fastZero: true },
+      { kind: "cache", offset: 0, length: 65536 },
+    ]);
+    for (const io of [...driver.ios]) driver.complete(io);
+    for (let index = 0; index < 5; index++) expect(driver.readSimpleReply().error).toBe(0);
+  });
+
+  test("fast zero refusal is ENOTSUP; other ENOTSUP becomes EINVAL", () => {
+    const driver = serving({ structured: false });
+    const fast = request({ type: Command.WriteZeroes, offset: 0, length: 4096, flags: CommandFlag.FastZero });
+    const slow = request({ type: Command.Trim, offset: 0, length: 4096 });
+    driver.feed(fast.bytes, slow.bytes);
+    const [first, second] = [...driver.ios];
+    driver.complete(first!, { ok: false, code: "ENOTSUP", message: "zero failed: ENOTSUP" });
+    driver.complete(second!, { ok: false, code: "ENOTSUP", message: "trim failed: ENOTSUP" });
+    expect(driver.readSimpleReply()).toEqual({ error: ErrorValue.NotSupported, cookie: fast.cookie });
+    expect(driver.readSimpleReply()).toEqual({ error: ErrorValue.Invalid, cookie: slow.cookie });
+  });
+
+  test("long TRIM and WRITE_ZEROES are split into bounded pieces and answered once", () => {
+    const driver = serving({ limits: { discardPieceBytesMax: 4096 } });
+    const trim = request({ type: Command.Trim, offset: 512, length: 10240 });
+    driver.feed(trim.bytes);
+    expect(driver.ios.map((io) => [io.kind, (io as { offset: number }).offset, (io as { length: number }).length])).toEqual([
+      ["trim", 512, 4096],
+      ["trim", 4608, 4096],
+      ["trim", 8704, 2048],
+    ]);
+    const [a, b, c] = [...driver.ios];
+    driver.complete(b!);
+    driver.complete(a!, { ok: false, code: "EIO", message: "trim failed: EIO" });
+    expect(driver.unread).toBe(0);
+    expect(driver.session.requestsInFlight).toBe(1);
+    driver.complete(c!);
+    expect(driver.readChunk().decoded).toMatchObject({ type: ReplyType.Error, error: ErrorValue.InputOutput });
+    expect(driver.unread).toBe(0);
+    expect(driver.session.requestsInFlight).toBe(0);
+  });
+
+  describe("refusals", () => {
+    const cases: [string, Parameters<typeof request>[0], number][] = [
+      ["unknown command", { type: 99, offset: 0, length: 0 }, ErrorValue.Invalid],
+      ["RESIZE (experimental)", { type: Command.Resize, offset: 0, length: 0 }, ErrorValue.Invalid],
+      ["unknown flag", { type: Command.Read, offset: 0, length: 512, flags: 1 << 9 }, ErrorValue.Invalid],
+      ["REQ_ONE on READ", { type: Command.Read, offset: 0, length: 512, flags: CommandFlag.RequestOne }, ErrorValue.Invalid],
+      ["NO_HOLE on TRIM", { type: Command.Trim, offset: 0, length: 512, flags: CommandFlag.NoHole }, ErrorValue.Invalid],
+      ["FAST_ZERO on WRITE", { type: Command.Write, offset: 0, length: 0, flags: CommandFlag.FastZero }, ErrorValue.Invalid],
+      ["misaligned READ offset", { type: Command.Read, offset: 100, length: 512 }, ErrorValue.Invalid],
+      ["misaligned TRIM length", { type: Command.Trim, offset: 0, length: 100 }, ErrorValue.Invalid],
+      ["READ past the end", { type: Command.Read, offset: (1 << 20) - 512, length: 1024 }, ErrorValue.Invalid],
+      ["READ at 2^63", { type: Command.Read, offset: 2 ** 63, length: 512 }, ErrorValue.Invalid],
+      ["TRIM past the end", { type: Command.Trim, offset: 1 << 20, length: 512 }, ErrorValue.Invalid],
+      ["WRITE_ZEROES past the end", { type: Command.WriteZeroes, offset: 1 << 20, length: 512 }, ErrorValue.NoSpace],
+      ["BLOCK_STATUS past the end", { type: Command.BlockStatus, offset: 1 << 20, length: 512 }, ErrorValue.Invalid],
+      ["BLOCK_STATUS of zero length", { type: Command.BlockStatus, offset: 0, length: 0 }, ErrorValue.Invalid],
+      ["CACHE past the end", { type: Command.Cache, offset: 1 << 21, length: 512 }, ErrorValue.Invalid],
+      ["FLUSH with an offset", { type: Command.Flush, offset: 512, length: 0 }, ErrorValue.Invalid],
+      ["READ longer than the maximum payload", { type: Command.Read, offset: 0, length: 64 * 1024 * 1024 }, ErrorValue.Overflow],
+    ];
+    for (const [name, fields, error] of cases) {
+      test(`${name} → error ${error}, no IO, and the next request is still served`, () => {
+        const driver = serving();
+        const refused = request(fields);
+        const next = request({ type: Command.Flush });
+        driver.feed(refused.bytes, next.bytes);
+        const chunk = driver.readChunk();
+        expect(chunk.cookie).toBe(refused.cookie);
+        expect(chunk.flags).toBe(ReplyFlag.Done);
+        expect(chunk.decoded).toMatchObject({ type: ReplyType.Error, error });
+        expect(driver.onlyIo().kind).toBe("flush");
+      });
+    }
+
+    test("simple replies carry the same error values", () => {
+      const driver = serving({ structured: false });
+      const refused = request({ type: Command.Read, offset: 0, length: 64 * 1024 * 1024 });
+      driver.feed(refused.bytes);
+      expect(driver.readSimpleReply()).toEqual({ error: ErrorValue.Invalid, cookie: refused.cookie });
+      const status = request({ type: Command.BlockStatus, offset: 0, length: 512 });
+      driver.feed(status.bytes);
+      expect(driver.readSimpleReply()).toEqual({ error: ErrorValue.Invalid, cookie: status.cookie });
+    });
+
+    test("a refused WRITE's payload is read past, so the stream stays in step", () => {
+      const driver = serving({ limits: { requestBytesMax: 8192, bytesInFlightMax: 8192 } });
+      const pastEnd = request({ type: Command.Write, offset: (1 << 20) - 512 }, new Uint8Array(1024).fill(0x25));
+      const tooLong = request({ type: Command.Write, offset: 0 }, new Uint8Array(16384).fill(0x60)); // bytes that look like magics
+      const misaligned = request({ type: Command.Write, offset: 1 }, new Uint8Array(512));
+      const next = request({ type: Command.Read, offset: 0, length: 512 });
+      const all = Buffer.concat([pastEnd.bytes, tooLong.bytes, misaligned.bytes, next.bytes]);
+      for (let at = 0; at < all.length; at += 999) driver.feed(new Uint8Array(all.subarray(at, at + 999)));
+      expect(driver.readChunk().decoded).toMatchObject({ error: ErrorValue.NoSpace });
+      expect(driver.readChunk().decoded).toMatchObject({ error: ErrorValue.Invalid });
+      expect(driver.readChunk().decoded).toMatchObject({ error: ErrorValue.Invalid });
+      expect(driver.onlyIo()).toMatchObject({ kind: "read", offset: 0 });
+      expect(driver.closed).toBe(false);
+    });
+
+    test("writes, trims and zeroes on a read-only export are EPERM; reads still work", () => {
+      const driver = serving({ readOnly: true });
+      const write = request({ type: Command.Write, offset: 0 }, new Uint8Array(512));
+      const trim = request({ type: Command.Trim, offset: 0, length: 512 });
+      const zero = request({ type: Command.WriteZeroes, offset: 0, length: 512 });
+      const read = request({ type: Command.Read, offset: 0, length: 512 });
+      driver.feed(write.bytes, trim.bytes, zero.bytes, read.bytes);
+      for (const expected of [write, trim, zero]) {
+        const chunk = driver.readChunk();
+        expect(chunk.cookie).toBe(expected.cookie);
+        expect(chunk.decoded).toMatchObject({ error: ErrorValue.Permission });
+      }
+      expect(driver.onlyIo().kind).toBe("read");
+    });
+
+    test("FLUSH is refused when the layer cannot flush, and never reaches it", () => {
+      const catalog = new Map([["vol0", describeExport("vol0", { capabilities: { ...fullCapabilities, flush: false } })]]);
+      const driver = new SessionDriver(catalog);
+      driver.negotiate();
+      driver.feed(request({ type: Command.Flush }).bytes);
+      expect(driver.ios).toEqual([]);
+      expect(driver.readChunk().decoded).toMatchObject({ error: ErrorValue.Invalid });
+    });
+  });
+
+  test("zero-length READ, WRITE and TRIM succeed without IO", () => {
+    const driver = serving();
+    const read = request({ type: Command.Read, offset: 0, length: 0 });
+    const write = request({ type: Command.Write, offset: 0, length: 0 });
+    const trim = request({ type: Command.Trim, offset: 1 << 20, length: 0 });
+    driver.feed(read.bytes, write.bytes, trim.bytes);
+    expect(driver.readChunk()).toMatchObject({ cookie: read.cookie, flags: ReplyFlag.Done, decoded: { type: ReplyType.None } });
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: write.cookie });
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: trim.cookie });
+    expect(driver.ios).toEqual([]);
+  });
+
+  test("BLOCK_STATUS answers one chunk for base:allocation; REQ_ONE gives one descriptor", () => {
+    const driver = serving();
+    const all = request({ type: Command.BlockStatus, offset: 0, length: 1 << 20 });
+    const one = request({ type: Command.BlockStatus, offset: 0, length: 65536, flags: CommandFlag.RequestOne });
+    driver.feed(all.bytes, one.bytes);
+    const [first, second] = [...driver.ios];
+    const extents = [
+      { offset: 0, length: 65536, hole: false, zero: false },
+      { offset: 65536, length: 131072, hole: true, zero: true },
+      { offset: 196608, length: (1 << 20) - 196608, hole: false, zero: false },
+    ];
+    driver.complete(first!, { ok: true, extents });
+    driver.complete(second!, { ok: true, extents });
+    const chunk = driver.readChunk();
+    expect(chunk.flags).toBe(ReplyFlag.Done);
+    expect(chunk.decoded).toEqual({
+      type: ReplyType.BlockStatus,
+      contextId: 1,
+      descriptors: [
+        { length: 65536, flags: 0 },
+        { length: 131072, flags: AllocationState.Hole | AllocationState.Zero },
+        { length: (1 << 20) - 196608, flags: 0 },
+      ],
+    });
+    expect(driver.readChunk().decoded).toEqual({ type: ReplyType.BlockStatus, contextId: 1, descriptors: [{ length: 65536, flags: 0 }] });
+  });
+
+  test("BLOCK_STATUS on a layer without an allocation map reports the range as data", () => {
+    const catalog = new Map([["vol0", describeExport("vol0", { capabilities: { ...fullCapabilities, extents: false } })]]);
+    const driver = new SessionDriver(catalog);
+    driver.negotiate();
+    driver.feed(request({ type: Command.BlockStatus, offset: 4096, length: 8192 }).bytes);
+    expect(driver.ios).toEqual([]);
+    expect(driver.readChunk().decoded).toEqual({ type: ReplyType.BlockStatus, contextId: 1, descriptors: [{ length: 8192, flags: 0 }] });
+  });
+
+  describe("blockStatusDescriptors", () => {
+    const extent = (offset: number, length: number, hole = false) => ({ offset, length, hole, zero: hole });
+    test("clips to the request, merges equal neighbours, never returns nothing", () => {
+      expect(blockStatusDescriptors([extent(0, 4096), extent(4096, 4096), extent(8192, 4096, true)], 1024, 9216, false, 100)).toEqual([
+        { length: 7168, flags: 0 },
+        { length: 2048, flags: 3 },
+      ]);
+      expect(blockStatusDescriptors([], 0, 4096, false, 100)).toEqual([{ length: 4096, flags: 0 }]);
+      expect(blockStatusDescriptors([extent(512, 4096)], 0, 4096, false, 100)).toEqual([{ length: 4096, flags: 0 }]); // does not cover the start
+    });
+    test("stops at gaps and at the descriptor limit; REQ_ONE keeps the first", () => {
+      expect(blockStatusDescriptors([extent(0, 512), extent(1024, 512, true)], 0, 4096, false, 100)).toEqual([{ length: 512, flags: 0 }]);
+      const alternating = Array.from({ length: 10 }, (_, index) => extent(index * 512, 512, index % 2 === 1));
+      expect(blockStatusDescriptors(alternating, 0, 5120, false, 3)).toEqual([
+        { length: 512, flags: 0 },
+        { length: 512, flags: 3 },
+        { length: 512, flags: 0 },
+      ]);
+      expect(blockStatusDescriptors(alternating, 0, 5120, true, 100)).toEqual([{ length: 512, flags: 0 }]);
+      expect(blockStatusDescriptors([extent(0, 1 << 30)], 0, 4096, true, 100)).toEqual([{ length: 4096, flags: 0 }]);
+    });
+  });
+
+  test("input pauses at the in-flight request limit and resumes as replies go out", () => {
+    const driver = serving({ limits: { requestsInFlightMax: 2 } });
+    const reads = [0, 1, 2].map((index) => request({ type: Command.Read, offset: index * 512, length: 512 }));
+    driver.feed(...reads.map((entry) => entry.bytes));
+    expect(driver.ios.length).toBe(2);
+    expect(driver.inputPaused).toBe(true);
+    driver.complete(driver.ios[0]!);
+    expect(driver.inputPaused).toBe(true); // the third request took the free slot
+    expect(driver.ios.map((io) => (io as { offset: number }).offset)).toEqual([512, 1024]);
+    driver.complete(driver.ios[0]!);
+    expect(driver.inputPaused).toBe(false);
+  });
+
+  test("input pauses at the in-flight byte limit, but an announced payload always finishes arriving", () => {
+    const driver = serving({ limits: { requestBytesMax: 8192, bytesInFlightMax: 8192 } });
+    const first = request({ type: Command.Write, offset: 0 }, new Uint8Array(8192).fill(1));
+    const second = request({ type: Command.Write, offset: 8192 }, new Uint8Array(8192).fill(2));
+    driver.feed(first.bytes);
+    expect(driver.inputPaused).toBe(true);
+    driver.feed(second.bytes.subarray(0, 100));
+    expect(driver.ios.length).toBe(1);
+    driver.complete(driver.ios[0]!);
+    expect(driver.inputPaused).toBe(false);
+    driver.feed(second.bytes.subarray(100));
+    expect((driver.onlyIo() as { data: Uint8Array }).data[0]).toBe(2);
+  });
+
+  test("blocked output pauses input until it drains", () => {
+    const driver = serving();
+    driver.event({ type: "outputBlocked" });
+    expect(driver.inputPaused).toBe(true);
+    driver.feed(request({ type: Command.Flush }).bytes);
+    expect(driver.ios).toEqual([]);
+    driver.event({ type: "outputDrained" });
+    expect(driver.inputPaused).toBe(false);
+    expect(driver.onlyIo().kind).toBe("flush");
+  });
+
+  test("DISC finishes the requests in flight, sends their replies, then closes and releases", () => {
+    const driver = serving();
+    const write = request({ type: Command.Write, offset: 0 }, new Uint8Array(512));
+    driver.feed(write.bytes, request({ type: Command.Disconnect }).bytes, request({ type: Command.Read, offset: 0, length: 512 }).bytes);
+    expect(driver.closed).toBe(false);
+    expect(driver.ios.length).toBe(1); // the read after DISC is never served
+    driver.complete(driver.onlyIo());
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: write.cookie });
+    expect(driver.closes).toEqual([{ reason: "client disconnected (NBD_CMD_DISC)", graceful: true }]);
+    expect(driver.releases).toBe(1);
+    expect(driver.held).toBe(0);
+  });
+
+  test("revocation answers new requests with ESHUTDOWN, lets those in flight finish, then closes and releases", () => {
+    const driver = serving();
+    const inFlight = request({ type: Command.Read, offset: 0, length: 512 });
+    driver.feed(inFlight.bytes);
+    driver.event({ type: "revoked", reason: "volume deleted" });
+    const late = request({ type: Command.Write, offset: 0 }, new Uint8Array(512));
+    driver.feed(late.bytes);
+    expect(driver.readChunk()).toMatchObject({ cookie: late.cookie, decoded: { error: ErrorValue.Shutdown } });
+    expect(driver.closed).toBe(false);
+    expect(driver.releases).toBe(0);
+    driver.complete(driver.onlyIo());
+    expect(driver.readChunk().cookie).toBe(inFlight.cookie);
+    expect(driver.closes).toEqual([{ reason: "revoked: volume deleted", graceful: true }]);
+    expect(driver.releases).toBe(1);
+  });
+
+  test("a drain with nothing in flight closes at once; in negotiation it closes without waiting", () => {
+    const idle = serving();
+    idle.event({ type: "shutdown" });
+    expect(idle.closes).toEqual([{ reason: "server shutting down", graceful: true }]);
+    expect(idle.releases).toBe(1);
+    const negotiating = started();
+    negotiating.event({ type: "shutdown" });
+    expect(negotiating.closes[0]!.graceful).toBe(false);
+    expect(negotiating.releases).toBe(0);
+  });
+
+  test("a disconnect with IO in flight releases the export only when the IO is done, and sends nothing", () => {
+    const driver = serving();
+    driver.feed(request({ type: Command.Write, offset: 0 }, new Uint8Array(512)).bytes);
+    driver.event({ type: "disconnected" });
+    expect(driver.releases).toBe(0);
+    driver.complete(driver.onlyIo());
+    expect(driver.releases).toBe(1);
+    expect(driver.unread).toBe(0);
+  });
+
+  test("a bad request magic is a hard disconnect; IO already in flight still completes before release", () => {
+    const driver = serving();
+    driver.feed(request({ type: Command.Read, offset: 0, length: 512 }).bytes);
+    const garbage = request({ type: Command.Read, offset: 0, length: 512 }).bytes;
+    garbage[0] = 0x12;
+    driver.feed(garbage);
+    expect(driver.closes).toEqual([{ reason: expect.stringContaining("NBD_REQUEST_MAGIC"), graceful: false }]);
+    expect(driver.releases).toBe(0);
+    driver.complete(driver.onlyIo());
+    expect(driver.releases).toBe(1);
+    expect(driver.unread).toBe(0);
+  });
+
+  test("EXPORT_NAME sessions use simple replies and serve IO", () => {
+    const driver = serving({ exportName: true, structured: false });
+    const read = request({ type: Command.Read, offset: 0, length: 512 });
+    driver.feed(read.bytes);
+    driver.complete(driver.onlyIo());
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: read.cookie });
+    expect(driver.readRaw(512).length).toBe(512);
+  });
+});
