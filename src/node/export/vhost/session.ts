@@ -429,8 +429,8 @@ export class VhostSession {
       case Request.SetVringNum: {
         const { index, num } = expectBody("state");
         const queue = this.queue(index, request);
-        if (queue.started) throw new SessionError(`SET_VRING_NUM on running queue ${index}`);
         if (num < 1 || num > vhostQueueSizeMax || (num & (num - 1)) !== 0) throw new SessionError(`queue size ${num} is not a power of two in 1..${vhostQueueSizeMax}`);
+        if (queue.started) throw new SessionError(`SET_VRING_NUM on running queue ${index}`);
         queue.size = num;
         return;
       }
