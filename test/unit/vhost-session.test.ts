@@ -18,7 +18,7 @@ import { requestsInFlightPerConnectionMax } from "../../src/constants.ts";
 import { BlkRequestType, BlkStatus } from "../../src/node/export/vhost/blk.ts";
 import { HeaderFlag, ProtocolFeatureBit, Request, bit } from "../../src/node/export/vhost/protocol.ts";
 import { startVhostExport, type VhostExport } from "../../src/node/export/vhost/server.ts";
-import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE } from "../helpers/vhost-frontend.ts";
+import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT } from "../helpers/vhost-frontend.ts";
 import { TestVolumes } from "../helpers/vhost-volumes.ts";
 
 const MiB = 1024 * 1024;
