@@ -1,0 +1,308 @@
+// Proves the NBD server's driver does what the daemon relies on, over real unix and TCP sockets
+// with the test client in test/helpers/nbd-client.ts: data written through one connection reads
+// back through another, sessions() reports live sessions, revocation and read-only changes act on
+// open sessions, close() drains or cuts as asked and export handles are released only when IO is
+// done, layer failures reach the client as error values while the connection carries on, FUA is
+// honoured with write-then-flush on a layer without native FUA, a client that stops reading
+// cannot make the server lose or reorder replies, and the listening socket is created safely.
+import { afterEach, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { silentLogger } from "../../src/common/log.ts";
+import { MemoryLayer } from "../../src/node/block/memory.ts";
+import { startNbdServer, type NbdServer } from "../../src/node/export/nbd/server.ts";
+import { Command, CommandFlag, ErrorValue, TransmissionFlag } from "../../src/node/export/nbd/protocol.ts";
+import { encodeRequest } from "../../src/node/export/nbd/codec.ts";
+import { NbdClient, NbdReplyError, RawConnection } from "../helpers/nbd-client.ts";
+import { TestExports } from "../helpers/nbd-exports.ts";
+import { ControlledLayer } from "../helpers/nbd-layers.ts";
+
+const MiB = 1024 * 1024;
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function pattern(length: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(length);
+  let state = seed >>> 0 || 1;
+  for (let index = 0; index < length; index++) {
+    state = (state * 1103515245 + 12345) >>> 0;
+    bytes[index] = state >>> 24;
+  }
+  return bytes;
+}
+
+async function serve(volumes: Record<string, { layer: ControlledLayer | MemoryLayer; readOnly?: boolean }>, tcp = false) {
+  const directory = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-nbd-server-"));
+  const exports = new TestExports();
+  for (const [name, volume] of Object.entries(volumes)) exports.add(name, volume.layer, { readOnly: volume.readOnly });
+  const unixPath = path.join(directory, "nbd.sock");
+  const server = await startNbdServer({ unixPath, exports, log: silentLogger, tcp: tcp ? { hostname: "127.0.0.1", port: 0 } : undefined });
+  cleanups.push(async () => {
+    await server.close();
+    fs.rmSync(directory, { recursive: true, force: true });
+  });
+  return { server, exports, unixPath, directory, address: { unix: unixPath } };
+}
+
+function errorOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => new Error("expected a rejection"),
+    (error) => error,
+  );
+}
+
+async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+describe("NBD server", () => {
+  test("writes through one connection read back through another; FLUSH reaches the layer", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(16 * MiB));
+    const { address } = await serve({ vol0: { layer } });
+    const writer = await NbdClient.connect(address);
+    const reader = await NbdClient.connect(address, { structured: false });
+    expect(writer.transmissionFlags & TransmissionFlag.CanMultiConnection).toBeTruthy();
+    const data = pattern(3 * MiB, 7);
+    await Promise.all([writer.write(MiB, data.subarray(0, 2 * MiB)), writer.write(3 * MiB, data.subarray(2 * MiB))]);
+    await writer.flush();
+    expect(layer.count("flush")).toBe(1);
+    expect(await reader.read(MiB, 3 * MiB)).toEqual(data);
+    expect(await writer.read(MiB + 512, 4096)).toEqual(data.subarray(512, 4608));
+    await writer.disconnect();
+    await reader.disconnect();
+  });
+
+  test("sessions() lists sessions in transmission with their volume and requests in flight", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(MiB));
+    const { server, address } = await serve({ vol0: { layer } });
+    expect(server.sessions()).toEqual([]);
+    const client = await NbdClient.connect(address);
+    const negotiating = await RawConnection.open(address);
+    await negotiating.read(18);
+    layer.hold();
+    const reads = [client.read(0, 4096), client.read(4096, 4096)];
+    await layer.waitHeld(2);
+    const sessions = server.sessions();
+    expect(sessions.length).toBe(1);
+    expect(sessions[0]).toMatchObject({ kind: "nbd", volume: "vol0", requestsInFlight: 2, client: expect.stringContaining("unix") });
+    layer.releaseHeld();
+    await Promise.all(reads);
+    expect(server.sessions()[0]!.requestsInFlight).toBe(0);
+    negotiating.terminate();
+    await client.disconnect();
+    await until(() => server.sessions().length === 0, "session list to empty");
+  });
+
+  test("revoking a volume closes its sessions after their IO, releases the handle, and leaves other volumes serving", async () => {
+    const doomed = new ControlledLayer(new MemoryLayer(MiB));
+    const kept = new MemoryLayer(MiB);
+    const { exports, address } = await serve({ vol0: { layer: doomed }, vol1: { layer: kept } });
+    const victim = await NbdClient.connect(address, { name: "vol0" });
+    const bystander = await NbdClient.connect(address, { name: "vol1" });
+    expect(exports.held("vol0")).toBe(1);
+    doomed.hold();
+    const inFlight = victim.write(0, pattern(4096, 1));
+    await doomed.waitHeld(1);
+    exports.revoke("vol0", "volume deleted");
+    const late = victim.write(4096, pattern(4096, 2));
+    await expect(late).rejects.toMatchObject({ error: ErrorValue.Shutdown });
+    expect(exports.held("vol0")).toBe(1); // the write is still in the layer
+    doomed.releaseHeld();
+    await inFlight; // answered before the close
+    await victim.connection.closed;
+    await until(() => exports.held("vol0") === 0, "vol0 handle release");
+    await bystander.write(0, pattern(512, 3));
+    expect(await bystander.read(0, 512)).toEqual(pattern(512, 3));
+  });
+
+  test("a volume that turns read-only refuses writes with EPERM and keeps its bytes", async () => {
+    const layer = new MemoryLayer(MiB);
+    const { exports, address } = await serve({ vol0: { layer } });
+    const client = await NbdClient.connect(address);
+    await client.write(0, pattern(4096, 9));
+    exports.setReadOnly("vol0", true);
+    await expect(client.write(0, pattern(4096, 10))).rejects.toMatchObject({ error: ErrorValue.Permission });
+    await expect(client.zero(0, 4096)).rejects.toMatchObject({ error: ErrorValue.Permission });
+    await expect(client.trim(0, 4096)).rejects.toMatchObject({ error: ErrorValue.Permission });
+    expect(await client.read(0, 4096)).toEqual(pattern(4096, 9));
+    const fresh = await NbdClient.connect(address);
+    expect(fresh.transmissionFlags & TransmissionFlag.ReadOnly).toBeTruthy();
+  });
+
+  test("close with drain answers requests in flight before closing; then every handle is released", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(MiB));
+    const { server, exports, address } = await serve({ vol0: { layer } });
+    const client = await NbdClient.connect(address);
+    layer.hold();
+    const write = client.write(0, pattern(8192, 4));
+    await layer.waitHeld(1);
+    const closing = server.close({ drain: true });
+    await Bun.sleep(20);
+    expect(client.connection.isClosed).toBe(false);
+    layer.releaseHeld();
+    await write;
+    await closing;
+    await client.connection.closed;
+    expect(exports.held("vol0")).toBe(0);
+    expect(fs.existsSync(server.unixPath!)).toBe(false);
+    expect(await layer.read(0, new Uint8Array(8192)).then(() => true)).toBe(true);
+  });
+
+  test("close without drain cuts connections at once; the handle is released when the IO finishes", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(MiB));
+    const { server, exports, address } = await serve({ vol0: { layer } });
+    const client = await NbdClient.connect(address);
+    layer.hold();
+    const write = client.write(0, pattern(4096, 5));
+    await layer.waitHeld(1);
+    await server.close({ drain: false });
+    await expect(write).rejects.toThrow();
+    expect(exports.held("vol0")).toBe(1);
+    layer.releaseHeld();
+    await until(() => exports.held("vol0") === 0, "handle release after IO");
+    await expect(RawConnection.open(address)).rejects.toThrow();
+  });
+
+  test("a second close without drain cuts what a drain is still waiting for", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(MiB));
+    const { server, address } = await serve({ vol0: { layer } });
+    const client = await NbdClient.connect(address);
+    layer.hold();
+    void client.write(0, pattern(4096, 5)).catch(() => {});
+    await layer.waitHeld(1);
+    let drained = false;
+    const draining = server.close({ drain: true }).then(() => (drained = true));
+    await Bun.sleep(20);
+    expect(drained).toBe(false);
+    await server.close({ drain: false });
+    await client.connection.closed;
+    layer.releaseHeld();
+    await draining;
+  });
+
+  test("layer failures reach the client as error values and the connection carries on", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(MiB));
+    const { address } = await serve({ vol0: { layer } });
+    const structured = await NbdClient.connect(address);
+    const simple = await NbdClient.connect(address, { structured: false });
+    layer.failWith("EIO");
+    const error = await structured.read(0, 4096).catch((caught) => caught);
+    expect(error).toBeInstanceOf(NbdReplyError);
+    expect(error.error).toBe(ErrorValue.InputOutput);
+    expect(error.message).toContain("read failed: EIO");
+    // (Caught by hand: bun test's expect().rejects reports the layer's rejection as unhandled
+    // for the microtask it takes an async function to adopt it.)
+    expect(await errorOf(simple.write(0, pattern(512, 1)))).toMatchObject({ error: ErrorValue.InputOutput });
+    layer.failWith("ENOSPC");
+    expect(await errorOf(structured.write(0, pattern(512, 1)))).toMatchObject({ error: ErrorValue.NoSpace });
+    layer.failWith(undefined);
+    await structured.write(0, pattern(512, 2));
+    expect(await simple.read(0, 512)).toEqual(pattern(512, 2));
+  });
+
+  test("FUA without native FUA is write then flush; a layer that cannot flush is never flushed", async () => {
+    const noFua = new ControlledLayer(new MemoryLayer(MiB), { fua: false });
+    const noFlush = new ControlledLayer(new MemoryLayer(MiB), { fua: false, flush: false });
+    const { address } = await serve({ a: { layer: noFua }, b: { layer: noFlush } });
+    const a = await NbdClient.connect(address, { name: "a" });
+    await a.write(0, pattern(4096, 1), CommandFlag.Fua);
+    expect(noFua.calls.map((call) => [call.op, call.fua ?? false])).toEqual([
+      ["write", false],
+      ["flush", false],
+    ]);
+    await a.zero(0, 4096, CommandFlag.Fua);
+    await a.trim(0, 4096, CommandFlag.Fua);
+    expect(noFua.calls.slice(2).map((call) => [call.op, call.fua ?? false])).toEqual([
+      ["zero", false],
+      ["flush", false],
+      ["trim", false],
+      ["flush", false],
+    ]);
+    const b = await NbdClient.connect(address, { name: "b" });
+    expect(b.transmissionFlags & TransmissionFlag.SendFlush).toBe(0);
+    expect(b.transmissionFlags & TransmissionFlag.SendFua).toBeTruthy();
+    await b.write(0, pattern(4096, 1), CommandFlag.Fua);
+    await expect(b.flush()).rejects.toMatchObject({ error: ErrorValue.Invalid });
+    expect(noFlush.count("flush")).toBe(0);
+  });
+
+  test("a client that pipelines large reads without reading replies gets every reply, in full, once it reads", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(64 * MiB));
+    const { server, address } = await serve({ vol0: { layer } });
+    const writer = await NbdClient.connect(address);
+    const data = pattern(8 * MiB, 11);
+    await writer.write(0, data);
+    const raw = await NbdClient.connect(address, { structured: false });
+    const count = 160; // 160 MiB of replies: far more than the socket buffers hold
+    const replies = Array.from({ length: count }, (_, index) => raw.read((index % 8) * MiB, MiB));
+    await Bun.sleep(300);
+    // The server stopped reading requests while its replies could not leave.
+    expect(layer.count("read")).toBeLessThan(count);
+    const results = await Promise.all(replies);
+    results.forEach((result, index) => expect(Buffer.compare(result, data.subarray((index % 8) * MiB, (index % 8 + 1) * MiB))).toBe(0));
+    expect(layer.count("read")).toBe(count);
+    expect(server.sessions().length).toBe(2);
+  });
+
+  test("TCP on port 0 reports the bound address and serves the same exports", async () => {
+    const { server } = await serve({ vol0: { layer: new MemoryLayer(MiB) } }, true);
+    expect(server.tcpAddress).toMatch(/^127\.0\.0\.1:\d+$/);
+    const port = Number(server.tcpAddress!.split(":")[1]);
+    expect(port).toBeGreaterThan(0);
+    const client = await NbdClient.connect({ hostname: "127.0.0.1", port });
+    await client.write(0, pattern(512, 6));
+    expect(await client.read(0, 512)).toEqual(pattern(512, 6));
+    expect(server.sessions()[0]!.client).toContain("tcp 127.0.0.1:");
+  });
+
+  test("the unix socket is mode 0660, replaces a stale socket, and refuses a live one or a regular file", async () => {
+    const { unixPath, directory, server } = await serve({ vol0: { layer: new MemoryLayer(MiB) } });
+    expect(fs.statSync(unixPath).mode & 0o777).toBe(0o660);
+    await expect(startNbdServer({ unixPath, exports: new TestExports(), log: silentLogger })).rejects.toMatchObject({ code: "in_use" });
+    const regular = path.join(directory, "file");
+    fs.writeFileSync(regular, "keep me");
+    await expect(startNbdServer({ unixPath: regular, exports: new TestExports(), log: silentLogger })).rejects.toMatchObject({ code: "already_exists" });
+    expect(fs.readFileSync(regular, "utf8")).toBe("keep me");
+    // A socket file left by a dead server.
+    const stalePath = path.join(directory, "stale.sock");
+    const stale = Bun.listen({ unix: stalePath, socket: { data() {} } });
+    stale.stop(true);
+    if (!fs.existsSync(stalePath)) {
+      // Bun removed it on stop; make a dead socket file the way a crash leaves one.
+      const python = Bun.spawnSync(["/usr/bin/python3", "-c", `import socket; s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(stalePath)})`]);
+      expect(python.exitCode).toBe(0);
+    }
+    expect(fs.lstatSync(stalePath).isSocket()).toBe(true);
+    const second = await startNbdServer({ unixPath: stalePath, exports: new TestExports(), log: silentLogger });
+    const connection = await RawConnection.open({ unix: stalePath });
+    expect((await connection.read(18))!.length).toBe(18);
+    connection.terminate();
+    await second.close();
+    await server.close();
+  });
+
+  test("a request stream cut mid-request leaves the server serving others; the handle is released", async () => {
+    const layer = new MemoryLayer(MiB);
+    const { exports, address } = await serve({ vol0: { layer } });
+    const other = await NbdClient.connect(address);
+    const cut = await NbdClient.connect(address);
+    expect(exports.held("vol0")).toBe(2);
+    cut.connection.send(encodeRequest({ flags: 0, type: Command.Write, cookie: 1n, offset: 0, length: 4096 }, new Uint8Array(100)));
+    await Bun.sleep(20);
+    cut.terminate();
+    await until(() => exports.held("vol0") === 1, "release of the cut session");
+    await other.write(0, pattern(4096, 8));
+    expect(await other.read(0, 4096)).toEqual(pattern(4096, 8));
+    // The partial write never reached the volume.
+    const check = new Uint8Array(4096);
+    await layer.read(0, check);
+    expect(check).toEqual(pattern(4096, 8));
+  });
+});
