@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { silentLogger } from "../../src/common/log.ts";
 import { MemoryLayer } from "../../src/node/block/memory.ts";
-import { startNbdServer, type NbdServer } from "../../src/node/export/nbd/server.ts";
+import { startNbdServer } from "../../src/node/export/nbd/server.ts";
 import { Command, CommandFlag, ErrorValue, TransmissionFlag } from "../../src/node/export/nbd/protocol.ts";
 import { encodeRequest } from "../../src/node/export/nbd/codec.ts";
 import { NbdClient, NbdReplyError, RawConnection } from "../helpers/nbd-client.ts";
@@ -24,7 +24,7 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-function pattern(length: number, seed: number): Uint8Array {
+function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(length);
   let state = seed >>> 0 || 1;
   for (let index = 0; index < length; index++) {
