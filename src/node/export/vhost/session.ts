@@ -338,7 +338,7 @@ export class VhostSession {
     const { message } = framed;
     const fds = framed.fds;
     const needsAck = (message.flags & HeaderFlag.NeedReply) !== 0;
-    this.log.debug("message", { request: requestName(message.request), fds: fds.length });
+    this.log.debug("message", { request: requestName(message.request), fds: fds.length, ...(message.body.kind === "state" ? { index: message.body.index, num: message.body.num } : {}) });
     try {
       const result = this.dispatch(message.request, message.body, fds);
       for (const fd of fds.splice(0)) closeFd(fd);

@@ -1,0 +1,203 @@
+// Boots a throw-away QEMU guest (TCG here; see the lab README) whose one disk is a vhost-user-blk
+// device on a given socket, runs a busybox-sh script in it and returns what it printed. It is the
+// lab's vm-fio.sh (same base initramfs — built and cached by vm-fio.sh itself — same /init, same
+// QEMU command line) with what the vhost end-to-end tests need on top:
+//  - `reconnect`: the chardev gets `reconnect=1`, so QEMU reconnects when the back-end restarts;
+//  - `ext4`: the host's mke2fs (with its libraries and mke2fs.conf) and the guest kernel's ext4
+//    module chain are added to the initramfs, because busybox can only make ext2 and the Debian
+//    kernel has ext4 as a module;
+//  - `marks`: lines the script writes to the console as `TANDEM_MARK name` are reported while the
+//    guest runs, so a test can act at a given point of the workload (kill the back-end mid-IO).
+// Every run is bounded (guest-side timeout, host-side wall clock) and QEMU is killed by its PID.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+/**
+ * The lab's scripts directory (vm-fio.sh, serve.sh, guest/init): $TANDEM_LAB_SCRIPTS, or wherever
+ * vm-fio.sh is found on PATH. Tests that need it fail with this message when neither is set.
+ */
+export function labScripts(): string {
+  const fromEnvironment = process.env.TANDEM_LAB_SCRIPTS;
+  if (fromEnvironment && fs.existsSync(path.join(fromEnvironment, "vm-fio.sh"))) return fromEnvironment;
+  const onPath = Bun.which("vm-fio.sh");
+  if (onPath) return path.dirname(fs.realpathSync(onPath));
+  throw new Error("set TANDEM_LAB_SCRIPTS to the lab scripts directory (the one holding vm-fio.sh, serve.sh and guest/init)");
+}
+
+export interface GuestOptions {
+  socket: string;
+  script: string;
+  /** Scratch directory (the initramfs cache lives in `<labDir>/cache`). */
+  labDir: string;
+  queues?: number;
+  smp?: number;
+  memoryMb?: number;
+  reconnect?: boolean;
+  ext4?: boolean;
+  timeoutSeconds?: number;
+  onMark?: (mark: string) => void;
+}
+
+export interface GuestResult {
+  ok: boolean;
+  rc: number;
+  /** The script's stdout (when it did not write /tmp/result.json). */
+  output: string;
+  /** The parsed /tmp/result.json when the script wrote one (fio JSON). */
+  json: unknown;
+  stderr: string;
+  console: string;
+  qemuStderr: string;
+  wallSeconds: number;
+}
+
+function run(command: string[], env: Record<string, string> = {}): { code: number; stdout: string; stderr: string } {
+  const result = Bun.spawnSync(command, { env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe" });
+  return { code: result.exitCode ?? -1, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
+}
+
+function kernel(): { path: string; version: string } {
+  const kernels = fs.readdirSync("/boot").filter((name) => name.startsWith("vmlinuz-")).sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  const name = kernels[kernels.length - 1];
+  if (!name) throw new Error("no guest kernel in /boot (apt-get install linux-image-amd64)");
+  return { path: path.join("/boot", name), version: name.slice("vmlinuz-".length) };
+}
+
+/** The base initramfs vm-fio.sh builds (busybox, /init, virtio modules, fio), built once if missing. */
+function baseInitramfs(labDir: string): string {
+  const { version } = kernel();
+  const key = run(["bash", "-c", `(cat "${labScripts()}/guest/init"; echo "${version}"; ls -l /usr/bin/fio /bin/busybox) | md5sum | cut -c1-12`]).stdout.trim();
+  const base = path.join(labDir, "cache", `initramfs-${version}-${key}.cpio`);
+  if (!fs.existsSync(base)) {
+    // Any short vm-fio.sh run builds and caches it.
+    const image = path.join(labDir, "bootstrap.img");
+    fs.writeFileSync(image, new Uint8Array(1024 * 1024));
+    const built = run([`${labScripts()}/vm-fio.sh`, "--raw", image, "--cmd", "true", "--timeout", "30"], { LAB_TMP: labDir });
+    if (!fs.existsSync(base)) throw new Error(`vm-fio.sh did not build ${base}: ${built.stderr}`);
+  }
+  return base;
+}
+
+/** Copy a host binary and every library it links into `root`. */
+function addBinary(root: string, binary: string, as: string): void {
+  fs.mkdirSync(path.join(root, path.dirname(as)), { recursive: true });
+  fs.copyFileSync(binary, path.join(root, as));
+  fs.chmodSync(path.join(root, as), 0o755);
+  const ldd = run(["ldd", binary]).stdout;
+  for (const match of ldd.matchAll(/=> (\/\S+)/g)) {
+    const library = match[1]!;
+    const target = path.join(root, library);
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.copyFileSync(fs.realpathSync(library), target);
+  }
+}
+
+/** Kernel modules for ext4, in load order (decompressed if the distribution compresses them). */
+const ext4Modules = ["kernel/lib/crc16.ko", "kernel/fs/mbcache.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/crypto/crc32c_generic.ko", "kernel/fs/ext4/ext4.ko"];
+
+function addExt4(root: string): void {
+  addBinary(root, "/usr/sbin/mke2fs", "opt/tandem/mke2fs");
+  fs.mkdirSync(path.join(root, "etc"), { recursive: true });
+  if (fs.existsSync("/etc/mke2fs.conf")) fs.copyFileSync("/etc/mke2fs.conf", path.join(root, "etc/mke2fs.conf"));
+  const directory = path.join(root, "lib/modules/extra");
+  fs.mkdirSync(directory, { recursive: true });
+  const moduleRoot = path.join("/lib/modules", kernel().version);
+  const order: string[] = [];
+  for (const relative of ext4Modules) {
+    const name = path.basename(relative, ".ko");
+    const source = [relative, `${relative}.xz`, `${relative}.zst`].map((r) => path.join(moduleRoot, r)).find((p) => fs.existsSync(p));
+    if (!source) continue; // built into this kernel
+    const target = path.join(directory, `${name}.ko`);
+    if (source.endsWith(".xz")) fs.writeFileSync(target, run(["xz", "-dc", source]).stdout);
+    else if (source.endsWith(".zst")) fs.writeFileSync(target, run(["zstd", "-qdc", source]).stdout);
+    else fs.copyFileSync(source, target);
+    order.push(name);
+  }
+  fs.writeFileSync(path.join(directory, "order"), order.join("\n") + "\n");
+}
+
+/**
+ * Shell lines that load the ext4 modules added by `ext4: true` and set $MKE2FS to the host's mke2fs
+ * (busybox's own mke2fs, first on PATH, makes ext2 only).
+ */
+export const loadExt4 = "MKE2FS=/opt/tandem/mke2fs; for m in $(cat /lib/modules/extra/order); do insmod /lib/modules/extra/$m.ko || exit 90; done";
+
+export async function runGuest(options: GuestOptions): Promise<GuestResult> {
+  const kernelPath = kernel().path;
+  const timeoutSeconds = options.timeoutSeconds ?? 120;
+  const memoryMb = options.memoryMb ?? 512;
+  fs.mkdirSync(options.labDir, { recursive: true });
+  const base = baseInitramfs(options.labDir);
+  const runDir = fs.mkdtempSync(path.join(options.labDir, "guest-"));
+  try {
+    const root = path.join(runDir, "w");
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, "workload.sh"), `DEV=$1; export DEV\n${options.script}\n`);
+    if (options.ext4) addExt4(root);
+    const workCpio = path.join(runDir, "work.cpio");
+    const packed = run(["bash", "-c", `cd "${root}" && find . | cpio -o -H newc --quiet > "${workCpio}"`]);
+    if (packed.code !== 0) throw new Error(`cpio failed: ${packed.stderr}`);
+    const initrd = path.join(runDir, "initrd.cpio");
+    fs.writeFileSync(initrd, Buffer.concat([fs.readFileSync(base), fs.readFileSync(workCpio)]));
+    const consoleLog = path.join(runDir, "console.log");
+    const resultLog = path.join(runDir, "result.txt");
+    fs.writeFileSync(resultLog, "");
+    const append = `console=ttyS0 quiet loglevel=1 panic=-1 edd=off nokaslr tsc=reliable mitigations=off tandem.timeout=${timeoutSeconds}`;
+    const chardev = `socket,id=vu0,path=${options.socket}${options.reconnect ? ",reconnect=1" : ""}`;
+    const command = [
+      "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", String(memoryMb), "-smp", String(options.smp ?? 1),
+      "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+      "-object", `memory-backend-memfd,id=mem0,size=${memoryMb}M,share=on`, "-machine", "pc,memory-backend=mem0",
+      "-kernel", kernelPath, "-initrd", initrd, "-append", append,
+      "-chardev", `file,id=con0,path=${consoleLog}`, "-serial", "chardev:con0",
+      "-chardev", `file,id=res0,path=${resultLog}`, "-serial", "chardev:res0",
+      "-chardev", chardev, "-device", `vhost-user-blk-pci,chardev=vu0,num-queues=${options.queues ?? 1}`,
+    ];
+    const started = performance.now();
+    const qemu = Bun.spawn(command, { stdout: "ignore", stderr: "pipe" });
+    const wallMs = (timeoutSeconds + 120) * 1000;
+    const killer = setTimeout(() => qemu.kill("SIGKILL"), wallMs);
+    const seen = new Set<string>();
+    const watcher = setInterval(() => {
+      if (!options.onMark || !fs.existsSync(consoleLog)) return;
+      for (const match of fs.readFileSync(consoleLog, "latin1").matchAll(/TANDEM_MARK (\S+)/g)) {
+        if (!seen.has(match[1]!)) {
+          seen.add(match[1]!);
+          options.onMark(match[1]!);
+        }
+      }
+    }, 50);
+    const stderrText = new Response(qemu.stderr).text();
+    await qemu.exited;
+    clearTimeout(killer);
+    clearInterval(watcher);
+    const consoleText = fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, "latin1") : "";
+    const line = [fs.readFileSync(resultLog, "latin1"), consoleText].map((text) => /TANDEM_RESULT (\{.*\})/.exec(text)?.[1]).find(Boolean);
+    const qemuStderr = await stderrText;
+    if (!line) {
+      throw new Error(`guest produced no result (qemu exit ${qemu.exitCode}); qemu: ${qemuStderr.slice(-1500)}; console: ${consoleText.slice(-1500)}`);
+    }
+    const result = JSON.parse(line) as { ok: boolean; rc: number; stderr_b64: string; result: unknown };
+    const decode = (text: string) => Buffer.from(text, "base64").toString();
+    return {
+      ok: result.ok,
+      rc: result.rc,
+      output: typeof result.result === "string" ? decode(result.result) : "",
+      json: typeof result.result === "string" ? undefined : result.result,
+      stderr: decode(result.stderr_b64 ?? ""),
+      console: consoleText,
+      qemuStderr,
+      wallSeconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    fs.rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+/** A scratch lab directory shared by the vhost e2e tests and benchmark (keeps the initramfs cache). */
+export function vhostLabDirectory(): string {
+  const directory = path.join(os.tmpdir(), "tandem-vhost-lab");
+  fs.mkdirSync(directory, { recursive: true });
+  return directory;
+}
