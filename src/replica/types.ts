@@ -1,0 +1,125 @@
+// The vocabulary between the replica cores and their driver: events in, actions out, reports for
+// the operator, and the status snapshot. The cores never perform IO; every effect is one of these
+// actions, executed by the driver (src/replica/driver.ts) in the order given. See
+// docs/replication.md for the contract of each.
+import type { BlockErrorCode } from "../common/errors.ts";
+import type { MetadataWrite } from "./metadata-format.ts";
+
+/** The write-authority's answer for one volume (who may write is decided outside the core). */
+export type Grant =
+  /** This node may accept writes for the volume in `epoch`. */
+  | { kind: "write"; epoch: number }
+  /** Reads only; writes fail with EPERM (a secondary). */
+  | { kind: "read"; reason: string }
+  /** All IO waits, neither failing nor completing (quorum lost; a later issue). */
+  | { kind: "frozen"; reason: string };
+
+export type IoError = BlockErrorCode;
+
+export type CoreEvent =
+  | { kind: "tick" }
+  | { kind: "connected"; connection: number; dialled: boolean }
+  | { kind: "dialFailed"; reason: string }
+  | { kind: "data"; connection: number; bytes: Uint8Array }
+  | { kind: "closed"; connection: number; reason: string }
+  | { kind: "clientRead"; volumeId: number; request: number; offset: number; target: Uint8Array }
+  | { kind: "clientWrite"; volumeId: number; request: number; offset: number; data: Uint8Array; fua: boolean }
+  | { kind: "clientFlush"; volumeId: number; request: number }
+  | { kind: "clientTrim"; volumeId: number; request: number; offset: number; length: number; fua: boolean }
+  | { kind: "clientZero"; volumeId: number; request: number; offset: number; length: number; fua: boolean; noHole: boolean }
+  | { kind: "storageDone"; volumeId: number; io: number; error: IoError | null }
+  | { kind: "metadataDone"; volumeId: number; io: number; error: IoError | null }
+  | { kind: "grant"; volumeId: number; grant: Grant }
+  | { kind: "verify"; volumeId: number; request: number; repair: boolean }
+  | { kind: "resolveSplitBrain"; volumeId: number; request: number; keep: "local" | "peer" }
+  | { kind: "closeVolume"; volumeId: number; request: number }
+  | { kind: "shutdown" };
+
+export type CoreAction =
+  | { kind: "send"; connection: number; parts: Uint8Array[] }
+  | { kind: "close"; connection: number; reason: string }
+  | { kind: "dial" }
+  | { kind: "storageRead"; volumeId: number; io: number; offset: number; target: Uint8Array }
+  | { kind: "storageWrite"; volumeId: number; io: number; offset: number; data: Uint8Array; fua: boolean }
+  | { kind: "storageFlush"; volumeId: number; io: number }
+  | { kind: "storageTrim"; volumeId: number; io: number; offset: number; length: number; fua: boolean }
+  | { kind: "storageZero"; volumeId: number; io: number; offset: number; length: number; fua: boolean; noHole: boolean }
+  /** Perform every write, then (when `flush`) make them durable; report once with metadataDone. */
+  | { kind: "metadataWrite"; volumeId: number; io: number; writes: MetadataWrite[]; flush: boolean }
+  /** A client (or operator) request is finished. `mirrored`: the peer took part in a write's completion. */
+  | { kind: "complete"; request: number; error: IoError | null; message?: string; mirrored?: boolean; epoch?: number; result?: unknown }
+  | { kind: "report"; report: ReplicaReport };
+
+export type SyncState =
+  /** Both replicas hold the same data and writes are mirrored. */
+  | "synced"
+  /** The peer is away (or refuses this volume): writes go to this node only and mark the bitmap. */
+  | "degraded"
+  /** Connected; the two sides are agreeing what to do. */
+  | "negotiating"
+  /** Connected; a resync is moving dirty regions (see `resync`). */
+  | "resyncing"
+  /** Both replicas wrote alone: waiting for an operator to choose (`resolveSplitBrain`). */
+  | "splitBrain"
+  /** The replicas cannot be reconciled automatically (unrelated data, no good data, size mismatch). */
+  | "refused";
+
+export interface ResyncStatus {
+  direction: "source" | "target";
+  leader: boolean;
+  bitsTotal: number;
+  bitsRemaining: number;
+  bytesRemaining: number;
+  bytesCopied: number;
+  rateBytesPerSecond: number;
+  /** Seconds to finish at the measured rate; undefined until a rate is known. */
+  etaSeconds: number | undefined;
+}
+
+export interface VerifyStatus {
+  extentsTotal: number;
+  extentsDone: number;
+  mismatches: number;
+  repaired: number;
+}
+
+export interface VolumeStatus {
+  volumeId: number;
+  role: "primary" | "secondary" | "frozen";
+  epoch: number | undefined;
+  sync: SyncState;
+  reason: string;
+  dataState: "new" | "consistent" | "inconsistent";
+  current: string;
+  bitmapBase: string;
+  dirtyBytes: number;
+  activityLogExtents: number;
+  resync: ResyncStatus | undefined;
+  verify: VerifyStatus | undefined;
+  writesInFlight: number;
+  queued: number;
+}
+
+export interface VerifyResult {
+  extentsCompared: number;
+  mismatches: { offset: number; length: number }[];
+  mismatchCount: number;
+  repaired: number;
+  complete: boolean;
+}
+
+export type ReplicaReport =
+  | { kind: "linkUp"; peer: string; version: number }
+  | { kind: "linkDown"; reason: string }
+  | { kind: "connectionRefused"; reason: string }
+  | { kind: "protocolError"; reason: string }
+  | { kind: "volumeOpened"; volumeId: number; findings: string[]; recoveredExtents: number }
+  | { kind: "decision"; volumeId: number; decision: string; sourceIsLocal: boolean | undefined; full: boolean; reason: string; localBits: number; peerBits: number }
+  | { kind: "splitBrain"; volumeId: number; reason: string }
+  | { kind: "generationStarted"; volumeId: number; current: string; base: string }
+  | { kind: "resyncStarted"; volumeId: number; sourceIsLocal: boolean; bits: number; full: boolean }
+  | { kind: "synced"; volumeId: number; current: string }
+  | { kind: "volumeUnknownOnPeer"; volumeId: number }
+  | { kind: "ioError"; volumeId: number; what: string; error: IoError }
+  | { kind: "verifyMismatch"; volumeId: number; offset: number; length: number; repaired: boolean }
+  | { kind: "notice"; volumeId?: number; message: string };

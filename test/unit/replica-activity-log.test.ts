@@ -1,0 +1,35 @@
+// Proves the activity log's bookkeeping: writes need their extents hot, a full log evicts the least
+// recently used idle extent and never one in use or protected, and a plan that cannot fit says so.
+import { expect, test } from "bun:test";
+import { ActivityLog } from "../../src/replica/activity-log.ts";
+
+test("cold extents are missing until a transaction commits them", () => {
+  const log = new ActivityLog(1024, 3);
+  expect(log.missing(1000, 100)).toEqual([0, 1]);
+  const plan = log.plan([0, 1])!;
+  expect(plan).toEqual({ add: [0, 1], evict: [] });
+  log.commit(plan, 1);
+  expect(log.missing(1000, 100)).toEqual([]);
+  expect(log.sequence).toBe(1);
+});
+
+test("a full log evicts the least recently used idle extent, never a busy or protected one", () => {
+  const log = new ActivityLog(1024, 3, [0, 1, 2]);
+  log.acquire(0, 10); // extent 0 busy
+  log.acquire(2048, 10);
+  log.release(2048, 10); // extent 2 used most recently
+  expect(log.plan([5])).toEqual({ add: [5], evict: [1] });
+  expect(log.plan([5], new Set([1]))).toEqual({ add: [5], evict: [2] });
+  expect(log.plan([5, 6, 7])).toBeUndefined(); // 0 is busy: only two idle
+  log.release(0, 10);
+  const plan = log.plan([5, 6, 7])!;
+  expect(plan.evict.sort()).toEqual([0, 1, 2]);
+  expect(log.after(plan)).toEqual([5, 6, 7]);
+  log.commit(plan, 2);
+  expect(log.extents).toEqual([5, 6, 7]);
+});
+
+test("acquiring a cold extent is a bug", () => {
+  const log = new ActivityLog(1024, 2);
+  expect(() => log.acquire(0, 1)).toThrow(/hot before a write/);
+});
