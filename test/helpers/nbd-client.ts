@@ -154,6 +154,15 @@ export class RawConnection {
     this.socket.end();
   }
 
+  /** Stop reading from the socket (replies pile up in the kernel and then in the server). */
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
   terminate(): void {
     this.socket.terminate();
   }

@@ -58,7 +58,9 @@ export type CatalogEntry = ExportDescription | { refused: string };
 
 export class SessionDriver {
   readonly session: NbdSession;
-  private output = new Uint8Array(0);
+  private sent: Uint8Array[] = [];
+  private sentBytes = 0;
+  private joined = new Uint8Array(0);
   private readAt = 0;
   private readonly queue: SessionEvent[] = [];
   private stepping = false;
@@ -130,13 +132,10 @@ export class SessionDriver {
     for (const action of actions) {
       this.history.push(action);
       switch (action.type) {
-        case "send": {
-          const grown = new Uint8Array(this.output.length + action.bytes.length);
-          grown.set(this.output);
-          grown.set(action.bytes, this.output.length);
-          this.output = grown;
+        case "send":
+          this.sent.push(action.bytes);
+          this.sentBytes += action.bytes.length;
           break;
-        }
         case "io":
           this.ios.push(action.io);
           break;
@@ -168,9 +167,18 @@ export class SessionDriver {
     return this.closes.length > 0;
   }
 
+  /** Everything the session has sent, as one buffer (joined when a test reads). */
+  private get output(): Uint8Array {
+    if (this.joined.length !== this.sentBytes) {
+      this.joined = new Uint8Array(Buffer.concat(this.sent));
+      this.sent = [this.joined];
+    }
+    return this.joined;
+  }
+
   /** Bytes sent and not yet read by the test. */
   get unread(): number {
-    return this.output.length - this.readAt;
+    return this.sentBytes - this.readAt;
   }
 
   private read<T>(decode: (bytes: Uint8Array, offset: number) => Decoded<T>): T {

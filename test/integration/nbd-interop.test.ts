@@ -11,6 +11,8 @@ import path from "node:path";
 import { startInProcessNbdTarget, startNbdTarget, type NbdTarget } from "../helpers/nbd-harness.ts";
 
 const MiB = 1024 * 1024;
+/** Each test runs a few external tools; generous for a loaded machine. */
+const toolTimeoutMs = 120_000;
 /** libnbd's nbdsh runs `python3` from PATH; Debian's has the nbd module, a pyenv one may not. */
 const toolEnv = { ...process.env, PATH: "/usr/bin:/bin:/usr/sbin:/sbin" };
 const targets: NbdTarget[] = [];
@@ -116,7 +118,7 @@ describe("nbdinfo", () => {
     expect(listed.exports.map((entry: { "export-name": string }) => entry["export-name"])).toEqual([served.exportName]);
     const missing = await run(["nbdinfo", `nbd+unix:///no-such-volume?socket=${served.socketPath}`]);
     expect(missing.code).not.toBe(0);
-  });
+  }, toolTimeoutMs);
 
   test("--map shows written ranges as data and the rest as holes that read as zero", async () => {
     const served = await target({ sizeBytes: 64 * MiB });
@@ -131,7 +133,7 @@ describe("nbdinfo", () => {
     expect(typeAt(0)).toBe(3);
     expect(typeAt(20 * MiB)).toBe(3);
     expect(typeAt(63 * MiB)).toBe(3);
-  });
+  }, toolTimeoutMs);
 });
 
 describe("nbdsh (libnbd from Python)", () => {
@@ -232,7 +234,7 @@ print(json.dumps(out))
     // And the bytes really are in the volume.
     expectBytes(readBacking(served, 0, 4096), new Uint8Array(4096).fill(0xab), "FUA write in the backing file");
     expectBytes(readBacking(served, 8 * MiB + 5 * 4096, 4096), new Uint8Array(4096).fill(5), "aio write in the backing file");
-  });
+  }, toolTimeoutMs);
 });
 
 describe("QEMU (qemu-io, qemu-img)", () => {
@@ -289,7 +291,7 @@ describe("QEMU (qemu-io, qemu-img)", () => {
     expectBytes(readBacking(served, 8 * MiB, 512 * 1024), new Uint8Array(512 * 1024), "zeroed 8M..8.5M");
     expectBytes(readBacking(served, 8 * MiB + 512 * 1024, 512 * 1024), new Uint8Array(512 * 1024).fill(0x77), "8.5M..9M");
     expectBytes(readBacking(served, 13 * MiB, 64 * 1024), new Uint8Array(64 * 1024).fill(0x12), "13M async write");
-  });
+  }, toolTimeoutMs);
 
   test("qemu-img convert into the export and back out gives identical bytes", async () => {
     const served = await target({ sizeBytes: 32 * MiB });
@@ -308,7 +310,7 @@ describe("QEMU (qemu-io, qemu-img)", () => {
     expect((await run(["cmp", source, back])).code).toBe(0);
     const compared = await run(["qemu-img", "compare", "-f", "raw", "-F", "raw", source, served.uri]);
     expect(compared.stdout).toContain("Images are identical");
-  });
+  }, toolTimeoutMs);
 });
 
 describe("nbdcopy", () => {
@@ -329,7 +331,7 @@ describe("nbdcopy", () => {
     fs.writeFileSync(back, new Uint8Array(0));
     await ok(["nbdcopy", "-C", "4", "-T", "4", served.uri, back]);
     expect((await run(["cmp", source, back])).code).toBe(0);
-  });
+  }, toolTimeoutMs);
 });
 
 describe("fio nbd engine", () => {
@@ -354,7 +356,7 @@ describe("fio nbd engine", () => {
     expect(job.error).toBe(0);
     expect(job.write.total_ios).toBeGreaterThan(1000);
     expect(job.read.total_ios).toBeGreaterThan(job.write.total_ios); // its own reads plus the verify pass
-  });
+  }, toolTimeoutMs);
 
   test("verification is live: a block corrupted behind the server's back fails it", async () => {
     const served = await target({ sizeBytes: 32 * MiB });
@@ -372,5 +374,5 @@ describe("fio nbd engine", () => {
     const failed = await run(["fio", ...common, "--verify_only", "--verify_fatal=1"]);
     expect(failed.code).not.toBe(0);
     expect(failed.stdout + failed.stderr).toMatch(/verify|crc32c/i);
-  });
+  }, toolTimeoutMs);
 });

@@ -12,8 +12,8 @@ import path from "node:path";
 import { silentLogger } from "../../src/common/log.ts";
 import { MemoryLayer } from "../../src/node/block/memory.ts";
 import { startNbdServer } from "../../src/node/export/nbd/server.ts";
-import { Command, CommandFlag, ErrorValue, TransmissionFlag } from "../../src/node/export/nbd/protocol.ts";
-import { encodeRequest } from "../../src/node/export/nbd/codec.ts";
+import { ClientFlag, Command, CommandFlag, ErrorValue, Option, TransmissionFlag } from "../../src/node/export/nbd/protocol.ts";
+import { encodeClientFlags, encodeInfoRequest, encodeOptionRequest, encodeRequest } from "../../src/node/export/nbd/codec.ts";
 import { NbdClient, NbdReplyError, RawConnection } from "../helpers/nbd-client.ts";
 import { TestExports } from "../helpers/nbd-exports.ts";
 import { ControlledLayer } from "../helpers/nbd-layers.ts";
@@ -77,7 +77,7 @@ describe("NBD server", () => {
     expect(await writer.read(MiB + 512, 4096)).toEqual(data.subarray(512, 4608));
     await writer.disconnect();
     await reader.disconnect();
-  });
+  }, 30_000);
 
   test("sessions() lists sessions in transmission with their volume and requests in flight", async () => {
     const layer = new ControlledLayer(new MemoryLayer(MiB));
@@ -98,7 +98,7 @@ describe("NBD server", () => {
     negotiating.terminate();
     await client.disconnect();
     await until(() => server.sessions().length === 0, "session list to empty");
-  });
+  }, 30_000);
 
   test("revoking a volume closes its sessions after their IO, releases the handle, and leaves other volumes serving", async () => {
     const doomed = new ControlledLayer(new MemoryLayer(MiB));
@@ -120,7 +120,7 @@ describe("NBD server", () => {
     await until(() => exports.held("vol0") === 0, "vol0 handle release");
     await bystander.write(0, pattern(512, 3));
     expect(await bystander.read(0, 512)).toEqual(pattern(512, 3));
-  });
+  }, 30_000);
 
   test("a volume that turns read-only refuses writes with EPERM and keeps its bytes", async () => {
     const layer = new MemoryLayer(MiB);
@@ -134,7 +134,7 @@ describe("NBD server", () => {
     expect(await client.read(0, 4096)).toEqual(pattern(4096, 9));
     const fresh = await NbdClient.connect(address);
     expect(fresh.transmissionFlags & TransmissionFlag.ReadOnly).toBeTruthy();
-  });
+  }, 30_000);
 
   test("close with drain answers requests in flight before closing; then every handle is released", async () => {
     const layer = new ControlledLayer(new MemoryLayer(MiB));
@@ -153,7 +153,7 @@ describe("NBD server", () => {
     expect(exports.held("vol0")).toBe(0);
     expect(fs.existsSync(server.unixPath!)).toBe(false);
     expect(await layer.read(0, new Uint8Array(8192)).then(() => true)).toBe(true);
-  });
+  }, 30_000);
 
   test("close without drain cuts connections at once; the handle is released when the IO finishes", async () => {
     const layer = new ControlledLayer(new MemoryLayer(MiB));
@@ -168,7 +168,7 @@ describe("NBD server", () => {
     layer.releaseHeld();
     await until(() => exports.held("vol0") === 0, "handle release after IO");
     await expect(RawConnection.open(address)).rejects.toThrow();
-  });
+  }, 30_000);
 
   test("a second close without drain cuts what a drain is still waiting for", async () => {
     const layer = new ControlledLayer(new MemoryLayer(MiB));
@@ -185,7 +185,7 @@ describe("NBD server", () => {
     await client.connection.closed;
     layer.releaseHeld();
     await draining;
-  });
+  }, 30_000);
 
   test("layer failures reach the client as error values and the connection carries on", async () => {
     const layer = new ControlledLayer(new MemoryLayer(MiB));
@@ -205,7 +205,7 @@ describe("NBD server", () => {
     layer.failWith(undefined);
     await structured.write(0, pattern(512, 2));
     expect(await simple.read(0, 512)).toEqual(pattern(512, 2));
-  });
+  }, 30_000);
 
   test("FUA without native FUA is write then flush; a layer that cannot flush is never flushed", async () => {
     const noFua = new ControlledLayer(new MemoryLayer(MiB), { fua: false });
@@ -231,7 +231,7 @@ describe("NBD server", () => {
     await b.write(0, pattern(4096, 1), CommandFlag.Fua);
     await expect(b.flush()).rejects.toMatchObject({ error: ErrorValue.Invalid });
     expect(noFlush.count("flush")).toBe(0);
-  });
+  }, 30_000);
 
   test("a client that pipelines large reads without reading replies gets every reply, in full, once it reads", async () => {
     const layer = new ControlledLayer(new MemoryLayer(64 * MiB));
@@ -240,16 +240,41 @@ describe("NBD server", () => {
     const data = pattern(8 * MiB, 11);
     await writer.write(0, data);
     const raw = await NbdClient.connect(address, { structured: false });
+    raw.connection.pause();
     const count = 160; // 160 MiB of replies: far more than the socket buffers hold
     const replies = Array.from({ length: count }, (_, index) => raw.read((index % 8) * MiB, MiB));
     await Bun.sleep(300);
     // The server stopped reading requests while its replies could not leave.
     expect(layer.count("read")).toBeLessThan(count);
+    raw.connection.resume();
     const results = await Promise.all(replies);
     results.forEach((result, index) => expect(Buffer.compare(result, data.subarray((index % 8) * MiB, (index % 8 + 1) * MiB))).toBe(0));
     expect(layer.count("read")).toBe(count);
     expect(server.sessions().length).toBe(2);
-  });
+  }, 30_000);
+
+  test("clients that hang up while their replies are blocked are noticed and their exports released", async () => {
+    const layer = new MemoryLayer(8 * MiB);
+    const { server, exports, address } = await serve({ vol0: { layer } });
+    // Each client negotiates, asks for several 1 MiB reads and hangs up at once, or after a
+    // moment, or after reading the negotiation: the server's replies back up, it pauses input,
+    // and a paused Bun socket does not see a hang-up by itself. The pause probe must.
+    for (let round = 0; round < 90; round++) {
+      const connection = await RawConnection.open(address);
+      const parts = [
+        encodeClientFlags({ flags: ClientFlag.FixedNewstyle | ClientFlag.NoZeroes }),
+        encodeOptionRequest({ option: Option.StructuredReply, data: new Uint8Array(0) }),
+        encodeOptionRequest({ option: Option.Go, data: encodeInfoRequest({ name: "vol0", requests: [] }) }),
+      ];
+      for (let index = 0; index < 1 + (round % 12); index++) parts.push(encodeRequest({ flags: 0, type: Command.Read, cookie: BigInt(index + 1), offset: 0, length: MiB }));
+      connection.send(new Uint8Array(Buffer.concat(parts)));
+      if (round % 3 === 1) await Bun.sleep(0);
+      if (round % 3 === 2) await connection.read(18 + 20 * 3);
+      connection.terminate();
+    }
+    await until(() => exports.held("vol0") === 0, "release of every dead client's export", 10_000);
+    expect(server.sessions()).toEqual([]);
+  }, 30_000);
 
   test("TCP on port 0 reports the bound address and serves the same exports", async () => {
     const { server } = await serve({ vol0: { layer: new MemoryLayer(MiB) } }, true);
@@ -260,7 +285,7 @@ describe("NBD server", () => {
     await client.write(0, pattern(512, 6));
     expect(await client.read(0, 512)).toEqual(pattern(512, 6));
     expect(server.sessions()[0]!.client).toContain("tcp 127.0.0.1:");
-  });
+  }, 30_000);
 
   test("the unix socket is mode 0660, replaces a stale socket, and refuses a live one or a regular file", async () => {
     const { unixPath, directory, server } = await serve({ vol0: { layer: new MemoryLayer(MiB) } });
@@ -286,7 +311,7 @@ describe("NBD server", () => {
     connection.terminate();
     await second.close();
     await server.close();
-  });
+  }, 30_000);
 
   test("a request stream cut mid-request leaves the server serving others; the handle is released", async () => {
     const layer = new MemoryLayer(MiB);
@@ -304,5 +329,5 @@ describe("NBD server", () => {
     const check = new Uint8Array(4096);
     await layer.read(0, check);
     expect(check).toEqual(pattern(4096, 8));
-  });
+  }, 30_000);
 });

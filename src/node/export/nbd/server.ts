@@ -8,7 +8,7 @@ import fs from "node:fs";
 import { AssertionError } from "../../../common/assert.ts";
 import { BlockError, TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
-import { nbdCloseLingerMs, nbdConnectionsMax, nbdHandshakeTimeoutMs } from "../../../constants.ts";
+import { nbdCloseLingerMs, nbdConnectionsMax, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
 import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver, ExportSessionInfo } from "../types.ts";
 import { NbdSession, type IoRequest, type IoResult, type SessionAction, type SessionEvent } from "./session.ts";
@@ -50,6 +50,8 @@ class Connection {
   private gracefulClose = false;
   private closed = false;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  private inputPaused = false;
+  private pauseProbeTimer: ReturnType<typeof setInterval> | undefined;
   private lingerTimer: ReturnType<typeof setTimeout> | undefined;
   /** Resolves when the socket has closed. */
   readonly socketClosed: Promise<void>;
@@ -101,10 +103,7 @@ class Connection {
       case "io":
         return this.runIo(action.io);
       case "input":
-        if (this.closed) return;
-        if (action.paused) this.socket.pause();
-        else this.socket.resume();
-        return;
+        return this.setInputPaused(action.paused);
       case "openExport":
         return this.openExport(action.name, action.purpose);
       case "listExports": {
@@ -130,6 +129,31 @@ class Connection {
         this.log[action.level](action.message, action.fields);
         return;
     }
+  }
+
+  /**
+   * Stop or restart reading the socket. A paused Bun socket does not notice that its peer hung
+   * up, so while paused the socket is resumed for a moment every nbdPausedProbeIntervalMs: a
+   * client that died is then seen closing, and its session ends and releases its export.
+   */
+  private setInputPaused(paused: boolean): void {
+    this.inputPaused = paused;
+    if (this.closed) return;
+    if (!paused) {
+      clearInterval(this.pauseProbeTimer);
+      this.pauseProbeTimer = undefined;
+      this.socket.resume();
+      return;
+    }
+    this.socket.pause();
+    this.pauseProbeTimer ??= setInterval(() => {
+      if (this.closed || !this.inputPaused) return;
+      this.socket.resume();
+      // Pause again after the event loop has polled the socket once.
+      setTimeout(() => {
+        if (!this.closed && this.inputPaused) this.socket.pause();
+      }, 1);
+    }, nbdPausedProbeIntervalMs);
   }
 
   private openExport(name: string, purpose: "info" | "go"): void {
@@ -280,6 +304,7 @@ class Connection {
     this.output.length = 0;
     clearTimeout(this.handshakeTimer);
     clearTimeout(this.lingerTimer);
+    clearInterval(this.pauseProbeTimer);
     this.resolveSocketClosed();
     this.dispatch({ type: "disconnected" });
     // A session that never opened an export has nothing to release.

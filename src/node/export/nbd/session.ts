@@ -234,8 +234,8 @@ export function blockStatusDescriptors(extents: readonly Extent[], offset: numbe
 
 // ---- Input buffering ----
 
-/** Received bytes not yet consumed, as the chunks the socket delivered. */
-class InputQueue {
+/** Received bytes not yet consumed, as the chunks the socket delivered. Exported for its tests. */
+export class InputQueue {
   private chunks: Uint8Array[] = [];
   private head = 0; // consumed bytes of chunks[0]
   length = 0;
@@ -254,7 +254,12 @@ class InputQueue {
     const joined = new Uint8Array(bytes);
     let filled = 0;
     while (filled < bytes) filled += this.copyOut(joined, filled, bytes - filled);
-    // Put the joined bytes back at the front so the next peek or take finds them in one piece.
+    // Put the joined bytes back at the front so the next peek or take finds them in one piece;
+    // the chunk they were partly taken from keeps only its unconsumed rest.
+    if (this.head > 0) {
+      this.chunks[0] = this.chunks[0]!.subarray(this.head);
+      this.head = 0;
+    }
     this.chunks.unshift(joined);
     this.length += bytes;
     return joined;
