@@ -1,14 +1,21 @@
-// Readiness of file descriptors that Bun's event loop cannot watch (the vhost-user control socket,
-// its listening socket, the virtqueue kick eventfds), delivered to the main thread. One Worker per
-// process sits in epoll_wait(2) through bun:ffi and never touches any descriptor but the epoll
-// one; the main thread owns every descriptor and adds/removes them with epoll_ctl, which is safe
-// while the worker waits. Everything is edge-triggered, so nobody has to consume an eventfd for
-// the wait to stop firing, and a handler must drain its source (read to EAGAIN) when it runs.
+// Readiness of the descriptors a vhost-user back-end waits on, delivered to the main thread (where
+// block IO must run, because the volume's layer stack lives there). Two mechanisms, each where it
+// measured best:
 //
-// Wake-ups are coalesced: the worker marks the ready sources in a shared array and posts a message
-// only if the main thread is not already due to look, so a busy main thread pays one postMessage
-// for any number of kicks. A handler may run when nothing is ready (a slot reused after a source
-// was removed): every handler tolerates that.
+//  - Kick eventfds (the hot path: one per request batch) are read by Bun's own event loop through
+//    `Bun.file(fd).stream()`, which polls a non-blocking eventfd on the main thread and consumes its
+//    counter. Measured on the lab machine against the worker hop below: wake-up p50 6–18 µs
+//    against 12–23 µs, p99 about 50 µs against 600–700 µs (the extra thread competes for the CPU
+//    with the guest). Cancelling the reader stops the polling before the fd is closed, so a reused
+//    descriptor number is never read by a stale stream.
+//  - Sockets (the listening socket and each control socket) cannot be read that way: the stream
+//    would consume the bytes and drop the file descriptors passed with them. One Worker per process
+//    sits in epoll_wait(2) through bun:ffi and never touches any descriptor but the epoll one; the
+//    main thread owns every descriptor and adds/removes them with epoll_ctl, which is safe while the
+//    worker waits. Everything is edge-triggered, so a handler must drain its source (read to
+//    EAGAIN) when it runs. Wake-ups are coalesced: the worker marks ready sources in a shared
+//    array and posts a message only if the main thread is not already due to look. A handler may
+//    run when nothing is ready (a slot reused after a source was removed): handlers tolerate that.
 //
 // The worker is created from an inline module (a Blob URL), so a `bun build --compile` binary needs
 // no separate worker entry point. It lives while anything is watched through an acquired Poller and
@@ -157,6 +164,36 @@ export class Poller {
         }
         this.handlers[slot] = undefined;
         this.freeSlots.push(slot);
+      },
+    };
+  }
+
+  /**
+   * Call `handler` on the main thread each time eventfd `fd` is signalled (its counter is consumed).
+   * `fd` must be non-blocking. Cancel before closing the descriptor.
+   */
+  watchEventFd(fd: number, handler: () => void): Watch {
+    assert(!this.stopped, "watch on a stopped poller");
+    const reader = Bun.file(fd).stream().getReader();
+    let active = true;
+    void (async () => {
+      for (;;) {
+        let chunk: Awaited<ReturnType<typeof reader.read>>;
+        try {
+          chunk = await reader.read();
+        } catch {
+          return; // cancelled, or the descriptor went away under us: nothing more to report
+        }
+        if (chunk.done || !active) return;
+        this.wakeups++;
+        handler();
+      }
+    })();
+    return {
+      cancel: () => {
+        if (!active) return;
+        active = false;
+        void reader.cancel().catch(() => {});
       },
     };
   }

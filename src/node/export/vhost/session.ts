@@ -609,7 +609,7 @@ export class VhostSession {
     queue.kickWatch = undefined;
     if (queue.ring) {
       // A new kick descriptor for a running ring: just watch the new one.
-      queue.kickWatch = this.options.poller.watch(kickFd, () => this.service(queue));
+      queue.kickWatch = this.options.poller.watchEventFd(kickFd, () => this.service(queue));
       this.service(queue);
       return;
     }
@@ -640,7 +640,7 @@ export class VhostSession {
     }
     queue.ring = ring;
     queue.accepting = true;
-    queue.kickWatch = this.options.poller.watch(kickFd, () => this.service(queue));
+    queue.kickWatch = this.options.poller.watchEventFd(kickFd, () => this.service(queue));
     this.log.debug("queue started", { queue: queue.index, size: queue.size, base: ring.nextAvailableIndex, resubmitted: resubmit.length });
     if (resubmit.length > 0) {
       this.log.info("resubmitting requests left in flight", { queue: queue.index, requests: resubmit.length });
