@@ -32,6 +32,7 @@ const symbols = {
   epoll_create1: { args: [i32], returns: i32 },
   epoll_ctl: { args: [i32, i32, i32, pointer], returns: i32 },
   dup: { args: [i32], returns: i32 },
+  fcntl: { args: [i32, i32, i32], returns: i32 },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
@@ -58,6 +59,12 @@ const EINTR = 4;
 const EFD_CLOEXEC = 0o2000000;
 const EFD_NONBLOCK = 0o4000;
 const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
 const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
@@ -278,15 +285,28 @@ export function eventFdConsume(fd: number): number {
   return Number(eventValue[0]);
 }
 
-/** An anonymous shared-memory file of `sizeBytes` (memfd_create + ftruncate), close-on-exec. */
-export function memoryFileCreate(name: string, sizeBytes: number): number {
-  const fd = check(libc().memfd_create(new TextEncoder().encode(name + "\0"), MFD_CLOEXEC), "memfd_create");
-  if (libc().ftruncate(fd, sizeBytes) < 0) {
-    const error = systemError("ftruncate(memfd)");
+/**
+ * An anonymous shared-memory file of `sizeBytes` (memfd_create + ftruncate), close-on-exec. With
+ * `sealSize`, it can never be shrunk or grown afterwards (F_SEAL_SHRINK | F_SEAL_GROW), so whoever
+ * maps it can trust its size.
+ */
+export function memoryFileCreate(name: string, sizeBytes: number, options: { sealSize?: boolean } = {}): number {
+  const flags = MFD_CLOEXEC | (options.sealSize ? MFD_ALLOW_SEALING : 0);
+  const fd = check(libc().memfd_create(new TextEncoder().encode(name + "\0"), flags), "memfd_create");
+  try {
+    check(libc().ftruncate(fd, sizeBytes), "ftruncate(memfd)");
+    if (options.sealSize) check(libc().fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), "fcntl(F_ADD_SEALS)");
+    return fd;
+  } catch (error) {
     libc().close(fd);
     throw error;
   }
-  return fd;
+}
+
+/** The seals on a memfd (F_SEAL_*), or undefined for files that cannot carry seals. */
+export function fileSeals(fd: number): number | undefined {
+  const seals = libc().fcntl(fd, F_GET_SEALS, 0);
+  return seals < 0 ? undefined : seals;
 }
 
 /** A shared read-write mapping of `sizeBytes` of `fd` from `offset` (page aligned). */

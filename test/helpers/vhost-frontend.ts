@@ -61,6 +61,8 @@ export interface FrontEndOptions {
   memoryBytes?: number;
   /** Split guest memory into this many regions (separate SET_MEM_TABLE entries, contiguous in guest space). */
   regions?: number;
+  /** Seal the memfd against resizing, as QEMU's memfd backend does (default true). */
+  sealed?: boolean;
 }
 
 export async function until<T>(what: string, check: () => T | undefined | false, timeoutMs = 5000): Promise<T> {
@@ -227,11 +229,11 @@ export class VhostTestFrontEnd {
   readonly queues: TestQueue[] = [];
   closedByPeer = false;
 
-  private constructor(fd: number, memoryBytes: number, regions: number) {
+  private constructor(fd: number, memoryBytes: number, regions: number, sealed: boolean) {
     this.fd = fd;
     this.memoryBytes = memoryBytes;
     this.regionCount = regions;
-    this.memoryFd = memoryFileCreate("test-guest-ram", memoryBytes);
+    this.memoryFd = memoryFileCreate("test-guest-ram", memoryBytes, { sealSize: sealed });
     this.mapping = mapShared(this.memoryFd, memoryBytes, 0);
     this.guest = mappedBytes(this.mapping, 0, memoryBytes);
     // Keep page 0 unused so that address 0 is never a valid buffer by accident.
@@ -239,7 +241,7 @@ export class VhostTestFrontEnd {
   }
 
   static connect(socketPath: string, options: FrontEndOptions = {}): VhostTestFrontEnd {
-    return new VhostTestFrontEnd(unixConnect(socketPath), options.memoryBytes ?? 16 * 1024 * 1024, options.regions ?? 1);
+    return new VhostTestFrontEnd(unixConnect(socketPath), options.memoryBytes ?? 16 * 1024 * 1024, options.regions ?? 1, options.sealed ?? true);
   }
 
   /** Connect again (same guest memory and queues), as QEMU does after a back-end restart. */
@@ -327,9 +329,9 @@ export class VhostTestFrontEnd {
     return this.closedByPeer;
   }
 
-  /** SET_MEM_TABLE describing guest memory (optionally as several contiguous regions). */
-  async setMemoryTable(needReply = true): Promise<void> {
-    const regionBytes = this.memoryBytes / this.regionCount;
+  /** SET_MEM_TABLE describing guest memory (optionally as several contiguous regions, or claiming more than there is). */
+  async setMemoryTable(needReply = true, claimedBytes = this.memoryBytes): Promise<void> {
+    const regionBytes = claimedBytes / this.regionCount;
     const regions = Array.from({ length: this.regionCount }, (_, i) => ({
       guestAddress: i * regionBytes,
       sizeBytes: regionBytes,

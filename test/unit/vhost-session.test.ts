@@ -18,7 +18,7 @@ import { requestsInFlightPerConnectionMax } from "../../src/constants.ts";
 import { BlkRequestType, BlkStatus } from "../../src/node/export/vhost/blk.ts";
 import { HeaderFlag, ProtocolFeatureBit, Request, bit } from "../../src/node/export/vhost/protocol.ts";
 import { startVhostExport, type VhostExport } from "../../src/node/export/vhost/server.ts";
-import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT } from "../helpers/vhost-frontend.ts";
+import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT, type FrontEndOptions } from "../helpers/vhost-frontend.ts";
 import { TestVolumes } from "../helpers/vhost-volumes.ts";
 
 const MiB = 1024 * 1024;
@@ -53,7 +53,7 @@ async function serve(volume: string, options: { queues?: number; socket?: string
   return started;
 }
 
-function connect(started: VhostExport, options?: { memoryBytes?: number; regions?: number }): VhostTestFrontEnd {
+function connect(started: VhostExport, options?: FrontEndOptions): VhostTestFrontEnd {
   const frontEnd = VhostTestFrontEnd.connect(started.socketPath, options);
   frontEnds.push(frontEnd);
   return frontEnd;
@@ -278,6 +278,25 @@ describe("requests", () => {
     expect(started.sessions()[0]!.requestsInFlight).toBe(requestsInFlightPerConnectionMax);
     volume.gate.thaw();
     for (const queue of queues) expect((await queue.waitUsed(100)).length).toBe(100);
+  });
+
+  test("a memory region larger than its file ends the session instead of faulting later", async () => {
+    volumes.add("disk", volumeBytes);
+    const started = await serve("disk");
+    const fe = connect(started);
+    await fe.negotiate();
+    fe.send(Request.SetMemTable, { kind: "memory", regions: [{ guestAddress: 0, sizeBytes: 32 * MiB, userAddress: 0x7f00_0000_0000, mmapOffset: 0 }] }, { fds: [fe.memoryFd] });
+    await fe.waitClosed();
+    expect(sessionEndReasons()[0]).toMatch(/holds 16777216 bytes, the region needs 33554432/);
+    await until("the release", () => volumes.volumes.get("disk")!.releases === 1);
+  });
+
+  test("guest memory that can be shrunk under the mapping is served, with a warning", async () => {
+    volumes.add("disk", volumeBytes);
+    const fe = connect(await serve("disk"), { sealed: false });
+    const [q] = await fe.setup();
+    expect((await fe.read(q!, 0, 512)).status).toBe(BlkStatus.Ok);
+    expect(logs.filter((line) => line.includes("without F_SEAL_SHRINK")).length).toBe(1);
   });
 
   test("SET_MEM_TABLE while running: the rings are found again in the new table", async () => {

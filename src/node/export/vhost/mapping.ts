@@ -8,7 +8,13 @@
 // A mapping must outlive every view of it that IO may still use: unmapping memory a pending pread
 // writes into would fault the whole daemon. The session counts references (see session.ts) and
 // calls `unmap` only once none are left.
-import { mappedBytes, mapShared, unmap, type Mapping } from "../../../common/ffi-socket.ts";
+//
+// Touching a mapped page past the end of its file raises SIGBUS, which would kill the daemon, so a
+// region is mapped only if the file really holds it. A front-end could still shrink its file
+// afterwards; QEMU's memfd memory backend seals against that by default (seal=on), and
+// `shrinkable` tells the session to warn when the seal is missing.
+import fs from "node:fs";
+import { F_SEAL_SHRINK, fileSeals, mappedBytes, mapShared, unmap, type Mapping } from "../../../common/ffi-socket.ts";
 import type { RegionBytes } from "./memory.ts";
 
 const pageBytes = 4096;
@@ -22,8 +28,20 @@ export class MappedRegion implements RegionBytes {
   private readonly windows: (Uint8Array | undefined)[] = [];
   private mapped = true;
 
-  /** Map `sizeBytes` of `fd` from `offset` (any alignment). The fd may be closed afterwards. */
+  /** The file can be shrunk under the mapping (a memfd without F_SEAL_SHRINK). */
+  readonly shrinkable: boolean;
+
+  /**
+   * Map `sizeBytes` of `fd` from `offset` (any alignment). The fd may be closed afterwards. Throws
+   * (code EINVAL) when the file is shorter than the region.
+   */
   constructor(fd: number, readonly sizeBytes: number, offset: number) {
+    const stat = fs.fstatSync(fd);
+    if (stat.isFile() && stat.size < offset + sizeBytes) {
+      throw Object.assign(new Error(`shared memory file holds ${stat.size} bytes, the region needs ${offset + sizeBytes}`), { code: "EINVAL" });
+    }
+    const seals = fileSeals(fd);
+    this.shrinkable = seals !== undefined && (seals & F_SEAL_SHRINK) === 0;
     this.skew = offset % pageBytes;
     this.mapping = mapShared(fd, sizeBytes + this.skew, offset - this.skew);
   }

@@ -105,19 +105,26 @@ export async function startVhostExport(options: VhostExportOptions): Promise<Vho
         closeFd(fd);
         continue;
       }
-      session = new VhostSession({
-        fd,
-        client,
-        volume,
-        handle,
-        queues,
-        log,
-        poller,
-        onClosed: (closed) => {
-          if (session === closed) session = undefined;
-          if (!closing) acceptAll();
-        },
-      });
+      try {
+        session = new VhostSession({
+          fd,
+          client,
+          volume,
+          handle,
+          queues,
+          log,
+          poller,
+          onClosed: (closed) => {
+            if (session === closed) session = undefined;
+            if (!closing) acceptAll();
+          },
+        });
+      } catch (error) {
+        // Out of watch slots or descriptors: refuse this front-end, keep the export.
+        log.warn("connection refused: session could not start", { client, error });
+        handle.release();
+        closeFd(fd);
+      }
     }
   };
 

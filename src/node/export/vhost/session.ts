@@ -180,6 +180,7 @@ export class VhostSession {
   /** Set when the session starts ending: no new requests or messages are taken. */
   private stopping = false;
   private socketOpen = true;
+  private warnedShrinkable = false;
 
   constructor(private readonly options: SessionOptions) {
     this.log = options.log.child("session", { session: this.id, client: options.client });
@@ -528,6 +529,10 @@ export class VhostSession {
         mapped.push(region);
         return { guestAddress: description.guestAddress, sizeBytes: description.sizeBytes, userAddress: description.userAddress, bytes: region };
       });
+      if (mapped.some((region) => region.shrinkable) && !this.warnedShrinkable) {
+        this.warnedShrinkable = true;
+        this.log.warn("guest memory is a memfd without F_SEAL_SHRINK: a front-end that shrinks it would crash the back-end (QEMU seals it unless seal=off)");
+      }
       const memory = new MemoryMap(new GuestMemory(regions), mapped);
       const previous = this.memory;
       this.memory = memory;
@@ -566,7 +571,7 @@ export class VhostSession {
     if (queueSize < 1 || queueSize > vhostQueueSizeMax || (queueSize & (queueSize - 1)) !== 0) throw new SessionError(`GET_INFLIGHT_FD for queues of ${queueSize}`);
     const perQueue = inflightQueueBytes(queueSize);
     const sizeBytes = perQueue * queues;
-    const fd = memoryFileCreate("tandem-vhost-inflight", sizeBytes);
+    const fd = memoryFileCreate("tandem-vhost-inflight", sizeBytes, { sealSize: true });
     try {
       const region = new MappedRegion(fd, sizeBytes, 0);
       try {
