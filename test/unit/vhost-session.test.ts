@@ -14,7 +14,7 @@ import path from "node:path";
 import { TandemError } from "../../src/common/errors.ts";
 import { eventFdConsume, eventFdCreate, closeFd, unixListen } from "../../src/common/ffi-socket.ts";
 import { createLogger } from "../../src/common/log.ts";
-import { requestsInFlightPerConnectionMax } from "../../src/constants.ts";
+import { requestsInFlightPerConnectionMax, vhostStopDrainTimeoutMs } from "../../src/constants.ts";
 import { BlkRequestType, BlkStatus } from "../../src/node/export/vhost/blk.ts";
 import { HeaderFlag, ProtocolFeatureBit, Request, bit } from "../../src/node/export/vhost/protocol.ts";
 import { startVhostExport, type VhostExport } from "../../src/node/export/vhost/server.ts";
@@ -312,7 +312,8 @@ describe("requests", () => {
 describe("stop, restart and reconnect", () => {
   test("GET_VRING_BASE waits for the queue's requests, then reports the base; the queue restarts there", async () => {
     const volume = volumes.add("disk", volumeBytes);
-    const fe = connect(await serve("disk"));
+    const started = await serve("disk");
+    const fe = connect(started);
     const [q] = await fe.setup();
     volume.gate.freeze("test");
     const statuses: number[] = [];
@@ -323,7 +324,7 @@ describe("stop, restart and reconnect", () => {
       return q!.addChain(request.buffers);
     });
     q!.push(...heads);
-    await Bun.sleep(20);
+    await until("three requests in flight", () => started.sessions()[0]?.requestsInFlight === 3);
     fe.send(Request.GetVringBase, { kind: "state", index: 0, num: 0 });
     await expect(fe.reply(100)).rejects.toThrow(/timed out/);
     volume.gate.thaw();
@@ -344,6 +345,42 @@ describe("stop, restart and reconnect", () => {
     expect(used!.head).toBe(head);
     expect(fe.bytes(pending.data, 4096)).toEqual(pattern(4096, 10));
   });
+
+  test(
+    "a queue stop that outlasts its drain bound leaves requests to the in-flight region; the restart resubmits them once",
+    async () => {
+      const volume = volumes.add("disk", volumeBytes);
+      const started = await serve("disk");
+      const fe = connect(started);
+      const [q] = await fe.setup({ inflight: true });
+      volume.gate.freeze("test");
+      const requests = [0, 1].map((i) => {
+        const request = fe.blkRequest(BlkRequestType.Out, i * 8, { length: 4096, write: false });
+        fe.guest.set(pattern(4096, 40 + i), request.data);
+        return { ...request, head: q!.addChain(request.buffers) };
+      });
+      q!.push(...requests.map((r) => r.head));
+      await until("two requests in flight", () => started.sessions()[0]?.requestsInFlight === 2);
+      fe.send(Request.GetVringBase, { kind: "state", index: 0, num: 0 });
+      const { message } = await fe.reply(vhostStopDrainTimeoutMs + 5000);
+      expect(message.body).toEqual({ kind: "state", index: 0, num: 2 });
+      expect(logs.some((line) => line.includes("they stay in flight for resubmission"))).toBe(true);
+      // The abandoned requests finish below but are not published by the stopped ring.
+      volume.gate.thaw();
+      await Bun.sleep(20);
+      expect(q!.usedIndex()).toBe(0);
+      expect(requests.map((r) => fe.guest[r.status])).toEqual([0xff, 0xff]);
+      // The restart resubmits both, exactly once, whatever base the front-end gives.
+      await fe.startQueue(q!, 2);
+      const used = await q!.waitUsed(2);
+      expect(used.map((u) => u.head).sort((a, b) => a - b)).toEqual(requests.map((r) => r.head).sort((a, b) => a - b));
+      await Bun.sleep(20);
+      expect(q!.takeUsed()).toEqual([]);
+      expect(requests.map((r) => fe.guest[r.status])).toEqual([0, 0]);
+      for (let i = 0; i < 2; i++) expect(await volumes.bytes("disk", i * 4096, 4096)).toEqual(pattern(4096, 40 + i));
+    },
+    vhostStopDrainTimeoutMs + 20_000,
+  );
 
   test("reconnect after the export restarts: requests left in flight are resubmitted once, completed ones are not", async () => {
     const volume = volumes.add("disk", volumeBytes);

@@ -665,16 +665,22 @@ export class VhostSession {
       return;
     }
     queue.accepting = false;
-    if (queue.running > 0) {
+    while (queue.running > 0) {
       let timer: Timer | undefined;
       const timedOut = await Promise.race([
         queue.whenIdle().then(() => false),
         new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), vhostStopDrainTimeoutMs))),
       ]);
       clearTimeout(timer);
-      if (timedOut) {
+      if (!timedOut || this.ending) break;
+      if (queue.inflight) {
+        // Their heads stay marked in the in-flight region: the next start of this ring resubmits
+        // them (after they have settled here), so nothing is lost or answered twice.
         this.log.warn("queue stopped with requests still running; they stay in flight for resubmission", { queue: queue.index, running: queue.running });
+        break;
       }
+      // Without an in-flight region an unanswered request could never be recovered: keep waiting.
+      this.log.warn("queue stop is waiting for requests still running", { queue: queue.index, running: queue.running });
     }
     this.flushNotifications();
     queue.generation++;
