@@ -38,6 +38,9 @@ export interface NbdServer {
 
 type ConnectionSocket = import("bun").Socket<{ connection?: Connection }>;
 
+/** Replies gathered in one turn are copied into one buffer up to this size; beyond it they are written one by one. */
+const coalesceBytesMax = 256 * 1024;
+
 /** Per-connection state the listener callbacks reach through `socket.data`. */
 class Connection {
   readonly session = new NbdSession();
@@ -46,6 +49,9 @@ class Connection {
   private readonly pendingEvents: SessionEvent[] = [];
   private stepping = false;
   private readonly output: Uint8Array[] = [];
+  private batch: Uint8Array[] = [];
+  private batchBytes = 0;
+  private batchScheduled = false;
   private outputBlocked = false;
   private gracefulClose = false;
   private closed = false;
@@ -239,16 +245,56 @@ class Connection {
     return { ok: false, code: "EIO", message: `${io.kind} failed: EIO` };
   }
 
+  /**
+   * Replies produced in one turn (a received chunk of pipelined requests, IO completions
+   * resolving together) are gathered and written once at the end of the turn: one syscall
+   * instead of one per reply. Small replies are copied together; large ones go out as they are.
+   */
   private send(bytes: Uint8Array): void {
     if (this.closed) return;
     if (this.output.length > 0) {
       this.output.push(bytes);
       return;
     }
-    const written = this.socket.write(bytes);
-    if (written === bytes.length || written < 0) return;
-    this.output.push(written > 0 ? bytes.subarray(written) : bytes);
-    if (!this.outputBlocked) {
+    this.batch.push(bytes);
+    this.batchBytes += bytes.length;
+    // Large replies leave at once, so a full socket is seen (and input paused) without delay.
+    if (this.batchBytes >= coalesceBytesMax) return this.writeBatch();
+    if (!this.batchScheduled) {
+      this.batchScheduled = true;
+      queueMicrotask(() => this.writeBatch());
+    }
+  }
+
+  private writeBatch(): void {
+    this.batchScheduled = false;
+    const parts = this.batch;
+    const total = this.batchBytes;
+    this.batch = [];
+    this.batchBytes = 0;
+    if (this.closed || parts.length === 0) return;
+    let pending: Uint8Array[] = parts;
+    if (parts.length > 1 && total <= coalesceBytesMax) {
+      const joined = new Uint8Array(total);
+      let at = 0;
+      for (const part of parts) {
+        joined.set(part, at);
+        at += part.length;
+      }
+      pending = [joined];
+    }
+    for (let index = 0; index < pending.length; index++) {
+      const bytes = pending[index]!;
+      if (this.output.length > 0) {
+        this.output.push(bytes);
+        continue;
+      }
+      const written = this.socket.write(bytes);
+      if (written < 0) return;
+      if (written === bytes.length) continue;
+      this.output.push(written > 0 ? bytes.subarray(written) : bytes);
+    }
+    if (this.output.length > 0 && !this.outputBlocked) {
       this.outputBlocked = true;
       this.dispatch({ type: "outputBlocked" });
     }
@@ -276,6 +322,8 @@ class Connection {
     if (this.closed || this.gracefulClose) return;
     this.log.debug("closing connection", { client: this.client, reason, graceful });
     clearTimeout(this.handshakeTimer);
+    // Whatever the session sent before deciding to close goes out first, as far as the socket takes it.
+    this.writeBatch();
     if (graceful && this.output.length > 0) {
       // The rest goes out from onDrain; a client that stops reading is cut after the linger time.
       this.gracefulClose = true;
