@@ -92,8 +92,8 @@ function parseOptions(argv: string[]): Options {
   return options;
 }
 
-async function run(command: string[], quiet = true): Promise<string> {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe" });
+async function run(command: string[], quiet = true, cwd?: string): Promise<string> {
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd });
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   if (code !== 0) throw new Error(`${command.join(" ")} exited ${code}: ${stderr.trim() || stdout.trim()}`);
   if (!quiet) process.stderr.write(stderr);
@@ -204,7 +204,7 @@ async function measure(server: Server, workload: string, options: Options, runNu
     `--runtime=${options.runtimeSeconds}`,
     "--time_based",
     "--output-format=json",
-  ]);
+  ], true, path.dirname(server.socketPath));
   const job = JSON.parse(output.slice(output.indexOf("{"))).jobs[0];
   const side = job.write.io_bytes > 0 ? job.write : job.read;
   const percentiles = side.clat_ns.percentile ?? {};

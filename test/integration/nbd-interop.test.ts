@@ -41,7 +41,8 @@ interface RunResult {
 }
 
 async function run(command: string[], options: { timeoutMs?: number; env?: Record<string, string | undefined> } = {}): Promise<RunResult> {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", env: { ...toolEnv, ...options.env } });
+  // Tools run in a scratch directory: fio, for one, leaves verify state files in its working directory.
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", env: { ...toolEnv, ...options.env }, cwd: scratchDirectory() });
   const timer = setTimeout(() => child.kill(), options.timeoutMs ?? 60_000);
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   clearTimeout(timer);
