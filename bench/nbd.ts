@@ -7,10 +7,13 @@
 //
 //   bun bench/nbd.ts [--runtime S] [--runs N] [--size 1G] [--dir DIR]
 //                    [--targets tandem,qemu-nbd-wb,...] [--workloads rr4k1,rr4k32,...] [--json FILE]
+//                    [--threadpool N]
 //
 // Targets: tandem, tandem-direct, qemu-nbd-wb, qemu-nbd-direct, qsd-nbd-wb, qsd-nbd-direct.
 // Workloads: rr4k1 rr4k32 (4k random read, QD1/QD32), rw4k1 rw4k32 (4k random write), sw1m8
 // (1 MiB sequential write, QD8). Page-cache servers get the file read into the cache first.
+// --threadpool N starts Tandem's servers with UV_THREADPOOL_SIZE=N: Bun runs O_DIRECT file IO
+// on that pool (4 threads by default), which bounds the IO Tandem's --direct mode has in flight.
 // Not a test: it prints what it measured and exits 0 unless a server or fio fails to run.
 import fs from "node:fs";
 import os from "node:os";
@@ -28,6 +31,7 @@ interface Options {
   targets: string[];
   workloads: string[];
   jsonPath?: string;
+  threadpool?: number;
 }
 
 const allTargets = ["tandem", "qemu-nbd-wb", "tandem-direct", "qemu-nbd-direct", "qsd-nbd-wb", "qsd-nbd-direct"];
@@ -78,6 +82,9 @@ function parseOptions(argv: string[]): Options {
       case "--json":
         options.jsonPath = need();
         break;
+      case "--threadpool":
+        options.threadpool = Number(need());
+        break;
       case "--help":
       case "-h":
         console.log(fs.readFileSync(new URL(import.meta.url), "utf8").split("\n").filter((line) => line.startsWith("//")).join("\n"));
@@ -127,7 +134,7 @@ async function waitForSocket(socketPath: string, child: import("bun").Subprocess
   throw new Error(`${what} did not listen on ${socketPath}`);
 }
 
-async function startServer(target: string, image: string, directory: string): Promise<Server> {
+async function startServer(target: string, image: string, directory: string, threadpool?: number): Promise<Server> {
   const socketPath = path.join(directory, `${target}.sock`);
   fs.rmSync(socketPath, { force: true });
   const log = fs.openSync(path.join(directory, `${target}.log`), "w");
@@ -169,7 +176,9 @@ async function startServer(target: string, image: string, directory: string): Pr
     default:
       throw new Error(`unknown target ${target}`);
   }
-  const child = Bun.spawn(command, { stdout: log, stderr: log });
+  const env = { ...process.env };
+  if (threadpool !== undefined && target.startsWith("tandem")) env.UV_THREADPOOL_SIZE = String(threadpool);
+  const child = Bun.spawn(command, { stdout: log, stderr: log, env });
   await waitForSocket(socketPath, child, target);
   return { target, socketPath, exportName: "disk", process: child };
 }
@@ -341,7 +350,7 @@ async function main(): Promise<void> {
         await run(["sync"]);
         // Page-cache servers start from a warm cache (what a running volume has); O_DIRECT ones do not use it.
         if (!target.endsWith("direct")) await run(["dd", `if=${image}`, "of=/dev/null", "bs=4M"]);
-        const server = await startServer(target, image, directory);
+        const server = await startServer(target, image, directory, options.threadpool);
         started.push(server);
         try {
           for (const workload of options.workloads) {
@@ -361,7 +370,8 @@ async function main(): Promise<void> {
     await stopAll();
   }
   const summaries = summarise(samples, options.targets, options.workloads);
-  console.log(`\nNBD over a unix socket, fio ioengine=nbd, ${options.runs} runs × ${options.runtimeSeconds} s, ${os.cpus().length} CPUs, ${new Date().toISOString()}\n`);
+  const pool = options.threadpool === undefined ? "Bun's default thread pool" : `UV_THREADPOOL_SIZE=${options.threadpool} for Tandem`;
+  console.log(`\nNBD over a unix socket, fio ioengine=nbd, ${options.runs} runs × ${options.runtimeSeconds} s, ${os.cpus().length} CPUs, ${pool}, load ${os.loadavg()[0]!.toFixed(1)}, ${new Date().toISOString()}\n`);
   console.log(table(summaries));
   console.log("\n" + ratios(summaries));
   if (options.jsonPath) fs.writeFileSync(options.jsonPath, JSON.stringify({ options, samples, summaries }, null, 1));
