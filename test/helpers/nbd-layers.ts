@@ -28,6 +28,11 @@ export class ControlledLayer extends PassThroughLayer {
     this.holding = true;
   }
 
+  /** New requests run at once again; those already held stay held until `releaseHeld`. */
+  stopHolding(): void {
+    this.holding = false;
+  }
+
   /** Let every held request run, and stop holding. */
   releaseHeld(): void {
     this.holding = false;

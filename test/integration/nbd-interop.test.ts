@@ -359,6 +359,32 @@ describe("fio nbd engine", () => {
     expect(job.read.total_ios).toBeGreaterThan(job.write.total_ios); // its own reads plus the verify pass
   }, toolTimeoutMs);
 
+  test("an O_DIRECT volume passes the same verification, and qemu-io's unaligned writes land", async () => {
+    const served = await startInProcessNbdTarget({ sizeBytes: 64 * MiB, direct: true });
+    targets.push(served);
+    const output = await ok([
+      "fio",
+      "--name=direct",
+      "--ioengine=nbd",
+      `--uri=${served.uri}`,
+      "--rw=randrw",
+      "--bsrange=512-64k",
+      "--bs_unaligned=0",
+      "--iodepth=32",
+      "--size=32M",
+      "--verify=crc32c",
+      "--do_verify=1",
+      "--verify_fatal=1",
+      "--output-format=json",
+    ]);
+    expect(JSON.parse(output.slice(output.indexOf("{"))).jobs[0].error).toBe(0);
+    const io = await ok(["qemu-io", "-f", "raw", "-c", "write -P 0x6b 40M 4M", "-c", "write -P 0x1f 41944040 3000", "-c", "read -P 0x1f 41944040 3000", served.uri]);
+    expect(io).not.toMatch(/fail|error/i);
+    const expected = new Uint8Array(4 * MiB).fill(0x6b);
+    expected.fill(0x1f, 1000, 4000);
+    expectBytes(readBacking(served, 40 * MiB, 4 * MiB), expected, "O_DIRECT volume at 40M");
+  }, toolTimeoutMs);
+
   test("verification is live: a block corrupted behind the server's back fails it", async () => {
     const served = await target({ sizeBytes: 32 * MiB });
     const common = ["--name=live", "--ioengine=nbd", `--uri=${served.uri}`, "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=16M", "--verify=crc32c", "--randseed=42"];

@@ -79,6 +79,36 @@ describe("NBD server", () => {
     await reader.disconnect();
   }, 30_000);
 
+  test("replies leave in completion order: a slow read does not hold up a later fast one", async () => {
+    const layer = new ControlledLayer(new MemoryLayer(MiB));
+    const { address } = await serve({ vol0: { layer } });
+    const client = await NbdClient.connect(address);
+    await client.write(0, pattern(8192, 12));
+    layer.hold();
+    const order: string[] = [];
+    const slow = client.read(0, 4096).then((data) => (order.push("slow"), data));
+    await layer.waitHeld(1);
+    layer.stopHolding();
+    const fast = client.read(4096, 4096).then((data) => (order.push("fast"), data));
+    expect(await fast).toEqual(pattern(8192, 12).subarray(4096));
+    expect(order).toEqual(["fast"]);
+    layer.releaseHeld();
+    expect(await slow).toEqual(pattern(8192, 12).subarray(0, 4096));
+    expect(order).toEqual(["fast", "slow"]);
+  }, 30_000);
+
+  test("NBD_OPT_EXPORT_NAME sessions serve IO with simple replies", async () => {
+    const layer = new MemoryLayer(MiB);
+    const { address } = await serve({ vol0: { layer } });
+    for (const noZeroes of [true, false]) {
+      const client = await NbdClient.connect(address, { exportName: true, structured: false, noZeroes });
+      expect(client.sizeBytes).toBe(MiB);
+      await client.write(4096, pattern(4096, 13));
+      expect(await client.read(4096, 4096)).toEqual(pattern(4096, 13));
+      await client.disconnect();
+    }
+  }, 30_000);
+
   test("sessions() lists sessions in transmission with their volume and requests in flight", async () => {
     const layer = new ControlledLayer(new MemoryLayer(MiB));
     const { server, address } = await serve({ vol0: { layer } });

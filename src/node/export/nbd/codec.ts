@@ -443,6 +443,17 @@ export function decodeExportNameReply(bytes: Uint8Array, offset: number, noZeroe
   return { message: { sizeBytes: readUint64(bytes, offset), transmissionFlags: readUint16(bytes, offset + 8) }, size };
 }
 
+// ---- Buffers for data ----
+
+/**
+ * Provides the buffers that READ data is read into and WRITE payloads are gathered in:
+ * `bytes` long, with `alignedAt` the offset where the data starts (a driver may align that offset
+ * in memory for O_DIRECT). The contents need not be zeroed: every byte is written before use.
+ */
+export type BufferAllocator = (bytes: number, alignedAt: number) => Uint8Array;
+
+export const plainAllocator: BufferAllocator = (bytes) => new Uint8Array(bytes);
+
 // ---- Transmission: requests ----
 
 export interface Request {
@@ -495,8 +506,8 @@ export interface SimpleReply {
  * A simple reply header with room for `dataBytes` of READ data after it (left zeroed for the
  * caller to fill), all in one buffer.
  */
-export function encodeSimpleReply(message: SimpleReply, dataBytes = 0): Uint8Array {
-  const bytes = new Uint8Array(simpleReplyHeaderBytes + dataBytes);
+export function encodeSimpleReply(message: SimpleReply, dataBytes = 0, allocate: BufferAllocator = plainAllocator): Uint8Array {
+  const bytes = allocate(simpleReplyHeaderBytes + dataBytes, simpleReplyHeaderBytes);
   writeUint32(bytes, 0, Magic.SimpleReply);
   writeUint32(bytes, 4, message.error);
   writeBigUint64(bytes, 8, message.cookie);
@@ -561,8 +572,8 @@ export const offsetDataChunkDataStart = structuredReplyHeaderBytes + offsetDataP
  * An NBD_REPLY_TYPE_OFFSET_DATA chunk header plus `dataBytes` of room for the data, in one
  * buffer: read into `bytes.subarray(offsetDataChunkDataStart)` and send the whole.
  */
-export function encodeOffsetDataChunk(message: { flags: number; cookie: bigint; offset: number }, dataBytes: number): Uint8Array {
-  const bytes = new Uint8Array(offsetDataChunkDataStart + dataBytes);
+export function encodeOffsetDataChunk(message: { flags: number; cookie: bigint; offset: number }, dataBytes: number, allocate: BufferAllocator = plainAllocator): Uint8Array {
+  const bytes = allocate(offsetDataChunkDataStart + dataBytes, offsetDataChunkDataStart);
   writeChunkHeader(bytes, message.flags, ReplyType.OffsetData, message.cookie, offsetDataPrefixBytes + dataBytes);
   writeUint64(bytes, structuredReplyHeaderBytes, message.offset);
   return bytes;

@@ -5,10 +5,11 @@
 // protocol decisions live in session.ts; this file holds only the IO and the few checks that
 // depend on the live volume (its current size and whether it is writable right now).
 import fs from "node:fs";
+import { ptr } from "bun:ffi";
 import { AssertionError } from "../../../common/assert.ts";
 import { BlockError, TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
-import { nbdCloseLingerMs, nbdConnectionsMax, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
+import { directIoAlignmentBytes, nbdCloseLingerMs, nbdConnectionsMax, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
 import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver, ExportSessionInfo } from "../types.ts";
 import { NbdSession, type IoRequest, type IoResult, type SessionAction, type SessionEvent } from "./session.ts";
@@ -41,9 +42,50 @@ type ConnectionSocket = import("bun").Socket<{ connection?: Connection }>;
 /** Replies gathered in one turn are copied into one buffer up to this size; beyond it they are written one by one. */
 const coalesceBytesMax = 256 * 1024;
 
+/** Size of the slabs read and write buffers are carved from. */
+const slabBytes = 1024 * 1024;
+
+/**
+ * Hands out the buffers READ data is read into and split WRITE payloads are gathered in, with
+ * the data 4 KiB aligned in memory so an O_DIRECT layer can use them without a bounce copy.
+ * Small ones are carved in turn from 1 MiB slabs (one allocation and one address lookup per
+ * slab, not per request); a slab is freed by the collector once no buffer cut from it is held.
+ * Buffers are never reused, so no request can see another's bytes.
+ */
+export class AlignedBuffers {
+  private slab: Uint8Array | undefined;
+  private address = 0;
+  private used = 0;
+
+  readonly allocate = (bytes: number, alignedAt: number): Uint8Array => {
+    const alignment = directIoAlignmentBytes;
+    if (bytes > slabBytes / 4) {
+      const raw = new Uint8Array(bytes + alignment);
+      const skew = (alignment - ((ptr(raw) + alignedAt) % alignment)) % alignment;
+      return raw.subarray(skew, skew + bytes);
+    }
+    let start = this.slab ? this.alignedStart(alignedAt) : slabBytes;
+    if (start + bytes > slabBytes) {
+      this.slab = new Uint8Array(slabBytes);
+      this.address = ptr(this.slab);
+      this.used = 0;
+      start = this.alignedStart(alignedAt);
+    }
+    this.used = start + bytes;
+    return this.slab!.subarray(start, start + bytes);
+  };
+
+  /** The first offset at or after `used` where `offset + alignedAt` is aligned in memory. */
+  private alignedStart(alignedAt: number): number {
+    const alignment = directIoAlignmentBytes;
+    const wanted = this.address + this.used + alignedAt;
+    return Math.ceil(wanted / alignment) * alignment - alignedAt - this.address;
+  }
+}
+
 /** Per-connection state the listener callbacks reach through `socket.data`. */
 class Connection {
-  readonly session = new NbdSession();
+  readonly session: NbdSession;
   readonly sinceMs = Date.now();
   private handle: ExportHandle | undefined;
   private readonly pendingEvents: SessionEvent[] = [];
@@ -72,7 +114,9 @@ class Connection {
     private readonly socket: ConnectionSocket,
     private readonly exports: ExportResolver,
     private readonly log: Logger,
+    buffers: AlignedBuffers,
   ) {
+    this.session = new NbdSession({}, buffers.allocate);
     this.socketClosed = new Promise((resolve) => (this.resolveSocketClosed = resolve));
     this.released = new Promise((resolve) => (this.resolveReleased = resolve));
   }
@@ -404,6 +448,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   const connections = new Set<Connection>();
   let nextConnection = 1;
   let accepting = true;
+  const buffers = new AlignedBuffers();
 
   const handlers = (transport: "unix" | "tcp") => ({
     binaryType: "uint8array" as const,
@@ -417,7 +462,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       }
       const tcp = transport === "tcp";
       const client = tcp ? `nbd tcp ${socket.remoteAddress}:${socket.remotePort}` : `nbd unix #${number}`;
-      const connection = new Connection(`nbd-${number}`, client, socket, options.exports, log.child("session", { session: `nbd-${number}` }));
+      const connection = new Connection(`nbd-${number}`, client, socket, options.exports, log.child("session", { session: `nbd-${number}` }), buffers);
       socket.data = { connection };
       connections.add(connection);
       if (tcp) socket.setNoDelay(true);

@@ -52,8 +52,10 @@ import {
   encodeServerReplyData,
   encodeSimpleReply,
   offsetDataChunkDataStart,
+  plainAllocator,
   truncateString,
   type BlockStatusDescriptor,
+  type BufferAllocator,
   type Request,
 } from "./codec.ts";
 import {
@@ -417,7 +419,14 @@ export class NbdSession {
   /** Revoked or shutting down: new requests get ESHUTDOWN; close once the ones in flight are answered. */
   private drainReason: string | undefined;
 
-  constructor(limits: Partial<SessionLimits> = {}) {
+  /**
+   * `allocate` provides the buffers READ data lands in and split WRITE payloads are gathered in;
+   * the driver may hand out memory aligned for O_DIRECT. Allocation is the only thing asked of it.
+   */
+  constructor(
+    limits: Partial<SessionLimits> = {},
+    private readonly allocate: BufferAllocator = plainAllocator,
+  ) {
     this.limits = { ...defaultSessionLimits, ...limits };
     assert(this.limits.requestsInFlightMax >= 1 && this.limits.bytesInFlightMax >= this.limits.requestBytesMax, "session limits must admit one maximal request");
   }
@@ -878,8 +887,8 @@ export class NbdSession {
       case Command.Read: {
         if (length === 0) return this.replyEmptyRead(request);
         const reply = this.structuredReplies
-          ? encodeOffsetDataChunk({ flags: ReplyFlag.Done, cookie: request.cookie, offset }, length)
-          : encodeSimpleReply({ error: 0, cookie: request.cookie }, length);
+          ? encodeOffsetDataChunk({ flags: ReplyFlag.Done, cookie: request.cookie, offset }, length, this.allocate)
+          : encodeSimpleReply({ error: 0, cookie: request.cookie }, length, this.allocate);
         const target = reply.subarray(this.structuredReplies ? offsetDataChunkDataStart : simpleReplyHeaderBytes);
         const pending = this.track(request, length, 1);
         pending.reply = reply;
@@ -891,7 +900,7 @@ export class NbdSession {
         if (this.input.length >= length) return this.startWrite(request, this.input.take(length));
         // The payload is still arriving: its bytes count against the limit from now on.
         this.bytesInFlight += length;
-        this.collection = { request, buffer: new Uint8Array(length), filled: 0 };
+        this.collection = { request, buffer: this.allocate(length, 0), filled: 0 };
         this.collectPayload();
         return;
       }
