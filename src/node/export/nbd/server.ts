@@ -12,7 +12,7 @@ import type { Logger } from "../../../common/log.ts";
 import { directIoAlignmentBytes, nbdCloseLingerMs, nbdConnectionsMax, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
 import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver, ExportSessionInfo } from "../types.ts";
-import { NbdSession, type IoRequest, type IoResult, type SessionAction, type SessionEvent } from "./session.ts";
+import { NbdSession, type ExportDescription, type IoRequest, type IoResult, type SessionAction, type SessionEvent } from "./session.ts";
 
 export interface NbdServerOptions {
   /** Listen on this unix socket (mode 0660). */
@@ -216,14 +216,22 @@ class Connection {
       return this.dispatch({ type: "exportOpened", result: { ok: false, reason: "refused", message } });
     }
     if (!handle) return this.dispatch({ type: "exportOpened", result: { ok: false, reason: "unknown", message: `no export named "${name}"` } });
-    const layer = handle.layer;
-    const description = {
-      name: handle.volume,
-      description: this.exports.list().find((info) => info.name === handle.volume)?.description ?? "",
-      sizeBytes: layer.size(),
-      readOnly: handle.readOnly(),
-      capabilities: layer.capabilities(),
-    };
+    let description: ExportDescription;
+    try {
+      const layer = handle.layer;
+      description = {
+        name: handle.volume,
+        description: this.exports.list().find((info) => info.name === handle.volume)?.description ?? "",
+        sizeBytes: layer.size(),
+        readOnly: handle.readOnly(),
+        capabilities: layer.capabilities(),
+      };
+    } catch (error) {
+      if (error instanceof AssertionError) throw error;
+      handle.release();
+      this.log.warn("describing an export failed", { name, error });
+      return this.dispatch({ type: "exportOpened", result: { ok: false, reason: "refused", message: "the export cannot be opened now" } });
+    }
     if (purpose === "info" || this.closed) {
       handle.release();
     } else {
@@ -392,6 +400,8 @@ class Connection {
 
   onClose(): void {
     if (this.closed) return;
+    const volume = this.session.exportName;
+    if (volume !== undefined) this.log.info("session closed", { volume, client: this.client, requestsInFlight: this.session.requestsInFlight });
     this.closed = true;
     this.output.length = 0;
     clearTimeout(this.handshakeTimer);
