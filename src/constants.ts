@@ -186,5 +186,10 @@ assert(vhostMessagePayloadBytesMax >= 8 + 32 * vhostMemoryRegionsMax && vhostMes
 assert(vhostMessageFdsMax >= vhostMemoryRegionsMax, "SET_MEM_TABLE passes one descriptor per region");
 assert(vhostDiscardSegmentsMax * 16 <= requestBytesMax, "a DISCARD request's ranges fit one request");
 assert(vhostQueuesMax >= 1 && vhostQueuesMax <= 256, "vring indexes in vhost-user messages are 8 bits");
+assert(requestBytesMax + 8 <= 0xffffffff && discardBytesMax <= 0xffffffff, "NBD lengths (and a READ's OFFSET_DATA chunk) fit 32-bit fields");
+assert((requestBytesMinimum & (requestBytesMinimum - 1)) === 0 && requestBytesMinimum <= 65536, "the NBD minimum block size is a power of two of at most 64 KiB");
+assert(volumeSizeAlignmentBytes % requestBytesMinimum === 0, "every volume is a whole number of NBD minimum blocks");
+assert(nbdOptionBytesMax >= 2 * nbdStringBytesMax + 16, "an NBD option can carry a maximal export name and query");
+assert(nbdBlockStatusExtentsMax >= 1 && nbdPausedProbeIntervalMs > 0 && nbdCloseLingerMs > 0, "NBD limits are positive");
 
 export const units = { KiB, MiB, GiB, TiB } as const;
