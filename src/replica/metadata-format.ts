@@ -297,3 +297,45 @@ export function loadMetadata(bytes: Uint8Array): LoadedMetadata | "blank" {
   }
   return { superblock, activityLog, bitmap, findings };
 }
+
+export interface FormatOptions {
+  volumeId: number;
+  sizeBytes: number;
+  granuleBytes: number;
+  activityLogExtentBytes: number;
+  /**
+   * The generation both replicas of a newly created volume start from (the creator picks it and
+   * the peer is formatted with the same one, so they start in sync without a copy). Omit it for a
+   * new or replaced disk that must be filled from the peer: its data state is then "new".
+   */
+  initialGeneration?: bigint;
+}
+
+/**
+ * The writes that format a metadata area: both superblock slots, an empty activity-log ring and
+ * valid empty bitmap pages, so an area that held anything before cannot be misread.
+ */
+export function formatMetadata(options: FormatOptions): MetadataWrite[] {
+  const layout = metadataLayout(options.sizeBytes, options.granuleBytes);
+  const writes: MetadataWrite[] = [];
+  const zero = new Uint8Array(metadataSlotBytes);
+  writes.push({ offset: 0, bytes: zero });
+  for (let slotIndex = 0; slotIndex < activityLogRingSlots; slotIndex++) writes.push({ offset: layout.activityLogOffset + slotIndex * metadataSlotBytes, bytes: zero });
+  const emptyWords = new Uint32Array(bitmapPageWords);
+  for (let page = 0; page < layout.pageCount; page++) writes.push({ offset: layout.bitmapOffset + page * metadataSlotBytes, bytes: encodeBitmapPage(page, emptyWords) });
+  const initial = options.initialGeneration ?? 0n;
+  writes.push(
+    superblockWrite({
+      sequence: 1,
+      volumeId: options.volumeId,
+      sizeBytes: options.sizeBytes,
+      granuleBytes: options.granuleBytes,
+      activityLogExtentBytes: options.activityLogExtentBytes,
+      dataState: initial === 0n ? DataState.New : DataState.Consistent,
+      cleanShutdown: true,
+      generations: { current: initial, bitmapBase: 0n, history: [] },
+      resync: { active: false, target: false, bitsTotal: 0, bitsDone: 0 },
+    }),
+  );
+  return writes;
+}

@@ -78,6 +78,7 @@ export class NodeCore {
   private readonly volumes = new Map<number, VolumeCore>();
   private readonly dialer: boolean;
   private dialing = false;
+  private dialStartedTick = 0;
   private nextDialTick = 0;
   private backoffTicks: number;
   private stopped = false;
@@ -236,8 +237,15 @@ export class NodeCore {
       }
       if (now - connection.lastSentTick >= this.config.keepaliveIntervalTicks) this.sendOn(connection, { type: MessageType.Ping, volumeId: 0, requestId: 0 });
     }
+    if (this.dialing && now - this.dialStartedTick >= this.config.handshakeTimeoutTicks) {
+      // The transport never answered the dial: give up on it and try again later.
+      this.dialing = false;
+      this.lastError = "dialling the peer timed out";
+      this.scheduleRedial();
+    }
     if (this.dialer && !this.stopped && !this.active && !this.dialing && now >= this.nextDialTick && ![...this.connections.values()].some((connection) => connection.dialled)) {
       this.dialing = true;
+      this.dialStartedTick = now;
       this.out.push({ kind: "dial" });
     }
     for (const volume of this.volumes.values()) volume.tick();

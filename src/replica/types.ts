@@ -114,11 +114,12 @@ export type ReplicaReport =
   | { kind: "connectionRefused"; reason: string }
   | { kind: "protocolError"; reason: string }
   | { kind: "volumeOpened"; volumeId: number; findings: string[]; recoveredExtents: number }
-  | { kind: "decision"; volumeId: number; decision: string; sourceIsLocal: boolean | undefined; full: boolean; reason: string; localBits: number; peerBits: number }
+  | { kind: "decision"; volumeId: number; decision: string; sourceIsLocal: boolean | undefined; full: boolean; reason: string; localBits: number; peerBits: number; byOperator: boolean }
   | { kind: "splitBrain"; volumeId: number; reason: string }
   | { kind: "generationStarted"; volumeId: number; current: string; base: string }
   | { kind: "resyncStarted"; volumeId: number; sourceIsLocal: boolean; bits: number; full: boolean }
-  | { kind: "synced"; volumeId: number; current: string }
+  /** In sync with the peer; `asTarget`: this replica just received a complete resync. */
+  | { kind: "synced"; volumeId: number; current: string; asTarget: boolean }
   | { kind: "volumeUnknownOnPeer"; volumeId: number }
   | { kind: "ioError"; volumeId: number; what: string; error: IoError }
   | { kind: "verifyMismatch"; volumeId: number; offset: number; length: number; repaired: boolean }

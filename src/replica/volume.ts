@@ -239,6 +239,7 @@ export class VolumeCore {
   private persistQueue: PersistJob[] = [];
   private persistBusy = false;
   private aloneWaiters: ((error: IoError | null) => void)[] | undefined;
+  private helloAfterPersist = false;
   private activityBusy = false;
   private readonly evicting = new Set<number>();
   private lastWritebackTick = 0;
@@ -663,6 +664,12 @@ export class VolumeCore {
       return;
     }
     if (op.peerLost || !op.mirrored) {
+      if (this.dataState !== DataState.Consistent) {
+        // A resync target cannot vouch for data alone: the peer's copy of this region wins later.
+        this.completeClient(op, "EIO", "the link to the peer holding the good data was lost before the write reached it");
+        this.pump();
+        return;
+      }
       // Completing without the peer: this node now holds data the peer lacks.
       this.ensureAlone((error) => {
         if (error) this.completeClient(op, "EIO", "could not record the new generation");
@@ -694,6 +701,12 @@ export class VolumeCore {
 
   private startRead(op: ClientOp): "started" | "done" | "wait" {
     const target = op.target!;
+    if (!this.mayWrite && !(this.linkUp && this.phase === "replicating")) {
+      // A secondary that is not replicating cannot know what it missed: never serve stale data.
+      if (this.linkUp && this.phase === "negotiating") return "wait";
+      this.completeClient(op, "EIO", "this node is not the primary and is not in sync with it: its data may be stale");
+      return "done";
+    }
     if (this.localValid(op.offset, op.length)) {
       this.storage({ kind: "storageRead", volumeId: this.volumeId, io: 0, offset: op.offset, target }, (error) => {
         if (!error) return this.completeClient(op, null);
@@ -832,6 +845,7 @@ export class VolumeCore {
   /** Make sure this node is on a generation of its own before it completes anything alone. */
   private ensureAlone(done: (error: IoError | null) => void): void {
     if (this.generations.bitmapBase !== noGeneration) return done(null);
+    if (this.dataState !== DataState.Consistent) return done("EIO"); // only complete data may go on alone
     if (this.aloneWaiters) {
       this.aloneWaiters.push(done);
       return;
@@ -845,6 +859,11 @@ export class VolumeCore {
       this.aloneWaiters = undefined;
       if (error) this.superblock.generations = before;
       else this.report({ kind: "generationStarted", volumeId: this.volumeId, current: formatGeneration(after.current), base: formatGeneration(after.bitmapBase) });
+      if (this.helloAfterPersist) {
+        this.helloAfterPersist = false;
+        if (this.linkUp) this.sendHello();
+      }
+      this.maybeDecide();
       for (const waiter of waiters) waiter(error);
     });
   }
@@ -963,6 +982,11 @@ export class VolumeCore {
   }
 
   private sendHello(): void {
+    if (this.aloneWaiters) {
+      // A new generation is being persisted: announce it once it is on disk, never before.
+      this.helloAfterPersist = true;
+      return;
+    }
     this.helloSeq++;
     this.host.send({
       type: MessageType.VolumeHello,
@@ -993,11 +1017,13 @@ export class VolumeCore {
 
   private maybeDecide(): void {
     if (!this.isDecider || !this.linkUp || !this.opened || !this.peerHello || !this.decideWanted || this.closed) return;
+    if (this.aloneWaiters) return; // decide on generations that are on disk (called again after)
     this.decideWanted = false;
     const peer = this.peerHello;
     const local = this.ownState();
     const peerState: ReplicaState = { nodeId: this.host.peerNodeId, generations: peer.generations, dataState: peer.dataState, mayWrite: peer.mayWrite, bitsSet: peer.bitsSet };
     let decision: Decision;
+    let byOperator = false;
     if (peer.sizeBytes !== this.sizeBytes || peer.granuleBytes !== this.granuleBytes) {
       decision = { kind: "unrelated", reason: `volume geometry differs: local ${this.sizeBytes} bytes / ${this.granuleBytes}-byte granules, peer ${peer.sizeBytes} / ${peer.granuleBytes}` };
       return this.sendAndApply(peer.seq, DecisionKind.Mismatch, false, false, false, decision.reason);
@@ -1012,6 +1038,7 @@ export class VolumeCore {
         const full = decision.kind === "unrelated" || decision.full;
         decision = { kind: "resync", source: keeper, full, reason: `operator resolved the ${decision.kind === "splitBrain" ? "split brain" : "unrelated data"}: ${keeper === "local" ? this.host.nodeId : this.host.peerNodeId} keeps its data` };
         this.splitBrainKeeper = undefined;
+        byOperator = true;
       }
     }
     if (decision.kind !== "splitBrain" && decision.kind !== "unrelated" && local.mayWrite && peer.mayWrite) {
@@ -1025,7 +1052,7 @@ export class VolumeCore {
         // The primary leads (it alone originates writes, so its range locks order everything);
         // with no primary, the source leads.
         const leaderIsLocal = local.mayWrite !== peerState.mayWrite ? local.mayWrite : sourceIsLocal;
-        return this.sendAndApply(peer.seq, DecisionKind.Resync, sourceIsLocal, leaderIsLocal, decision.full, decision.reason);
+        return this.sendAndApply(peer.seq, DecisionKind.Resync, sourceIsLocal, leaderIsLocal, decision.full, decision.reason, byOperator);
       }
       case "splitBrain":
         return this.sendAndApply(peer.seq, DecisionKind.SplitBrain, false, false, decision.full, decision.reason);
@@ -1038,14 +1065,14 @@ export class VolumeCore {
     }
   }
 
-  private sendAndApply(followerHelloSeq: number, kind: DecisionKind, deciderIsSource: boolean, deciderLeads: boolean, full: boolean, reason: string): void {
+  private sendAndApply(followerHelloSeq: number, kind: DecisionKind, deciderIsSource: boolean, deciderLeads: boolean, full: boolean, reason: string, byOperator = false): void {
     const round = ++this.decisionRounds;
-    const message: VolumeDecisionMessage = { type: MessageType.VolumeDecision, volumeId: this.volumeId, requestId: 0, followerHelloSeq, round, kind, deciderIsSource, deciderLeads, full, reason };
+    const message: VolumeDecisionMessage = { type: MessageType.VolumeDecision, volumeId: this.volumeId, requestId: 0, followerHelloSeq, round, kind, deciderIsSource, deciderLeads, full, byOperator, reason };
     this.host.send(message);
-    this.applyDecision(kind, round, deciderIsSource, deciderLeads, full, reason);
+    this.applyDecision(kind, round, deciderIsSource, deciderLeads, full, reason, byOperator);
   }
 
-  private applyDecision(kind: DecisionKind, round: number, localIsSource: boolean, localLeads: boolean, full: boolean, reason: string): void {
+  private applyDecision(kind: DecisionKind, round: number, localIsSource: boolean, localLeads: boolean, full: boolean, reason: string, byOperator: boolean): void {
     const peerBits = this.peerHello?.bitsSet ?? 0;
     this.abortResync();
     this.report({
@@ -1057,6 +1084,7 @@ export class VolumeCore {
       reason,
       localBits: this.bitmap.setCount,
       peerBits,
+      byOperator,
     });
     switch (kind) {
       case DecisionKind.InSync: {
@@ -1065,7 +1093,7 @@ export class VolumeCore {
           this.superblock.generations = finishAsSource(this.generations, replicaGenerationHistoryLength);
           this.persist({ superblock: true, pages: false }, () => {});
         }
-        this.report({ kind: "synced", volumeId: this.volumeId, current: formatGeneration(this.generations.current) });
+        this.report({ kind: "synced", volumeId: this.volumeId, current: formatGeneration(this.generations.current), asTarget: false });
         break;
       }
       case DecisionKind.Resync:
@@ -1127,7 +1155,11 @@ export class VolumeCore {
     switch (message.type) {
       case MessageType.VolumeHello:
         this.peerHello = message;
-        if (this.phase === "absent") this.setPhase("negotiating", "the peer opened the volume");
+        if (this.phase === "absent") {
+          // The peer did not have the volume when we said hello: say it again.
+          this.setPhase("negotiating", "the peer opened the volume");
+          if (this.opened) this.sendHello();
+        }
         if (this.isDecider) {
           this.decideWanted = true;
           this.maybeDecide();
@@ -1137,7 +1169,7 @@ export class VolumeCore {
       case MessageType.VolumeDecision:
         if (this.isDecider) return this.protocolError("a decision from the node that does not decide");
         if (message.followerHelloSeq !== this.helloSeq) return; // answers an older state of ours; a newer decision follows
-        this.applyDecision(message.kind, message.round, message.kind === DecisionKind.Resync ? !message.deciderIsSource : false, message.kind === DecisionKind.Resync ? !message.deciderLeads : false, message.full, message.reason);
+        this.applyDecision(message.kind, message.round, message.kind === DecisionKind.Resync ? !message.deciderIsSource : false, message.kind === DecisionKind.Resync ? !message.deciderLeads : false, message.full, message.reason, message.byOperator);
         return;
       case MessageType.VolumeUnknown:
       case MessageType.VolumeClosed:
@@ -1345,10 +1377,18 @@ export class VolumeCore {
     resync.bitsTotal = this.bitmap.setCount;
     if (!resync.localIsSource) this.superblock.dataState = DataState.Inconsistent;
     this.superblock.resync = { active: true, target: !resync.localIsSource, bitsTotal: resync.bitsTotal, bitsDone: 0 };
-    this.persist({ superblock: true, pages: true }, (error) => {
-      if (this.resync !== resync) return;
-      if (error) {
-        this.report({ kind: "ioError", volumeId: this.volumeId, what: "persisting the resync work list", error });
+    // The source's copy of what it is about to send may still sit in its volatile cache (writes it
+    // received as a secondary, an earlier resync): were it to crash after the target made that copy
+    // durable, the source would lose it and nothing would mark the region dirty. So the source
+    // makes its data durable first; what it writes afterwards is covered by the activity log or the
+    // primary's transfer log as usual.
+    let pending = resync.localIsSource ? 2 : 1;
+    let failure: IoError | null = null;
+    const step = (error: IoError | null) => {
+      failure ??= error;
+      if (--pending > 0 || this.resync !== resync) return;
+      if (failure) {
+        this.report({ kind: "ioError", volumeId: this.volumeId, what: "preparing the resync (work list or source flush)", error: failure });
         this.abortResync();
         this.requestRedecide();
         return;
@@ -1356,7 +1396,9 @@ export class VolumeCore {
       resync.stage = "ready";
       this.host.send({ type: MessageType.ResyncReady, volumeId: this.volumeId, requestId: 0, round: resync.round });
       this.startRunning();
-    });
+    };
+    this.persist({ superblock: true, pages: true }, step);
+    if (resync.localIsSource) this.storage({ kind: "storageFlush", volumeId: this.volumeId, io: 0 }, step);
     this.pump();
   }
 
@@ -1459,20 +1501,22 @@ export class VolumeCore {
         return;
       }
       case MessageType.ResyncComplete: {
-        if (stale(message.round)) return;
+        // From the leader: as the target, adopt its generation; as the source, record the end.
+        if (stale(message.round) || resync!.localLeads) return;
         const round = message.round;
-        const finish = () => {
-          this.host.send({ type: MessageType.ResyncCompleteAck, volumeId: this.volumeId, requestId: 0, round, sourceCurrent: message.sourceCurrent });
-        };
+        const wasTarget = !resync!.localIsSource;
         this.finishResyncLocally(message.sourceCurrent, (error) => {
-          if (!error) finish();
+          if (error) return;
+          this.host.send({ type: MessageType.ResyncCompleteAck, volumeId: this.volumeId, requestId: 0, round, sourceCurrent: this.generations.current });
+          // A target's generations changed: the deciding node must not decide again on our old state.
+          if (wasTarget) this.sendHello();
         });
         return;
       }
       case MessageType.ResyncCompleteAck: {
-        if (stale(message.round) || !resync!.localLeads) return;
-        if (resync!.localIsSource) this.finishResyncLocally(message.sourceCurrent, () => {});
-        else this.resyncFinished();
+        // To the leader. A leading target adopts now (its source has recorded the end).
+        if (stale(message.round) || !resync!.localLeads || resync!.localIsSource) return;
+        this.finishResyncLocally(message.sourceCurrent, () => {});
         return;
       }
       default:
@@ -1636,32 +1680,23 @@ export class VolumeCore {
     }
   }
 
+  /**
+   * The work list is empty. The source records the end first (its bitmap base becomes history, so
+   * the next write it makes alone starts a new generation), then the target adopts the source's
+   * generation. In the other order a source that died in between would keep writing alone under a
+   * generation the target already shares, and a later split brain would go unseen.
+   */
   private completeResync(resync: ResyncRound): void {
     if (resync.completeSent) return;
     resync.completeSent = true;
     resync.stage = "completing";
     if (resync.localIsSource) {
-      const send = () => this.host.send({ type: MessageType.ResyncComplete, volumeId: this.volumeId, requestId: 0, round: resync.round, sourceCurrent: this.generations.current });
-      if (this.generations.current === noGeneration) {
-        // Two new replicas: the source names the first generation both will share.
-        this.superblock.generations = { ...this.generations, current: this.host.randomId() };
-        this.superblock.dataState = DataState.Consistent;
-        this.persist({ superblock: true, pages: false }, (error) => {
-          if (this.resync !== resync) return;
-          if (error) {
-            resync.completeSent = false;
-            resync.stage = "running";
-            return;
-          }
-          send();
-        });
-      } else send();
-    } else {
-      // We lead as the target: adopt the source's generation first, then tell it.
-      const sourceCurrent = this.peerHello?.generations.current ?? noGeneration;
-      this.finishResyncLocally(sourceCurrent, (error) => {
-        if (!error) this.host.send({ type: MessageType.ResyncComplete, volumeId: this.volumeId, requestId: 0, round: resync.round, sourceCurrent });
+      this.finishResyncLocally(noGeneration, (error) => {
+        if (!error) this.host.send({ type: MessageType.ResyncComplete, volumeId: this.volumeId, requestId: 0, round: resync.round, sourceCurrent: this.generations.current });
       });
+    } else {
+      // We lead as the target: the source records its side first and answers with its generation.
+      this.host.send({ type: MessageType.ResyncComplete, volumeId: this.volumeId, requestId: 0, round: resync.round, sourceCurrent: noGeneration });
     }
   }
 
@@ -1672,6 +1707,11 @@ export class VolumeCore {
     resync.stage = "completing";
     this.bitmap.clearRange(0, this.bitmap.bitCount);
     if (resync.localIsSource) {
+      if (this.generations.current === noGeneration) {
+        // Two new replicas: the source names the first generation both will share.
+        this.superblock.generations = { ...this.generations, current: this.host.randomId() };
+        this.superblock.dataState = DataState.Consistent;
+      }
       this.superblock.generations = finishAsSource(this.generations, replicaGenerationHistoryLength);
     } else {
       if (sourceCurrent === noGeneration) return done("EIO");
@@ -1694,10 +1734,12 @@ export class VolumeCore {
   }
 
   private resyncFinished(): void {
-    if (!this.resync) return;
+    const resync = this.resync;
+    if (!resync) return;
     this.resync = undefined;
     this.setPhase("replicating", "in sync");
-    this.report({ kind: "synced", volumeId: this.volumeId, current: formatGeneration(this.generations.current) });
+    this.report({ kind: "synced", volumeId: this.volumeId, current: formatGeneration(this.generations.current), asTarget: !resync.localIsSource });
+
     if (this.decideWanted) this.maybeDecide();
     this.pump();
   }
@@ -1710,8 +1752,15 @@ export class VolumeCore {
     if (!this.mirroring() || this.resync) return fail("verify needs the peer connected and in sync (no resync running)");
     if (!this.mayWrite && this.peerHello?.mayWrite) return fail("run verify on the volume's primary node");
     const extentsTotal = Math.ceil(this.sizeBytes / this.config.verifyExtentBytes);
-    this.verify = { request, repair, round: ++this.verifyRounds, cursor: 0, busy: false, extentsTotal, extentsDone: 0, mismatches: [], mismatchCount: 0, repaired: 0 };
-    this.verifyPump();
+    const run: VerifyRun = { request, repair, round: ++this.verifyRounds, cursor: 0, busy: true, extentsTotal, extentsDone: 0, mismatches: [], mismatchCount: 0, repaired: 0 };
+    this.verify = run;
+    // Repairs copy from here: make this side's data durable first (see exchangeProgress).
+    this.storage({ kind: "storageFlush", volumeId: this.volumeId, io: 0 }, (error) => {
+      if (this.verify !== run) return;
+      run.busy = false;
+      if (error) return this.abortVerify("flushing the local replica failed");
+      this.verifyPump();
+    });
   }
 
   private verifyResult(run: VerifyRun, complete: boolean): VerifyResult {

@@ -152,6 +152,8 @@ export interface VolumeDecisionMessage extends Base {
   /** Resync: whether the decider drives the chunks (holds the range locks). */
   deciderLeads: boolean;
   full: boolean;
+  /** The verdict applies an operator's split-brain resolution. */
+  byOperator: boolean;
   reason: string;
 }
 export interface EmptyVolumeMessage extends Base {
@@ -483,13 +485,14 @@ export function encodeMessage(message: Message): Uint8Array[] {
     }
     case MessageType.VolumeDecision: {
       const reason = textEncoder.encode(message.reason).subarray(0, reasonBytesMax);
-      const writer = fields(4 + 4 + 1 + 1 + 1 + 1 + 2 + reason.length)
+      const writer = fields(4 + 4 + 1 + 1 + 1 + 1 + 1 + 2 + reason.length)
         .u32(message.followerHelloSeq)
         .u32(message.round)
         .u8(message.kind)
         .u8(message.deciderIsSource ? 1 : 0)
         .u8(message.deciderLeads ? 1 : 0)
-        .u8(message.full ? 1 : 0);
+        .u8(message.full ? 1 : 0)
+        .u8(message.byOperator ? 1 : 0);
       writeText(writer, reason);
       return frame(message.type, message, writer);
     }
@@ -667,9 +670,10 @@ export function decodeMessage(frame: Frame): Message {
       const deciderIsSource = reader.bool("deciderIsSource");
       const deciderLeads = reader.bool("deciderLeads");
       const full = reader.bool("full");
+      const byOperator = reader.bool("byOperator");
       const reason = reader.text(reasonBytesMax, "reason");
       reader.end("VolumeDecision");
-      return { type, ...base, followerHelloSeq, round, kind, deciderIsSource, deciderLeads, full, reason };
+      return { type, ...base, followerHelloSeq, round, kind, deciderIsSource, deciderLeads, full, byOperator, reason };
     }
     case MessageType.BitmapRuns:
     case MessageType.ResyncProgress: {

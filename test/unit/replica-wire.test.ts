@@ -42,7 +42,7 @@ const samples: Message[] = [
     mayWrite: true,
     bitsSet: 123456789,
   },
-  { type: MessageType.VolumeDecision, volumeId: 7, requestId: 0, followerHelloSeq: 9, round: 4, kind: DecisionKind.Resync, deciderIsSource: true, deciderLeads: false, full: true, reason: "new disk" },
+  { type: MessageType.VolumeDecision, volumeId: 7, requestId: 0, followerHelloSeq: 9, round: 4, kind: DecisionKind.Resync, deciderIsSource: true, deciderLeads: false, full: true, byOperator: false, reason: "new disk" },
   { type: MessageType.VolumeUnknown, volumeId: 7, requestId: 0 },
   { type: MessageType.VolumeClosed, volumeId: 7, requestId: 0 },
   { type: MessageType.BitmapRuns, volumeId: 7, requestId: 0, round: 4, runs: [{ start: 0, length: 3 }, { start: 2 ** 32 - 1, length: 1 }] },
@@ -161,7 +161,7 @@ describe("frames", () => {
   test("bad magic, a damaged header and reserved bits are DecodeErrors", () => {
     const good = joinParts(encodeMessage(samples[2]!));
     const badMagic = good.slice();
-    badMagic[0] ^= 1;
+    badMagic[0] = badMagic[0]! ^ 1;
     expect(() => decodeFrame(badMagic, 0, limit)).toThrow(/magic/);
     const badLength = good.slice();
     badLength[12] = 9;
@@ -170,7 +170,7 @@ describe("frames", () => {
 
   test("a damaged payload keeps its header: reported as not intact, so the sender can resend", () => {
     const encoded = joinParts(encodeMessage(samples[17]!));
-    encoded[frameHeaderBytes + 100] ^= 0x40;
+    encoded[frameHeaderBytes + 100] = encoded[frameHeaderBytes + 100]! ^ 0x40;
     const result = decodeFrame(encoded, 0, limit);
     if (result === NEED_MORE) throw new Error("incomplete");
     expect(result.frame.payloadIntact).toBe(false);

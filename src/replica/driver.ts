@@ -1,0 +1,302 @@
+// The thin driver that runs the replica cores against real interfaces: it turns client calls,
+// transport callbacks, IO completions and clock ticks into core events, feeds them one at a time to
+// the NodeCore, and performs the actions it returns, in order (CONVENTIONS.md §1). It holds no
+// replication logic; the daemon and the simulator construct it with their own BlockStorage,
+// MetadataStore, PeerTransport, Clock, Random and WriteAuthority. Events raised while actions run
+// (a storage callback that fires synchronously, say) are queued and handled after the current
+// event's actions, so the core is never re-entered.
+import { BlockError } from "../common/errors.ts";
+import type { Logger } from "../common/log.ts";
+import { defaultReplicaConfig, type ReplicaConfig } from "./config.ts";
+import type { BlockStorage, Clock, MetadataStore, PeerTransport, PeerTransportHandler, Random, WriteAuthority } from "./io.ts";
+import { formatMetadata, type FormatOptions, loadMetadata, type MetadataWrite } from "./metadata-format.ts";
+import { type LinkStatus, NodeCore, type NodeIdentity } from "./node.ts";
+import type { CoreAction, CoreEvent, IoError, ReplicaReport, VerifyResult, VolumeStatus } from "./types.ts";
+import { DecodeError } from "./wire.ts";
+
+/** What the core said about a finished client request besides its error. */
+export interface CompletionInfo {
+  /** A write's completion included the peer's acknowledgement (false: this node alone has it). */
+  mirrored: boolean | undefined;
+  /** The write epoch the request was admitted in. */
+  epoch: number | undefined;
+}
+
+export type Completion = (error: BlockError | null, info: CompletionInfo) => void;
+
+/** Everything the driver tells the outside besides completions: for logs, status, the simulator. */
+export interface ReplicaObserver {
+  report?(report: ReplicaReport): void;
+  /** A client request finished (the simulator's checkers watch acknowledgements here). */
+  completed?(volumeId: number, request: number, error: IoError | null, mirrored: boolean | undefined, epoch: number | undefined): void;
+}
+
+export interface ReplicaDriverOptions {
+  identity: NodeIdentity;
+  transport: PeerTransport;
+  clock: Clock;
+  random: Random;
+  authority: WriteAuthority;
+  config?: ReplicaConfig;
+  logger?: Logger;
+  observer?: ReplicaObserver;
+}
+
+interface PendingRequest {
+  volumeId: number;
+  done: (error: BlockError | null, result: unknown, info: CompletionInfo) => void;
+}
+
+interface VolumeIo {
+  storage: BlockStorage;
+  metadata: MetadataStore;
+}
+
+export class ReplicaDriver implements PeerTransportHandler {
+  readonly core: NodeCore;
+  private readonly config: ReplicaConfig;
+  private readonly events: CoreEvent[] = [];
+  private draining = false;
+  private readonly pending = new Map<number, PendingRequest>();
+  private nextRequest = 1;
+  private readonly volumes = new Map<number, VolumeIo>();
+  private ticker: { cancel(): void } | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private stopped = false;
+
+  constructor(private readonly options: ReplicaDriverOptions) {
+    this.config = options.config ?? defaultReplicaConfig();
+    this.core = new NodeCore(options.identity, this.config, options.random);
+    options.transport.attach(this);
+  }
+
+  /** Begin ticking (and so dialling the peer). */
+  start(): void {
+    if (this.ticker) return;
+    this.unsubscribe = this.options.authority.subscribe((volumeId) => {
+      if (this.volumes.has(volumeId)) this.feed({ kind: "grant", volumeId, grant: this.options.authority.grant(volumeId) });
+    });
+    this.ticker = this.options.clock.every(this.config.tickMs, () => this.feed({ kind: "tick" }));
+  }
+
+  /** Say goodbye to the peer and stop ticking. Close volumes first for a clean metadata state. */
+  stop(): void {
+    if (this.stopped) return;
+    this.feed({ kind: "shutdown" });
+    this.stopped = true;
+    this.ticker?.cancel();
+    this.unsubscribe?.();
+  }
+
+  /** Write a fresh metadata area (volume creation, or a replaced disk when no initial generation is given). */
+  static format(metadata: MetadataStore, options: FormatOptions, done: (error: BlockError | null) => void): void {
+    writeAll(metadata, formatMetadata(options), true, (error) => done(error ? new BlockError(error, "formatting the replication metadata failed") : null));
+  }
+
+  /** Read a volume's metadata, recover after a crash if needed, and attach it. `done` once it is usable. */
+  openVolume(volumeId: number, storage: BlockStorage, metadata: MetadataStore, done: (error: BlockError | null) => void): void {
+    if (this.volumes.has(volumeId)) return done(new BlockError("EINVAL", `volume ${volumeId} is already open`));
+    metadata.read(0, metadata.sizeBytes(), (error, bytes) => {
+      if (error || !bytes) return done(new BlockError(error ?? "EIO", "reading the replication metadata failed"));
+      let loaded;
+      try {
+        loaded = loadMetadata(bytes);
+      } catch (decodeError) {
+        if (decodeError instanceof DecodeError) return done(new BlockError("EIO", `replication metadata is damaged: ${decodeError.message}`));
+        throw decodeError;
+      }
+      if (loaded === "blank") return done(new BlockError("EINVAL", "replication metadata was never formatted"));
+      if (loaded.superblock.volumeId !== volumeId) return done(new BlockError("EINVAL", `metadata belongs to volume ${loaded.superblock.volumeId}, not ${volumeId}`));
+      this.volumes.set(volumeId, { storage, metadata });
+      const opened = (report: ReplicaReport) => report.kind === "volumeOpened" && report.volumeId === volumeId;
+      this.waitForReport(opened, () => done(null));
+      this.run(this.core.attachVolume(volumeId, loaded));
+      this.feed({ kind: "grant", volumeId, grant: this.options.authority.grant(volumeId) });
+    });
+  }
+
+  private readonly reportWaiters = new Set<{ match: (report: ReplicaReport) => boolean; callback: () => void }>();
+  private waitForReport(match: (report: ReplicaReport) => boolean, callback: () => void): void {
+    this.reportWaiters.add({ match, callback });
+  }
+
+  closeVolume(volumeId: number, done: (error: BlockError | null) => void): void {
+    this.request(volumeId, (error) => {
+      this.core.detachVolume(volumeId);
+      this.volumes.delete(volumeId);
+      done(error);
+    }, (request) => ({ kind: "closeVolume", volumeId, request }));
+  }
+
+  read(volumeId: number, offset: number, target: Uint8Array, done: Completion): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientRead", volumeId, request, offset, target }));
+  }
+
+  write(volumeId: number, offset: number, data: Uint8Array, fua: boolean, done: Completion): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientWrite", volumeId, request, offset, data, fua }));
+  }
+
+  flush(volumeId: number, done: Completion): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientFlush", volumeId, request }));
+  }
+
+  trim(volumeId: number, offset: number, length: number, fua: boolean, done: Completion): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientTrim", volumeId, request, offset, length, fua }));
+  }
+
+  zero(volumeId: number, offset: number, length: number, flags: { fua: boolean; noHole: boolean }, done: Completion): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientZero", volumeId, request, offset, length, fua: flags.fua, noHole: flags.noHole }));
+  }
+
+  /** Compare both replicas by CRC32C per extent; with `repair`, copy differing extents from this (primary) side. */
+  verify(volumeId: number, repair: boolean, done: (error: BlockError | null, result: VerifyResult | undefined) => void): void {
+    this.request(volumeId, (error, result) => done(error, result as VerifyResult | undefined), (request) => ({ kind: "verify", volumeId, request, repair }));
+  }
+
+  /** Operator: end a split brain by choosing which side keeps its data; the other is overwritten. */
+  resolveSplitBrain(volumeId: number, keep: "local" | "peer", done: (error: BlockError | null) => void): void {
+    this.request(volumeId, done, (request) => ({ kind: "resolveSplitBrain", volumeId, request, keep }));
+  }
+
+  status(volumeId: number): VolumeStatus | undefined {
+    return this.core.volumeStatus(volumeId);
+  }
+
+  link(): LinkStatus {
+    return this.core.linkStatus();
+  }
+
+  // ---- transport handler
+
+  connected(connection: number, dialled: boolean): void {
+    this.feed({ kind: "connected", connection, dialled });
+  }
+  dialFailed(reason: string): void {
+    this.feed({ kind: "dialFailed", reason });
+  }
+  data(connection: number, bytes: Uint8Array): void {
+    this.feed({ kind: "data", connection, bytes });
+  }
+  closed(connection: number, reason: string): void {
+    this.feed({ kind: "closed", connection, reason });
+  }
+
+  // ---- the loop
+
+  private request(volumeId: number, done: (error: BlockError | null, result: unknown, info: CompletionInfo) => void, make: (request: number) => CoreEvent): void {
+    if (this.stopped) return done(new BlockError("ESHUTDOWN", "replication is stopped"), undefined, { mirrored: undefined, epoch: undefined });
+    const request = this.nextRequest++;
+    this.pending.set(request, { volumeId, done });
+    this.feed(make(request));
+  }
+
+  private feed(event: CoreEvent): void {
+    if (this.stopped) return;
+    this.events.push(event);
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      for (let next = this.events.shift(); next; next = this.events.shift()) this.run(this.core.step(next));
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private run(actions: CoreAction[]): void {
+    for (const action of actions) this.execute(action);
+  }
+
+  private execute(action: CoreAction): void {
+    const transport = this.options.transport;
+    switch (action.kind) {
+      case "send":
+        return transport.send(action.connection, action.parts);
+      case "close":
+        return transport.close(action.connection);
+      case "dial":
+        return transport.dial();
+      case "storageRead":
+      case "storageWrite":
+      case "storageFlush":
+      case "storageTrim":
+      case "storageZero": {
+        const volume = this.volumes.get(action.volumeId);
+        const volumeId = action.volumeId;
+        const io = action.io;
+        const done = (error: IoError | null) => this.feed({ kind: "storageDone", volumeId, io, error });
+        if (!volume) return done("ESHUTDOWN");
+        const storage = volume.storage;
+        if (action.kind === "storageRead") return storage.read(action.offset, action.target, done);
+        if (action.kind === "storageWrite") return storage.write(action.offset, action.data, action.fua, done);
+        if (action.kind === "storageFlush") return storage.flush(done);
+        if (action.kind === "storageTrim") return storage.trim(action.offset, action.length, action.fua, done);
+        return storage.zero(action.offset, action.length, action.fua, action.noHole, done);
+      }
+      case "metadataWrite": {
+        const volume = this.volumes.get(action.volumeId);
+        const { volumeId, io } = action;
+        const done = (error: IoError | null) => this.feed({ kind: "metadataDone", volumeId, io, error });
+        if (!volume) return done("ESHUTDOWN");
+        return writeAll(volume.metadata, action.writes, action.flush, done);
+      }
+      case "complete": {
+        const pending = this.pending.get(action.request);
+        if (!pending) return;
+        this.pending.delete(action.request);
+        this.options.observer?.completed?.(pending.volumeId, action.request, action.error, action.mirrored, action.epoch);
+        pending.done(action.error ? new BlockError(action.error, action.message ?? action.error) : null, action.result, { mirrored: action.mirrored, epoch: action.epoch });
+        return;
+      }
+      case "report": {
+        const report = action.report;
+        this.log(report);
+        if (report.kind === "linkUp") this.options.authority.linkChanged(true);
+        if (report.kind === "linkDown") this.options.authority.linkChanged(false);
+        this.options.observer?.report?.(report);
+        for (const waiter of [...this.reportWaiters]) {
+          if (waiter.match(report)) {
+            this.reportWaiters.delete(waiter);
+            waiter.callback();
+          }
+        }
+        return;
+      }
+    }
+  }
+
+  private log(report: ReplicaReport): void {
+    const logger = this.options.logger;
+    if (!logger) return;
+    const { kind, ...fields } = report;
+    switch (kind) {
+      case "connectionRefused":
+      case "protocolError":
+      case "ioError":
+      case "splitBrain":
+        return logger.warn(kind, fields);
+      case "verifyMismatch":
+      case "linkDown":
+        return logger.warn(kind, fields);
+      default:
+        return logger.info(kind, fields);
+    }
+  }
+}
+
+/** Perform metadata writes (in parallel), then flush when asked; report the first error once. */
+function writeAll(metadata: MetadataStore, writes: readonly MetadataWrite[], flush: boolean, done: (error: IoError | null) => void): void {
+  let remaining = writes.length;
+  let failed: IoError | null = null;
+  const afterWrites = () => {
+    if (failed) return done(failed);
+    if (flush) metadata.flush(done);
+    else done(null);
+  };
+  if (remaining === 0) return afterWrites();
+  for (const write of writes) {
+    metadata.write(write.offset, write.bytes, (error) => {
+      if (error && !failed) failed = error;
+      if (--remaining === 0) afterWrites();
+    });
+  }
+}

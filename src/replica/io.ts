@@ -1,0 +1,153 @@
+// The narrow interfaces the replica driver performs its IO through, and their production adapters.
+// The same ReplicaDriver runs in the daemon (with the adapters below and a TCP PeerTransport) and in
+// the simulator (test/sim/, whose fakes implement the same interfaces with scheduled faults). All
+// calls are callback-based: a callback may run synchronously or later, exactly once, and the driver
+// copes with both. docs/replication.md states each contract.
+import { BlockError, type BlockErrorCode } from "../common/errors.ts";
+import type { BlockLayer } from "../node/block/layer.ts";
+import type { Grant, IoError } from "./types.ts";
+
+export type IoCallback = (error: IoError | null) => void;
+
+/**
+ * The local replica of one volume. `write`/`trim`/`zero` with `fua` are durable when they complete;
+ * otherwise they may sit in a volatile cache until a `flush` started after their completion
+ * completes. Reads see every completed write. Buffers passed to `write` are not modified and must
+ * not be kept after completion; `read` fills `target` completely or fails.
+ */
+export interface BlockStorage {
+  read(offset: number, target: Uint8Array, done: IoCallback): void;
+  write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void;
+  flush(done: IoCallback): void;
+  trim(offset: number, length: number, fua: boolean, done: IoCallback): void;
+  zero(offset: number, length: number, fua: boolean, noHole: boolean, done: IoCallback): void;
+}
+
+/**
+ * The persistent metadata area of one volume (a small file or partition, zero-filled when new).
+ * Same durability contract as BlockStorage; a write interrupted by a crash may leave any mix of old
+ * and new bytes (the format's checksums detect it).
+ */
+export interface MetadataStore {
+  sizeBytes(): number;
+  read(offset: number, length: number, done: (error: IoError | null, bytes: Uint8Array | undefined) => void): void;
+  write(offset: number, bytes: Uint8Array, done: IoCallback): void;
+  flush(done: IoCallback): void;
+}
+
+/** What a transport reports to the driver. Connection ids are the transport's, unique per process. */
+export interface PeerTransportHandler {
+  /** A connection is open (`dialled`: it answers our `dial`; otherwise the peer connected to us). */
+  connected(connection: number, dialled: boolean): void;
+  /** A `dial` failed before a connection existed. */
+  dialFailed(reason: string): void;
+  /** Bytes arrived; the buffer becomes the driver's (the transport must not reuse it). */
+  data(connection: number, bytes: Uint8Array): void;
+  /** The connection is gone (either side closed it, or it broke). Not reported after `close`. */
+  closed(connection: number, reason: string): void;
+}
+
+/**
+ * The byte-stream link to the peer (TCP in production). The transport delivers bytes in order per
+ * connection, or not at all; it does not reconnect by itself — the node core decides when to dial
+ * (with backoff). `send` must not block; the transport queues what the socket cannot take yet.
+ */
+export interface PeerTransport {
+  attach(handler: PeerTransportHandler): void;
+  dial(): void;
+  send(connection: number, parts: readonly Uint8Array[]): void;
+  close(connection: number): void;
+}
+
+export interface Clock {
+  /** Call `callback` every `intervalMs` on this node's clock until cancelled. */
+  every(intervalMs: number, callback: () => void): { cancel(): void };
+}
+
+export interface Random {
+  fill(bytes: Uint8Array): void;
+}
+
+/**
+ * Who may write each volume (DESIGN.md §5 item "keep the decision behind one interface"). The
+ * driver asks `grant` when a volume opens and whenever a listener is called, and tells the
+ * authority about the link so a quorum implementation can react to its loss.
+ */
+export interface WriteAuthority {
+  grant(volumeId: number): Grant;
+  subscribe(listener: (volumeId: number) => void): () => void;
+  linkChanged(up: boolean): void;
+}
+
+function ioErrorOf(error: unknown): IoError {
+  if (error instanceof BlockError) return error.code;
+  const code = (error as { code?: string })?.code;
+  const known: BlockErrorCode[] = ["EIO", "ENOSPC", "EINVAL", "EPERM", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN"];
+  return known.includes(code as BlockErrorCode) ? (code as BlockErrorCode) : "EIO";
+}
+
+function settle(promise: Promise<void>, done: IoCallback): void {
+  promise.then(
+    () => done(null),
+    (error) => done(ioErrorOf(error)),
+  );
+}
+
+/** A volume's BlockLayer stack below the mirror (file or device layer) as BlockStorage. */
+export class BlockLayerStorage implements BlockStorage {
+  constructor(private readonly layer: BlockLayer) {}
+  read(offset: number, target: Uint8Array, done: IoCallback): void {
+    settle(this.layer.read(offset, target), done);
+  }
+  write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void {
+    const capabilities = this.layer.capabilities();
+    if (!fua || capabilities.fua) return settle(this.layer.write(offset, data, { fua }), done);
+    settle(this.layer.write(offset, data).then(() => (capabilities.flush ? this.layer.flush() : undefined)), done);
+  }
+  flush(done: IoCallback): void {
+    if (!this.layer.capabilities().flush) return done(null);
+    settle(this.layer.flush(), done);
+  }
+  trim(offset: number, length: number, fua: boolean, done: IoCallback): void {
+    settle(this.layer.trim(offset, length, { fua }), done);
+  }
+  zero(offset: number, length: number, fua: boolean, noHole: boolean, done: IoCallback): void {
+    settle(this.layer.zero(offset, length, { fua, noHole }), done);
+  }
+}
+
+/** A metadata area kept in a BlockLayer (a small FileLayer next to the volume's backing file). */
+export class BlockLayerMetadataStore implements MetadataStore {
+  constructor(private readonly layer: BlockLayer) {}
+  sizeBytes(): number {
+    return this.layer.size();
+  }
+  read(offset: number, length: number, done: (error: IoError | null, bytes: Uint8Array | undefined) => void): void {
+    const target = new Uint8Array(length);
+    this.layer.read(offset, target).then(
+      () => done(null, target),
+      (error) => done(ioErrorOf(error), undefined),
+    );
+  }
+  write(offset: number, bytes: Uint8Array, done: IoCallback): void {
+    settle(this.layer.write(offset, bytes), done);
+  }
+  flush(done: IoCallback): void {
+    settle(this.layer.flush(), done);
+  }
+}
+
+/** The process clock. */
+export const systemClock: Clock = {
+  every(intervalMs, callback) {
+    const timer = setInterval(callback, intervalMs);
+    return { cancel: () => clearInterval(timer) };
+  },
+};
+
+/** The operating system's random source. */
+export const systemRandom: Random = {
+  fill(bytes) {
+    crypto.getRandomValues(bytes);
+  },
+};

@@ -1,0 +1,224 @@
+// The simulator's record of what the clients were told, kept apart from the workload that drives IO
+// and from the cores under test (CONVENTIONS.md §3). Every block a workload writes carries a tag
+// (write id, block, volume) and a pattern derived from it, so any block read back names the write
+// it came from — or proves it is corrupt. From submissions, acknowledgements (mirrored or alone,
+// with the epoch) and completed flushes the oracle knows, per block, which values a replica may
+// hold: anything at or after the newest write that was durable when acknowledged (FUA, or acked
+// before a completed FLUSH on the same node), minus writes an operator discarded when resolving a
+// split brain. The checkers (checkers.ts) ask it questions; it never looks inside a node.
+
+export const blockBytes = 4096;
+const tagMagic = 0x21474154; // "TAG!"
+
+export interface WriteRecord {
+  id: number;
+  volumeId: number;
+  node: string;
+  firstBlock: number;
+  blockCount: number;
+  zero: boolean;
+  fua: boolean;
+  submittedUs: number;
+  ackedUs: number | undefined;
+  ok: boolean | undefined;
+  mirrored: boolean | undefined;
+  epoch: number | undefined;
+  durable: boolean;
+  durableUs: number | undefined;
+  discarded: boolean;
+}
+
+/** Fill `target` (one block) with the tagged pattern of write `id` at `block`. */
+export function fillBlock(target: Uint8Array, id: number, volumeId: number, block: number): void {
+  const view = new DataView(target.buffer, target.byteOffset, blockBytes);
+  view.setUint32(0, tagMagic, true);
+  view.setUint32(4, id, true);
+  view.setUint32(8, block, true);
+  view.setUint32(12, volumeId, true);
+  let state = (Math.imul(id, 0x9e3779b1) ^ Math.imul(block + 1, 0x85ebca6b) ^ volumeId) >>> 0 || 1;
+  for (let offset = 16; offset < blockBytes; offset += 4) {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    view.setUint32(offset, state >>> 0, true);
+  }
+}
+
+export type BlockValue = { kind: "zero" } | { kind: "write"; id: number } | { kind: "corrupt"; reason: string };
+
+const scratch = new Uint8Array(blockBytes);
+
+/** Which write a block's bytes came from. */
+export function identifyBlock(bytes: Uint8Array, volumeId: number, block: number): BlockValue {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, blockBytes);
+  if (view.getUint32(0, true) !== tagMagic) {
+    for (let index = 0; index < blockBytes; index++) if (bytes[index] !== 0) return { kind: "corrupt", reason: "neither zeroes nor a tagged block" };
+    return { kind: "zero" };
+  }
+  const id = view.getUint32(4, true);
+  if (view.getUint32(8, true) !== block || view.getUint32(12, true) !== volumeId) return { kind: "corrupt", reason: `tag of write #${id} names block ${view.getUint32(8, true)} of volume ${view.getUint32(12, true)}` };
+  fillBlock(scratch, id, volumeId, block);
+  for (let index = 16; index < blockBytes; index++) if (bytes[index] !== scratch[index]) return { kind: "corrupt", reason: `write #${id}'s pattern differs at byte ${index}` };
+  return { kind: "write", id };
+}
+
+export function describeValue(value: BlockValue): string {
+  return value.kind === "zero" ? "zeroes" : value.kind === "write" ? `write #${value.id}` : `corrupt data (${value.reason})`;
+}
+
+export class Oracle {
+  readonly writes = new Map<number, WriteRecord>();
+  /** Per volume, per block: writes in submission order. */
+  private readonly histories = new Map<number, WriteRecord[][]>();
+  /** Acknowledged, not yet covered by a flush, per node and volume. */
+  private readonly unflushed = new Map<string, Set<WriteRecord>>();
+  /** Writes acknowledged without the peer since the two nodes were last in sync, per volume and node. */
+  readonly aloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
+  readonly generationSinceSync = new Map<number, Set<string>>();
+  private readonly syncedFlags = new Map<number, Set<string>>();
+  /** Nodes that acknowledged writes in each (volume, epoch). */
+  readonly epochWriters = new Map<string, Set<string>>();
+  private nextId = 1;
+
+  constructor(readonly nodes: [string, string]) {}
+
+  addVolume(volumeId: number, blocks: number): void {
+    this.histories.set(volumeId, Array.from({ length: blocks }, () => []));
+    this.aloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
+    this.generationSinceSync.set(volumeId, new Set());
+    this.syncedFlags.set(volumeId, new Set());
+  }
+
+  submitWrite(volumeId: number, node: string, firstBlock: number, blockCount: number, zero: boolean, fua: boolean, nowUs: number): WriteRecord {
+    const record: WriteRecord = {
+      id: this.nextId++,
+      volumeId,
+      node,
+      firstBlock,
+      blockCount,
+      zero,
+      fua,
+      submittedUs: nowUs,
+      ackedUs: undefined,
+      ok: undefined,
+      mirrored: undefined,
+      epoch: undefined,
+      durable: false,
+      durableUs: undefined,
+      discarded: false,
+    };
+    this.writes.set(record.id, record);
+    const history = this.histories.get(volumeId)!;
+    for (let block = firstBlock; block < firstBlock + blockCount; block++) history[block]!.push(record);
+    return record;
+  }
+
+  ackWrite(record: WriteRecord, ok: boolean, mirrored: boolean | undefined, epoch: number | undefined, nowUs: number): void {
+    record.ackedUs = nowUs;
+    record.ok = ok;
+    record.mirrored = mirrored;
+    record.epoch = epoch;
+    if (!ok) return;
+    const key = `${record.volumeId}:${epoch}`;
+    const writers = this.epochWriters.get(key) ?? new Set();
+    writers.add(record.node);
+    this.epochWriters.set(key, writers);
+    if (record.fua) this.makeDurable(record, nowUs);
+    else {
+      const set = this.unflushed.get(`${record.node}:${record.volumeId}`) ?? new Set();
+      set.add(record);
+      this.unflushed.set(`${record.node}:${record.volumeId}`, set);
+    }
+    if (mirrored === false) {
+      this.aloneSinceSync.get(record.volumeId)!.get(record.node)!.push(record);
+      this.syncedFlags.get(record.volumeId)!.clear();
+    }
+  }
+
+  private makeDurable(record: WriteRecord, nowUs: number): void {
+    if (record.durable) return;
+    record.durable = true;
+    record.durableUs = nowUs;
+  }
+
+  /** The writes a flush submitted now on `node` will cover when it completes. */
+  flushSnapshot(volumeId: number, node: string): WriteRecord[] {
+    return [...(this.unflushed.get(`${node}:${volumeId}`) ?? [])];
+  }
+
+  flushCompleted(volumeId: number, node: string, covered: WriteRecord[], nowUs: number): void {
+    const set = this.unflushed.get(`${node}:${volumeId}`);
+    for (const record of covered) {
+      this.makeDurable(record, nowUs);
+      set?.delete(record);
+    }
+  }
+
+  /**
+   * A node died: the writes it acknowledged and had not flushed were only promised to its own
+   * clients (who died with it), so no later flush vouches for them. Writes acknowledged by the
+   * surviving node stay promised to that node's next flush.
+   */
+  crashed(node: string): void {
+    for (const [key, set] of this.unflushed) if (key.startsWith(`${node}:`)) set.clear();
+  }
+
+  /**
+   * A node reported being in sync. A resync target holds everything the source had when it reports
+   * (the source may still die before recording its side); otherwise both must have reported.
+   */
+  synced(volumeId: number, node: string, asTarget: boolean): void {
+    const flags = this.syncedFlags.get(volumeId)!;
+    flags.add(node);
+    if (asTarget || flags.size === this.nodes.length) {
+      for (const list of this.aloneSinceSync.get(volumeId)!.values()) list.length = 0;
+      this.generationSinceSync.get(volumeId)!.clear();
+      flags.clear();
+    }
+  }
+
+  generationStarted(volumeId: number, node: string): void {
+    this.generationSinceSync.get(volumeId)!.add(node);
+    this.syncedFlags.get(volumeId)!.clear();
+  }
+
+  /** The operator resolved a split brain: the victim's writes made alone since the last sync are gone. */
+  discard(volumeId: number, victim: string): number {
+    const list = this.aloneSinceSync.get(volumeId)!.get(victim)!;
+    for (const record of list) record.discarded = true;
+    const count = list.length;
+    list.length = 0;
+    return count;
+  }
+
+  history(volumeId: number, block: number): WriteRecord[] {
+    return this.histories.get(volumeId)![block]!;
+  }
+
+  blockCount(volumeId: number): number {
+    return this.histories.get(volumeId)!.length;
+  }
+
+  /**
+   * Values a replica may hold for a block: the newest durable (non-discarded) write that `counts`,
+   * and every write submitted after it. Returns the index of that write (-1: none) too.
+   */
+  allowed(volumeId: number, block: number, counts: (record: WriteRecord) => boolean = () => true): { newestDurable: WriteRecord | undefined; values: Set<number> } {
+    const history = this.history(volumeId, block);
+    let index = -1;
+    for (let position = history.length - 1; position >= 0; position--) {
+      const record = history[position]!;
+      if (record.durable && !record.discarded && counts(record)) {
+        index = position;
+        break;
+      }
+    }
+    const values = new Set<number>();
+    if (index === -1) values.add(0);
+    for (let position = Math.max(0, index); position < history.length; position++) {
+      const record = history[position]!;
+      values.add(record.zero ? 0 : record.id);
+    }
+    return { newestDurable: index === -1 ? undefined : history[index], values };
+  }
+}

@@ -1,0 +1,826 @@
+// One deterministic simulation run: two nodes, each the real ReplicaDriver and cores over simulated
+// disks, network and clocks, a workload of VMs writing through whichever node believes it is the
+// primary, an operator that fails over and resolves split brains as a person would, and faults drawn
+// from the seed. Each run picks its own fault mix from the seed ("swarm" testing: a run with only
+// crashes finds different bugs than one with everything at once). After a chaos phase the faults
+// stop, the operator restores a single primary, and the run must converge within a deadline; then
+// the checkers compare both replicas with the oracle. The same seed always replays the same run.
+import { BlockError } from "../../src/common/errors.ts";
+import { StaticWriteAuthority } from "../../src/replica/authority.ts";
+import { defaultReplicaConfig, type ReplicaBugs, type ReplicaConfig } from "../../src/replica/config.ts";
+import { ReplicaDriver } from "../../src/replica/driver.ts";
+import type { Clock, WriteAuthority } from "../../src/replica/io.ts";
+import { formatMetadata, metadataLayout } from "../../src/replica/metadata-format.ts";
+import type { ReplicaReport, VolumeStatus } from "../../src/replica/types.ts";
+import { encodeMessage, joinParts, MessageType } from "../../src/replica/wire.ts";
+import { Checkers, type Failure } from "./checkers.ts";
+import { SimDisk } from "./disk.ts";
+import { SimNetwork } from "./network.ts";
+import { blockBytes, fillBlock, Oracle } from "./oracle.ts";
+import { SimRandom } from "./random.ts";
+import { Scheduler } from "./scheduler.ts";
+
+export interface FaultMix {
+  volumes: number;
+  blocks: number;
+  granuleBytes: number;
+  activityLogExtentBytes: number;
+  activityLogExtents: number;
+  resyncChunkBytes: number;
+  resyncWindow: number;
+  checkpointChunks: number;
+  chaosMs: number;
+  networkLatencyUs: [number, number];
+  chunkBytesMax: number;
+  corrupt: number;
+  duplicate: number;
+  partitions: boolean;
+  cuts: boolean;
+  clogs: boolean;
+  resets: boolean;
+  intruders: boolean;
+  crashes: "none" | "a" | "b" | "both";
+  powerLoss: boolean;
+  diskLatencyUs: [number, number];
+  diskErrors: number;
+  metadataErrors: number;
+  forcedPromotion: boolean;
+  switchover: boolean;
+  verify: boolean;
+  rot: boolean;
+  replaceDisk: boolean;
+  newSecondary: boolean;
+  clockDrift: number;
+  depth: number;
+  fuaRate: number;
+  flushRate: number;
+  trimRate: number;
+  readRate: number;
+  finalPowerLoss: boolean;
+  faultIntervalMs: [number, number];
+}
+
+export interface SimulationOptions {
+  seed: number;
+  long?: boolean;
+  bugs?: ReplicaBugs;
+  mix?: Partial<FaultMix>;
+  /** Collect a timeline of reports and operator actions (for replaying a failing seed). */
+  trace?: boolean;
+}
+
+export interface SimulationResult {
+  seed: number;
+  ok: boolean;
+  failures: Failure[];
+  mix: FaultMix;
+  stats: Record<string, number>;
+  timeline: string[];
+}
+
+const nodeNames: [string, string] = ["a", "b"];
+
+export function chooseMix(random: SimRandom, long: boolean): FaultMix {
+  const blocks = long ? random.range(64, 256) : random.range(24, 64);
+  const granuleBytes = random.pick([4096, 8192]);
+  const activityLogExtentBytes = granuleBytes * random.pick([2, 4, 8]);
+  const quiet = random.chance(0.1); // some runs have no faults at all: the happy path must work too
+  const crashes = quiet ? "none" : random.pick(["none", "a", "b", "both", "both"] as const);
+  const forcedPromotion = !quiet && random.chance(0.3);
+  const switchover = !quiet && random.chance(0.25);
+  const verify = random.chance(0.3);
+  const stable = !forcedPromotion && !switchover;
+  return {
+    volumes: random.chance(0.25) ? 2 : 1,
+    blocks,
+    granuleBytes,
+    activityLogExtentBytes,
+    activityLogExtents: random.range(3, 6),
+    resyncChunkBytes: granuleBytes * random.pick([1, 2, 4, 8]),
+    resyncWindow: random.range(1, 4),
+    checkpointChunks: random.range(1, 8),
+    chaosMs: long ? random.range(10_000, 30_000) : random.range(600, 2000),
+    networkLatencyUs: random.pick([[30, 120], [50, 1000], [200, 5000]] as [number, number][]),
+    chunkBytesMax: random.pick([64, 1500, 65536]),
+    corrupt: !quiet && random.chance(0.2) ? random.pick([0.001, 0.01]) : 0,
+    duplicate: !quiet && random.chance(0.1) ? 0.002 : 0,
+    partitions: !quiet && random.chance(0.5),
+    cuts: !quiet && random.chance(0.3),
+    clogs: !quiet && random.chance(0.4),
+    resets: !quiet && random.chance(0.3),
+    intruders: !quiet && random.chance(0.2),
+    crashes,
+    powerLoss: !quiet && random.chance(0.3),
+    diskLatencyUs: random.pick([[20, 200], [50, 2000], [100, 8000]] as [number, number][]),
+    diskErrors: !quiet && random.chance(0.25) ? random.pick([0.002, 0.02]) : 0,
+    metadataErrors: !quiet && random.chance(0.15) ? 0.01 : 0,
+    forcedPromotion,
+    switchover,
+    verify,
+    rot: verify && stable && random.chance(0.5),
+    replaceDisk: stable && !quiet && random.chance(0.15),
+    newSecondary: stable && random.chance(0.1),
+    clockDrift: random.pick([0, 0.001, 0.01]),
+    depth: random.range(1, 8),
+    fuaRate: random.pick([0, 0.1, 0.3]),
+    flushRate: random.pick([0.05, 0.15]),
+    trimRate: random.pick([0, 0.05]),
+    readRate: random.pick([0.1, 0.3]),
+    finalPowerLoss: random.chance(0.3),
+    faultIntervalMs: long ? [100, 2000] : [20, 200],
+  };
+}
+
+interface SimNode {
+  name: string;
+  alive: boolean;
+  incarnation: number;
+  driver: ReplicaDriver | undefined;
+  authority: StaticWriteAuthority;
+  disks: Map<number, { data: SimDisk; meta: SimDisk }>;
+  random: SimRandom;
+  clockRate: number;
+  downSinceUs: number | undefined;
+}
+
+interface Outstanding {
+  node: string;
+  incarnation: number;
+  volumeId: number;
+  blocks: number[];
+}
+
+export function runSimulation(options: SimulationOptions): SimulationResult {
+  const random = new SimRandom(options.seed);
+  const mix: FaultMix = { ...chooseMix(random.fork("mix"), options.long === true), ...options.mix };
+  const scheduler = new Scheduler();
+  const oracle = new Oracle(nodeNames);
+  const checkers = new Checkers(oracle);
+  const timeline: string[] = [];
+  const stats: Record<string, number> = { writesAcked: 0, writesAlone: 0, writesFailed: 0, reads: 0, flushes: 0, crashes: 0, resyncs: 0, splitBrains: 0, decisions: 0, intrusions: 0, verifies: 0 };
+  const note = (line: string) => {
+    if (options.trace) timeline.push(`${(scheduler.now / 1000).toFixed(1).padStart(9)} ms  ${line}`);
+  };
+
+  const config: ReplicaConfig = options.long
+    ? defaultReplicaConfig({
+        activityLogExtentBytes: mix.activityLogExtentBytes,
+        activityLogExtentsMax: mix.activityLogExtents,
+        resyncChunkBytesMax: mix.resyncChunkBytes,
+        verifyExtentBytes: Math.min(mix.resyncChunkBytes, 16384),
+        resyncWindowChunks: mix.resyncWindow,
+        resyncCheckpointChunks: mix.checkpointChunks,
+        bugs: options.bugs ?? {},
+      })
+    : defaultReplicaConfig({
+        tickMs: 10,
+        keepaliveIntervalTicks: 5,
+        linkTimeoutTicks: 15,
+        handshakeTimeoutTicks: 50,
+        reconnectDelayTicksMin: 2,
+        reconnectDelayTicksMax: 20,
+        activityLogExtentBytes: mix.activityLogExtentBytes,
+        activityLogExtentsMax: mix.activityLogExtents,
+        resyncChunkBytesMax: mix.resyncChunkBytes,
+        resyncWindowChunks: mix.resyncWindow,
+        resyncRateBytesPerTick: 1 << 20,
+        resyncCheckpointChunks: mix.checkpointChunks,
+        resyncRetryDelayTicks: 5,
+        verifyExtentBytes: Math.min(mix.resyncChunkBytes, 16384),
+        transferLogGranulesMax: 64,
+        barrierIntervalTicks: 10,
+        bitmapWritebackIntervalTicks: 30,
+        rateWindowTicks: 100,
+        frameBytesMax: 1 << 20,
+        bugs: options.bugs ?? {},
+      });
+
+  const network = new SimNetwork(
+    scheduler,
+    random.fork("network"),
+    { latencyUsMin: mix.networkLatencyUs[0], latencyUsMax: mix.networkLatencyUs[1], chunkBytesMax: mix.chunkBytesMax, corruptProbability: mix.corrupt, duplicateProbability: mix.duplicate, resetOnCrashProbability: 0.5 },
+    nodeNames,
+  );
+  const secret = new TextEncoder().encode("pairing secret for the simulation");
+  const clusterId = new Uint8Array(16).fill(0x42);
+  const epochs = new Map<number, number>();
+  const volumeIds = Array.from({ length: mix.volumes }, (_, index) => index + 1);
+  const sizeBytes = mix.blocks * blockBytes;
+  const layout = metadataLayout(sizeBytes, mix.granuleBytes);
+  const rotted = new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()]));
+
+  const nodes = new Map<string, SimNode>();
+  for (const name of nodeNames) {
+    const nodeRandom = random.fork(`node-${name}`);
+    const disks = new Map<number, { data: SimDisk; meta: SimDisk }>();
+    for (const volumeId of volumeIds) {
+      const diskFaults = { latencyUsMin: mix.diskLatencyUs[0], latencyUsMax: mix.diskLatencyUs[1], readErrorProbability: mix.diskErrors, writeErrorProbability: mix.diskErrors, flushErrorProbability: mix.diskErrors / 2, tearBytes: 4096, crashKeepProbability: 0.4 };
+      const data = new SimDisk(`${name}.v${volumeId}.data`, sizeBytes, scheduler, nodeRandom.fork(`data${volumeId}`), diskFaults);
+      const meta = new SimDisk(`${name}.v${volumeId}.meta`, layout.totalBytes, scheduler, nodeRandom.fork(`meta${volumeId}`), {
+        ...diskFaults,
+        readErrorProbability: 0,
+        writeErrorProbability: mix.metadataErrors,
+        flushErrorProbability: mix.metadataErrors,
+        tearBytes: 512,
+      });
+      disks.set(volumeId, { data, meta });
+    }
+    const authority = new StaticWriteAuthority(volumeIds.map((id) => [id, { primary: name === "a", epoch: 1 }]));
+    const drift = mix.clockDrift === 0 ? 1 : 1 + (nodeRandom.float() * 2 - 1) * mix.clockDrift;
+    nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, random: nodeRandom, clockRate: drift, downSinceUs: undefined });
+  }
+  const initialGeneration = 0x1000n + BigInt(random.int(1 << 30));
+  const format = (disk: SimDisk, volumeId: number, initial: bigint | undefined) => {
+    for (const write of formatMetadata({ volumeId, sizeBytes, granuleBytes: mix.granuleBytes, activityLogExtentBytes: mix.activityLogExtentBytes, initialGeneration: initial })) {
+      disk.visible.set(write.bytes, write.offset);
+      disk.durable.set(write.bytes, write.offset);
+    }
+  };
+  for (const volumeId of volumeIds) {
+    oracle.addVolume(volumeId, mix.blocks);
+    epochs.set(volumeId, 1);
+    format(nodes.get("a")!.disks.get(volumeId)!.meta, volumeId, initialGeneration);
+    format(nodes.get("b")!.disks.get(volumeId)!.meta, volumeId, mix.newSecondary ? undefined : initialGeneration);
+  }
+
+  // ---------------------------------------------------------------- nodes
+
+  const peerOf = (name: string) => (name === "a" ? "b" : "a");
+
+  const observe = (node: SimNode) => (report: ReplicaReport) => {
+    if (report.kind === "decision") {
+      stats.decisions!++;
+      note(`${node.name} v${report.volumeId} decision ${report.decision}${report.sourceIsLocal === undefined ? "" : report.sourceIsLocal ? " (source)" : " (target)"}${report.full ? " full" : ""}: ${report.reason} [bits local ${report.localBits} peer ${report.peerBits}]`);
+      if (node.name < peerOf(node.name)) checkers.checkDecision(report.volumeId, report.decision, report.byOperator, node.name, scheduler.now);
+      if (report.decision === "resync") stats.resyncs!++;
+      if (report.decision === "splitBrain") stats.splitBrains!++;
+    } else if (report.kind === "synced") {
+      note(`${node.name} v${report.volumeId} synced at ${report.current}`);
+      oracle.synced(report.volumeId, node.name, report.asTarget);
+    } else if (report.kind === "generationStarted") {
+      note(`${node.name} v${report.volumeId} new generation ${report.current} (base ${report.base})`);
+      oracle.generationStarted(report.volumeId, node.name);
+    } else if (report.kind === "connectionRefused") {
+      stats.intrusions!++;
+      note(`${node.name} refused a connection: ${report.reason}`);
+    } else if (options.trace) note(`${node.name} ${JSON.stringify(report, (_key, value) => (typeof value === "bigint" ? value.toString(16) : value))}`);
+  };
+
+  const startNode = (node: SimNode) => {
+    if (node.alive) return;
+    node.alive = true;
+    node.downSinceUs = undefined;
+    node.incarnation++;
+    const incarnation = node.incarnation;
+    const clock: Clock = {
+      every(intervalMs, callback) {
+        let cancelled = false;
+        const period = (intervalMs * 1000) / node.clockRate;
+        const fire = () => {
+          if (cancelled || node.incarnation !== incarnation || !node.alive) return;
+          callback();
+          scheduler.after(period, fire);
+        };
+        scheduler.after(period * (0.5 + node.random.float() / 2), fire);
+        return { cancel: () => (cancelled = true) };
+      },
+    };
+    // The node's role configuration outlives a crash, but a dead incarnation must hear nothing more.
+    const authority: WriteAuthority = {
+      grant: (volumeId) => node.authority.grant(volumeId),
+      subscribe: (listener) => node.authority.subscribe((volumeId) => {
+        if (node.incarnation === incarnation && node.alive) listener(volumeId);
+      }),
+      linkChanged: (up) => node.authority.linkChanged(up),
+    };
+    const driver = new ReplicaDriver({
+      identity: { nodeId: node.name, peerNodeId: peerOf(node.name), clusterId, secret },
+      transport: network.endpoint(node.name, incarnation),
+      clock,
+      random: node.random.fork(`incarnation-${incarnation}`),
+      authority,
+      config,
+      observer: { report: observe(node) },
+    });
+    node.driver = driver;
+    note(`${node.name} starts (incarnation ${incarnation})`);
+    for (const [volumeId, disks] of node.disks) {
+      driver.openVolume(volumeId, disks.data, disks.meta.asMetadataStore(), (error) => {
+        if (error && node.driver === driver) {
+          // Reading metadata cannot fail in the simulation (no read errors on it): a real problem.
+          checkers.fail("correctness", "volume opens", `${node.name} could not open volume ${volumeId}: ${error.message}`);
+        }
+      });
+    }
+    driver.start();
+  };
+
+  const crashNode = (node: SimNode, why: string) => {
+    if (!node.alive) return;
+    stats.crashes!++;
+    note(`${node.name} crashes (${why})`);
+    node.alive = false;
+    node.driver = undefined;
+    node.downSinceUs = scheduler.now;
+    network.crash(node.name);
+    oracle.crashed(node.name);
+    for (const disks of node.disks.values()) {
+      disks.data.crash();
+      disks.meta.crash();
+    }
+    workload.abandon(node.name);
+  };
+
+  const status = (name: string, volumeId: number): VolumeStatus | undefined => {
+    const node = nodes.get(name)!;
+    return node.alive ? node.driver?.status(volumeId) : undefined;
+  };
+  const linkUp = (name: string) => {
+    const node = nodes.get(name)!;
+    return node.alive && node.driver?.link().state === "up";
+  };
+  const isPrimary = (name: string, volumeId: number) => nodes.get(name)!.authority.role(volumeId)?.primary === true;
+  const setRole = (name: string, volumeId: number, primary: boolean) => {
+    const node = nodes.get(name)!;
+    const epoch = primary ? (epochs.get(volumeId)! + 1) : (node.authority.role(volumeId)?.epoch ?? 1);
+    if (primary) epochs.set(volumeId, epoch);
+    note(`operator: ${name} becomes ${primary ? `primary of v${volumeId} in epoch ${epoch}` : `secondary of v${volumeId}`}`);
+    node.authority.setRole(volumeId, { primary, epoch });
+  };
+
+  // ---------------------------------------------------------------- workload
+
+  const workloadRandom = random.fork("workload");
+  const workload = {
+    stopped: false,
+    outstanding: new Map<number, Outstanding>(),
+    nextOp: 1,
+    busy: new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()])),
+    count(volumeId: number): number {
+      let count = 0;
+      for (const op of this.outstanding.values()) if (op.volumeId === volumeId) count++;
+      return count;
+    },
+    abandon(name: string) {
+      for (const [id, op] of this.outstanding) {
+        if (op.node !== name) continue;
+        for (const block of op.blocks) this.busy.get(op.volumeId)!.delete(block);
+        this.outstanding.delete(id);
+      }
+    },
+    pickBlocks(volumeId: number, maxCount: number): number[] | undefined {
+      const busy = this.busy.get(volumeId)!;
+      for (let attempt = 0; attempt < 4; attempt++) {
+        const count = workloadRandom.range(1, maxCount);
+        const first = workloadRandom.int(mix.blocks - count + 1);
+        const blocks = Array.from({ length: count }, (_, index) => first + index);
+        if (blocks.every((block) => !busy.has(block))) return blocks;
+      }
+      return undefined;
+    },
+    issue(volumeId: number): void {
+      const writers = nodeNames.filter((name) => nodes.get(name)!.alive && isPrimary(name, volumeId));
+      if (writers.length === 0) return;
+      const name = workloadRandom.pick(writers);
+      const node = nodes.get(name)!;
+      const driver = node.driver!;
+      const incarnation = node.incarnation;
+      const roll = workloadRandom.float();
+      const id = this.nextOp++;
+      const track = (blocks: number[]) => {
+        for (const block of blocks) this.busy.get(volumeId)!.add(block);
+        this.outstanding.set(id, { node: name, incarnation, volumeId, blocks });
+      };
+      const finish = () => {
+        const op = this.outstanding.get(id);
+        if (!op || op.incarnation !== nodes.get(op.node)!.incarnation) return false;
+        for (const block of op.blocks) this.busy.get(volumeId)!.delete(block);
+        this.outstanding.delete(id);
+        return true;
+      };
+      if (roll < mix.flushRate) {
+        const covered = oracle.flushSnapshot(volumeId, name);
+        track([]);
+        stats.flushes!++;
+        driver.flush(volumeId, (error) => {
+          if (!finish()) return;
+          if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now);
+        });
+        return;
+      }
+      if (roll < mix.flushRate + mix.readRate) {
+        const readers = nodeNames.filter((candidate) => nodes.get(candidate)!.alive && (isPrimary(candidate, volumeId) || !mix.rot));
+        const reader = nodes.get(workloadRandom.pick(readers))!;
+        const blocks = this.pickBlocks(volumeId, 4);
+        if (!blocks) return;
+        const target = new Uint8Array(blocks.length * blockBytes);
+        const readerIncarnation = reader.incarnation;
+        for (const block of blocks) this.busy.get(volumeId)!.add(block);
+        this.outstanding.set(id, { node: reader.name, incarnation: readerIncarnation, volumeId, blocks });
+        stats.reads!++;
+        reader.driver!.read(volumeId, blocks[0]! * blockBytes, target, (error) => {
+          if (!finish()) return;
+          if (!error) checkers.checkRead(volumeId, reader.name, blocks[0]!, target, scheduler.now, (block) => reader.name === "b" && rotted.get(volumeId)!.has(block));
+        });
+        return;
+      }
+      const zero = roll < mix.flushRate + mix.readRate + mix.trimRate;
+      const blocks = this.pickBlocks(volumeId, 4);
+      if (!blocks) return;
+      const fua = workloadRandom.chance(mix.fuaRate);
+      // A write to a node that is not in sync may make it start a generation of its own (even if it
+      // crashes before saying so): the split-brain checker must not call that spurious.
+      if (status(name, volumeId)?.sync !== "synced") oracle.generationStarted(volumeId, name);
+      const record = oracle.submitWrite(volumeId, name, blocks[0]!, blocks.length, zero, fua, scheduler.now);
+      track(blocks);
+      const done = (error: BlockError | null, info: { mirrored: boolean | undefined; epoch: number | undefined }) => {
+        if (!finish()) return;
+        oracle.ackWrite(record, error === null, info.mirrored, info.epoch, scheduler.now);
+        if (error) stats.writesFailed!++;
+        else {
+          stats.writesAcked!++;
+          if (info.mirrored === false) stats.writesAlone!++;
+        }
+      };
+      const offset = blocks[0]! * blockBytes;
+      if (zero) {
+        if (workloadRandom.chance(0.5)) driver.trim(volumeId, offset, blocks.length * blockBytes, fua, done);
+        else driver.zero(volumeId, offset, blocks.length * blockBytes, { fua, noHole: workloadRandom.chance(0.5) }, done);
+        return;
+      }
+      const data = new Uint8Array(blocks.length * blockBytes);
+      blocks.forEach((block, index) => fillBlock(data.subarray(index * blockBytes, (index + 1) * blockBytes), record.id, volumeId, block));
+      driver.write(volumeId, offset, data, fua, done);
+    },
+    loop(): void {
+      if (this.stopped) return;
+      for (const volumeId of volumeIds) if (this.count(volumeId) < mix.depth) this.issue(volumeId);
+      scheduler.after(workloadRandom.range(100, 1500), () => this.loop());
+    },
+  };
+
+  // ---------------------------------------------------------------- operator and faults
+
+  const faultRandom = random.fork("faults");
+  const operatorRandom = random.fork("operator");
+  let promotions = 0;
+  let switchoverBusy = false;
+  let verifyBusy = false;
+  let replaced = false;
+  const resolving = new Map<number, number>();
+
+  const restartLater = (node: SimNode, delayUs: number) => scheduler.after(delayUs, () => startNode(node));
+
+  const injectFault = () => {
+    const kinds: string[] = [];
+    if (mix.partitions) kinds.push("partition");
+    if (mix.cuts) kinds.push("cut");
+    if (mix.clogs) kinds.push("clog");
+    if (mix.resets) kinds.push("reset");
+    if (mix.intruders) kinds.push("intruder");
+    if (mix.crashes === "a" || mix.crashes === "both") kinds.push("crash-a");
+    if (mix.crashes === "b" || mix.crashes === "both") kinds.push("crash-b");
+    if (mix.powerLoss) kinds.push("power");
+    if (mix.rot) kinds.push("rot");
+    if (mix.replaceDisk && !replaced) kinds.push("replace");
+    if (kinds.length === 0) return;
+    const kind = faultRandom.pick(kinds);
+    switch (kind) {
+      case "partition": {
+        const duration = faultRandom.range(20_000, 400_000);
+        note(`fault: partition for ${duration / 1000} ms`);
+        network.partition(duration);
+        return;
+      }
+      case "cut": {
+        const duration = faultRandom.range(20_000, 300_000);
+        note(`fault: cable pulled for ${duration / 1000} ms`);
+        network.cut(duration);
+        return;
+      }
+      case "clog": {
+        const from = faultRandom.pick(nodeNames);
+        const duration = faultRandom.range(5_000, 200_000);
+        note(`fault: ${from}'s outgoing traffic stalls for ${duration / 1000} ms`);
+        network.clog(from, duration);
+        return;
+      }
+      case "reset":
+        note("fault: connections reset");
+        network.resetAll();
+        return;
+      case "intruder": {
+        const target = faultRandom.pick(nodeNames);
+        const choice = faultRandom.int(3);
+        let bytes: Uint8Array;
+        if (choice === 0 || network.recordings.length === 0) {
+          bytes = new Uint8Array(faultRandom.range(1, 3000));
+          faultRandom.fill(bytes);
+        } else if (choice === 1) {
+          bytes = network.recordings[faultRandom.int(network.recordings.length)]!;
+        } else {
+          // A plausible handshake from someone who does not know the secret.
+          bytes = intruderHandshake(faultRandom, clusterId, peerOf(target));
+        }
+        note(`fault: intruder connects to ${target} (${["garbage", "replay", "wrong secret"][choice]})`);
+        network.intrude(target, bytes, ["garbage", "replay", "badsecret"][choice]!);
+        return;
+      }
+      case "crash-a":
+      case "crash-b": {
+        const node = nodes.get(kind === "crash-a" ? "a" : "b")!;
+        if (!node.alive) return;
+        crashNode(node, "fault");
+        restartLater(node, faultRandom.range(20_000, 600_000));
+        return;
+      }
+      case "power": {
+        note("fault: power loss on both nodes");
+        for (const node of nodes.values()) {
+          crashNode(node, "power loss");
+          restartLater(node, faultRandom.range(20_000, 300_000));
+        }
+        return;
+      }
+      case "rot": {
+        const volumeId = faultRandom.pick(volumeIds);
+        const secondary = nodes.get("b")!;
+        if (!secondary.alive || status("b", volumeId)?.sync !== "synced") return;
+        const block = faultRandom.int(mix.blocks);
+        note(`fault: bit rot in v${volumeId} block 0x${block.toString(16)} on b`);
+        secondary.disks.get(volumeId)!.data.rot(block * blockBytes + 100, 16);
+        rotted.get(volumeId)!.add(block);
+        return;
+      }
+      case "replace": {
+        const node = nodes.get("b")!;
+        if (!node.alive) return;
+        replaced = true;
+        crashNode(node, "disk replacement");
+        for (const [volumeId, disks] of node.disks) {
+          disks.data.replace();
+          disks.meta.replace();
+          format(disks.meta, volumeId, undefined);
+          rotted.get(volumeId)!.clear();
+        }
+        note("fault: b's disks replaced with new ones");
+        restartLater(node, faultRandom.range(20_000, 200_000));
+        return;
+      }
+    }
+  };
+
+  const faultLoop = (endUs: number) => {
+    if (scheduler.now >= endUs) return;
+    injectFault();
+    scheduler.after(faultRandom.range(mix.faultIntervalMs[0] * 1000, mix.faultIntervalMs[1] * 1000), () => faultLoop(endUs));
+  };
+
+  /** The operator during chaos: forced promotions, switchovers, verifies, and split-brain repair. */
+  const operatorStep = (final: boolean) => {
+    for (const volumeId of volumeIds) resolveConflicts(volumeId, final);
+    if (final) return;
+    const b = nodes.get("b")!;
+    if (mix.forcedPromotion && promotions < 2 && b.alive && !isPrimary("b", volumeIds[0]!) && !linkUp("b") && operatorRandom.chance(0.2)) {
+      const volumeId = operatorRandom.pick(volumeIds);
+      const state = status("b", volumeId);
+      if (state && state.dataState === "consistent") {
+        promotions++;
+        note(`operator: a is unreachable from b; forcing b to primary of v${volumeId}`);
+        setRole("b", volumeId, true);
+      }
+    }
+    if (mix.switchover && !switchoverBusy && operatorRandom.chance(0.1)) {
+      const volumeId = operatorRandom.pick(volumeIds);
+      const primaries = nodeNames.filter((name) => isPrimary(name, volumeId));
+      const synced = nodeNames.every((name) => linkUp(name) && status(name, volumeId)?.sync === "synced");
+      if (primaries.length === 1 && synced) {
+        const from = primaries[0]!;
+        switchoverBusy = true;
+        note(`operator: switchover of v${volumeId} from ${from}`);
+        setRole(from, volumeId, false);
+        scheduler.after(30_000, () => {
+          switchoverBusy = false;
+          if (!isPrimary(from, volumeId) && nodeNames.every((name) => !isPrimary(name, volumeId))) setRole(peerOf(from), volumeId, true);
+        });
+      }
+    }
+    if (mix.verify && !verifyBusy && operatorRandom.chance(0.05)) startVerify(operatorRandom.pick(volumeIds), operatorRandom.chance(0.7), () => {});
+  };
+
+  const startVerify = (volumeId: number, repair: boolean, done: () => void) => {
+    const primaries = nodeNames.filter((name) => isPrimary(name, volumeId) && nodes.get(name)!.alive);
+    if (primaries.length !== 1) return done();
+    const name = primaries[0]!;
+    if (status(name, volumeId)?.sync !== "synced") return done();
+    verifyBusy = true;
+    stats.verifies!++;
+    const other = peerOf(name);
+    const rotSnapshot = new Set(rotted.get(volumeId)!);
+    note(`operator: verify v${volumeId} on ${name}${repair ? " with repair" : ""}`);
+    nodes.get(name)!.driver!.verify(volumeId, repair, (error, result) => {
+      verifyBusy = false;
+      note(`verify v${volumeId}: ${error ? error.message : "done"}; ${result ? `${result.mismatchCount} differing, ${result.repaired} repaired` : ""}`);
+      if (result) {
+        for (const mismatch of result.mismatches) {
+          const first = Math.floor(mismatch.offset / blockBytes);
+          const last = Math.ceil((mismatch.offset + mismatch.length) / blockBytes);
+          let explained = false;
+          for (let block = first; block < last; block++) if (rotSnapshot.has(block) || rotted.get(volumeId)!.has(block)) explained = true;
+          if (!explained) checkers.fail("correctness", "replicas identical", `verify of v${volumeId} on ${name} found ${mismatch.offset}+${mismatch.length} differing from ${other} while in sync, with no injected rot there`);
+          else if (repair && result.repaired > 0) for (let block = first; block < last; block++) rotted.get(volumeId)!.delete(block);
+        }
+      }
+      done();
+    });
+  };
+
+  /** Split brains and double primaries need a person; so does a volume with no primary. */
+  const resolveConflicts = (volumeId: number, final: boolean) => {
+    if (!nodeNames.every((name) => nodes.get(name)!.alive)) return;
+    const statuses = nodeNames.map((name) => status(name, volumeId));
+    const splitBrain = statuses.some((state) => state?.sync === "splitBrain");
+    const primaries = nodeNames.filter((name) => isPrimary(name, volumeId));
+    const lastTry = resolving.get(volumeId) ?? -Infinity;
+    if (scheduler.now - lastTry < 100_000) return;
+    if (splitBrain && linkUp("a") && linkUp("b")) {
+      resolving.set(volumeId, scheduler.now);
+      const keeper = operatorRandom.pick(nodeNames);
+      const victim = peerOf(keeper);
+      if (isPrimary(victim, volumeId)) setRole(victim, volumeId, false);
+      if (!isPrimary(keeper, volumeId) && final) setRole(keeper, volumeId, true);
+      scheduler.after(20_000, () => {
+        const node = nodes.get(keeper)!;
+        if (!node.alive || isPrimary(victim, volumeId)) return;
+        node.driver!.resolveSplitBrain(volumeId, "local", (error) => {
+          note(`operator: resolve split brain of v${volumeId} keeping ${keeper}: ${error ? error.message : "accepted"}`);
+          if (!error) {
+            const discarded = oracle.discard(volumeId, victim);
+            // Writes the victim still had in flight are gone as well.
+            for (const record of oracle.writes.values()) if (record.volumeId === volumeId && record.node === victim && record.ok === undefined) record.discarded = true;
+            note(`oracle: ${discarded} writes made alone by ${victim} are discarded`);
+          }
+        });
+      });
+      return;
+    }
+    if (primaries.length === 2 && (final || statuses.some((state) => state?.sync === "refused"))) {
+      resolving.set(volumeId, scheduler.now);
+      setRole(operatorRandom.pick(nodeNames), volumeId, false);
+      return;
+    }
+    if (final && primaries.length === 0) {
+      resolving.set(volumeId, scheduler.now);
+      const candidates = nodeNames.filter((name, index) => statuses[index]?.dataState === "consistent");
+      if (candidates.length > 0) setRole(candidates.includes("a") ? "a" : candidates[0]!, volumeId, true);
+    }
+  };
+
+  const operatorLoop = (final: boolean, untilUs: number) => {
+    if (scheduler.now >= untilUs) return;
+    operatorStep(final);
+    scheduler.after(20_000, () => operatorLoop(final, untilUs));
+  };
+
+  // ---------------------------------------------------------------- the run
+
+  const converged = () => {
+    if (!nodeNames.every((name) => linkUp(name))) return false;
+    for (const volumeId of volumeIds) {
+      if (workload.count(volumeId) > 0) return false;
+      if (nodeNames.filter((name) => isPrimary(name, volumeId)).length !== 1) return false;
+      for (const name of nodeNames) {
+        const state = status(name, volumeId);
+        if (!state || state.sync !== "synced" || state.dirtyBytes > 0 || state.writesInFlight > 0 || state.queued > 0 || state.dataState !== "consistent") return false;
+      }
+    }
+    return true;
+  };
+
+  const describeState = () =>
+    volumeIds
+      .map((volumeId) =>
+        nodeNames
+          .map((name) => {
+            const node = nodes.get(name)!;
+            if (!node.alive) return `${name}: down`;
+            const state = node.driver!.status(volumeId);
+            const link = node.driver!.link();
+            return `${name}: ${isPrimary(name, volumeId) ? "primary" : "secondary"}, link ${link.state}${link.lastError ? ` (${link.lastError})` : ""}, ${state ? `${state.sync} (${state.reason}), data ${state.dataState}, dirty ${state.dirtyBytes} B, in flight ${state.writesInFlight}, queued ${state.queued}${state.resync ? `, resync ${state.resync.direction} ${state.resync.bitsRemaining}/${state.resync.bitsTotal}` : ""}` : "no volume"}`;
+          })
+          .join("; "),
+      )
+      .map((line, index) => `v${volumeIds[index]}: ${line}`)
+      .join(" | ");
+
+  const guarded = (run: () => void): boolean => {
+    try {
+      run();
+      return true;
+    } catch (error) {
+      const text = error instanceof Error ? `${error.name}: ${error.message}\n${(error.stack ?? "").split("\n").slice(1, 6).join("\n")}` : String(error);
+      checkers.fail("crash", "no crash", text);
+      return false;
+    }
+  };
+
+  const waitConverged = (deadlineUs: number, what: string): boolean => {
+    operatorLoop(true, deadlineUs);
+    const ok = guarded(() => scheduler.runUntil(deadlineUs, () => converged() || checkers.failures.some((failure) => failure.class === "crash")));
+    if (!ok) return false;
+    if (!converged()) {
+      checkers.fail("liveness", "converges", `${what}: not converged ${((deadlineUs - scheduler.now) / 1000).toFixed(0)} ms past the deadline: ${describeState()}`);
+      return false;
+    }
+    return true;
+  };
+
+  const finalChecks = (when: string) => {
+    checkers.checkEpochs();
+    for (const volumeId of volumeIds) {
+      const imageA = nodes.get("a")!.disks.get(volumeId)!.data.visible;
+      const imageB = nodes.get("b")!.disks.get(volumeId)!.data.visible;
+      checkers.checkIdentical(volumeId, ["a", imageA], ["b", imageB], when);
+      checkers.checkImage(volumeId, "a", imageA, when, () => false);
+      checkers.checkImage(volumeId, "b", imageB, when, () => false);
+    }
+  };
+
+  const flushPrimary = (done: () => void) => {
+    let pending = volumeIds.length;
+    for (const volumeId of volumeIds) {
+      const name = nodeNames.find((candidate) => isPrimary(candidate, volumeId))!;
+      const covered = oracle.flushSnapshot(volumeId, name);
+      nodes.get(name)!.driver!.flush(volumeId, (error) => {
+        if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now);
+        if (--pending === 0) done();
+      });
+    }
+  };
+
+  const run = () => {
+    for (const node of nodes.values()) startNode(node);
+    const chaosEnd = mix.chaosMs * 1000;
+    workload.loop();
+    faultLoop(chaosEnd);
+    operatorLoop(false, chaosEnd);
+    if (!guarded(() => scheduler.runUntil(chaosEnd, () => checkers.failures.some((failure) => failure.class === "crash")))) return;
+
+    // Final phase: no more faults, no new IO; a single primary; everything must converge.
+    note("final phase: faults stop, the operator restores one primary");
+    workload.stopped = true;
+    network.heal();
+    network.calm();
+    for (const node of nodes.values()) {
+      for (const disks of node.disks.values()) {
+        disks.data.errorsEnabled = false;
+        disks.meta.errorsEnabled = false;
+      }
+      if (!node.alive) startNode(node);
+    }
+    const deadline = scheduler.now + (options.long ? 120_000_000 : 30_000_000);
+    if (!waitConverged(deadline, "after the faults stopped")) return;
+    if (volumeIds.some((volumeId) => rotted.get(volumeId)!.size > 0)) {
+      // Let a verify the operator started during the chaos finish, then repair what rot is left.
+      guarded(() => scheduler.runUntil(deadline, () => !verifyBusy));
+      for (const volumeId of volumeIds) {
+        let finished = false;
+        startVerify(volumeId, true, () => (finished = true));
+        guarded(() => scheduler.runUntil(deadline, () => finished));
+      }
+      if (!waitConverged(deadline, "after the final verify")) return;
+      for (const volumeId of volumeIds) {
+        const left = rotted.get(volumeId)!;
+        // Rot later overwritten by writes or a resync is gone too; what is left must now be identical.
+        left.clear();
+      }
+    }
+    let flushed = false;
+    flushPrimary(() => (flushed = true));
+    guarded(() => scheduler.runUntil(deadline, () => flushed));
+    finalChecks("after the run converged");
+    if (checkers.failed || !mix.finalPowerLoss) return;
+    note("final power loss on both nodes");
+    for (const node of nodes.values()) crashNode(node, "final power loss");
+    for (const node of nodes.values()) restartLater(node, 1000);
+    if (!waitConverged(scheduler.now + (options.long ? 120_000_000 : 30_000_000), "after a final power loss")) return;
+    finalChecks("after a power loss at the end");
+  };
+  run();
+  stats.events = scheduler.executed;
+  stats.simulatedMs = Math.round(scheduler.now / 1000);
+  return { seed: options.seed, ok: !checkers.failed, failures: checkers.failures, mix, stats, timeline };
+}
+
+/** A Hello and a forged Auth from a node that does not know the pairing secret. */
+function intruderHandshake(random: SimRandom, clusterId: Uint8Array, claims: string): Uint8Array {
+  // Built with the real codec so it passes framing and fails where it must: at the mac.
+  const nonce = new Uint8Array(32);
+  random.fill(nonce);
+  const mac = new Uint8Array(32);
+  random.fill(mac);
+  return joinParts([
+    ...encodeMessage({ type: MessageType.Hello, volumeId: 0, requestId: 0, versionMin: 1, versionMax: 1, clusterId, nodeId: claims, nonce }),
+    ...encodeMessage({ type: MessageType.Auth, volumeId: 0, requestId: 0, mac }),
+  ]);
+}
