@@ -5,6 +5,7 @@
 // kick/call notifications all go through here. Sockets and eventfds are created non-blocking and
 // close-on-exec; "would block" is reported as a value (`undefined` / -1), every other failure throws
 // an Error carrying the errno name in `code`, as node:fs does (see libc.ts).
+import fs from "node:fs";
 import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { assert } from "./assert.ts";
 import { errno, systemError } from "./libc.ts";
@@ -58,6 +59,9 @@ const EAGAIN = 11;
 const EINTR = 4;
 const EFD_CLOEXEC = 0o2000000;
 const EFD_NONBLOCK = 0o4000;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
 const F_ADD_SEALS = 1033;
@@ -256,9 +260,24 @@ export function duplicateFd(fd: number): number {
   return check(libc().dup(fd), "dup");
 }
 
-/** A non-blocking, close-on-exec eventfd. */
-export function eventFdCreate(initial = 0): number {
-  return check(libc().eventfd(initial, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd");
+/** A close-on-exec eventfd, non-blocking unless asked otherwise. */
+export function eventFdCreate(initial = 0, options: { blocking?: boolean } = {}): number {
+  return check(libc().eventfd(initial, EFD_CLOEXEC | (options.blocking ? 0 : EFD_NONBLOCK)), "eventfd");
+}
+
+/** Whether `fd` is an eventfd (as opposed to a pipe, socket or file passed in its place). */
+export function isEventFd(fd: number): boolean {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`) === "anon_inode:[eventfd]";
+  } catch {
+    return false;
+  }
+}
+
+/** Set O_NONBLOCK on the open file description (shared with every process holding it). */
+export function setNonBlocking(fd: number): void {
+  const flags = check(libc().fcntl(fd, F_GETFL, 0), "fcntl(F_GETFL)");
+  if ((flags & O_NONBLOCK) === 0) check(libc().fcntl(fd, F_SETFL, flags | O_NONBLOCK), "fcntl(F_SETFL)");
 }
 
 const eventValue = new BigUint64Array(1);

@@ -280,6 +280,23 @@ describe("requests", () => {
     for (const queue of queues) expect((await queue.waitUsed(100)).length).toBe(100);
   });
 
+  test("blocking eventfds from the front-end are made non-blocking, so a full call counter cannot stall the back-end", async () => {
+    volumes.add("disk", volumeBytes);
+    const fe = connect(await serve("disk"));
+    const [q] = await fe.setup();
+    const call = eventFdCreate(0, { blocking: true });
+    const nonBlocking = () => (parseInt(/flags:\s*(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${call}`, "utf8"))![1]!, 8) & 0o4000) !== 0;
+    expect(nonBlocking()).toBe(false);
+    // Counter at its maximum: a blocking write of 1 would wait until someone reads it.
+    expect(await Bun.write(Bun.file(call), new Uint8Array(new BigUint64Array([0xffff_ffff_ffff_fffen]).buffer))).toBe(8);
+    const ack = await fe.call(Request.SetVringCall, { kind: "vringFile", index: 0, noFd: false }, { fds: [call], needReply: true });
+    expect(ack).toEqual({ kind: "u64", value: 0n });
+    expect(nonBlocking()).toBe(true); // checked before any completion could block on it
+    expect((await fe.read(q!, 0, 512)).status).toBe(BlkStatus.Ok);
+    expect((await fe.read(q!, 0, 512)).status).toBe(BlkStatus.Ok);
+    closeFd(call);
+  });
+
   test("a memory region larger than its file ends the session instead of faulting later", async () => {
     volumes.add("disk", volumeBytes);
     const started = await serve("disk");
@@ -576,6 +593,11 @@ describe("malformed input ends only that session", () => {
       /file descriptors, expected 0/,
     ],
     ["a queue size that is not a power of two", (fe) => fe.send(Request.SetVringNum, { kind: "state", index: 0, num: 100 }), /power of two/],
+    [
+      "a kick descriptor that is not an eventfd",
+      (fe) => fe.send(Request.SetVringKick, { kind: "vringFile", index: 0, noFd: false }, { fds: [fe.memoryFd] }),
+      /SET_VRING_KICK passed a descriptor that is not an eventfd/,
+    ],
   ];
 
   for (const [name, breakIt, reason] of cases) {

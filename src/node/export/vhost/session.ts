@@ -19,9 +19,11 @@ import { BlockError } from "../../../common/errors.ts";
 import {
   closeFd,
   eventFdSignal,
+  isEventFd,
   memoryFileCreate,
   receiveWithFds,
   sendWithFds,
+  setNonBlocking,
   shutdownSocket,
 } from "../../../common/ffi-socket.ts";
 import type { Logger } from "../../../common/log.ts";
@@ -385,6 +387,21 @@ export class VhostSession {
     if (fds.length !== count) throw new SessionError(`${requestName(request)} came with ${fds.length} file descriptors, expected ${count}`);
   }
 
+  /**
+   * Kick, call and error descriptors must be eventfds, and non-blocking: a kick is read by the
+   * event loop and a call is written from the main thread, which must never block (a blocking
+   * eventfd whose counter is full would stall every export of the daemon).
+   */
+  private eventFd(request: number, fds: number[]): number {
+    const fd = fds.shift()!;
+    if (!isEventFd(fd)) {
+      closeFd(fd);
+      throw new SessionError(`${requestName(request)} passed a descriptor that is not an eventfd`);
+    }
+    setNonBlocking(fd);
+    return fd;
+  }
+
   private dispatch(request: number, body: Body, fds: number[]): Promise<void> | undefined {
     const expectBody = <K extends Body["kind"]>(kind: K): Extract<Body, { kind: K }> => {
       if (body.kind !== kind) throw new SessionError(`${requestName(request)} with a ${body.kind} payload`);
@@ -463,22 +480,24 @@ export class VhostSession {
         const queue = this.queue(file.index, request);
         if (file.noFd) throw new SessionError(`SET_VRING_KICK without a descriptor (polling) is not supported`);
         this.expectFds(request, fds, 1);
-        return this.startQueue(queue, fds.shift()!);
+        return this.startQueue(queue, this.eventFd(request, fds));
       }
       case Request.SetVringCall: {
         const file = expectBody("vringFile");
         const queue = this.queue(file.index, request);
         this.expectFds(request, fds, file.noFd ? 0 : 1);
+        const fd = file.noFd ? -1 : this.eventFd(request, fds);
         closeFd(queue.callFd);
-        queue.callFd = file.noFd ? -1 : fds.shift()!;
+        queue.callFd = fd;
         return;
       }
       case Request.SetVringErr: {
         const file = expectBody("vringFile");
         const queue = this.queue(file.index, request);
         this.expectFds(request, fds, file.noFd ? 0 : 1);
+        const fd = file.noFd ? -1 : this.eventFd(request, fds);
         closeFd(queue.errorFd);
-        queue.errorFd = file.noFd ? -1 : fds.shift()!;
+        queue.errorFd = fd;
         return;
       }
       case Request.SetVringEnable: {
