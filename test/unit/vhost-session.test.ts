@@ -477,6 +477,29 @@ describe("stop, restart and reconnect", () => {
     expect((await again.read(q!, 0, 512)).status).toBe(BlkStatus.Ok);
   });
 
+  test("sessions that come and go leave no descriptors or mappings behind", async () => {
+    volumes.add("disk", volumeBytes);
+    const started = await serve("disk");
+    const descriptors = () => fs.readdirSync("/proc/self/fd").length;
+    const mappings = () => fs.readFileSync("/proc/self/maps", "utf8").split("\n").length;
+    const cycle = async (end: "close" | "malformed") => {
+      const fe = VhostTestFrontEnd.connect(started.socketPath);
+      const [q] = await fe.setup({ inflight: true, queues: 1 });
+      expect((await fe.read(q!, 0, 4096)).status).toBe(BlkStatus.Ok);
+      if (end === "malformed") {
+        fe.sendRaw(new Uint8Array(12)); // version 0
+        await fe.waitClosed();
+      }
+      fe.close();
+      await until("the session to go", () => started.sessions().length === 0);
+    };
+    await cycle("close"); // warm up: the poller, module state
+    const before = { descriptors: descriptors(), mappings: mappings() };
+    for (let i = 0; i < 20; i++) await cycle(i % 2 ? "close" : "malformed");
+    expect({ descriptors: descriptors(), mappings: mappings() }).toEqual(before);
+    expect(volumes.volumes.get("disk")!.releases).toBe(21);
+  });
+
   test("one front-end at a time; the export refuses a second and serves the next after the first leaves", async () => {
     volumes.add("disk", volumeBytes);
     const started = await serve("disk");
