@@ -121,6 +121,22 @@ describe("control messages", () => {
     expect(await fe.call(Request.SetOwner, { kind: "none" }, { needReply: true })).toEqual({ kind: "u64", value: 0n });
   });
 
+  test("SET_VRING_ENABLE 0 holds new requests in the ring; 1 serves them", async () => {
+    volumes.add("disk", volumeBytes);
+    const fe = connect(await serve("disk"));
+    const [q] = await fe.setup();
+    fe.send(Request.SetVringEnable, { kind: "state", index: 0, num: 0 });
+    const request = fe.blkRequest(BlkRequestType.In, 0, { length: 512, write: true });
+    const head = q!.addChain(request.buffers);
+    q!.push(head);
+    await Bun.sleep(30);
+    expect(q!.usedIndex()).toBe(0);
+    fe.send(Request.SetVringEnable, { kind: "state", index: 0, num: 1 });
+    const [used] = await q!.waitUsed(1);
+    expect(used!.head).toBe(head);
+    expect(fe.guest[request.status]).toBe(BlkStatus.Ok);
+  });
+
   test("read-only volume: RO offered, no discard/write-zeroes, writes fail with IOERR, reads work", async () => {
     const volume = volumes.add("ro", volumeBytes, { readOnly: true });
     await volume.memory.write(0, pattern(4096, 1));
@@ -615,6 +631,7 @@ describe("malformed input ends only that session", () => {
       },
       /file descriptors, expected 0/,
     ],
+    ["SET_FEATURES with a feature we did not offer", (fe) => fe.send(Request.SetFeatures, { kind: "u64", value: allFeatures.version1 | (1n << 34n) }), /did not offer: 0x400000000/],
     ["a queue size that is not a power of two", (fe) => fe.send(Request.SetVringNum, { kind: "state", index: 0, num: 100 }), /power of two/],
     [
       "a kick descriptor that is not an eventfd",
