@@ -72,8 +72,12 @@ self.onmessage = (event) => {
 `;
 
 export interface Watch {
-  /** Stop watching (epoll_ctl DEL). Call before closing the descriptor. Idempotent. */
-  cancel(): void;
+  /**
+   * Stop watching. Await it before closing the descriptor: the front-end shares the open file, so
+   * closing ours does not stop a poll that is still registered, and the number could be reused.
+   * Idempotent.
+   */
+  cancel(): Promise<void>;
 }
 
 export class Poller {
@@ -154,7 +158,7 @@ export class Poller {
     }
     let active = true;
     return {
-      cancel: () => {
+      cancel: async () => {
         if (!active) return;
         active = false;
         try {
@@ -190,10 +194,10 @@ export class Poller {
       }
     })();
     return {
-      cancel: () => {
+      cancel: async () => {
         if (!active) return;
         active = false;
-        void reader.cancel().catch(() => {});
+        await reader.cancel().catch(() => {});
       },
     };
   }

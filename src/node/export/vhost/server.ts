@@ -137,7 +137,7 @@ export async function startVhostExport(options: VhostExportOptions): Promise<Vho
     sessions: () => (session ? [session.info()] : []),
     close: (closeOptions) => {
       closing ??= (async () => {
-        listenWatch?.cancel();
+        await listenWatch?.cancel();
         closeFd(listenFd);
         // Remove the socket file only if it is still the one we created.
         try {

@@ -627,10 +627,14 @@ export class VhostSession {
   // ---- queues ----
 
   private async startQueue(queue: Queue, kickFd: number): Promise<void> {
-    if (queue.kickWatch) queue.kickWatch.cancel();
-    closeFd(queue.kickFd);
-    queue.kickFd = kickFd;
+    // Take the old descriptor out of the queue before awaiting, so that nobody else closes it too.
+    const previousWatch = queue.kickWatch;
+    const previousFd = queue.kickFd;
     queue.kickWatch = undefined;
+    queue.kickFd = kickFd;
+    await previousWatch?.cancel();
+    closeFd(previousFd);
+    if (this.stopping) return;
     if (queue.ring) {
       // A new kick descriptor for a running ring: just watch the new one.
       queue.kickWatch = this.options.poller.watchEventFd(kickFd, () => this.service(queue));
@@ -642,7 +646,7 @@ export class VhostSession {
     if (queue.running > 0) {
       this.log.info("queue restart waits for requests of its previous run", { queue: queue.index, running: queue.running });
       await queue.whenIdle();
-      if (this.ending) return;
+      if (this.stopping) return;
     }
     const areas = this.ringAreas(queue);
     const generation = ++queue.generation;
@@ -704,11 +708,12 @@ export class VhostSession {
     this.flushNotifications();
     queue.generation++;
     queue.ring = undefined;
-    queue.kickWatch?.cancel();
+    const { kickWatch, kickFd, callFd } = queue;
     queue.kickWatch = undefined;
-    closeFd(queue.kickFd);
-    closeFd(queue.callFd);
     queue.kickFd = queue.callFd = -1;
+    await kickWatch?.cancel();
+    closeFd(kickFd);
+    closeFd(callFd);
     queue.base = ring.nextAvailableIndex;
     if (this.ending) return;
     this.reply(Request.GetVringBase, { kind: "state", index: queue.index, num: ring.nextAvailableIndex });
@@ -894,10 +899,11 @@ export class VhostSession {
       for (const queue of this.queues) {
         queue.generation++;
         queue.ring = undefined;
-        queue.kickWatch?.cancel();
+        const kickWatch = queue.kickWatch;
         queue.kickWatch = undefined;
+        await kickWatch?.cancel();
       }
-      this.socketWatch.cancel();
+      await this.socketWatch.cancel();
       this.socketOpen = false;
       shutdownSocket(this.options.fd);
       closeFd(this.options.fd);
