@@ -52,7 +52,7 @@ describe("records", () => {
     const encoded = encodeSuperblock(superblock(7));
     for (const offset of [0, 9, 40, 90, 100]) {
       const damaged = encoded.slice();
-      damaged[offset] ^= 0x10;
+      damaged[offset] = damaged[offset]! ^ 0x10;
       expect(typeof decodeSuperblock(damaged)).toBe("string");
     }
   });
@@ -62,8 +62,8 @@ describe("loading", () => {
   test("a blank area is new; both superblocks damaged is refused", () => {
     expect(loadMetadata(new Uint8Array(layout.totalBytes))).toBe("blank");
     const bytes = area([superblockWrite(superblock(4)), superblockWrite(superblock(5))]);
-    bytes[10] ^= 1;
-    bytes[4096 + 10] ^= 1;
+    bytes[10] = bytes[10]! ^ 1;
+    bytes[4096 + 10] = bytes[4096 + 10]! ^ 1;
     expect(() => loadMetadata(bytes)).toThrow(DecodeError);
   });
 
@@ -88,7 +88,7 @@ describe("loading", () => {
     if (loaded === "blank") throw new Error("blank");
     expect(loaded.activityLog).toEqual({ sequence: 11, extentBytes: 4 << 20, extents: [11, 12] });
     const slot11 = layout.activityLogOffset + (11 % 8) * 4096;
-    bytes[slot11 + 30] ^= 0xff; // torn transaction 11: the log is transaction 10
+    bytes[slot11 + 30] = bytes[slot11 + 30]! ^ 0xff; // torn transaction 11: the log is transaction 10
     loaded = loadMetadata(bytes);
     if (loaded === "blank") throw new Error("blank");
     expect(loaded.activityLog?.sequence).toBe(10);
@@ -105,7 +105,7 @@ describe("loading", () => {
     if (loaded === "blank") throw new Error("blank");
     expect(loaded.bitmap.runs()).toEqual(bitmap.runs());
     const lastPage = layout.pageCount - 1;
-    bytes[layout.bitmapOffset + lastPage * 4096 + 100] ^= 1;
+    bytes[layout.bitmapOffset + lastPage * 4096 + 100] = bytes[layout.bitmapOffset + lastPage * 4096 + 100]! ^ 1;
     loaded = loadMetadata(bytes);
     if (loaded === "blank") throw new Error("blank");
     const pageStart = lastPage * 32640;
