@@ -40,6 +40,8 @@ export interface ReplicaDriverOptions {
   config?: ReplicaConfig;
   logger?: Logger;
   observer?: ReplicaObserver;
+  /** The peer's daemon asks ours something (control plane); `reply` once, ok=false for "cannot". */
+  onPeerRequest?(payload: Uint8Array, reply: (ok: boolean, payload: Uint8Array) => void): void;
 }
 
 interface PendingRequest {
@@ -158,6 +160,11 @@ export class ReplicaDriver implements PeerTransportHandler {
     this.request(volumeId, done, (request) => ({ kind: "resolveSplitBrain", volumeId, request, keep }));
   }
 
+  /** Ask the peer's daemon something over the authenticated link; fails at once when the link is down. */
+  peerRequest(payload: Uint8Array, done: (error: BlockError | null, reply: Uint8Array | undefined) => void): void {
+    this.request(0, (error, result) => done(error, result as Uint8Array | undefined), (request) => ({ kind: "peerRequest", request, payload }));
+  }
+
   status(volumeId: number): VolumeStatus | undefined {
     return this.core.volumeStatus(volumeId);
   }
@@ -245,6 +252,23 @@ export class ReplicaDriver implements PeerTransportHandler {
         this.pending.delete(action.request);
         this.options.observer?.completed?.(pending.volumeId, action.request, action.error, action.mirrored, action.epoch);
         pending.done(action.error ? new BlockError(action.error, action.message ?? action.error) : null, action.result, { mirrored: action.mirrored, epoch: action.epoch });
+        return;
+      }
+      case "peerCall": {
+        const call = action.call;
+        let answered = false;
+        const reply = (ok: boolean, payload: Uint8Array) => {
+          if (answered) return;
+          answered = true;
+          this.feed({ kind: "peerCallReply", call, ok, payload });
+        };
+        const handler = this.options.onPeerRequest;
+        if (!handler) return reply(false, new TextEncoder().encode("this node does not answer control-plane requests"));
+        try {
+          handler(action.payload, reply);
+        } catch (error) {
+          reply(false, new TextEncoder().encode(`request failed: ${(error as Error)?.message ?? String(error)}`));
+        }
         return;
       }
       case "report": {

@@ -85,6 +85,12 @@ export class NodeCore {
   private linkSinceTick = 0;
   private lastError: string | undefined;
   private readonly volumeHost: VolumeHost;
+  /** Our control-plane requests waiting for the peer's reply: request id → client request. */
+  private readonly peerRequests = new Map<number, number>();
+  private nextPeerRequestId = 1;
+  /** The peer's requests our daemon is answering: call id → (connection, the peer's request id). */
+  private readonly peerCalls = new Map<number, { connection: Connection; requestId: number }>();
+  private nextPeerCall = 1;
 
   constructor(
     readonly identity: NodeIdentity,
@@ -207,6 +213,24 @@ export class NodeCore {
         return this.volumeOrFail(event.volumeId, event.request)?.resolveSplitBrain(event.request, event.keep);
       case "closeVolume":
         return this.volumeOrFail(event.volumeId, event.request)?.close(event.request);
+      case "peerRequest": {
+        if (!this.active) {
+          this.out.push({ kind: "complete", request: event.request, error: "ESHUTDOWN", message: `the link to ${this.identity.peerNodeId} is down` });
+          return;
+        }
+        const requestId = this.nextPeerRequestId++;
+        this.peerRequests.set(requestId, event.request);
+        this.sendOn(this.active, { type: MessageType.PeerRequest, volumeId: 0, requestId, payload: event.payload });
+        return;
+      }
+      case "peerCallReply": {
+        const call = this.peerCalls.get(event.call);
+        if (!call) return;
+        this.peerCalls.delete(event.call);
+        // Answer only on the connection the request came on; a newer link means the asker gave up.
+        if (this.active === call.connection) this.sendOn(call.connection, { type: MessageType.PeerReply, volumeId: 0, requestId: call.requestId, ok: event.ok, payload: event.payload });
+        return;
+      }
       case "shutdown":
         this.stopped = true;
         if (this.active) this.send({ type: MessageType.Goodbye, volumeId: 0, requestId: 0, reason: "node shutting down" });
@@ -408,6 +432,19 @@ export class NodeCore {
         return;
       case MessageType.Goodbye:
         return this.closeConnection(connection, `the peer said goodbye: ${message.reason}`);
+      case MessageType.PeerRequest: {
+        const call = this.nextPeerCall++;
+        this.peerCalls.set(call, { connection, requestId: message.requestId });
+        this.out.push({ kind: "peerCall", call, payload: message.payload });
+        return;
+      }
+      case MessageType.PeerReply: {
+        const request = this.peerRequests.get(message.requestId);
+        if (request === undefined) return; // answers a request that already failed
+        this.peerRequests.delete(message.requestId);
+        this.out.push(message.ok ? { kind: "complete", request, error: null, result: message.payload } : { kind: "complete", request, error: "EIO", message: new TextDecoder().decode(message.payload) });
+        return;
+      }
       default:
         this.report({ kind: "protocolError", reason: `message type ${message.type} without a volume` });
         return this.closeConnection(connection, `message type ${message.type} without a volume`);
@@ -470,6 +507,9 @@ export class NodeCore {
       this.lastError = reason;
       this.report({ kind: "linkDown", reason });
       for (const volume of this.volumes.values()) volume.linkDownEvent();
+      // Control-plane requests in flight will not be answered on this link.
+      for (const request of this.peerRequests.values()) this.out.push({ kind: "complete", request, error: "ESHUTDOWN", message: `the link to ${this.identity.peerNodeId} dropped: ${reason}` });
+      this.peerRequests.clear();
     }
     if (connection.dialled && this.dialer) this.scheduleRedial();
   }

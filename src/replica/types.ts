@@ -33,6 +33,10 @@ export type CoreEvent =
   | { kind: "verify"; volumeId: number; request: number; repair: boolean }
   | { kind: "resolveSplitBrain"; volumeId: number; request: number; keep: "local" | "peer" }
   | { kind: "closeVolume"; volumeId: number; request: number }
+  /** Send a control-plane request to the peer's daemon; completes with its reply as `result`. */
+  | { kind: "peerRequest"; request: number; payload: Uint8Array }
+  /** The daemon answered a `peerCall`. */
+  | { kind: "peerCallReply"; call: number; ok: boolean; payload: Uint8Array }
   | { kind: "shutdown" };
 
 export type CoreAction =
@@ -48,7 +52,9 @@ export type CoreAction =
   | { kind: "metadataWrite"; volumeId: number; io: number; writes: MetadataWrite[]; flush: boolean }
   /** A client (or operator) request is finished. `mirrored`: the peer took part in a write's completion. */
   | { kind: "complete"; request: number; error: IoError | null; message?: string; mirrored?: boolean; epoch?: number; result?: unknown }
-  | { kind: "report"; report: ReplicaReport };
+  | { kind: "report"; report: ReplicaReport }
+  /** The peer's daemon asks ours something: answer with a `peerCallReply` event for `call`. */
+  | { kind: "peerCall"; call: number; payload: Uint8Array };
 
 export type SyncState =
   /** Both replicas hold the same data and writes are mirrored. */

@@ -239,7 +239,7 @@ export class VolumeCore {
   private persistQueue: PersistJob[] = [];
   private persistBusy = false;
   private aloneWaiters: ((error: IoError | null) => void)[] | undefined;
-  private helloAfterPersist = false;
+  private redecideAfterPersist = false;
   private activityBusy = false;
   private readonly evicting = new Set<number>();
   private lastWritebackTick = 0;
@@ -308,7 +308,7 @@ export class VolumeCore {
     this.opened = true;
     this.report({ kind: "volumeOpened", volumeId: this.volumeId, findings, recoveredExtents: recovered });
     if (this.linkUp) {
-      this.sendHello();
+      this.sendHello(true);
       this.decideWanted = true;
     }
     this.maybeDecide();
@@ -358,7 +358,7 @@ export class VolumeCore {
       return;
     }
     if (this.linkUp && this.opened) {
-      this.sendHello();
+      this.sendHello(true);
       this.decideWanted = true;
       this.maybeDecide();
     }
@@ -371,7 +371,7 @@ export class VolumeCore {
     this.linkEpoch++;
     this.peerHello = undefined;
     this.setPhase("negotiating", "waiting for the peer's volume state");
-    if (this.opened) this.sendHello();
+    if (this.opened) this.sendHello(true);
   }
 
   linkDownEvent(): void {
@@ -859,10 +859,9 @@ export class VolumeCore {
       this.aloneWaiters = undefined;
       if (error) this.superblock.generations = before;
       else this.report({ kind: "generationStarted", volumeId: this.volumeId, current: formatGeneration(after.current), base: formatGeneration(after.bitmapBase) });
-      if (this.helloAfterPersist) {
-        this.helloAfterPersist = false;
-        if (this.linkUp) this.sendHello();
-      }
+      const redecide = this.redecideAfterPersist;
+      this.redecideAfterPersist = false;
+      if (this.linkUp && this.opened) this.sendHello(redecide); // our generation changed
       this.maybeDecide();
       for (const waiter of waiters) waiter(error);
     });
@@ -981,10 +980,16 @@ export class VolumeCore {
     return { nodeId: this.host.nodeId, generations: this.generations, dataState: this.dataState, mayWrite: this.mayWrite, bitsSet: this.bitmap.setCount };
   }
 
-  private sendHello(): void {
+  /**
+   * Tell the peer our replica's state. `redecide`: we want a new decision (our role changed, or
+   * regions went out of sync); otherwise the peer just learns a state change a decision caused.
+   * Every change of data state or generations is announced, so the deciding node never decides on
+   * a state we have left.
+   */
+  private sendHello(redecide: boolean): void {
     if (this.aloneWaiters) {
       // A new generation is being persisted: announce it once it is on disk, never before.
-      this.helloAfterPersist = true;
+      this.redecideAfterPersist ||= redecide;
       return;
     }
     this.helloSeq++;
@@ -999,6 +1004,7 @@ export class VolumeCore {
       dataState: this.dataState,
       mayWrite: this.mayWrite,
       bitsSet: this.bitmap.setCount,
+      redecide,
     });
   }
 
@@ -1012,7 +1018,7 @@ export class VolumeCore {
     if (this.isDecider) {
       this.decideWanted = true;
       this.maybeDecide();
-    } else this.sendHello();
+    } else this.sendHello(true);
   }
 
   private maybeDecide(): void {
@@ -1091,7 +1097,9 @@ export class VolumeCore {
         this.setPhase("replicating", "in sync");
         if (this.generations.bitmapBase !== noGeneration) {
           this.superblock.generations = finishAsSource(this.generations, replicaGenerationHistoryLength);
-          this.persist({ superblock: true, pages: false }, () => {});
+          this.persist({ superblock: true, pages: false }, (error) => {
+            if (!error && this.linkUp) this.sendHello(false);
+          });
         }
         this.report({ kind: "synced", volumeId: this.volumeId, current: formatGeneration(this.generations.current), asTarget: false });
         break;
@@ -1158,17 +1166,21 @@ export class VolumeCore {
         if (this.phase === "absent") {
           // The peer did not have the volume when we said hello: say it again.
           this.setPhase("negotiating", "the peer opened the volume");
-          if (this.opened) this.sendHello();
+          if (this.opened) this.sendHello(true);
         }
         if (this.isDecider) {
-          this.decideWanted = true;
+          if (message.redecide || this.phase === "negotiating" || this.phase === "down") this.decideWanted = true;
           this.maybeDecide();
         } else if (this.phase === "down" || this.phase === "absent") this.setPhase("negotiating", "waiting for the decision");
         this.pump();
         return;
       case MessageType.VolumeDecision:
         if (this.isDecider) return this.protocolError("a decision from the node that does not decide");
-        if (message.followerHelloSeq !== this.helloSeq) return; // answers an older state of ours; a newer decision follows
+        if (message.followerHelloSeq !== this.helloSeq) {
+          // It answers a state of ours we have since left: ask again with the current one.
+          this.sendHello(true);
+          return;
+        }
         this.applyDecision(message.kind, message.round, message.kind === DecisionKind.Resync ? !message.deciderIsSource : false, message.kind === DecisionKind.Resync ? !message.deciderLeads : false, message.full, message.reason, message.byOperator);
         return;
       case MessageType.VolumeUnknown:
@@ -1394,6 +1406,7 @@ export class VolumeCore {
         return;
       }
       resync.stage = "ready";
+      if (!resync.localIsSource) this.sendHello(false); // we are inconsistent now
       this.host.send({ type: MessageType.ResyncReady, volumeId: this.volumeId, requestId: 0, round: resync.round });
       this.startRunning();
     };
@@ -1504,12 +1517,10 @@ export class VolumeCore {
         // From the leader: as the target, adopt its generation; as the source, record the end.
         if (stale(message.round) || resync!.localLeads) return;
         const round = message.round;
-        const wasTarget = !resync!.localIsSource;
         this.finishResyncLocally(message.sourceCurrent, (error) => {
           if (error) return;
           this.host.send({ type: MessageType.ResyncCompleteAck, volumeId: this.volumeId, requestId: 0, round, sourceCurrent: this.generations.current });
-          // A target's generations changed: the deciding node must not decide again on our old state.
-          if (wasTarget) this.sendHello();
+
         });
         return;
       }
@@ -1730,6 +1741,7 @@ export class VolumeCore {
       }
       this.resyncFinished();
       done(null);
+      if (this.linkUp) this.sendHello(false); // our generations changed
     });
   }
 

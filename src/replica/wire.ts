@@ -19,6 +19,9 @@ export const frameHeaderBytes = 32;
 export const protocolVersionMin = 1;
 export const protocolVersionMax = 1;
 
+/** Largest control-plane payload (PeerRequest / PeerReply) between the daemons. */
+export const peerPayloadBytesMax = 1024 * 1024;
+
 export const NEED_MORE = Symbol("need more bytes");
 export type NeedMore = typeof NEED_MORE;
 
@@ -33,6 +36,9 @@ export const enum MessageType {
   Ping = 3,
   Pong = 4,
   Goodbye = 5,
+  /** Control plane between the daemons (create a replica, describe volumes): opaque payloads. */
+  PeerRequest = 8,
+  PeerReply = 9,
   // Volume negotiation and resync control.
   VolumeHello = 16,
   VolumeDecision = 17,
@@ -131,6 +137,16 @@ export interface GoodbyeMessage extends Base {
   type: MessageType.Goodbye;
   reason: string;
 }
+export interface PeerRequestMessage extends Base {
+  type: MessageType.PeerRequest;
+  payload: Uint8Array;
+}
+export interface PeerReplyMessage extends Base {
+  type: MessageType.PeerReply;
+  /** False: the receiving daemon could not handle the request (no handler); payload says why. */
+  ok: boolean;
+  payload: Uint8Array;
+}
 export interface VolumeHelloMessage extends Base {
   type: MessageType.VolumeHello;
   seq: number;
@@ -140,6 +156,8 @@ export interface VolumeHelloMessage extends Base {
   dataState: DataState;
   mayWrite: boolean;
   bitsSet: number;
+  /** The sender asks the deciding node for a new decision (false: it only reports its new state). */
+  redecide: boolean;
 }
 export interface VolumeDecisionMessage extends Base {
   type: MessageType.VolumeDecision;
@@ -246,6 +264,8 @@ export type Message =
   | AuthMessage
   | PingMessage
   | GoodbyeMessage
+  | PeerRequestMessage
+  | PeerReplyMessage
   | VolumeHelloMessage
   | VolumeDecisionMessage
   | EmptyVolumeMessage
@@ -464,6 +484,12 @@ export function encodeMessage(message: Message): Uint8Array[] {
     case MessageType.VolumeClosed:
     case MessageType.Flush:
       return frame(message.type, message, undefined);
+    case MessageType.PeerRequest:
+      if (message.payload.length > peerPayloadBytesMax) throw new DecodeError(`peer request of ${message.payload.length} bytes`);
+      return frame(message.type, message, fields(message.payload.length).raw(message.payload));
+    case MessageType.PeerReply:
+      if (message.payload.length > peerPayloadBytesMax) throw new DecodeError(`peer reply of ${message.payload.length} bytes`);
+      return frame(message.type, message, fields(1 + message.payload.length).u8(message.ok ? 1 : 0).raw(message.payload));
     case MessageType.Goodbye: {
       const reason = textEncoder.encode(message.reason).subarray(0, reasonBytesMax);
       const writer = fields(2 + reason.length);
@@ -472,7 +498,7 @@ export function encodeMessage(message: Message): Uint8Array[] {
     }
     case MessageType.VolumeHello: {
       const history = message.generations.history;
-      const writer = fields(4 + 8 + 4 + 8 + 8 + 1 + history.length * 8 + 1 + 1 + 8)
+      const writer = fields(4 + 8 + 4 + 8 + 8 + 1 + history.length * 8 + 1 + 1 + 8 + 1)
         .u32(message.seq)
         .u64(message.sizeBytes)
         .u32(message.granuleBytes)
@@ -480,7 +506,7 @@ export function encodeMessage(message: Message): Uint8Array[] {
         .big64(message.generations.bitmapBase)
         .u8(history.length);
       for (const generation of history) writer.big64(generation);
-      writer.u8(message.dataState).u8(message.mayWrite ? 1 : 0).u64(message.bitsSet);
+      writer.u8(message.dataState).u8(message.mayWrite ? 1 : 0).u64(message.bitsSet).u8(message.redecide ? 1 : 0);
       return frame(message.type, message, writer);
     }
     case MessageType.VolumeDecision: {
@@ -640,6 +666,17 @@ export function decodeMessage(frame: Frame): Message {
     case MessageType.Flush:
       reader.end("message");
       return { type, ...base };
+    case MessageType.PeerRequest: {
+      const payload = reader.rest();
+      if (payload.length > peerPayloadBytesMax) throw new DecodeError(`peer request of ${payload.length} bytes`);
+      return { type, ...base, payload: payload.slice() };
+    }
+    case MessageType.PeerReply: {
+      const ok = reader.bool("ok");
+      const payload = reader.rest();
+      if (payload.length > peerPayloadBytesMax) throw new DecodeError(`peer reply of ${payload.length} bytes`);
+      return { type, ...base, ok, payload: payload.slice() };
+    }
     case MessageType.Goodbye: {
       const reason = reader.text(reasonBytesMax, "reason");
       reader.end("Goodbye");
@@ -659,8 +696,9 @@ export function decodeMessage(frame: Frame): Message {
       if (dataState > DataState.Inconsistent) throw new DecodeError(`unknown data state ${dataState}`);
       const mayWrite = reader.bool("mayWrite");
       const bitsSet = reader.u64("bits set");
+      const redecide = reader.bool("redecide");
       reader.end("VolumeHello");
-      return { type, ...base, seq, sizeBytes, granuleBytes, generations: { current, bitmapBase, history }, dataState, mayWrite, bitsSet };
+      return { type, ...base, seq, sizeBytes, granuleBytes, generations: { current, bitmapBase, history }, dataState, mayWrite, bitsSet, redecide };
     }
     case MessageType.VolumeDecision: {
       const followerHelloSeq = reader.u32("follower hello seq");

@@ -41,6 +41,7 @@ const samples: Message[] = [
     dataState: DataState.Inconsistent,
     mayWrite: true,
     bitsSet: 123456789,
+    redecide: true,
   },
   { type: MessageType.VolumeDecision, volumeId: 7, requestId: 0, followerHelloSeq: 9, round: 4, kind: DecisionKind.Resync, deciderIsSource: true, deciderLeads: false, full: true, byOperator: false, reason: "new disk" },
   { type: MessageType.VolumeUnknown, volumeId: 7, requestId: 0 },
