@@ -1,0 +1,155 @@
+// The daemon's configuration file: where its data lives, where it listens, and (when paired) how to
+// reach its peer. JSON (`.json`) or TOML (any other extension), parsed from a table of fields with
+// their types and defaults rather than an if-chain (CONVENTIONS.md §7). Relative paths are taken
+// relative to the file's directory, so a lab or an installer can write a self-contained directory.
+// Every mistake is reported with the field's name; nothing is guessed.
+import fs from "node:fs";
+import path from "node:path";
+import { TandemError } from "../common/errors.ts";
+import { isLogLevel, type LogLevel } from "../common/log.ts";
+import { replicaSecretBytesMax, replicaSecretBytesMin } from "../constants.ts";
+
+/** Where the CLI finds the daemon when neither --socket nor TANDEM_SOCKET says otherwise. */
+export const defaultControlSocketPath = "/run/tandem/control.sock";
+
+export interface HostPort {
+  hostname: string;
+  port: number;
+}
+
+export interface PeerConfig {
+  /** The peer node's name. */
+  name: string;
+  /** Where the peer's replication listener is. */
+  address: HostPort;
+  /** Where this node's replication listener binds. */
+  listen: HostPort;
+  /** The pairing secret shared by both nodes (read from `secretFile`). */
+  secret: Uint8Array;
+  /** 16 bytes naming the pair (hex in the file). */
+  clusterId: Uint8Array;
+}
+
+export interface NodeConfig {
+  /** This node's name: short, the same alphabet as volume names. */
+  name: string;
+  dataDir: string;
+  controlSocket: string;
+  nbdSocket: string;
+  /** Only when the operator names an address. */
+  nbdTcp: HostPort | undefined;
+  /** Directory vhost-user sockets go to when an export names no path. */
+  vhostSocketDir: string;
+  logLevel: LogLevel;
+  peer: PeerConfig | undefined;
+  /** The witness disk or file (used by the quorum; recorded now so a lab can name it). */
+  witnessPath: string | undefined;
+  /** The file this came from, for status. */
+  source: string;
+}
+
+const nodeNamePattern = /^[a-z0-9][a-z0-9_-]{0,30}$/;
+
+function fail(source: string, field: string, why: string): never {
+  throw new TandemError("invalid_argument", `${source}: ${field}: ${why}`);
+}
+
+export function parseHostPort(text: string, what: string): HostPort {
+  const match = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || port > 65535) throw new TandemError("invalid_argument", `${what}: "${text}" is not HOST:PORT`);
+  return { hostname: match[1]!.replace(/^\[|\]$/g, ""), port };
+}
+
+export function formatHostPort(address: HostPort): string {
+  return address.hostname.includes(":") ? `[${address.hostname}]:${address.port}` : `${address.hostname}:${address.port}`;
+}
+
+type Raw = Record<string, unknown>;
+
+function table(source: string, raw: Raw, field: string): Raw | undefined {
+  const value = raw[field];
+  if (value === undefined) return undefined;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) fail(source, field, "must be a table");
+  return value as Raw;
+}
+
+function text(source: string, raw: Raw, field: string, prefix = ""): string | undefined {
+  const value = raw[field];
+  if (value === undefined) return undefined;
+  if (typeof value !== "string" || value.length === 0) fail(source, prefix + field, "must be a non-empty string");
+  return value;
+}
+
+const knownTopFields = new Set(["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness"]);
+
+/** Parse a config document (already decoded from JSON or TOML). `baseDir` resolves relative paths. */
+export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"): NodeConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail(source, "(top)", "must be a table");
+  const top = raw as Raw;
+  for (const key of Object.keys(top)) if (!knownTopFields.has(key)) fail(source, key, "unknown field");
+  const resolve = (value: string) => path.resolve(baseDir, value);
+
+  const name = text(source, top, "name") ?? fail(source, "name", "is required");
+  if (!nodeNamePattern.test(name)) fail(source, "name", `"${name}" must be 1-31 of a-z 0-9 _ - starting with a letter or digit`);
+  const dataDir = resolve(text(source, top, "dataDir") ?? fail(source, "dataDir", "is required"));
+  const controlSocket = resolve(text(source, top, "controlSocket") ?? path.join(dataDir, "control.sock"));
+
+  const nbd = table(source, top, "nbd") ?? {};
+  const nbdSocket = resolve(text(source, nbd, "socket", "nbd.") ?? path.join(dataDir, "nbd.sock"));
+  const nbdTcpText = text(source, nbd, "tcp", "nbd.");
+  const nbdTcp = nbdTcpText === undefined ? undefined : parseHostPort(nbdTcpText, `${source}: nbd.tcp`);
+
+  const vhost = table(source, top, "vhost") ?? {};
+  const vhostSocketDir = resolve(text(source, vhost, "socketDir", "vhost.") ?? path.join(dataDir, "vhost"));
+
+  const log = table(source, top, "log") ?? {};
+  const level = log.level ?? "info";
+  if (!isLogLevel(level)) fail(source, "log.level", "must be debug, info, warn or error");
+
+  const witness = table(source, top, "witness");
+  const witnessPath = witness ? resolve(text(source, witness, "path", "witness.") ?? fail(source, "witness.path", "is required")) : undefined;
+
+  let peer: PeerConfig | undefined;
+  const peerRaw = table(source, top, "peer");
+  if (peerRaw) {
+    const peerName = text(source, peerRaw, "name", "peer.") ?? fail(source, "peer.name", "is required");
+    if (!nodeNamePattern.test(peerName) || peerName === name) fail(source, "peer.name", `"${peerName}" must be a valid node name other than "${name}"`);
+    const address = parseHostPort(text(source, peerRaw, "address", "peer.") ?? fail(source, "peer.address", "is required"), `${source}: peer.address`);
+    const listen = parseHostPort(text(source, peerRaw, "listen", "peer.") ?? fail(source, "peer.listen", "is required"), `${source}: peer.listen`);
+    const secretFile = resolve(text(source, peerRaw, "secretFile", "peer.") ?? fail(source, "peer.secretFile", "is required"));
+    let secret: Uint8Array;
+    try {
+      secret = new Uint8Array(fs.readFileSync(secretFile));
+    } catch (error) {
+      fail(source, "peer.secretFile", `cannot read ${secretFile}: ${(error as Error).message}`);
+    }
+    if (secret.length < replicaSecretBytesMin || secret.length > replicaSecretBytesMax) {
+      fail(source, "peer.secretFile", `the secret must be ${replicaSecretBytesMin}..${replicaSecretBytesMax} bytes, it is ${secret.length}`);
+    }
+    const clusterHex = text(source, peerRaw, "clusterId", "peer.") ?? fail(source, "peer.clusterId", "is required");
+    if (!/^[0-9a-f]{32}$/.test(clusterHex)) fail(source, "peer.clusterId", "must be 32 lowercase hex digits");
+    const clusterId = Uint8Array.from(Buffer.from(clusterHex, "hex"));
+    peer = { name: peerName, address, listen, secret, clusterId };
+  }
+
+  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, vhostSocketDir, logLevel: level, peer, witnessPath, source };
+}
+
+/** Read and parse a config file: JSON when it ends in .json, TOML otherwise. */
+export function loadNodeConfig(file: string): NodeConfig {
+  const absolute = path.resolve(file);
+  let body: string;
+  try {
+    body = fs.readFileSync(absolute, "utf8");
+  } catch (error) {
+    throw new TandemError("invalid_argument", `cannot read config ${file}: ${(error as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = absolute.endsWith(".json") ? JSON.parse(body) : Bun.TOML.parse(body);
+  } catch (error) {
+    throw new TandemError("invalid_argument", `${file}: not valid ${absolute.endsWith(".json") ? "JSON" : "TOML"}: ${(error as Error).message}`);
+  }
+  return parseNodeConfig(raw, path.dirname(absolute), file);
+}

@@ -1,0 +1,396 @@
+// The node daemon (`tandem node run`): owns the data directory, opens the state database and every
+// volume, serves NBD on the node's unix socket (and TCP when configured), brings back the vhost-user
+// exports recorded in the state, and answers the control API. Start-up order is the reverse of
+// shutdown: state → volumes → exports → control API; on SIGTERM the control API stops first, the
+// exports drain (in-flight requests finish and are answered), then the volumes close (their gates
+// wait for IO below them), then the state closes. A second daemon on the same data directory is
+// refused (a lock file naming the live owner's pid).
+import fs from "node:fs";
+import path from "node:path";
+import { TandemError } from "../common/errors.ts";
+import type { Logger } from "../common/log.ts";
+import { parseSize } from "../common/size.ts";
+import { shutdownDrainTimeoutMs, vhostQueuesMax } from "../constants.ts";
+import type { NodeConfig } from "./config.ts";
+import { formatHostPort } from "./config.ts";
+import { type ControlRequest, type ControlServer, type Route, startControlServer } from "./control/server.ts";
+import { startNbdServer, type NbdServer } from "./export/nbd/server.ts";
+import type { ExportSessionInfo } from "./export/types.ts";
+import { startVhostExport, type VhostExport } from "./export/vhost/server.ts";
+import { PairedVolumes, type ReplicationService } from "./pairing.ts";
+import { NodeState, type VhostExportRecord } from "./state.ts";
+import { VolumeManager } from "./volumes.ts";
+
+/** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
+export type ReplicationFactory = (config: NodeConfig, log: Logger) => Promise<ReplicationService & { start(): void; stop(): Promise<void> }>;
+
+export const tandemVersion = "0.1.0";
+
+export interface RunningNode {
+  readonly config: NodeConfig;
+  readonly volumes: VolumeManager;
+  /** Resolves when the node has stopped (after `stop`, or a fatal error). */
+  readonly stopped: Promise<void>;
+  stop(reason: string): Promise<void>;
+}
+
+/** Take the data directory: refuse when a live process holds it, take over a dead one's lock. */
+function lockDataDir(dataDir: string): () => void {
+  const lockPath = path.join(dataDir, "node.lock");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(lockPath, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
+      return () => {
+        if (fs.readFileSync(lockPath, "utf8").trim() === String(process.pid)) fs.rmSync(lockPath, { force: true });
+      };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      const owner = Number(fs.readFileSync(lockPath, "utf8").trim());
+      let alive = false;
+      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid) {
+        try {
+          process.kill(owner, 0);
+          alive = true;
+        } catch (killError) {
+          alive = (killError as NodeJS.ErrnoException).code === "EPERM";
+        }
+      }
+      if (alive) throw new TandemError("already_exists", `data directory ${dataDir} is in use by process ${owner}`);
+      fs.rmSync(lockPath, { force: true });
+    }
+  }
+  throw new TandemError("already_exists", `cannot lock data directory ${dataDir}`);
+}
+
+function stringField(body: Record<string, unknown>, field: string, required: true): string;
+function stringField(body: Record<string, unknown>, field: string, required: false): string | undefined;
+function stringField(body: Record<string, unknown>, field: string, required: boolean): string | undefined {
+  const value = body[field];
+  if (value === undefined || value === null) {
+    if (required) throw new TandemError("invalid_argument", `${field} is required`);
+    return undefined;
+  }
+  if (typeof value !== "string" || value === "") throw new TandemError("invalid_argument", `${field} must be a non-empty string`);
+  return value;
+}
+
+/** Sizes arrive as a byte count or as text like "10G". */
+function sizeField(body: Record<string, unknown>, field: string): number | undefined {
+  const value = body[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value <= 0) throw new TandemError("invalid_argument", `${field} must be a positive whole number of bytes`);
+    return value;
+  }
+  if (typeof value === "string") {
+    try {
+      return parseSize(value);
+    } catch (error) {
+      throw new TandemError("invalid_argument", `${field}: ${(error as Error).message}`);
+    }
+  }
+  throw new TandemError("invalid_argument", `${field} must be a size`);
+}
+
+function booleanField(body: Record<string, unknown>, field: string): boolean {
+  const value = body[field];
+  if (value === undefined || value === null) return false;
+  if (typeof value !== "boolean") throw new TandemError("invalid_argument", `${field} must be true or false`);
+  return value;
+}
+
+/** The vhost-user exports of this node: started from the state at boot, added and removed by the API. */
+class VhostExports {
+  private readonly running = new Map<string, VhostExport>();
+
+  constructor(
+    private readonly config: NodeConfig,
+    private readonly state: NodeState,
+    private readonly volumes: VolumeManager,
+    private readonly log: Logger,
+  ) {}
+
+  async startRecorded(): Promise<void> {
+    for (const record of this.state.vhostExports()) {
+      try {
+        await this.start(record);
+      } catch (error) {
+        this.log.error("vhost export could not be restored", { volume: record.volume, socket: record.socketPath, error });
+        this.state.addEvent("error", "export-failed", record.volume, `vhost export on ${record.socketPath} could not start: ${(error as Error).message}`);
+      }
+    }
+  }
+
+  private async start(record: VhostExportRecord): Promise<VhostExport> {
+    fs.mkdirSync(path.dirname(record.socketPath), { recursive: true, mode: 0o750 });
+    const started = await startVhostExport({ socketPath: record.socketPath, volume: record.volume, exports: this.volumes, queues: record.queues, log: this.log });
+    this.running.set(record.volume, started);
+    return started;
+  }
+
+  async add(volume: string, socketPath: string | undefined, queues: number | undefined): Promise<unknown> {
+    this.volumes.record(volume); // not_found for an unknown volume
+    if (this.state.vhostExports().some((record) => record.volume === volume)) {
+      throw new TandemError("already_exists", `volume ${volume} already has a vhost-user export`);
+    }
+    const record: VhostExportRecord = {
+      volume,
+      socketPath: path.resolve(socketPath ?? path.join(this.config.vhostSocketDir, `${volume}.sock`)),
+      queues: queues ?? 1,
+    };
+    if (!Number.isInteger(record.queues) || record.queues < 1 || record.queues > vhostQueuesMax) {
+      throw new TandemError("invalid_argument", `queues must be 1..${vhostQueuesMax}`);
+    }
+    if (this.state.vhostExports().some((other) => other.socketPath === record.socketPath)) {
+      throw new TandemError("already_exists", `${record.socketPath} is already used by another export`);
+    }
+    await this.start(record);
+    try {
+      this.state.transaction(() => {
+        this.state.insertVhostExport(record);
+        this.state.addEvent("info", "export-added", volume, `vhost-user-blk on ${record.socketPath} (${record.queues} queues)`);
+      });
+    } catch (error) {
+      await this.running.get(volume)?.close({ drain: false });
+      this.running.delete(volume);
+      throw error;
+    }
+    return this.describe(record);
+  }
+
+  async remove(volume: string, required: boolean): Promise<void> {
+    const record = this.state.vhostExports().find((entry) => entry.volume === volume);
+    if (!record) {
+      if (required) throw new TandemError("not_found", `volume ${volume} has no vhost-user export`);
+      return;
+    }
+    await this.running.get(volume)?.close({ drain: true });
+    this.running.delete(volume);
+    this.state.transaction(() => {
+      this.state.deleteVhostExport(volume);
+      this.state.addEvent("info", "export-removed", volume, `vhost-user-blk on ${record.socketPath} removed`);
+    });
+  }
+
+  of(volume: string): string[] {
+    return this.state.vhostExports().filter((record) => record.volume === volume).map((record) => `vhost ${record.socketPath}`);
+  }
+
+  describe(record: VhostExportRecord): Record<string, unknown> {
+    const running = this.running.get(record.volume);
+    return { kind: "vhost", volume: record.volume, path: record.socketPath, queues: record.queues, running: running !== undefined, sessions: running?.sessions() ?? [] };
+  }
+
+  list(): Record<string, unknown>[] {
+    return this.state.vhostExports().map((record) => this.describe(record));
+  }
+
+  sessions(): ExportSessionInfo[] {
+    return [...this.running.values()].flatMap((running) => running.sessions());
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all([...this.running.values()].map((running) => running.close({ drain: true })));
+    this.running.clear();
+  }
+}
+
+export async function startNode(config: NodeConfig, log: Logger, replicationFactory?: ReplicationFactory): Promise<RunningNode> {
+  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const unlock = lockDataDir(config.dataDir);
+  const startedMs = Date.now();
+  let state: NodeState | undefined;
+  let volumes: VolumeManager | undefined;
+  let nbd: NbdServer | undefined;
+  let vhost: VhostExports | undefined;
+  let control: ControlServer | undefined;
+  let replication: (ReplicationService & { start(): void; stop(): Promise<void> }) | undefined;
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
+  let stopping: Promise<void> | undefined;
+
+  const stop = (reason: string): Promise<void> => {
+    stopping ??= (async () => {
+      log.info("node stopping", { reason });
+      const timer = setTimeout(() => {
+        log.error("shutdown did not finish in time; exiting with IO possibly in flight", { timeoutMs: shutdownDrainTimeoutMs });
+        process.exit(1);
+      }, shutdownDrainTimeoutMs);
+      try {
+        await control?.stop();
+        await nbd?.close({ drain: true });
+        await vhost?.closeAll();
+        await volumes?.closeAll();
+        await replication?.stop();
+        state?.addEvent("info", "node-stopped", null, `node stopped: ${reason}`);
+        state?.close();
+      } finally {
+        clearTimeout(timer);
+        unlock();
+        log.info("node stopped", { reason });
+        resolveStopped();
+      }
+    })();
+    return stopping;
+  };
+
+  try {
+    state = new NodeState(path.join(config.dataDir, "state.db"));
+    const nodeState = state;
+    volumes = new VolumeManager({ nodeName: config.name, dataDir: config.dataDir, state, log });
+    const manager = volumes;
+    let paired: PairedVolumes | undefined;
+    if (config.peer) {
+      if (!replicationFactory) throw new TandemError("invalid_argument", "this build cannot pair nodes");
+      replication = await replicationFactory(config, log);
+      paired = new PairedVolumes(config.name, config.peer.name, config.dataDir, replication, state, log.child("pairing"));
+      manager.setReplication(paired);
+      replication.start();
+    }
+    await manager.openAll();
+
+    fs.mkdirSync(path.dirname(config.nbdSocket), { recursive: true, mode: 0o750 });
+    nbd = await startNbdServer({ unixPath: config.nbdSocket, tcp: config.nbdTcp, exports: manager, log });
+    const nbdServer = nbd;
+    vhost = new VhostExports(config, state, manager, log);
+    const vhostExports = vhost;
+    await vhostExports.startRecorded();
+    const deleteLocal = (name: string, force: boolean) =>
+      manager.delete(name, { force, exportsOf: (volume) => vhostExports.of(volume), dropExports: (volume) => vhostExports.remove(volume, false) });
+    paired?.attach(manager, deleteLocal);
+    const service = replication;
+    const volumeId = (name: string) => manager.record(name).id;
+    const requirePair = (what: string) => {
+      if (!service || !paired) throw new TandemError("failed_precondition", `${what} needs a paired node; this one is standalone`);
+      return { service, paired };
+    };
+
+    const status = () => ({
+      node: {
+        name: config.name,
+        version: tandemVersion,
+        pid: process.pid,
+        uptimeMs: Date.now() - startedMs,
+        dataDir: config.dataDir,
+        config: config.source,
+        controlSocket: config.controlSocket,
+        nbdSocket: config.nbdSocket,
+        nbdTcp: nbdServer.tcpAddress ?? null,
+        peer: config.peer ? { name: config.peer.name, address: formatHostPort(config.peer.address) } : null,
+        link: service ? service.link() : null,
+      },
+      volumes: manager.views(),
+      broken: manager.broken(),
+      exports: [{ kind: "nbd", socket: config.nbdSocket, tcp: nbdServer.tcpAddress ?? null, volumes: manager.names() }, ...vhostExports.list()],
+      sessions: [...nbdServer.sessions(), ...vhostExports.sessions()],
+    });
+
+    const routes: Route[] = [
+      { method: "GET", path: "/status", handler: status },
+      {
+        method: "GET",
+        path: "/volumes",
+        handler: async () => {
+          await paired?.refreshPeer();
+          return { volumes: manager.views() };
+        },
+      },
+      { method: "GET", path: "/volumes/:name", handler: ({ params }) => manager.view(params.name!) },
+      {
+        method: "POST",
+        path: "/volumes",
+        handler: ({ body }) => {
+          const request = {
+            name: stringField(body, "name", true),
+            sizeBytes: sizeField(body, "size"),
+            backing: stringField(body, "backing", false),
+            direct: booleanField(body, "direct"),
+          };
+          return paired ? paired.createMirrored(request) : manager.create(request);
+        },
+      },
+      {
+        method: "POST",
+        path: "/volumes/:name/resize",
+        handler: ({ params, body }) => {
+          const size = sizeField(body, "size") ?? fail("size is required");
+          if (paired) throw new TandemError("failed_precondition", `growing a mirrored volume is not supported yet (both replicas and their bitmaps must grow together)`);
+          return manager.resize(params.name!, size);
+        },
+      },
+      {
+        method: "POST",
+        path: "/volumes/:name/verify",
+        handler: async ({ params, body }) => {
+          const { service: pair } = requirePair("verify");
+          const started = performance.now();
+          const result = (await pair.verify(volumeId(params.name!), booleanField(body, "repair"))) as Record<string, unknown>;
+          nodeState.addEvent(Number(result.mismatchCount) > 0 ? "warn" : "info", "verify", params.name!, `verify: ${result.extentsCompared} extents, ${result.mismatchCount} differ, ${result.repaired} repaired`);
+          return { volume: params.name, ...result, seconds: (performance.now() - started) / 1000 };
+        },
+      },
+      {
+        method: "POST",
+        path: "/volumes/:name/resolve",
+        handler: async ({ params, body }) => {
+          const { service: pair } = requirePair("resolving a split brain");
+          const keep = stringField(body, "keep", true);
+          if (keep !== config.name && keep !== config.peer!.name) throw new TandemError("invalid_argument", `--keep must be ${config.name} or ${config.peer!.name}`);
+          await pair.resolveSplitBrain(volumeId(params.name!), keep === config.name ? "local" : "peer");
+          const discarded = keep === config.name ? config.peer!.name : config.name;
+          nodeState.addEvent("warn", "split-brain-resolved", params.name!, `operator kept ${keep}'s data; ${discarded}'s writes since the split are overwritten`);
+          return { volume: params.name, kept: keep, discarded };
+        },
+      },
+      {
+        method: "DELETE",
+        path: "/volumes/:name",
+        handler: async ({ params, query }: ControlRequest) => {
+          const name = params.name!;
+          const force = query.get("force") === "true";
+          if (paired) return { deleted: name, ...(await paired.deleteMirrored(name, force)) };
+          await deleteLocal(name, force);
+          return { deleted: name };
+        },
+      },
+      { method: "GET", path: "/exports", handler: () => ({ exports: status().exports, sessions: status().sessions }) },
+      {
+        method: "POST",
+        path: "/exports/vhost",
+        handler: ({ body }) => {
+          const queues = body.queues;
+          if (queues !== undefined && typeof queues !== "number") throw new TandemError("invalid_argument", "queues must be a number");
+          return vhostExports.add(stringField(body, "volume", true), stringField(body, "path", false), queues as number | undefined);
+        },
+      },
+      {
+        method: "DELETE",
+        path: "/exports/vhost/:volume",
+        handler: async ({ params }) => {
+          await vhostExports.remove(params.volume!, true);
+          return { removed: params.volume };
+        },
+      },
+      {
+        method: "GET",
+        path: "/events",
+        handler: ({ query }) => {
+          const limit = Number(query.get("limit") ?? "100");
+          if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new TandemError("invalid_argument", "limit must be 1..10000");
+          return { events: nodeState.events(limit) };
+        },
+      },
+    ];
+    control = await startControlServer({ socketPath: config.controlSocket, routes, log });
+    state.addEvent("info", "node-started", null, `node ${config.name} started (pid ${process.pid})`);
+    log.info("node started", { name: config.name, dataDir: config.dataDir, control: config.controlSocket, nbd: config.nbdSocket, volumes: manager.names().length });
+    return { config, volumes: manager, stopped, stop };
+  } catch (error) {
+    await stop("start-up failed").catch(() => {});
+    throw error;
+  }
+}
+
+function fail(message: string): never {
+  throw new TandemError("invalid_argument", message);
+}

@@ -1,0 +1,184 @@
+// The node's persistent state: its volumes (name, id, size, backing, options, role), the exports
+// that must come back after a restart, and an event log. One SQLite database in the data directory,
+// in WAL mode with synchronous=FULL, so a committed change survives a crash or power loss and a
+// half-made change is never seen (each operation is one transaction). Volume data never goes here.
+import { Database } from "bun:sqlite";
+import { eventLogEntriesMax } from "../constants.ts";
+
+export interface VolumeRecord {
+  name: string;
+  /** Stable number naming the volume on the replication link; the same on both nodes. */
+  id: number;
+  sizeBytes: number;
+  /** Path of the backing file or block device. */
+  backing: string;
+  /** The node created the backing file (and deletes it with the volume). */
+  owned: boolean;
+  direct: boolean;
+  /** Name of the node that is the volume's primary. */
+  primary: string;
+  /** Epoch of the current role assignment; each promotion starts a new one. */
+  epoch: number;
+  createdMs: number;
+}
+
+export interface VhostExportRecord {
+  volume: string;
+  socketPath: string;
+  queues: number;
+}
+
+export interface EventRecord {
+  id: number;
+  timeMs: number;
+  level: "info" | "warn" | "error";
+  kind: string;
+  volume: string | null;
+  message: string;
+}
+
+const schema = [
+  `CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS volumes (
+     name TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, size_bytes INTEGER NOT NULL, backing TEXT NOT NULL,
+     owned INTEGER NOT NULL, direct INTEGER NOT NULL, primary_node TEXT NOT NULL, epoch INTEGER NOT NULL,
+     created_ms INTEGER NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS vhost_exports (
+     volume TEXT PRIMARY KEY REFERENCES volumes(name) ON DELETE CASCADE, socket_path TEXT NOT NULL UNIQUE,
+     queues INTEGER NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL,
+     volume TEXT, message TEXT NOT NULL)`,
+];
+
+const schemaVersion = "1";
+
+interface VolumeRow {
+  name: string;
+  id: number;
+  size_bytes: number;
+  backing: string;
+  owned: number;
+  direct: number;
+  primary_node: string;
+  epoch: number;
+  created_ms: number;
+}
+
+function toVolume(row: VolumeRow): VolumeRecord {
+  return {
+    name: row.name,
+    id: row.id,
+    sizeBytes: row.size_bytes,
+    backing: row.backing,
+    owned: row.owned === 1,
+    direct: row.direct === 1,
+    primary: row.primary_node,
+    epoch: row.epoch,
+    createdMs: row.created_ms,
+  };
+}
+
+export class NodeState {
+  private readonly db: Database;
+
+  constructor(file: string, private readonly now: () => number = Date.now) {
+    this.db = new Database(file, { create: true, strict: true });
+    this.db.run("PRAGMA journal_mode = WAL");
+    this.db.run("PRAGMA synchronous = FULL");
+    this.db.run("PRAGMA foreign_keys = ON");
+    this.db.transaction(() => {
+      for (const statement of schema) this.db.run(statement);
+      const version = this.db.query<{ value: string }, []>("SELECT value FROM meta WHERE key = 'schema'").get();
+      if (!version) this.db.run("INSERT INTO meta (key, value) VALUES ('schema', ?)", [schemaVersion]);
+      else if (version.value !== schemaVersion) throw new Error(`state database has schema ${version.value}, this build knows ${schemaVersion}`);
+    })();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /** A value kept across restarts (the node's identity, say). */
+  meta(key: string): string | undefined {
+    return this.db.query<{ value: string }, [string]>("SELECT value FROM meta WHERE key = ?").get(key)?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value]);
+  }
+
+  volumes(): VolumeRecord[] {
+    return this.db.query<VolumeRow, []>("SELECT * FROM volumes ORDER BY name").all().map(toVolume);
+  }
+
+  volume(name: string): VolumeRecord | undefined {
+    const row = this.db.query<VolumeRow, [string]>("SELECT * FROM volumes WHERE name = ?").get(name);
+    return row ? toVolume(row) : undefined;
+  }
+
+  volumeById(id: number): VolumeRecord | undefined {
+    const row = this.db.query<VolumeRow, [number]>("SELECT * FROM volumes WHERE id = ?").get(id);
+    return row ? toVolume(row) : undefined;
+  }
+
+  /** The smallest id above every id in use: ids are never reused while a volume has them. */
+  nextVolumeId(): number {
+    const row = this.db.query<{ id: number | null }, []>("SELECT MAX(id) AS id FROM volumes").get();
+    return (row?.id ?? 0) + 1;
+  }
+
+  insertVolume(volume: VolumeRecord): void {
+    this.db.run(
+      `INSERT INTO volumes (name, id, size_bytes, backing, owned, direct, primary_node, epoch, created_ms)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [volume.name, volume.id, volume.sizeBytes, volume.backing, volume.owned ? 1 : 0, volume.direct ? 1 : 0, volume.primary, volume.epoch, volume.createdMs],
+    );
+  }
+
+  setVolumeSize(name: string, sizeBytes: number): void {
+    this.db.run("UPDATE volumes SET size_bytes = ? WHERE name = ?", [sizeBytes, name]);
+  }
+
+  setVolumeRole(name: string, primary: string, epoch: number): void {
+    this.db.run("UPDATE volumes SET primary_node = ?, epoch = ? WHERE name = ?", [primary, epoch, name]);
+  }
+
+  deleteVolume(name: string): void {
+    this.db.run("DELETE FROM volumes WHERE name = ?", [name]);
+  }
+
+  vhostExports(): VhostExportRecord[] {
+    return this.db
+      .query<{ volume: string; socket_path: string; queues: number }, []>("SELECT * FROM vhost_exports ORDER BY volume")
+      .all()
+      .map((row) => ({ volume: row.volume, socketPath: row.socket_path, queues: row.queues }));
+  }
+
+  insertVhostExport(record: VhostExportRecord): void {
+    this.db.run("INSERT INTO vhost_exports (volume, socket_path, queues) VALUES (?, ?, ?)", [record.volume, record.socketPath, record.queues]);
+  }
+
+  deleteVhostExport(volume: string): void {
+    this.db.run("DELETE FROM vhost_exports WHERE volume = ?", [volume]);
+  }
+
+  addEvent(level: EventRecord["level"], kind: string, volume: string | null, message: string): void {
+    this.db.run("INSERT INTO events (time_ms, level, kind, volume, message) VALUES (?, ?, ?, ?, ?)", [this.now(), level, kind, volume, message]);
+    this.db.run("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", [eventLogEntriesMax]);
+  }
+
+  events(limit: number): EventRecord[] {
+    return this.db
+      .query<{ id: number; time_ms: number; level: EventRecord["level"]; kind: string; volume: string | null; message: string }, [number]>(
+        "SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+      )
+      .all(limit)
+      .map((row) => ({ id: row.id, timeMs: row.time_ms, level: row.level, kind: row.kind, volume: row.volume, message: row.message }));
+  }
+
+  /** Run `work` as one transaction: all of it is committed, or none. */
+  transaction<T>(work: () => T): T {
+    return this.db.transaction(work)();
+  }
+}

@@ -1,0 +1,80 @@
+// The config parser: defaults and relative paths resolved against the file's directory, JSON and
+// TOML read alike, and every kind of mistake refused with the field's name in the message.
+import { describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { loadNodeConfig, parseHostPort, parseNodeConfig } from "../../src/node/config.ts";
+
+describe("node config", () => {
+  test("defaults hang off the data directory; relative paths resolve against the file", () => {
+    const config = parseNodeConfig({ name: "a", dataDir: "data" }, "/srv/lab");
+    expect(config).toMatchObject({
+      name: "a",
+      dataDir: "/srv/lab/data",
+      controlSocket: "/srv/lab/data/control.sock",
+      nbdSocket: "/srv/lab/data/nbd.sock",
+      nbdTcp: undefined,
+      vhostSocketDir: "/srv/lab/data/vhost",
+      logLevel: "info",
+      peer: undefined,
+    });
+  });
+
+  test("TOML and JSON files give the same config, with a peer and its secret", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
+    try {
+      fs.writeFileSync(path.join(dir, "secret"), "0123456789abcdef0123");
+      const fields = { name: "a", dataDir: "d", nbd: { tcp: "127.0.0.1:10809" }, peer: { name: "b", address: "10.0.0.2:7788", listen: "[::1]:7788", secretFile: "secret", clusterId: "00112233445566778899aabbccddeeff" } };
+      fs.writeFileSync(path.join(dir, "node.json"), JSON.stringify(fields));
+      fs.writeFileSync(
+        path.join(dir, "node.toml"),
+        `name = "a"\ndataDir = "d"\n[nbd]\ntcp = "127.0.0.1:10809"\n[peer]\nname = "b"\naddress = "10.0.0.2:7788"\nlisten = "[::1]:7788"\nsecretFile = "secret"\nclusterId = "00112233445566778899aabbccddeeff"\n`,
+      );
+      const fromJson = loadNodeConfig(path.join(dir, "node.json"));
+      const fromToml = loadNodeConfig(path.join(dir, "node.toml"));
+      expect({ ...fromJson, source: "" }).toEqual({ ...fromToml, source: "" });
+      expect(fromToml.nbdTcp).toEqual({ hostname: "127.0.0.1", port: 10809 });
+      expect(fromToml.peer!.listen).toEqual({ hostname: "::1", port: 7788 });
+      expect(new TextDecoder().decode(fromToml.peer!.secret)).toBe("0123456789abcdef0123");
+      expect(fromToml.peer!.clusterId.length).toBe(16);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("mistakes name the field", () => {
+    const cases: [unknown, RegExp][] = [
+      [[], /must be a table/],
+      [{ dataDir: "d" }, /name: is required/],
+      [{ name: "A!", dataDir: "d" }, /name: "A!" must be/],
+      [{ name: "a" }, /dataDir: is required/],
+      [{ name: "a", dataDir: "d", colour: "blue" }, /colour: unknown field/],
+      [{ name: "a", dataDir: "d", nbd: "x" }, /nbd: must be a table/],
+      [{ name: "a", dataDir: "d", nbd: { tcp: "nohost" } }, /nbd.tcp: "nohost" is not HOST:PORT/],
+      [{ name: "a", dataDir: "d", nbd: { tcp: "h:70000" } }, /is not HOST:PORT/],
+      [{ name: "a", dataDir: "d", log: { level: "loud" } }, /log.level/],
+      [{ name: "a", dataDir: "d", peer: { name: "a" } }, /peer.name: "a" must be a valid node name other than "a"/],
+      [{ name: "a", dataDir: "d", peer: { name: "b", address: "h:1", listen: "h:2", secretFile: "/nonexistent/secret", clusterId: "00" } }, /peer.secretFile: cannot read/],
+    ];
+    for (const [raw, message] of cases) expect(() => parseNodeConfig(raw, "/x", "node.toml")).toThrow(message);
+  });
+
+  test("an unreadable or malformed file is a clear error", () => {
+    expect(() => loadNodeConfig("/nonexistent/node.toml")).toThrow(/cannot read config/);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
+    try {
+      fs.writeFileSync(path.join(dir, "bad.json"), "{");
+      expect(() => loadNodeConfig(path.join(dir, "bad.json"))).toThrow(/not valid JSON/);
+      fs.writeFileSync(path.join(dir, "bad.toml"), "name = = 1");
+      expect(() => loadNodeConfig(path.join(dir, "bad.toml"))).toThrow(/not valid TOML/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("host:port parsing", () => {
+    expect(parseHostPort("localhost:1", "x")).toEqual({ hostname: "localhost", port: 1 });
+    expect(() => parseHostPort("[::1]", "x")).toThrow(/HOST:PORT/);
+  });
+});
