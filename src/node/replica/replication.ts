@@ -1,0 +1,164 @@
+// The node's replication service: one ReplicaDriver (src/replica/, the pure cores with their thin
+// driver) over a TCP transport, the process clock and randomness, and the static write authority
+// (roles set by configuration and operator until the witness quorum takes over). The daemon asks it
+// to format, open and close volumes (each gets a MirrorLayer for its stack), for status, verify
+// and split-brain resolution, and it carries the daemons' control-plane requests over the
+// authenticated link. Each volume's replication metadata (superblock, activity log, dirty bitmap)
+// lives in its own small file in the data directory, sized by the metadata layout.
+import fs from "node:fs";
+import { BlockError } from "../../common/errors.ts";
+import type { Logger } from "../../common/log.ts";
+import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitmapGranuleBytesMax, replicaBitmapGranuleBytesMin } from "../../constants.ts";
+import { StaticWriteAuthority } from "../../replica/authority.ts";
+import { ReplicaDriver } from "../../replica/driver.ts";
+import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "../../replica/io.ts";
+import { granuleBytesFor, metadataLayout } from "../../replica/metadata-format.ts";
+import type { ReplicaReport } from "../../replica/types.ts";
+import { FileLayer } from "../block/file.ts";
+import type { BlockLayer } from "../block/layer.ts";
+import type { NodeConfig } from "../config.ts";
+import type { ReplicationService } from "../pairing.ts";
+import { MirrorLayer } from "./mirror-layer.ts";
+import { TcpPeerTransport } from "./tcp-transport.ts";
+
+function promised<T>(run: (done: (error: BlockError | null, value?: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => run((error, value) => (error ? reject(error) : resolve(value as T))));
+}
+
+export class NodeReplication implements ReplicationService {
+  private readonly transport: TcpPeerTransport;
+  private readonly authority = new StaticWriteAuthority();
+  private readonly driver: ReplicaDriver;
+  private readonly metadataLayers = new Map<number, FileLayer>();
+  private peerHandler: ((payload: Uint8Array) => Promise<Uint8Array>) | undefined;
+  private linkUp = false;
+  private linkSinceMs = Date.now();
+  private readonly reportListeners = new Set<(report: ReplicaReport) => void>();
+
+  constructor(config: NodeConfig, log: Logger) {
+    const peer = config.peer;
+    if (!peer) throw new BlockError("EINVAL", "replication needs a [peer] section in the config");
+    this.transport = new TcpPeerTransport({ listen: peer.listen, peer: peer.address, log: log.child("link") });
+    this.driver = new ReplicaDriver({
+      identity: { nodeId: config.name, peerNodeId: peer.name, clusterId: peer.clusterId, secret: peer.secret },
+      transport: this.transport,
+      clock: systemClock,
+      random: systemRandom,
+      authority: this.authority,
+      logger: log.child("replica"),
+      observer: { report: (report) => this.observe(report) },
+      onPeerRequest: (payload, reply) => {
+        const handler = this.peerHandler;
+        if (!handler) return reply(false, new TextEncoder().encode("the node is still starting"));
+        handler(payload).then(
+          (answer) => reply(true, answer),
+          (error: Error) => reply(false, new TextEncoder().encode(error?.message ?? String(error))),
+        );
+      },
+    });
+  }
+
+  private observe(report: ReplicaReport): void {
+    if (report.kind === "linkUp" || report.kind === "linkDown") {
+      this.linkUp = report.kind === "linkUp";
+      this.linkSinceMs = Date.now();
+    }
+    for (const listener of this.reportListeners) listener(report);
+  }
+
+  /** Watch the driver's reports (the daemon records the important ones as events). */
+  onReport(listener: (report: ReplicaReport) => void): void {
+    this.reportListeners.add(listener);
+  }
+
+  start(): void {
+    this.transport.listen();
+    this.driver.start();
+  }
+
+  async stop(): Promise<void> {
+    this.driver.stop();
+    this.transport.stop();
+    await Promise.all([...this.metadataLayers.values()].map((layer) => layer.close().catch(() => {})));
+    this.metadataLayers.clear();
+  }
+
+  newGeneration(): bigint {
+    const bytes = new Uint8Array(8);
+    crypto.getRandomValues(bytes);
+    bytes[0]! |= 0x01; // never the "no generation" value 0
+    return new DataView(bytes.buffer).getBigUint64(0, true);
+  }
+
+  private granuleFor(sizeBytes: number): number {
+    return granuleBytesFor(sizeBytes, replicaBitmapGranuleBytesMin, replicaBitmapGranuleBytesMax, replicaBitmapBytesPerTiBMax);
+  }
+
+  async formatVolume(volumeId: number, metadataPath: string, sizeBytes: number, initialGeneration: bigint | undefined): Promise<void> {
+    const granuleBytes = this.granuleFor(sizeBytes);
+    const layout = metadataLayout(sizeBytes, granuleBytes);
+    FileLayer.createSparse(metadataPath, layout.totalBytes);
+    const layer = FileLayer.open({ path: metadataPath });
+    try {
+      await promised<void>((done) =>
+        ReplicaDriver.format(new BlockLayerMetadataStore(layer), { volumeId, sizeBytes, granuleBytes, activityLogExtentBytes: replicaActivityLogExtentBytes, initialGeneration }, done),
+      );
+    } finally {
+      await layer.close();
+    }
+  }
+
+  async openVolume(volumeId: number, local: BlockLayer, metadataPath: string, role: { primary: boolean; epoch: number }): Promise<BlockLayer> {
+    if (!fs.existsSync(metadataPath)) throw new BlockError("EINVAL", `replication metadata ${metadataPath} is missing`);
+    this.authority.setRole(volumeId, role);
+    const metadata = FileLayer.open({ path: metadataPath });
+    try {
+      await promised<void>((done) => this.driver.openVolume(volumeId, new BlockLayerStorage(local), new BlockLayerMetadataStore(metadata), done));
+    } catch (error) {
+      await metadata.close();
+      throw error;
+    }
+    this.metadataLayers.set(volumeId, metadata);
+    return new MirrorLayer(this.driver, volumeId, local);
+  }
+
+  async closeVolume(volumeId: number): Promise<void> {
+    try {
+      await promised<void>((done) => this.driver.closeVolume(volumeId, done));
+    } finally {
+      const metadata = this.metadataLayers.get(volumeId);
+      this.metadataLayers.delete(volumeId);
+      await metadata?.close();
+    }
+  }
+
+  status(volumeId: number): Record<string, unknown> | undefined {
+    return this.driver.status(volumeId) as unknown as Record<string, unknown> | undefined;
+  }
+
+  link(): Record<string, unknown> {
+    const link = this.driver.link();
+    return { ...link, connected: this.linkUp, sinceMs: this.linkSinceMs };
+  }
+
+  verify(volumeId: number, repair: boolean): Promise<unknown> {
+    return promised((done) => this.driver.verify(volumeId, repair, done));
+  }
+
+  resolveSplitBrain(volumeId: number, keep: "local" | "peer"): Promise<void> {
+    return promised<void>((done) => this.driver.resolveSplitBrain(volumeId, keep, done));
+  }
+
+  peerRequest(payload: Uint8Array): Promise<Uint8Array> {
+    return promised<Uint8Array>((done) => this.driver.peerRequest(payload, (error, reply) => done(error, reply)));
+  }
+
+  onPeerRequest(handler: (payload: Uint8Array) => Promise<Uint8Array>): void {
+    this.peerHandler = handler;
+  }
+}
+
+/** The daemon's ReplicationFactory. */
+export async function createNodeReplication(config: NodeConfig, log: Logger): Promise<NodeReplication> {
+  return new NodeReplication(config, log);
+}

@@ -1,0 +1,163 @@
+// The replication link's byte stream in production: TCP between the two daemons, implementing the
+// PeerTransport contract of src/replica/io.ts. It listens on this node's replication address and
+// dials the peer's when the core asks; it never reconnects by itself and never interprets a byte
+// (authentication, framing and checksums are the core's). Sends never block: what the kernel does
+// not take at once waits in a per-connection queue, bounded by `replicaSendQueueBytesMax`; a peer
+// that lets it overflow is too slow to mirror to, and its connection is closed (the core then sees
+// the link drop and degrades the volumes, which is what must happen when the peer stops reading).
+import type { Socket, TCPSocketListener } from "bun";
+import type { Logger } from "../../common/log.ts";
+import type { PeerTransport, PeerTransportHandler } from "../../replica/io.ts";
+import type { HostPort } from "../config.ts";
+
+/** Bytes queued for one connection before it is declared stuck and closed. */
+export const replicaSendQueueBytesMax = 256 * 1024 * 1024;
+
+interface ConnectionData {
+  id: number;
+  queue: Uint8Array[];
+  queuedBytes: number;
+  /** Closed by us (`close`): the handler is not told. */
+  closedByUs: boolean;
+  reported: boolean;
+}
+
+export class TcpPeerTransport implements PeerTransport {
+  private handler: PeerTransportHandler | undefined;
+  private listener: TCPSocketListener<ConnectionData> | undefined;
+  private readonly sockets = new Map<number, Socket<ConnectionData>>();
+  private nextId = 1;
+  private stopped = false;
+
+  constructor(
+    private readonly options: { listen: HostPort; peer: HostPort; log: Logger },
+  ) {}
+
+  attach(handler: PeerTransportHandler): void {
+    this.handler = handler;
+  }
+
+  /** Start listening for the peer's connections. */
+  listen(): void {
+    const handlers = this.socketHandlers(false);
+    this.listener = Bun.listen<ConnectionData>({
+      hostname: this.options.listen.hostname,
+      port: this.options.listen.port,
+      socket: handlers,
+    });
+    this.options.log.info("replication listener up", { address: `${this.options.listen.hostname}:${this.listener.port}` });
+  }
+
+  get listenPort(): number | undefined {
+    return this.listener?.port;
+  }
+
+  dial(): void {
+    if (this.stopped) return;
+    Bun.connect<ConnectionData>({
+      hostname: this.options.peer.hostname,
+      port: this.options.peer.port,
+      socket: {
+        ...this.socketHandlers(true),
+        connectError: (_socket, error) => this.handler?.dialFailed(error?.message ?? "connection refused"),
+      },
+    }).catch((error: Error) => this.handler?.dialFailed(error?.message ?? String(error)));
+  }
+
+  send(connection: number, parts: readonly Uint8Array[]): void {
+    const socket = this.sockets.get(connection);
+    if (!socket) return;
+    const data = socket.data;
+    for (const part of parts) {
+      if (part.length === 0) continue;
+      if (data.queue.length > 0) {
+        data.queue.push(part.slice());
+        data.queuedBytes += part.length;
+        continue;
+      }
+      const written = socket.write(part);
+      if (written < part.length) {
+        const rest = part.slice(Math.max(0, written));
+        data.queue.push(rest);
+        data.queuedBytes += rest.length;
+      }
+    }
+    if (data.queuedBytes > replicaSendQueueBytesMax) {
+      this.options.log.warn("peer is not reading; closing the replication connection", { queuedBytes: data.queuedBytes });
+      this.drop(socket, "the peer stopped reading (send queue full)");
+    }
+  }
+
+  close(connection: number): void {
+    const socket = this.sockets.get(connection);
+    if (!socket) return;
+    socket.data.closedByUs = true;
+    this.sockets.delete(connection);
+    socket.end();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.listener?.stop(true);
+    for (const socket of this.sockets.values()) {
+      socket.data.closedByUs = true;
+      socket.terminate();
+    }
+    this.sockets.clear();
+  }
+
+  private drop(socket: Socket<ConnectionData>, reason: string): void {
+    const data = socket.data;
+    this.sockets.delete(data.id);
+    socket.terminate();
+    if (!data.closedByUs && !data.reported) {
+      data.reported = true;
+      this.handler?.closed(data.id, reason);
+    }
+  }
+
+  private socketHandlers(dialled: boolean) {
+    return {
+      open: (socket: Socket<ConnectionData>) => {
+        if (this.stopped) return void socket.terminate();
+        const id = this.nextId++;
+        socket.data = { id, queue: [], queuedBytes: 0, closedByUs: false, reported: false };
+        socket.setNoDelay(true);
+        this.sockets.set(id, socket);
+        this.handler?.connected(id, dialled);
+      },
+      data: (socket: Socket<ConnectionData>, bytes: Buffer) => {
+        if (!socket.data || socket.data.closedByUs) return;
+        // The handler keeps the buffer; Bun may reuse its own, so hand over a copy.
+        this.handler?.data(socket.data.id, new Uint8Array(bytes));
+      },
+      drain: (socket: Socket<ConnectionData>) => {
+        const data = socket.data;
+        if (!data) return;
+        while (data.queue.length > 0) {
+          const head = data.queue[0]!;
+          const written = socket.write(head);
+          if (written < head.length) {
+            data.queue[0] = head.subarray(Math.max(0, written));
+            data.queuedBytes -= Math.max(0, written);
+            return;
+          }
+          data.queue.shift();
+          data.queuedBytes -= head.length;
+        }
+      },
+      close: (socket: Socket<ConnectionData>, error?: Error) => {
+        const data = socket.data;
+        if (!data) return;
+        this.sockets.delete(data.id);
+        if (!data.closedByUs && !data.reported) {
+          data.reported = true;
+          this.handler?.closed(data.id, error?.message ?? "closed by the peer");
+        }
+      },
+      error: (socket: Socket<ConnectionData>, error: Error) => {
+        if (socket.data) this.drop(socket, error.message);
+      },
+    };
+  }
+}
