@@ -1,0 +1,54 @@
+// Every command, registered by main.ts and by the in-process CLI tests.
+import { Builtins, Cli } from "clipanion";
+import { tandemVersion } from "../node/daemon.ts";
+import { EventsCommand } from "./commands/events.ts";
+import { ExportListCommand } from "./commands/export/list.ts";
+import { ExportRemoveCommand } from "./commands/export/remove.ts";
+import { ExportVhostCommand } from "./commands/export/vhost.ts";
+import { LabDownCommand } from "./commands/lab/down.ts";
+import { LabCutCommand, LabDelayCommand, LabHealCommand } from "./commands/lab/link.ts";
+import { VerifyCommand } from "./commands/verify.ts";
+import { VolumeResolveCommand } from "./commands/volume/resolve.ts";
+import { LabKillCommand } from "./commands/lab/kill.ts";
+import { LabRelayCommand } from "./commands/lab/relay.ts";
+import { LabStartCommand } from "./commands/lab/start.ts";
+import { LabStatusCommand } from "./commands/lab/status.ts";
+import { LabUpCommand } from "./commands/lab/up.ts";
+import { NodeRunCommand } from "./commands/node/run.ts";
+import { StatusCommand } from "./commands/status.ts";
+import { VolumeCreateCommand } from "./commands/volume/create.ts";
+import { VolumeDeleteCommand } from "./commands/volume/delete.ts";
+import { VolumeListCommand } from "./commands/volume/list.ts";
+import { VolumeResizeCommand } from "./commands/volume/resize.ts";
+
+export const commands = [
+  NodeRunCommand,
+  StatusCommand,
+  EventsCommand,
+  VolumeCreateCommand,
+  VolumeListCommand,
+  VolumeResizeCommand,
+  VolumeDeleteCommand,
+  ExportVhostCommand,
+  ExportListCommand,
+  ExportRemoveCommand,
+  LabUpCommand,
+  LabDownCommand,
+  LabStatusCommand,
+  LabKillCommand,
+  LabStartCommand,
+  LabCutCommand,
+  LabHealCommand,
+  LabDelayCommand,
+  LabRelayCommand,
+  VerifyCommand,
+  VolumeResolveCommand,
+];
+
+export function createCli(): Cli {
+  const cli = new Cli({ binaryLabel: "Tandem", binaryName: "tandem", binaryVersion: tandemVersion, enableCapture: false });
+  cli.register(Builtins.HelpCommand);
+  cli.register(Builtins.VersionCommand);
+  for (const command of commands) cli.register(command);
+  return cli;
+}

@@ -1,0 +1,21 @@
+// `tandem lab status [--dir DIR]`: which lab processes run, and where to reach them.
+import { Command, Option } from "clipanion";
+import { labInfo } from "../../../node/lab/lab.ts";
+import { TandemCommand } from "../../base.ts";
+import { defaultLabDir } from "../../lab-common.ts";
+import { renderLab } from "./up.ts";
+
+export class LabStatusCommand extends TandemCommand {
+  static override paths = [["lab", "status"]];
+  static override usage = Command.Usage({
+    category: "Lab",
+    description: "Show the local demo cluster's processes and sockets",
+    examples: [["Where is everything?", "tandem lab status --json"]],
+  });
+
+  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+
+  async run(): Promise<void> {
+    this.output(await labInfo(this.dir), renderLab);
+  }
+}
