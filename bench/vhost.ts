@@ -1,4 +1,4 @@
-// vhost-user-blk benchmark: fio inside the same QEMU guest (the lab's vm-fio.sh, TCG here) on a
+// vhost-user-blk benchmark: fio inside the same QEMU guest (test/helpers/vhost-guest.ts, TCG here) on a
 // vhost-user-blk disk served by Tandem and by qemu-storage-daemon, same backing file (filled with
 // random data), both O_DIRECT (--cache none, the default, as the lab's guest-qsd baseline) or both
 // through the page cache (--cache writeback: Tandem's buffered file layer, qsd cache.direct=off).
@@ -9,7 +9,7 @@
 //
 //   bun bench/vhost.ts [--runs 3] [--runtime 15] [--size 1G] [--workloads rr4k1,rr4k32,rw4k1,rw4k32,sw1m8]
 //                      [--queues 1] [--cache none|writeback] [--dir DIR] [--no-fill]
-// Needs the lab scripts ($TANDEM_LAB_SCRIPTS or vm-fio.sh on PATH), qemu-storage-daemon and fio.
+// Needs what packaging/setup.sh installs: qemu-system-x86_64, qemu-storage-daemon, fio, busybox-static.
 // Targets: QD32 IOPS >= 0.7x qsd; QD1 median latency <= 1.3x qsd.
 import fs from "node:fs";
 import os from "node:os";
@@ -17,7 +17,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { parseSize } from "../src/common/size.ts";
 import { startBackendProcess, type BackendProcess } from "../test/helpers/vhost-backend-process.ts";
-import { labScripts, vhostLabDirectory } from "../test/helpers/vhost-guest.ts";
+import { fioScript, runGuest, vhostLabDirectory } from "../test/helpers/vhost-guest.ts";
 
 const { values } = parseArgs({
   options: {
@@ -50,7 +50,6 @@ for (const workload of workloads) if (!workloadArgs[workload]) throw new Error(`
 const dir = values.dir!;
 fs.mkdirSync(path.join(dir, "runs"), { recursive: true });
 const image = path.join(dir, "disk.img");
-const lab = labScripts();
 const labDir = vhostLabDirectory();
 
 function sh(command: string[], env: Record<string, string> = {}): { code: number; stdout: string; stderr: string } {
@@ -84,26 +83,44 @@ async function startTarget(target: Target): Promise<() => Promise<void>> {
     const backend: BackendProcess = await startBackendProcess({ file: image, socket: sockets.tandem, queues, logFile: path.join(dir, "tandem.log"), logLevel: "warn", buffered: cache === "writeback" });
     return async () => void (await backend.stop("SIGTERM"));
   }
-  const started = sh([path.join(lab, "serve.sh"), "start", "qsd-vhost", image, sockets.qsd, "--cache", cache, "--queues", String(queues)]);
-  if (started.code !== 0) throw new Error(`qemu-storage-daemon did not start: ${started.stderr}`);
-  return async () => void sh([path.join(lab, "serve.sh"), "stop", sockets.qsd]);
+  // The same configuration as the reference baseline: O_DIRECT with native AIO, or the page cache with threads.
+  const fileOptions = cache === "none" ? "cache.direct=on,aio=native" : "cache.direct=off,aio=threads";
+  fs.rmSync(sockets.qsd, { force: true });
+  const qsd = Bun.spawn(
+    [
+      "qemu-storage-daemon",
+      "--blockdev", `driver=file,node-name=file0,filename=${image},${fileOptions}`,
+      "--blockdev", "driver=raw,node-name=disk0,file=file0",
+      "--export", `type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=${sockets.qsd},writable=on,num-queues=${queues}`,
+    ],
+    { stdout: "ignore", stderr: Bun.file(path.join(dir, "qsd.log")) },
+  );
+  for (let i = 0; i < 100 && !fs.existsSync(sockets.qsd); i++) await Bun.sleep(100);
+  if (!fs.existsSync(sockets.qsd)) {
+    qsd.kill("SIGKILL");
+    throw new Error(`qemu-storage-daemon did not create its socket: ${fs.readFileSync(path.join(dir, "qsd.log"), "utf8")}`);
+  }
+  return async () => {
+    qsd.kill("SIGTERM");
+    await qsd.exited;
+  };
 }
 
-function runGuestFio(target: Target, workload: string, run: number): Sample | undefined {
+async function runGuestFio(target: Target, workload: string, run: number): Promise<Sample | undefined> {
   const out = path.join(dir, "runs", `${target}.${workload}.${run}.json`);
   const args = `${workloadArgs[workload]!.fio} --runtime=${runtime} --time_based`;
-  const result = sh(
-    [path.join(lab, "vm-fio.sh"), "--vhost", sockets[target], "--queues", String(queues), "--fio", args, "--timeout", String(runtime + 60), "--out", out],
-    { LAB_TMP: labDir },
-  );
-  if (result.code !== 0 || !fs.existsSync(out)) {
-    process.stderr.write(`run failed: ${target} ${workload} ${run}: ${result.stderr.slice(-500)}\n`);
+  try {
+    const guest = await runGuest({ socket: sockets[target], labDir, queues, timeoutSeconds: runtime + 60, script: fioScript(args) });
+    fs.writeFileSync(out, JSON.stringify(guest.json ?? null));
+    if (!guest.ok || !guest.json) throw new Error(guest.stderr.slice(-500));
+    const job = (guest.json as { jobs: any[] }).jobs[0];
+    const side = job.write.io_bytes > 0 ? job.write : job.read;
+    const percentiles = side.clat_ns.percentile ?? {};
+    return { iops: side.iops, p50Us: (percentiles["50.000000"] ?? 0) / 1000, p99Us: (percentiles["99.000000"] ?? 0) / 1000, meanUs: side.lat_ns.mean / 1000 };
+  } catch (error) {
+    process.stderr.write(`run failed: ${target} ${workload} ${run}: ${(error as Error).message}\n`);
     return undefined;
   }
-  const job = JSON.parse(fs.readFileSync(out, "utf8")).result.jobs[0];
-  const side = job.write.io_bytes > 0 ? job.write : job.read;
-  const percentiles = side.clat_ns.percentile ?? {};
-  return { iops: side.iops, p50Us: (percentiles["50.000000"] ?? 0) / 1000, p99Us: (percentiles["99.000000"] ?? 0) / 1000, meanUs: side.lat_ns.mean / 1000 };
 }
 
 // Both servers stay up for the whole run (only one guest uses the file at a time) so the runs can
@@ -115,7 +132,7 @@ try {
     for (const workload of workloads) {
       for (const target of run % 2 === 1 ? targets : [...targets].reverse()) {
         process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${target} ${workload} run ${run}/${runs}\n`);
-        const sample = runGuestFio(target, workload, run);
+        const sample = await runGuestFio(target, workload, run);
         if (sample) samples.set(`${target}.${workload}`, [...(samples.get(`${target}.${workload}`) ?? []), sample]);
       }
     }

@@ -1,7 +1,6 @@
 // Proves the vhost-user-blk export with a real QEMU guest (TCG) on a Tandem back-end running as its
 // own process (test/helpers/vhost-backend.ts: a FileLayer over a backing file, O_DIRECT):
-//  1. fio inside the guest, two queues, random writes of mixed sizes verified with crc32c (through
-//     the lab's vm-fio.sh);
+//  1. fio inside the guest, two queues, random writes of mixed sizes verified with crc32c;
 //  2. the guest makes an ext4 filesystem (the host's mke2fs added to the initramfs: busybox can only
 //     make ext2), writes files and syncs; a fresh boot mounts it and gets the same checksums, and
 //     the host's e2fsck finds the filesystem clean;
@@ -9,14 +8,14 @@
 //     of a verified fio run and started again on the same socket and file: QEMU reconnects, requests
 //     left in flight — writes held back so they never reached the file — are resubmitted, and fio's
 //     verification passes.
-// Needs qemu-system-x86_64, fio and the lab scripts ($TANDEM_LAB_SCRIPTS or vm-fio.sh on PATH).
+// Needs what packaging/setup.sh installs: qemu-system-x86_64, fio, busybox-static, a guest kernel.
 // Each test bounds its own time and kills the processes it started by PID.
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { startBackendProcess, type BackendProcess } from "../helpers/vhost-backend-process.ts";
-import { labScripts, loadExt4, runGuest, vhostLabDirectory } from "../helpers/vhost-guest.ts";
+import { fioScript, loadExt4, runGuest, vhostLabDirectory } from "../helpers/vhost-guest.ts";
 
 const GiB = 1024 * 1024 * 1024;
 
@@ -55,20 +54,13 @@ function logRecords(backendProcess: BackendProcess): { level: string; msg: strin
 
 describe("vhost-user-blk with a QEMU guest", () => {
   test(
-    "fio with crc32c verification on two queues (vm-fio.sh)",
+    "fio with crc32c verification on two queues",
     async () => {
       const server = await backend(2);
       const fio = "--rw=randwrite --bsrange=4k-128k --iodepth=16 --size=48M --verify=crc32c --do_verify=1 --verify_fatal=1";
-      const run = Bun.spawnSync([path.join(labScripts(), "vm-fio.sh"), "--vhost", socket, "--queues", "2", "--smp", "2", "--fio", fio, "--timeout", "240", "--full"], {
-        env: { ...process.env, LAB_TMP: vhostLabDirectory() },
-        stdout: "pipe",
-        stderr: "pipe",
-      });
-      const output = run.stdout.toString();
-      expect(run.exitCode, `vm-fio.sh failed: ${run.stderr.toString()} ${output}`).toBe(0);
-      const guest = JSON.parse(output.trim().split("\n").pop()!);
-      expect(guest.ok).toBe(true);
-      const job = guest.result.jobs[0];
+      const guest = await runGuest({ socket, labDir: vhostLabDirectory(), queues: 2, smp: 2, timeoutSeconds: 240, script: fioScript(fio) });
+      expect(guest.ok, `guest workload failed: ${guest.stderr}`).toBe(true);
+      const job = (guest.json as { jobs: any[] }).jobs[0];
       expect(job.error).toBe(0);
       expect(job.write.io_bytes).toBe(48 * 1024 * 1024);
       expect(job.read.io_bytes).toBe(48 * 1024 * 1024); // the verify pass read everything back

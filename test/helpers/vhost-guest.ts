@@ -1,7 +1,8 @@
-// Boots a throw-away QEMU guest (TCG here; see the lab README) whose one disk is a vhost-user-blk
-// device on a given socket, runs a busybox-sh script in it and returns what it printed. It is the
-// lab's vm-fio.sh (same base initramfs — built and cached by vm-fio.sh itself — same /init, same
-// QEMU command line) with what the vhost end-to-end tests need on top:
+// Boots a throw-away QEMU guest (TCG here: this machine class's KVM cannot run a stock kernel)
+// whose one disk is a vhost-user-blk device on a given socket, runs a busybox-sh script in it and
+// returns what it printed. Self-contained: the base initramfs (static busybox, test/helpers/guest/init,
+// the kernel's virtio modules, the host's fio with its libraries) is built here from the Debian
+// packages packaging/setup.sh installs, and cached per kernel and init script. On top:
 //  - `reconnect`: the chardev gets `reconnect=1`, so QEMU reconnects when the back-end restarts;
 //  - `ext4`: the host's mke2fs (with its libraries and mke2fs.conf) and the guest kernel's ext4
 //    module chain are added to the initramfs, because busybox can only make ext2 and the Debian
@@ -12,18 +13,6 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-
-/**
- * The lab's scripts directory (vm-fio.sh, serve.sh, guest/init): $TANDEM_LAB_SCRIPTS, or wherever
- * vm-fio.sh is found on PATH. Tests that need it fail with this message when neither is set.
- */
-export function labScripts(): string {
-  const fromEnvironment = process.env.TANDEM_LAB_SCRIPTS;
-  if (fromEnvironment && fs.existsSync(path.join(fromEnvironment, "vm-fio.sh"))) return fromEnvironment;
-  const onPath = Bun.which("vm-fio.sh");
-  if (onPath) return path.dirname(fs.realpathSync(onPath));
-  throw new Error("set TANDEM_LAB_SCRIPTS to the lab scripts directory (the one holding vm-fio.sh, serve.sh and guest/init)");
-}
 
 export interface GuestOptions {
   socket: string;
@@ -64,19 +53,79 @@ function kernel(): { path: string; version: string } {
   return { path: path.join("/boot", name), version: name.slice("vmlinuz-".length) };
 }
 
-/** The base initramfs vm-fio.sh builds (busybox, /init, virtio modules, fio), built once if missing. */
+const guestInit = path.join(import.meta.dir, "guest", "init");
+
+function decompressModule(source: string, target: string): void {
+  if (source.endsWith(".xz")) fs.writeFileSync(target, run(["xz", "-dc", source]).stdout);
+  else if (source.endsWith(".zst")) fs.writeFileSync(target, run(["zstd", "-qdc", source]).stdout);
+  else if (source.endsWith(".gz")) fs.writeFileSync(target, run(["gzip", "-dc", source]).stdout);
+  else fs.copyFileSync(source, target);
+}
+
+/** Module files (relative to the module tree) for `wanted`, dependencies first; built-in ones are absent. */
+function moduleChain(moduleRoot: string, wanted: string[]): string[] {
+  const dependencies = new Map<string, string[]>();
+  for (const line of fs.readFileSync(path.join(moduleRoot, "modules.dep"), "utf8").split("\n")) {
+    const [name, rest] = line.split(":");
+    if (name) dependencies.set(name.trim(), (rest ?? "").split(/\s+/).filter(Boolean));
+  }
+  const byName = new Map<string, string>();
+  for (const file of dependencies.keys()) byName.set(path.basename(file).replace(/\.ko.*$/, "").replaceAll("-", "_"), file);
+  const order: string[] = [];
+  const visit = (file: string) => {
+    for (const dependency of [...(dependencies.get(file) ?? [])].reverse()) visit(dependency);
+    if (!order.includes(file)) order.push(file);
+  };
+  for (const name of wanted) {
+    const file = byName.get(name);
+    if (file) visit(file);
+  }
+  return order;
+}
+
+/** The base initramfs: static busybox, our /init, the virtio modules and fio; built once per key. */
 function baseInitramfs(labDir: string): string {
   const { version } = kernel();
-  const key = run(["bash", "-c", `(cat "${labScripts()}/guest/init"; echo "${version}"; ls -l /usr/bin/fio /bin/busybox) | md5sum | cut -c1-12`]).stdout.trim();
-  const base = path.join(labDir, "cache", `initramfs-${version}-${key}.cpio`);
-  if (!fs.existsSync(base)) {
-    // Any short vm-fio.sh run builds and caches it.
-    const image = path.join(labDir, "bootstrap.img");
-    fs.writeFileSync(image, new Uint8Array(1024 * 1024));
-    const built = run([`${labScripts()}/vm-fio.sh`, "--raw", image, "--cmd", "true", "--timeout", "30"], { LAB_TMP: labDir });
-    if (!fs.existsSync(base)) throw new Error(`vm-fio.sh did not build ${base}: ${built.stderr}`);
+  const fio = Bun.which("fio");
+  if (!fio) throw new Error("fio is not installed (packaging/setup.sh installs it)");
+  if (!fs.existsSync("/bin/busybox") || run(["ldd", "/bin/busybox"]).code === 0) throw new Error("/bin/busybox is not the static one (apt-get install busybox-static)");
+  const hasher = new Bun.CryptoHasher("md5");
+  hasher.update(fs.readFileSync(guestInit));
+  hasher.update(version);
+  for (const file of [fio, "/bin/busybox"]) hasher.update(`${file}:${fs.statSync(file).size}:${fs.statSync(file).mtimeMs}`);
+  const base = path.join(labDir, "cache", `initramfs-${version}-${hasher.digest("hex").slice(0, 12)}.cpio`);
+  if (fs.existsSync(base)) return base;
+  fs.mkdirSync(path.dirname(base), { recursive: true });
+  const root = fs.mkdtempSync(path.join(path.dirname(base), "root-"));
+  try {
+    for (const directory of ["bin", "sbin", "lib/modules", "lib64", "proc", "sys", "dev", "tmp", "etc"]) fs.mkdirSync(path.join(root, directory), { recursive: true });
+    fs.copyFileSync("/bin/busybox", path.join(root, "bin/busybox"));
+    fs.chmodSync(path.join(root, "bin/busybox"), 0o755);
+    fs.copyFileSync(guestInit, path.join(root, "init"));
+    fs.chmodSync(path.join(root, "init"), 0o755);
+    const moduleRoot = path.join("/lib/modules", version);
+    const names: string[] = [];
+    for (const relative of moduleChain(moduleRoot, ["virtio_pci", "virtio_blk"])) {
+      const name = path.basename(relative).replace(/\.ko.*$/, "");
+      decompressModule(path.join(moduleRoot, relative), path.join(root, "lib/modules", `${name}.ko`));
+      names.push(name);
+    }
+    fs.writeFileSync(path.join(root, "modules.order"), names.join("\n") + "\n");
+    addBinary(root, fio, "bin/fio");
+    fs.copyFileSync(fs.realpathSync("/lib64/ld-linux-x86-64.so.2"), path.join(root, "lib64/ld-linux-x86-64.so.2"));
+    const temporary = `${base}.tmp`;
+    const packed = run(["bash", "-c", `cd "${root}" && find . -print0 | cpio --null -o -H newc --quiet > "${temporary}"`]);
+    if (packed.code !== 0) throw new Error(`cpio failed: ${packed.stderr}`);
+    fs.renameSync(temporary, base);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
   }
   return base;
+}
+
+/** A workload running fio on the disk with the given arguments; its JSON report becomes the result. */
+export function fioScript(args: string): string {
+  return `fio --name=job --filename="$DEV" --direct=1 --ioengine=libaio ${args} --output-format=json --output=/tmp/result.json`;
 }
 
 /** Copy a host binary and every library it links into `root`. */
@@ -109,9 +158,7 @@ function addExt4(root: string): void {
     const source = [relative, `${relative}.xz`, `${relative}.zst`].map((r) => path.join(moduleRoot, r)).find((p) => fs.existsSync(p));
     if (!source) continue; // built into this kernel
     const target = path.join(directory, `${name}.ko`);
-    if (source.endsWith(".xz")) fs.writeFileSync(target, run(["xz", "-dc", source]).stdout);
-    else if (source.endsWith(".zst")) fs.writeFileSync(target, run(["zstd", "-qdc", source]).stdout);
-    else fs.copyFileSync(source, target);
+    decompressModule(source, target);
     order.push(name);
   }
   fs.writeFileSync(path.join(directory, "order"), order.join("\n") + "\n");

@@ -126,6 +126,9 @@ describe("control messages", () => {
     const fe = connect(await serve("disk"));
     const [q] = await fe.setup();
     fe.send(Request.SetVringEnable, { kind: "state", index: 0, num: 0 });
+    // A kick can overtake a message the back-end has not read yet; one round trip on the socket
+    // makes sure the disable was handled before the request is queued (as a front-end would).
+    await fe.call(Request.GetQueueNum);
     const request = fe.blkRequest(BlkRequestType.In, 0, { length: 512, write: true });
     const head = q!.addChain(request.buffers);
     q!.push(head);
