@@ -213,6 +213,8 @@ export class VolumeCore {
   private refusal: Refusal | undefined;
   private phaseReason = "the peer is not connected";
   private helloSeq = 0;
+  /** Seq of our last hello that asked for a decision: the decider answers it (or a later one). */
+  private redecideHelloSeq = 0;
   private peerHello: VolumeHelloMessage | undefined;
   private decideWanted = false;
   private decisionRounds = 0;
@@ -993,6 +995,7 @@ export class VolumeCore {
       return;
     }
     this.helloSeq++;
+    if (redecide) this.redecideHelloSeq = this.helloSeq;
     this.host.send({
       type: MessageType.VolumeHello,
       volumeId: this.volumeId,
@@ -1177,8 +1180,10 @@ export class VolumeCore {
       case MessageType.VolumeDecision:
         if (this.isDecider) return this.protocolError("a decision from the node that does not decide");
         if (message.followerHelloSeq !== this.helloSeq) {
-          // It answers a state of ours we have since left: ask again with the current one.
-          this.sendHello(true);
+          // It answers a state of ours we have since left. When a later hello of ours already asked
+          // for a decision, that answer is on its way; otherwise ask again with the current state.
+          // (Asking again on every stale answer would keep two questions in flight for ever.)
+          if (message.followerHelloSeq >= this.redecideHelloSeq) this.sendHello(true);
           return;
         }
         this.applyDecision(message.kind, message.round, message.kind === DecisionKind.Resync ? !message.deciderIsSource : false, message.kind === DecisionKind.Resync ? !message.deciderLeads : false, message.full, message.reason, message.byOperator);
