@@ -41,14 +41,15 @@ export class Checkers {
   /**
    * "No acknowledged write lost", on a read: each block read must hold a value the oracle allows,
    * counting only durable writes that were mirrored or made on the reading node (in a split brain
-   * the other side's writes are not visible here, and need not be).
+   * the other side's writes are not visible here, and need not be; nor, on a node that went its own
+   * way, mirrored writes only the other side's flush made durable).
    */
   checkRead(volumeId: number, node: string, firstBlock: number, data: Uint8Array, nowUs: number, rotted: (block: number) => boolean): void {
     for (let index = 0; index < data.length / blockBytes; index++) {
       const block = firstBlock + index;
       if (rotted(block)) continue;
       const value = identifyBlock(data.subarray(index * blockBytes, (index + 1) * blockBytes), volumeId, block);
-      const { newestDurable, values } = this.oracle.allowed(volumeId, block, (record) => record.mirrored === true || record.node === node);
+      const { newestDurable, values } = this.oracle.allowed(volumeId, block, (record) => record.node === node || (record.mirrored === true && !(record.durableAlone && this.oracle.diverged(volumeId, node))));
       if (value.kind === "corrupt") {
         this.fail("correctness", "no acknowledged write lost", `read of volume ${volumeId} block 0x${block.toString(16)} on ${node} at ${ms(nowUs)} returned ${describeValue(value)}`);
         continue;

@@ -25,6 +25,8 @@ export interface WriteRecord {
   epoch: number | undefined;
   durable: boolean;
   durableUs: number | undefined;
+  /** Made durable only by a flush that completed without the peer: promised on `node` alone. */
+  durableAlone: boolean;
   discarded: boolean;
 }
 
@@ -74,7 +76,11 @@ export class Oracle {
   private readonly unflushed = new Map<string, Set<WriteRecord>>();
   /** Writes acknowledged without the peer since the two nodes were last in sync, per volume and node. */
   readonly aloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
+  /** Mirrored writes made durable by a flush without the peer since the last sync, per volume and node. */
+  private readonly durableAloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
   readonly generationSinceSync = new Map<number, Set<string>>();
+  /** Nodes an operator forced to primary without their peer since the last sync, per volume. */
+  private readonly forcedSinceSync = new Map<number, Set<string>>();
   private readonly syncedFlags = new Map<number, Set<string>>();
   /** Nodes that acknowledged writes in each (volume, epoch). */
   readonly epochWriters = new Map<string, Set<string>>();
@@ -85,7 +91,9 @@ export class Oracle {
   addVolume(volumeId: number, blocks: number): void {
     this.histories.set(volumeId, Array.from({ length: blocks }, () => []));
     this.aloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
+    this.durableAloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
     this.generationSinceSync.set(volumeId, new Set());
+    this.forcedSinceSync.set(volumeId, new Set());
     this.syncedFlags.set(volumeId, new Set());
   }
 
@@ -105,6 +113,7 @@ export class Oracle {
       epoch: undefined,
       durable: false,
       durableUs: undefined,
+      durableAlone: false,
       discarded: false,
     };
     this.writes.set(record.id, record);
@@ -135,10 +144,12 @@ export class Oracle {
     }
   }
 
-  private makeDurable(record: WriteRecord, nowUs: number): void {
+  private makeDurable(record: WriteRecord, nowUs: number, alone = false): void {
     if (record.durable) return;
     record.durable = true;
     record.durableUs = nowUs;
+    record.durableAlone = alone;
+    if (alone) this.durableAloneSinceSync.get(record.volumeId)!.get(record.node)!.push(record);
   }
 
   /** The writes a flush submitted now on `node` will cover when it completes. */
@@ -146,10 +157,16 @@ export class Oracle {
     return [...(this.unflushed.get(`${node}:${volumeId}`) ?? [])];
   }
 
-  flushCompleted(volumeId: number, node: string, covered: WriteRecord[], nowUs: number): void {
+  /**
+   * A flush completed on `node`. `mirrored`: both replicas flushed. A flush that completed without
+   * the peer vouches for its writes on this node only: the peer may have lost them in a crash before
+   * they reached its disk, so they count like writes made alone (a forced promotion of the peer or
+   * a split-brain resolution against this node may take them away).
+   */
+  flushCompleted(volumeId: number, node: string, covered: WriteRecord[], nowUs: number, mirrored: boolean): void {
     const set = this.unflushed.get(`${node}:${volumeId}`);
     for (const record of covered) {
-      this.makeDurable(record, nowUs);
+      this.makeDurable(record, nowUs, !mirrored && record.mirrored === true);
       set?.delete(record);
     }
   }
@@ -172,9 +189,27 @@ export class Oracle {
     flags.add(node);
     if (asTarget || flags.size === this.nodes.length) {
       for (const list of this.aloneSinceSync.get(volumeId)!.values()) list.length = 0;
+      for (const list of this.durableAloneSinceSync.get(volumeId)!.values()) {
+        for (const record of list) record.durableAlone = false; // the resync put them on both
+        list.length = 0;
+      }
       this.generationSinceSync.get(volumeId)!.clear();
+      this.forcedSinceSync.get(volumeId)!.clear();
       flags.clear();
     }
+  }
+
+  /** The operator forced `node` to primary while its peer was unreachable. */
+  forcedPrimary(volumeId: number, node: string): void {
+    this.forcedSinceSync.get(volumeId)!.add(node);
+  }
+
+  /**
+   * Whether `node` went its own way since the last sync (forced to primary, or started a generation
+   * of its own): it need not hold mirrored writes that only its peer's flushes made durable.
+   */
+  diverged(volumeId: number, node: string): boolean {
+    return this.forcedSinceSync.get(volumeId)!.has(node) || this.generationSinceSync.get(volumeId)!.has(node);
   }
 
   generationStarted(volumeId: number, node: string): void {
@@ -182,12 +217,18 @@ export class Oracle {
     this.syncedFlags.get(volumeId)!.clear();
   }
 
-  /** The operator resolved a split brain: the victim's writes made alone since the last sync are gone. */
+  /**
+   * The operator resolved a split brain: the victim's writes made alone since the last sync are
+   * gone, and so may be the mirrored writes only the victim's own flushes made durable.
+   */
   discard(volumeId: number, victim: string): number {
     const list = this.aloneSinceSync.get(volumeId)!.get(victim)!;
     for (const record of list) record.discarded = true;
     const count = list.length;
     list.length = 0;
+    const durableAlone = this.durableAloneSinceSync.get(volumeId)!.get(victim)!;
+    for (const record of durableAlone) record.discarded = true;
+    durableAlone.length = 0;
     return count;
   }
 

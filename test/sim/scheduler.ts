@@ -8,11 +8,19 @@ interface Entry {
   run: () => void;
 }
 
+/** Thrown when a run executes more events than its budget: a livelock (say, a message storm). */
+export class EventBudgetExceeded extends Error {
+  override name = "EventBudgetExceeded";
+}
+
 export class Scheduler {
   private heap: Entry[] = [];
   private order = 0;
   now = 0;
   executed = 0;
+
+  /** `maxEvents`: a normal run executes thousands of events; far more means nothing converges. */
+  constructor(private readonly maxEvents = Infinity) {}
 
   at(time: number, run: () => void): void {
     const entry: Entry = { time: Math.max(time, this.now), order: this.order++, run };
@@ -74,7 +82,7 @@ export class Scheduler {
       }
       this.pop();
       this.now = top.time;
-      this.executed++;
+      if (++this.executed > this.maxEvents) throw new EventBudgetExceeded(`more than ${this.maxEvents} events by ${(this.now / 1000).toFixed(1)} ms of simulated time`);
       top.run();
       if (stop?.()) return;
     }

@@ -18,7 +18,7 @@ import { SimDisk } from "./disk.ts";
 import { SimNetwork } from "./network.ts";
 import { blockBytes, fillBlock, Oracle } from "./oracle.ts";
 import { SimRandom } from "./random.ts";
-import { Scheduler } from "./scheduler.ts";
+import { EventBudgetExceeded, Scheduler } from "./scheduler.ts";
 
 export interface FaultMix {
   volumes: number;
@@ -153,7 +153,8 @@ interface Outstanding {
 export function runSimulation(options: SimulationOptions): SimulationResult {
   const random = new SimRandom(options.seed);
   const mix: FaultMix = { ...chooseMix(random.fork("mix"), options.long === true), ...options.mix };
-  const scheduler = new Scheduler();
+  // Normal runs take 5-50 thousand events (the long setting up to a few million).
+  const scheduler = new Scheduler(options.long ? 50_000_000 : 2_000_000);
   const oracle = new Oracle(nodeNames);
   const checkers = new Checkers(oracle);
   const timeline: string[] = [];
@@ -402,9 +403,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         const covered = oracle.flushSnapshot(volumeId, name);
         track([]);
         stats.flushes!++;
-        driver.flush(volumeId, (error) => {
+        driver.flush(volumeId, (error, info) => {
           if (!finish()) return;
-          if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now);
+          if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now, info?.mirrored === true);
         });
         return;
       }
@@ -587,6 +588,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (state && state.dataState === "consistent") {
         promotions++;
         note(`operator: a is unreachable from b; forcing b to primary of v${volumeId}`);
+        oracle.forcedPrimary(volumeId, "b");
         setRole("b", volumeId, true);
       }
     }
@@ -718,6 +720,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       run();
       return true;
     } catch (error) {
+      if (error instanceof EventBudgetExceeded) {
+        checkers.fail("liveness", "bounded work", `${error.message}: the nodes keep exchanging messages without making progress (${describeState()})`);
+        return false;
+      }
       const text = error instanceof Error ? `${error.name}: ${error.message}\n${(error.stack ?? "").split("\n").slice(1, 6).join("\n")}` : String(error);
       checkers.fail("crash", "no crash", text);
       return false;
@@ -751,8 +757,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     for (const volumeId of volumeIds) {
       const name = nodeNames.find((candidate) => isPrimary(candidate, volumeId))!;
       const covered = oracle.flushSnapshot(volumeId, name);
-      nodes.get(name)!.driver!.flush(volumeId, (error) => {
-        if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now);
+      nodes.get(name)!.driver!.flush(volumeId, (error, info) => {
+        if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now, info?.mirrored === true);
         if (--pending === 0) done();
       });
     }
