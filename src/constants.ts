@@ -53,6 +53,8 @@ export const nbdHandshakeTimeoutMs = 30_000;
 export const nbdBlockStatusExtentsMax = 4096;
 /** After a graceful close (DISC, ABORT, drain) the last replies get this long to leave before the socket is cut. */
 export const nbdCloseLingerMs = 5_000;
+/** The same when the daemon is stopping and every reply has been written. */
+export const nbdShutdownLingerMs = 250;
 /** While a connection's input is paused (back-pressure), it is resumed for a moment this often so a client that hung up is noticed. */
 export const nbdPausedProbeIntervalMs = 1_000;
 

@@ -281,7 +281,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       },
       volumes: manager.views(),
       broken: manager.broken(),
-      exports: [{ kind: "nbd", socket: config.nbdSocket, tcp: nbdServer.tcpAddress ?? null, volumes: manager.names() }, ...vhostExports.list()],
+      exports: [{ kind: "nbd", socket: config.nbdSocket, tcp: nbdServer.tcpAddress ?? null, volumes: manager.names(), connections: nbdServer.connectionCount() }, ...vhostExports.list()],
       sessions: [...nbdServer.sessions(), ...vhostExports.sessions()],
     });
 

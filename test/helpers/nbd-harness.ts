@@ -1,13 +1,15 @@
-// Starts an NBD target for tests that use real clients (nbdinfo, qemu-io, fio ...): today the
-// in-process server from src/node/export/nbd over a FileLayer on a temp sparse file, exposed as
-// one export on a unix socket. Tests get { socketPath, exportName, backingPath, stop() } and an
-// nbd+unix URI; `inProcess` gives the server and resolver to tests that need to look inside.
+// Starts an NBD target for tests that use real clients (nbdinfo, qemu-io, fio ...). By default the
+// real daemon (`tandem node run`, a child process) with one volume created through the CLI on a
+// backing file in a temp directory, served on the node's NBD unix socket; tests that need to look
+// inside the server use the in-process one (src/node/export/nbd over a FileLayer). Tests get
+// { socketPath, exportName, backingPath, stop() } and an nbd+unix URI either way.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { silentLogger, type Logger } from "../../src/common/log.ts";
 import { FileLayer } from "../../src/node/block/file.ts";
 import { startNbdServer, type NbdServer } from "../../src/node/export/nbd/server.ts";
+import { TestDaemon } from "./daemon.ts";
 import { TestExports } from "./nbd-exports.ts";
 
 export interface NbdTarget {
@@ -74,7 +76,40 @@ export async function startInProcessNbdTarget(options: NbdTargetOptions = {}): P
   };
 }
 
-/** The NBD target the interop tests run against. */
+export interface DaemonNbdTarget extends NbdTarget {
+  daemon: TestDaemon;
+}
+
+/** The real daemon with one volume on a backing file the test can read behind its back. */
+export async function startDaemonNbdTarget(options: NbdTargetOptions = {}): Promise<DaemonNbdTarget> {
+  const daemon = await TestDaemon.start({ config: { log: { level: "info" } } });
+  const exportName = options.exportName ?? "vol0";
+  const backingPath = path.join(daemon.dir, `${exportName}.img`);
+  try {
+    if (options.initialContents) fs.copyFileSync(options.initialContents, backingPath);
+    else FileLayer.createSparse(backingPath, options.sizeBytes ?? 64 * 1024 * 1024);
+    const created = await daemon.cli(["volume", "create", exportName, "--backing", backingPath, ...(options.direct ? ["--direct"] : [])]);
+    if (created.code !== 0) throw new Error(`volume create failed (${created.code}): ${created.stderr}`);
+  } catch (error) {
+    await daemon.cleanup();
+    throw error;
+  }
+  let stopped = false;
+  return {
+    socketPath: daemon.nbdSocket,
+    exportName,
+    backingPath,
+    uri: nbdUri(daemon.nbdSocket, exportName),
+    daemon,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await daemon.cleanup();
+    },
+  };
+}
+
+/** The NBD target the interop tests run against: the real daemon. */
 export async function startNbdTarget(options: NbdTargetOptions = {}): Promise<NbdTarget> {
-  return startInProcessNbdTarget(options);
+  return startDaemonNbdTarget(options);
 }

@@ -221,7 +221,7 @@ print(json.dumps(out))
       unaligned_read: "EINVAL",
       fast_zero: 0,
       aio_read_back: true,
-      listed: [[served.exportName, `test volume ${served.exportName}`]],
+      listed: [[served.exportName, `Tandem volume ${served.exportName}`]],
     });
     expect(result.go_unknown).toBe("ENOENT"); // NBD_REP_ERR_UNKNOWN as libnbd reports it
     // base:allocation from 0: data at 0 (the FUA write), the rest trimmed or never written.

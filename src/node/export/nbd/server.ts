@@ -9,7 +9,7 @@ import { ptr } from "bun:ffi";
 import { AssertionError } from "../../../common/assert.ts";
 import { BlockError, TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
-import { directIoAlignmentBytes, nbdCloseLingerMs, nbdConnectionsMax, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
+import { directIoAlignmentBytes, nbdCloseLingerMs, nbdConnectionsMax, nbdShutdownLingerMs, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
 import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver, ExportSessionInfo } from "../types.ts";
 import { NbdSession, type ExportDescription, type IoRequest, type IoResult, type SessionAction, type SessionEvent } from "./session.ts";
@@ -28,6 +28,8 @@ export interface NbdServer {
   /** "host:port" actually bound (port 0 → real port). */
   readonly tcpAddress?: string;
   sessions(): ExportSessionInfo[];
+  /** Client connections open now, in negotiation or serving (at most nbdConnectionsMax). */
+  connectionCount(): number;
   /**
    * Stop accepting; with drain, finish requests in flight and send their replies, then close.
    * Without drain, connections are cut at once and the promise resolves when they are closed;
@@ -96,6 +98,7 @@ class Connection {
   private batchScheduled = false;
   private outputBlocked = false;
   private gracefulClose = false;
+  private shuttingDown = false;
   private closed = false;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   private inputPaused = false;
@@ -379,7 +382,7 @@ class Connection {
     if (graceful && this.output.length > 0) {
       // The rest goes out from onDrain; a client that stops reading is cut after the linger time.
       this.gracefulClose = true;
-      this.lingerTimer = setTimeout(() => this.socket.terminate(), nbdCloseLingerMs);
+      if (!this.closed) this.lingerTimer = setTimeout(() => this.socket.terminate(), nbdCloseLingerMs);
       return;
     }
     if (graceful) this.endSocket();
@@ -387,10 +390,19 @@ class Connection {
   }
 
   private endSocket(): void {
+    if (this.closed) return; // the client closed first: nothing to wait for
     this.socket.end();
     clearTimeout(this.lingerTimer);
-    // A client that never closes its side is cut after the linger time.
-    this.lingerTimer = setTimeout(() => this.socket.terminate(), nbdCloseLingerMs);
+    if (this.closed) return; // end() can run the close handler at once (the client had closed its side)
+    // A client that never closes its side is cut after the linger time (short when the daemon is
+    // stopping: every reply has been written by now, and an idle client must not hold it up).
+    this.lingerTimer = setTimeout(() => this.socket.terminate(), this.shuttingDown ? nbdShutdownLingerMs : nbdCloseLingerMs);
+  }
+
+  /** The server is stopping: finish what is in flight, then close without waiting on the client. */
+  shutdown(): void {
+    this.shuttingDown = true;
+    this.dispatch({ type: "shutdown" });
   }
 
   /** Cut the connection now, whatever is queued. */
@@ -522,6 +534,9 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   return {
     unixPath,
     tcpAddress,
+    connectionCount(): number {
+      return connections.size;
+    },
     sessions(): ExportSessionInfo[] {
       const out: ExportSessionInfo[] = [];
       for (const connection of connections) {
@@ -541,7 +556,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       }
       const open = [...connections];
       if (drain) {
-        for (const connection of open) connection.dispatch({ type: "shutdown" });
+        for (const connection of open) connection.shutdown();
         await Promise.all(open.map((connection) => Promise.all([connection.socketClosed, connection.released])));
         return;
       }
