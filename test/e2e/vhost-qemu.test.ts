@@ -14,6 +14,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { TestDaemon } from "../helpers/daemon.ts";
 import { startBackendProcess, type BackendProcess } from "../helpers/vhost-backend-process.ts";
 import { fioScript, loadExt4, runGuest, vhostLabDirectory } from "../helpers/vhost-guest.ts";
 
@@ -164,6 +165,53 @@ describe("vhost-user-blk with a QEMU guest", () => {
       const resubmitted = backends.slice(1).flatMap((b) => logRecords(b)).filter((r) => r.msg === "resubmitting requests left in flight");
       console.log(`reconnect: restarts resubmitted ${JSON.stringify(resubmitted.map((r) => r.requests))} requests left in flight`);
       expect(resubmitted.length).toBeGreaterThanOrEqual(1);
+    },
+    600_000,
+  );
+
+  test(
+    "through the daemon: `tandem export vhost`, the daemon SIGKILLed mid-IO and restarted, the export comes back and the guest's verified fio passes",
+    async () => {
+      const daemon = await TestDaemon.start({ dir: fs.mkdtempSync(path.join(dir, "node-")), config: { log: { level: "info" } } });
+      try {
+        expect((await daemon.cli(["volume", "create", "vm", "--size", "256M"])).code).toBe(0);
+        const vhostSocket = path.join(daemon.dir, "vm.vhost.sock");
+        const exported = await daemon.cli(["export", "vhost", "vm", "--path", vhostSocket, "--json"]);
+        expect(exported.code, exported.stderr).toBe(0);
+        let restarted: Promise<void> | undefined;
+        const guest = await runGuest({
+          socket: vhostSocket,
+          labDir: vhostLabDirectory(),
+          reconnect: true,
+          timeoutSeconds: 300,
+          script: [
+            "echo TANDEM_MARK fio-start > /dev/ttyS0",
+            "fio --name=daemon --filename=$DEV --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=json --output=/tmp/result.json",
+          ].join("\n"),
+          onMark: (mark) => {
+            if (mark !== "fio-start") return;
+            restarted = (async () => {
+              await Bun.sleep(1500);
+              await daemon.kill();
+              await Bun.sleep(1000);
+              await daemon.start(); // the export is in the node's state: it comes back by itself
+            })();
+          },
+        });
+        await restarted;
+        expect(guest.ok, `guest failed: ${guest.stderr}\n${guest.console.slice(-2000)}`).toBe(true);
+        const job = (guest.json as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] }).jobs[0]!;
+        expect(job.error).toBe(0);
+        expect(job.write.io_bytes).toBe(32 * 1024 * 1024);
+        expect(job.read.io_bytes).toBe(32 * 1024 * 1024);
+        // The restarted daemon restored the export and QEMU reconnected to it.
+        const listed = JSON.parse((await daemon.cli(["export", "list", "--json"])).stdout) as { exports: { kind: string; volume?: string; running?: boolean }[] };
+        expect(listed.exports.some((entry) => entry.kind === "vhost" && entry.volume === "vm" && entry.running === true)).toBe(true);
+        const connects = daemon.logRecords().filter((record) => record.msg === "front-end connected");
+        expect(connects.length).toBeGreaterThanOrEqual(2);
+      } finally {
+        await daemon.stop().catch(() => daemon.kill());
+      }
     },
     600_000,
   );

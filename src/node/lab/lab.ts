@@ -159,7 +159,8 @@ export async function startLabNode(dir: string, node: string): Promise<void> {
     detached: true,
     stdio: ["ignore", logFd, logFd],
     cwd: paths.base,
-    env: { ...process.env, TANDEM_SOCKET: paths.control },
+    // As packaging/tandem.service: enough thread-pool threads for O_DIRECT IO at iodepth 32.
+    env: { ...process.env, TANDEM_SOCKET: paths.control, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? "32" },
   });
   fs.closeSync(logFd);
   const pid = child.pid;

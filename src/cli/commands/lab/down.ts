@@ -1,8 +1,8 @@
 // `tandem lab down [--dir DIR]`: stop everything the lab started; the data stays for the next `up`.
-import { Command, Option } from "clipanion";
+import { Command } from "clipanion";
 import { labDown } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir, withSpinner } from "../../lab-common.ts";
+import { labDirOption, withSpinner } from "../../lab-common.ts";
 
 export class LabDownCommand extends TandemCommand {
   static override paths = [["lab", "down"]];
@@ -13,7 +13,7 @@ export class LabDownCommand extends TandemCommand {
     examples: [["Stop the demo", "tandem lab down"]],
   });
 
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
 
   async run(): Promise<void> {
     const result = await withSpinner(this, "stopping the lab", (progress) => labDown(this.dir, progress));

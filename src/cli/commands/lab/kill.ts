@@ -2,7 +2,7 @@
 import { Command, Option } from "clipanion";
 import { stopLabNode } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir } from "../../lab-common.ts";
+import { labDirOption } from "../../lab-common.ts";
 
 export class LabKillCommand extends TandemCommand {
   static override paths = [["lab", "kill"]];
@@ -14,7 +14,7 @@ export class LabKillCommand extends TandemCommand {
   });
 
   node = Option.String({ name: "node" });
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
 
   async run(): Promise<void> {
     const killed = await stopLabNode(this.dir, this.node, "SIGKILL");

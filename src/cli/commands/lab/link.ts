@@ -3,7 +3,7 @@ import { Command, Option } from "clipanion";
 import * as t from "typanion";
 import { relayRequest } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir } from "../../lab-common.ts";
+import { labDirOption } from "../../lab-common.ts";
 
 interface RelayState {
   cut: boolean;
@@ -20,7 +20,7 @@ export class LabCutCommand extends TandemCommand {
     details: "The relay drops every connection between the nodes and refuses new ones until `tandem lab heal`.",
     examples: [["Cut the link", "tandem lab cut"]],
   });
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
   async run(): Promise<void> {
     this.output(await relayRequest<RelayState>(this.dir, "cut"), render);
   }
@@ -33,7 +33,7 @@ export class LabHealCommand extends TandemCommand {
     description: "Heal the lab's replication link",
     examples: [["Heal the link", "tandem lab heal"]],
   });
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
   async run(): Promise<void> {
     this.output(await relayRequest<RelayState>(this.dir, "heal"), render);
   }
@@ -48,7 +48,7 @@ export class LabDelayCommand extends TandemCommand {
     examples: [["Add 5 ms each way", "tandem lab delay 5"]],
   });
   ms = Option.String({ name: "ms", validator: t.cascade(t.isNumber(), [t.isInteger(), t.isInInclusiveRange(0, 60_000)]) });
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
   async run(): Promise<void> {
     this.output(await relayRequest<RelayState>(this.dir, "delay", { ms: this.ms }), render);
   }

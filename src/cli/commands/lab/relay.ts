@@ -1,13 +1,13 @@
 // `tandem lab relay --dir DIR` (started by `lab up`, not by hand): runs the lab's link relays, one
 // forwarding to each node's replication listener, and answers `lab cut|heal|delay` on
 // DIR/relay.sock until SIGTERM.
-import { Command, Option } from "clipanion";
+import { Command } from "clipanion";
 import fs from "node:fs";
 import path from "node:path";
 import { LinkRelay } from "../../../node/lab/relay.ts";
 import { readLab } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir } from "../../lab-common.ts";
+import { labDirOption } from "../../lab-common.ts";
 
 export class LabRelayCommand extends TandemCommand {
   static override paths = [["lab", "relay"]];
@@ -17,7 +17,7 @@ export class LabRelayCommand extends TandemCommand {
     details: "Forwards each node's replication traffic to its peer over loopback and obeys `tandem lab cut|heal|delay` through DIR/relay.sock.",
   });
 
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
 
   async run(): Promise<number> {
     const dir = path.resolve(this.dir);

@@ -2,7 +2,7 @@
 import { Command, Option } from "clipanion";
 import { labInfo, startLabNode } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir } from "../../lab-common.ts";
+import { labDirOption } from "../../lab-common.ts";
 
 export class LabStartCommand extends TandemCommand {
   static override paths = [["lab", "start"]];
@@ -14,7 +14,7 @@ export class LabStartCommand extends TandemCommand {
   });
 
   node = Option.String({ name: "node" });
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
 
   async run(): Promise<void> {
     await startLabNode(this.dir, this.node);

@@ -1,8 +1,8 @@
 // `tandem lab status [--dir DIR]`: which lab processes run, and where to reach them.
-import { Command, Option } from "clipanion";
+import { Command } from "clipanion";
 import { labInfo } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir } from "../../lab-common.ts";
+import { labDirOption } from "../../lab-common.ts";
 import { renderLab } from "./up.ts";
 
 export class LabStatusCommand extends TandemCommand {
@@ -13,7 +13,7 @@ export class LabStatusCommand extends TandemCommand {
     examples: [["Where is everything?", "tandem lab status --json"]],
   });
 
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab" });
+  dir = labDirOption();
 
   async run(): Promise<void> {
     this.output(await labInfo(this.dir), renderLab);

@@ -1,8 +1,8 @@
 // `tandem lab up [--dir DIR] [--json]`: a whole cluster on this machine, returning once it serves.
-import { Command, Option } from "clipanion";
+import { Command } from "clipanion";
 import { labUp, type LabInfo } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { defaultLabDir, withSpinner } from "../../lab-common.ts";
+import { labDirOption, withSpinner } from "../../lab-common.ts";
 
 export class LabUpCommand extends TandemCommand {
   static override paths = [["lab", "up"]];
@@ -22,7 +22,7 @@ export class LabUpCommand extends TandemCommand {
     ],
   });
 
-  dir = Option.String("--dir", defaultLabDir(), { description: "Directory of the lab (default: $TMPDIR/tandem-lab)" });
+  dir = labDirOption();
 
   async run(): Promise<void> {
     const info = await withSpinner(this, "starting the lab", (progress) => labUp(this.dir, progress));

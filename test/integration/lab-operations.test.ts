@@ -1,0 +1,180 @@
+// What an operator relies on in the two-node lab beyond the data path: the link only comes up
+// between nodes that know the pairing secret (anything else is refused and logged); `tandem
+// verify` finds a block damaged behind a replica's back and `--repair` copies it from the primary;
+// a resync shows its progress, rate and ETA in `tandem volume list --json` and `tandem status`.
+// Two real daemons and the relay, driven through the CLI only; bounded waits throughout.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createHash, randomBytes } from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { runCli } from "../helpers/daemon.ts";
+
+const MiB = 1024 * 1024;
+const volume = "ops";
+const volumeBytes = 256 * MiB;
+
+interface VolumeJson {
+  name: string;
+  nodes: { node: string; role: string; state: string; detail?: { progress?: string } }[];
+}
+
+let dir: string;
+let nbdA: string;
+
+const cli = (args: string[], node = "a") => runCli([...args, "--socket", path.join(dir, node, "control.sock")]);
+const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
+
+async function replicas(node = "a"): Promise<VolumeJson["nodes"]> {
+  const listed = await cli(["volume", "list", "--json"], node);
+  if (listed.code !== 0) return [];
+  return (JSON.parse(listed.stdout) as { volumes: VolumeJson[] }).volumes.find((entry) => entry.name === volume)?.nodes ?? [];
+}
+
+async function waitSynced(timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    const [a, b] = [await replicas("a"), await replicas("b")];
+    last = [a, b];
+    if (a.length === 2 && b.length === 2 && [...a, ...b].every((replica) => replica.state === "synced")) return;
+    await Bun.sleep(200);
+  }
+  throw new Error(`not synced within ${timeoutMs} ms: ${JSON.stringify(last)}`);
+}
+
+async function linkConnected(node: string): Promise<boolean> {
+  const status = await cli(["status", "--json"], node);
+  if (status.code !== 0) return false;
+  return (JSON.parse(status.stdout) as { node: { link: { connected: boolean } | null } }).node.link?.connected === true;
+}
+
+function logRecords(node: string): { msg?: string; reason?: string }[] {
+  return fs
+    .readFileSync(path.join(dir, node, "node.log"), "utf8")
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line));
+}
+
+function fio(args: string[]): { code: number; stderr: string } {
+  const run = Bun.spawnSync(["fio", "--name=ops", "--ioengine=nbd", `--uri=nbd+unix:///${volume}?socket=${nbdA}`, "--output=/dev/null", ...args], { cwd: dir, timeout: 120_000 });
+  return { code: run.exitCode ?? -1, stderr: run.stderr.toString() };
+}
+
+const sha256 = (file: string) => createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+
+describe("operating the two-node lab", () => {
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-ops-"));
+    const up = await lab(["up", "--json"]);
+    if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
+    nbdA = (JSON.parse(up.stdout) as { nodes: { name: string; nbd: string }[] }).nodes.find((node) => node.name === "a")!.nbd;
+    const created = await cli(["volume", "create", volume, "--size", `${volumeBytes}`]);
+    if (created.code !== 0) throw new Error(`volume create failed: ${created.stderr}`);
+    await waitSynced();
+  });
+
+  afterAll(async () => {
+    await lab(["down"]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a node with the wrong pairing secret, or a stranger on the port, is refused and logged", async () => {
+    // A stranger connects to a's replication port and sends junk.
+    const labFile = JSON.parse(fs.readFileSync(path.join(dir, "lab.json"), "utf8")) as { ports: { listen: Record<string, number> } };
+    const stranger = net.connect(labFile.ports.listen.a!, "127.0.0.1");
+    await new Promise<void>((resolve, reject) => {
+      stranger.on("connect", () => stranger.write(randomBytes(256)));
+      stranger.on("data", () => {}); // read what a sends (its hello), so the close is seen
+      stranger.on("close", () => resolve());
+      stranger.on("error", () => resolve());
+      setTimeout(() => reject(new Error("a kept a stranger's connection open for 15 s")), 15_000);
+    });
+
+    // b comes back with a different secret: the link must not come up.
+    expect((await lab(["kill", "b"])).code).toBe(0);
+    const configPath = path.join(dir, "b", "config.json");
+    const original = fs.readFileSync(configPath, "utf8");
+    fs.writeFileSync(path.join(dir, "wrong.secret"), randomBytes(32));
+    const config = JSON.parse(original);
+    config.peer.secretFile = "../wrong.secret";
+    fs.writeFileSync(configPath, JSON.stringify(config));
+    expect((await lab(["start", "b"])).code).toBe(0);
+    await Bun.sleep(4000);
+    expect(await linkConnected("a")).toBe(false);
+    expect(await linkConnected("b")).toBe(false);
+    const refusedOnA = logRecords("a").filter((record) => record.msg === "connectionRefused");
+    expect(refusedOnA.length).toBeGreaterThanOrEqual(2); // the stranger and b
+    expect(refusedOnA.some((record) => /malformed frame/.test(record.reason ?? ""))).toBe(true); // the stranger
+    expect(refusedOnA.some((record) => /auth|secret|proof|mac/i.test(record.reason ?? ""))).toBe(true); // b
+    expect((await replicas("a"))[0]?.state).not.toBe("synced");
+
+    // With the right secret again the pair reconnects and is in sync.
+    expect((await lab(["kill", "b"])).code).toBe(0);
+    fs.writeFileSync(configPath, original);
+    expect((await lab(["start", "b"])).code).toBe(0);
+    await waitSynced();
+    expect(await linkConnected("a")).toBe(true);
+  });
+
+  test("verify finds a block damaged behind the secondary's back; --repair copies it from the primary", async () => {
+    expect(fio(["--rw=write", "--bs=1M", "--iodepth=4", `--size=${volumeBytes}`, "--refill_buffers"]).code).toBe(0);
+    await waitSynced();
+    const backingB = path.join(dir, "b", "data", "volumes", `${volume}.img`);
+    const fd = fs.openSync(backingB, "r+");
+    fs.writeSync(fd, new Uint8Array(4096).fill(0xee), 0, 4096, 37 * MiB + 8192);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+
+    const found = await cli(["verify", volume, "--json"]);
+    expect(found.code).toBe(1); // differences found and not repaired
+    const report = JSON.parse(found.stdout) as { mismatchCount: number; mismatches: { offset: number; length: number }[]; complete: boolean };
+    expect(report.complete).toBe(true);
+    expect(report.mismatchCount).toBe(1);
+    const [mismatch] = report.mismatches;
+    expect(mismatch!.offset).toBeLessThanOrEqual(37 * MiB + 8192);
+    expect(mismatch!.offset + mismatch!.length).toBeGreaterThanOrEqual(37 * MiB + 8192 + 4096);
+
+    const repaired = await cli(["verify", volume, "--repair", "--json"]);
+    expect(repaired.code).toBe(0);
+    expect((JSON.parse(repaired.stdout) as { repaired: number }).repaired).toBe(1);
+    const again = await cli(["verify", volume, "--json"]);
+    expect(again.code).toBe(0);
+    expect((JSON.parse(again.stdout) as { mismatchCount: number }).mismatchCount).toBe(0);
+  });
+
+  test("a resync shows progress, rate and ETA while it runs, and ends with identical replicas", async () => {
+    expect((await lab(["cut"])).code).toBe(0);
+    // Every other MiB rewritten: half the volume dirty.
+    expect(fio(["--rw=write:1M", "--bs=1M", "--iodepth=4", `--size=${volumeBytes}`, "--refill_buffers"]).code).toBe(0);
+    expect((await replicas("a"))[0]?.state).toBe("degraded");
+    // A slow link makes the resync last long enough to watch.
+    expect((await lab(["delay", "3"])).code).toBe(0);
+    expect((await lab(["heal"])).code).toBe(0);
+    const seen: string[] = [];
+    let statusText = "";
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline) {
+      const a = await replicas("a");
+      const progress = a.find((replica) => replica.node === "a")?.detail?.progress;
+      if (a[0]?.state === "resyncing" && progress) {
+        seen.push(progress);
+        if (!statusText) statusText = (await cli(["status"])).stdout;
+      }
+      if (a.length === 2 && a.every((replica) => replica.state === "synced")) break;
+      await Bun.sleep(100);
+    }
+    expect((await lab(["delay", "0"])).code).toBe(0);
+    expect(seen.length).toBeGreaterThan(0);
+    expect(seen[0]).toMatch(/^\d+% at [\d.]+ MiB\/s(, ETA \d+s)?$/);
+    expect(seen.some((line) => /ETA \d+s/.test(line))).toBe(true);
+    expect(statusText).toMatch(/\d+% at [\d.]+ MiB\/s/);
+    await waitSynced();
+    const verify = await cli(["verify", volume, "--json"]);
+    expect((JSON.parse(verify.stdout) as { mismatchCount: number }).mismatchCount).toBe(0);
+    expect((await lab(["down"])).code).toBe(0);
+    expect(sha256(path.join(dir, "a", "data", "volumes", `${volume}.img`))).toBe(sha256(path.join(dir, "b", "data", "volumes", `${volume}.img`)));
+  });
+});
