@@ -7,7 +7,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
 import { isLogLevel, type LogLevel } from "../common/log.ts";
-import { replicaSecretBytesMax, replicaSecretBytesMin } from "../constants.ts";
+import { parseSize } from "../common/size.ts";
+import { replicaResyncRateBytesPerSecondDefault, replicaSecretBytesMax, replicaSecretBytesMin } from "../constants.ts";
 
 /** Where the CLI finds the daemon when neither --socket nor TANDEM_SOCKET says otherwise. */
 export const defaultControlSocketPath = "/run/tandem/control.sock";
@@ -28,6 +29,8 @@ export interface PeerConfig {
   secret: Uint8Array;
   /** 16 bytes naming the pair (hex in the file). */
   clusterId: Uint8Array;
+  /** Resync bandwidth cap in bytes per second (`resyncRate = "200M"`): VM IO keeps priority. */
+  resyncRateBytesPerSecond: number;
 }
 
 export interface NodeConfig {
@@ -130,7 +133,17 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
     const clusterHex = text(source, peerRaw, "clusterId", "peer.") ?? fail(source, "peer.clusterId", "is required");
     if (!/^[0-9a-f]{32}$/.test(clusterHex)) fail(source, "peer.clusterId", "must be 32 lowercase hex digits");
     const clusterId = Uint8Array.from(Buffer.from(clusterHex, "hex"));
-    peer = { name: peerName, address, listen, secret, clusterId };
+    const rateText = text(source, peerRaw, "resyncRate", "peer.");
+    let resyncRateBytesPerSecond = replicaResyncRateBytesPerSecondDefault;
+    if (rateText !== undefined) {
+      try {
+        resyncRateBytesPerSecond = parseSize(rateText);
+      } catch (error) {
+        fail(source, "peer.resyncRate", `${(error as Error).message} (bytes per second, e.g. "200M")`);
+      }
+      if (resyncRateBytesPerSecond < 1024 * 1024) fail(source, "peer.resyncRate", "must be at least 1M (bytes per second)");
+    }
+    peer = { name: peerName, address, listen, secret, clusterId, resyncRateBytesPerSecond };
   }
 
   return { name, dataDir, controlSocket, nbdSocket, nbdTcp, vhostSocketDir, logLevel: level, peer, witnessPath, source };

@@ -38,6 +38,11 @@ describe("node config", () => {
       expect(fromToml.peer!.listen).toEqual({ hostname: "::1", port: 7788 });
       expect(new TextDecoder().decode(fromToml.peer!.secret)).toBe("0123456789abcdef0123");
       expect(fromToml.peer!.clusterId.length).toBe(16);
+      expect(fromToml.peer!.resyncRateBytesPerSecond).toBe(200 * 1024 * 1024); // the default
+      const capped = parseNodeConfig({ ...fields, peer: { ...fields.peer, resyncRate: "50M" } }, dir);
+      expect(capped.peer!.resyncRateBytesPerSecond).toBe(50 * 1024 * 1024);
+      expect(() => parseNodeConfig({ ...fields, peer: { ...fields.peer, resyncRate: "fast" } }, dir)).toThrow(/peer.resyncRate: .*bytes per second/);
+      expect(() => parseNodeConfig({ ...fields, peer: { ...fields.peer, resyncRate: "512K" } }, dir)).toThrow(/peer.resyncRate: must be at least 1M/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

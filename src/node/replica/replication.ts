@@ -8,8 +8,9 @@
 import fs from "node:fs";
 import { BlockError } from "../../common/errors.ts";
 import type { Logger } from "../../common/log.ts";
-import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitmapGranuleBytesMax, replicaBitmapGranuleBytesMin } from "../../constants.ts";
+import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitmapGranuleBytesMax, replicaBitmapGranuleBytesMin, replicaTickMs } from "../../constants.ts";
 import { StaticWriteAuthority } from "../../replica/authority.ts";
+import { defaultReplicaConfig } from "../../replica/config.ts";
 import { ReplicaDriver } from "../../replica/driver.ts";
 import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "../../replica/io.ts";
 import { granuleBytesFor, metadataLayout } from "../../replica/metadata-format.ts";
@@ -45,6 +46,7 @@ export class NodeReplication implements ReplicationService {
       clock: systemClock,
       random: systemRandom,
       authority: this.authority,
+      config: defaultReplicaConfig({ resyncRateBytesPerTick: Math.ceil((peer.resyncRateBytesPerSecond * replicaTickMs) / 1000) }),
       logger: log.child("replica"),
       observer: { report: (report) => this.observe(report) },
       onPeerRequest: (payload, reply) => {
