@@ -27,7 +27,10 @@ export async function startBackendProcess(options: {
   const args = [process.execPath, runner, "--file", options.file, "--socket", options.socket, "--queues", String(options.queues ?? 1), "--log-level", options.logLevel ?? "info"];
   if (options.buffered) args.push("--buffered");
   if (options.writeDelayMs) args.push("--write-delay-ms", String(options.writeDelayMs));
-  const child: Subprocess = Bun.spawn(args, { stdout: out, stderr: out, stdin: "ignore" });
+  // The same thread pool as the daemon gets from packaging/tandem.service and the lab: O_DIRECT IO
+  // runs on it, so its size bounds the IO in flight.
+  const env = { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? "32" };
+  const child: Subprocess = Bun.spawn(args, { stdout: out, stderr: out, stdin: "ignore", env });
   fs.closeSync(out);
   const deadline = Date.now() + 15_000;
   const read = () => (fs.existsSync(options.logFile) ? fs.readFileSync(options.logFile, "utf8") : "");
