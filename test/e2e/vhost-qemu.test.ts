@@ -14,7 +14,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { TestDaemon } from "../helpers/daemon.ts";
+import { runCli, TestDaemon } from "../helpers/daemon.ts";
 import { startBackendProcess, type BackendProcess } from "../helpers/vhost-backend-process.ts";
 import { fioScript, loadExt4, runGuest, vhostLabDirectory } from "../helpers/vhost-guest.ts";
 
@@ -211,6 +211,40 @@ describe("vhost-user-blk with a QEMU guest", () => {
         expect(connects.length).toBeGreaterThanOrEqual(2);
       } finally {
         await daemon.stop().catch(() => daemon.kill());
+      }
+    },
+    600_000,
+  );
+
+  test(
+    "on a mirrored volume in the two-node lab: the guest's verified fio passes on the primary and verify finds the replicas identical",
+    async () => {
+      const labDir = fs.mkdtempSync(path.join(dir, "lab-"));
+      const lab = (args: string[]) => runCli(["lab", ...args, "--dir", labDir], { timeoutMs: 90_000 });
+      const onA = (args: string[]) => runCli([...args, "--socket", path.join(labDir, "a", "control.sock")]);
+      try {
+        expect((await lab(["up"])).code).toBe(0);
+        expect((await onA(["volume", "create", "vm", "--size", "128M"])).code).toBe(0);
+        const vhostSocket = path.join(labDir, "vm.vhost.sock");
+        const exported = await onA(["export", "vhost", "vm", "--path", vhostSocket]);
+        expect(exported.code, exported.stderr).toBe(0);
+        const guest = await runGuest({
+          socket: vhostSocket,
+          labDir: vhostLabDirectory(),
+          timeoutSeconds: 240,
+          script: fioScript("--rw=randwrite --bsrange=4k-64k --iodepth=16 --size=24M --verify=crc32c --do_verify=1 --verify_fatal=1"),
+        });
+        expect(guest.ok, `guest failed: ${guest.stderr}`).toBe(true);
+        const job = (guest.json as { jobs: { error: number; write: { io_bytes: number } }[] }).jobs[0]!;
+        expect(job.error).toBe(0);
+        expect(job.write.io_bytes).toBe(24 * 1024 * 1024);
+        const verify = await onA(["verify", "vm", "--json"]);
+        expect(verify.code, verify.stderr).toBe(0);
+        const report = JSON.parse(verify.stdout) as { mismatchCount: number; extentsCompared: number };
+        expect(report.extentsCompared).toBeGreaterThan(0);
+        expect(report.mismatchCount).toBe(0);
+      } finally {
+        await lab(["down"]);
       }
     },
     600_000,
