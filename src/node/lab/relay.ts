@@ -52,7 +52,7 @@ export class LinkRelay {
       port: options.listen.port,
       socket: {
         open: (socket) => relay!.accepted(socket),
-        data: (socket, data) => relay!.forward(socket.data, new Uint8Array(data)),
+        data: (socket, data) => relay!.forward(socket.data, data),
         drain: (socket) => relay!.drained(socket),
         close: (socket) => relay!.closePair(socket.data?.pair),
         error: (socket) => relay!.closePair(socket.data?.pair),
@@ -104,7 +104,7 @@ export class LinkRelay {
           server.setNoDelay(true);
           for (const bytes of pair.early.splice(0)) this.write(server, bytes);
         },
-        data: (server, data) => this.forward(server.data, new Uint8Array(data)),
+        data: (server, data) => this.forward(server.data, data),
         drain: (server) => this.drained(server),
         close: () => this.closePair(pair),
         error: () => this.closePair(pair),
@@ -114,30 +114,33 @@ export class LinkRelay {
     client.setNoDelay(true);
   }
 
+  /** `bytes` is the runtime's read buffer, valid during this call only: kept bytes are copied. */
   private forward(from: Side | undefined, bytes: Uint8Array): void {
     if (!from || from.pair.closed) return;
     const pair = from.pair;
-    const send = () => {
+    const send = (chunk: Uint8Array) => {
       if (pair.closed) return;
-      this.bytesForwarded += bytes.length;
+      this.bytesForwarded += chunk.length;
       if (from.role === "client") {
-        if (pair.server) this.write(pair.server, bytes);
-        else pair.early.push(bytes);
-      } else this.write(pair.client, bytes);
+        if (pair.server) this.write(pair.server, chunk);
+        else pair.early.push(chunk.slice());
+      } else this.write(pair.client, chunk);
     };
     // Timers with equal delays fire in the order they were set, so order is kept.
-    if (this.delayMs > 0) setTimeout(send, this.delayMs);
-    else send();
+    if (this.delayMs > 0) {
+      const kept = bytes.slice();
+      setTimeout(() => send(kept), this.delayMs);
+    } else send(bytes);
   }
 
   private write(socket: Socket<Side>, bytes: Uint8Array): void {
     const side = socket.data;
     if (side.queue.length > 0) {
-      side.queue.push(bytes);
+      side.queue.push(bytes.slice());
       return;
     }
     const written = socket.write(bytes);
-    if (written < bytes.length) side.queue.push(bytes.subarray(Math.max(0, written)));
+    if (written < bytes.length) side.queue.push(bytes.slice(Math.max(0, written)));
   }
 
   private drained(socket: Socket<Side>): void {
