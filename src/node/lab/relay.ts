@@ -2,9 +2,10 @@
 // endpoints, so the lab (and the integration tests) can cut, heal and delay the link without root
 // tools. `cut` closes every forwarded connection at once (both nodes see the link drop, as after a
 // cable pull) and refuses new ones until `heal`; `delay(ms)` holds each chunk for that long before
-// passing it on, in order, in both directions. Back-pressure: a side that cannot take more pauses
-// the other side's reads.
+// passing it on, in order, in both directions. A side that cannot take more gets it queued (the
+// nodes' own send queues bound what is in flight on the link).
 import type { Socket, TCPSocketListener } from "bun";
+import { SocketWriteQueue } from "../../common/socket-write-queue.ts";
 import type { HostPort } from "../config.ts";
 
 interface Pair {
@@ -17,9 +18,8 @@ interface Pair {
 
 interface Side {
   pair: Pair;
-  /** Bytes waiting for the socket to drain. */
-  queue: Uint8Array[];
-  /** The other side's socket, which we write to. */
+  /** Bytes waiting for this socket to drain. */
+  output: SocketWriteQueue;
   role: "client" | "server";
 }
 
@@ -53,7 +53,7 @@ export class LinkRelay {
       socket: {
         open: (socket) => relay!.accepted(socket),
         data: (socket, data) => relay!.forward(socket.data, data),
-        drain: (socket) => relay!.drained(socket),
+        drain: (socket) => socket.data?.output.drain(socket),
         close: (socket) => relay!.closePair(socket.data?.pair),
         error: (socket) => relay!.closePair(socket.data?.pair),
       },
@@ -91,7 +91,7 @@ export class LinkRelay {
       return;
     }
     const pair: Pair = { client, server: undefined, early: [], closed: false };
-    client.data = { pair, queue: [], role: "client" };
+    client.data = { pair, output: new SocketWriteQueue(), role: "client" };
     this.pairs.add(pair);
     Bun.connect<Side>({
       hostname: this.target.hostname,
@@ -99,13 +99,13 @@ export class LinkRelay {
       socket: {
         open: (server) => {
           if (pair.closed) return void server.end();
-          server.data = { pair, queue: [], role: "server" };
+          server.data = { pair, output: new SocketWriteQueue(), role: "server" };
           pair.server = server;
           server.setNoDelay(true);
-          for (const bytes of pair.early.splice(0)) this.write(server, bytes);
+          for (const bytes of pair.early.splice(0)) server.data.output.write(server, bytes);
         },
         data: (server, data) => this.forward(server.data, data),
-        drain: (server) => this.drained(server),
+        drain: (server) => server.data?.output.drain(server),
         close: () => this.closePair(pair),
         error: () => this.closePair(pair),
         connectError: () => this.closePair(pair),
@@ -122,39 +122,15 @@ export class LinkRelay {
       if (pair.closed) return;
       this.bytesForwarded += chunk.length;
       if (from.role === "client") {
-        if (pair.server) this.write(pair.server, chunk);
+        if (pair.server) pair.server.data.output.write(pair.server, chunk);
         else pair.early.push(chunk.slice());
-      } else this.write(pair.client, chunk);
+      } else pair.client.data.output.write(pair.client, chunk);
     };
     // Timers with equal delays fire in the order they were set, so order is kept.
     if (this.delayMs > 0) {
       const kept = bytes.slice();
       setTimeout(() => send(kept), this.delayMs);
     } else send(bytes);
-  }
-
-  private write(socket: Socket<Side>, bytes: Uint8Array): void {
-    const side = socket.data;
-    if (side.queue.length > 0) {
-      side.queue.push(bytes.slice());
-      return;
-    }
-    const written = socket.write(bytes);
-    if (written < bytes.length) side.queue.push(bytes.slice(Math.max(0, written)));
-  }
-
-  private drained(socket: Socket<Side>): void {
-    const side = socket.data;
-    if (!side) return;
-    while (side.queue.length > 0) {
-      const head = side.queue[0]!;
-      const written = socket.write(head);
-      if (written < head.length) {
-        side.queue[0] = head.subarray(Math.max(0, written));
-        return;
-      }
-      side.queue.shift();
-    }
   }
 
   private closePair(pair: Pair | undefined): void {

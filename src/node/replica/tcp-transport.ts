@@ -7,6 +7,7 @@
 // the link drop and degrades the volumes, which is what must happen when the peer stops reading).
 import type { Socket, TCPSocketListener } from "bun";
 import type { Logger } from "../../common/log.ts";
+import { SocketWriteQueue } from "../../common/socket-write-queue.ts";
 import type { PeerTransport, PeerTransportHandler } from "../../replica/io.ts";
 import type { HostPort } from "../config.ts";
 
@@ -18,11 +19,10 @@ const coalesceBytesMax = 512 * 1024;
 
 interface ConnectionData {
   id: number;
-  queue: Uint8Array[];
-  queuedBytes: number;
+  /** Bytes the kernel has not taken yet. */
+  output: SocketWriteQueue;
   /** Parts sent this turn, written together when the turn ends (one syscall, one TCP segment train). */
   pending: Uint8Array[];
-  pendingBytes: number;
   /** Closed by us (`close`): the handler is not told. */
   closedByUs: boolean;
   reported: boolean;
@@ -81,68 +81,42 @@ export class TcpPeerTransport implements PeerTransport {
     if (!socket) return;
     const data = socket.data;
     const first = data.pending.length === 0;
-    for (const part of parts) {
-      if (part.length === 0) continue;
-      data.pending.push(part);
-      data.pendingBytes += part.length;
-    }
+    for (const part of parts) if (part.length > 0) data.pending.push(part);
     if (first && data.pending.length > 0) queueMicrotask(() => this.flush(socket));
   }
 
   private flush(socket: Socket<ConnectionData>): void {
     const data = socket.data;
-    if (data.pending.length === 0 || !this.sockets.has(data.id)) {
-      data.pending = [];
-      data.pendingBytes = 0;
-      return;
-    }
     const parts = data.pending;
     data.pending = [];
-    data.pendingBytes = 0;
-    const chunks: Uint8Array[] = [];
-    if (parts.length === 1) chunks.push(parts[0]!);
-    else {
-      // Runs of parts up to coalesceBytesMax become one buffer each.
-      let run: Uint8Array[] = [];
-      let runBytes = 0;
-      const close = () => {
-        if (run.length === 1) chunks.push(run[0]!);
-        else if (run.length > 1) {
-          const joined = new Uint8Array(runBytes);
-          let offset = 0;
-          for (const part of run) {
-            joined.set(part, offset);
-            offset += part.length;
-          }
-          chunks.push(joined);
+    if (!this.sockets.has(data.id)) return;
+    // Runs of parts up to coalesceBytesMax go out as one buffer each; a lone part as it is.
+    let run: Uint8Array[] = [];
+    let runBytes = 0;
+    const writeRun = () => {
+      if (run.length === 1) data.output.write(socket, run[0]!);
+      else if (run.length > 1) {
+        const joined = new Uint8Array(runBytes);
+        let offset = 0;
+        for (const part of run) {
+          joined.set(part, offset);
+          offset += part.length;
         }
-        run = [];
-        runBytes = 0;
-      };
-      for (const part of parts) {
-        if (runBytes + part.length > coalesceBytesMax && run.length > 0) close();
-        run.push(part);
-        runBytes += part.length;
+        data.output.write(socket, joined);
       }
-      close();
+      run = [];
+      runBytes = 0;
+    };
+    for (const part of parts) {
+      if (runBytes + part.length > coalesceBytesMax) writeRun();
+      run.push(part);
+      runBytes += part.length;
     }
-    // What the kernel does not take now is copied: a caller's buffer (guest memory, say) may be
-    // reused once the write it belongs to has completed without the peer.
-    for (const chunk of chunks) {
-      if (data.queue.length > 0) {
-        data.queue.push(chunk.slice());
-        data.queuedBytes += chunk.length;
-        continue;
-      }
-      const written = socket.write(chunk);
-      if (written < chunk.length) {
-        const rest = chunk.slice(Math.max(0, written));
-        data.queue.push(rest);
-        data.queuedBytes += rest.length;
-      }
-    }
-    if (data.queuedBytes > replicaSendQueueBytesMax) {
-      this.options.log.warn("peer is not reading; closing the replication connection", { queuedBytes: data.queuedBytes });
+    writeRun();
+    // What waits is a copy (SocketWriteQueue): a caller's buffer (guest memory, say) may be reused
+    // once the write it belongs to has completed without the peer.
+    if (data.output.queuedBytes > replicaSendQueueBytesMax) {
+      this.options.log.warn("peer is not reading; closing the replication connection", { queuedBytes: data.output.queuedBytes });
       this.drop(socket, "the peer stopped reading (send queue full)");
     }
   }
@@ -180,7 +154,7 @@ export class TcpPeerTransport implements PeerTransport {
       open: (socket: Socket<ConnectionData>) => {
         if (this.stopped) return void socket.terminate();
         const id = this.nextId++;
-        socket.data = { id, queue: [], queuedBytes: 0, pending: [], pendingBytes: 0, closedByUs: false, reported: false };
+        socket.data = { id, output: new SocketWriteQueue(), pending: [], closedByUs: false, reported: false };
         socket.setNoDelay(true);
         this.sockets.set(id, socket);
         this.handler?.connected(id, dialled);
@@ -190,21 +164,7 @@ export class TcpPeerTransport implements PeerTransport {
         // The handler keeps the buffer; Bun may reuse its own, so hand over a copy.
         this.handler?.data(socket.data.id, new Uint8Array(bytes));
       },
-      drain: (socket: Socket<ConnectionData>) => {
-        const data = socket.data;
-        if (!data) return;
-        while (data.queue.length > 0) {
-          const head = data.queue[0]!;
-          const written = socket.write(head);
-          if (written < head.length) {
-            data.queue[0] = head.subarray(Math.max(0, written));
-            data.queuedBytes -= Math.max(0, written);
-            return;
-          }
-          data.queue.shift();
-          data.queuedBytes -= head.length;
-        }
-      },
+      drain: (socket: Socket<ConnectionData>) => socket.data?.output.drain(socket),
       close: (socket: Socket<ConnectionData>, error?: Error) => {
         const data = socket.data;
         if (!data) return;

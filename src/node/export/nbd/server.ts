@@ -390,10 +390,10 @@ class Connection {
   }
 
   private endSocket(): void {
-    if (this.closed) return; // the client closed first: nothing to wait for
     this.socket.end();
     clearTimeout(this.lingerTimer);
-    if (this.closed) return; // end() can run the close handler at once (the client had closed its side)
+    // Closed already, or end() ran the close handler at once (the client had closed its side).
+    if (this.closed) return;
     // A client that never closes its side is cut after the linger time (short when the daemon is
     // stopping: every reply has been written by now, and an idle client must not hold it up).
     this.lingerTimer = setTimeout(() => this.socket.terminate(), this.shuttingDown ? nbdShutdownLingerMs : nbdCloseLingerMs);
