@@ -7,7 +7,7 @@
 //   --bug ackBeforePeer|forgetTransferLog|skipDirtyUnion   run with a deliberately broken core
 // Exit status 1 when any run failed.
 import type { ReplicaBugs } from "../../src/replica/config.ts";
-import { runSimulation } from "./simulation.ts";
+import { runSeeds, runSimulation } from "./simulation.ts";
 
 function argument(name: string): string | undefined {
   const index = process.argv.indexOf(`--${name}`);
@@ -33,21 +33,18 @@ if (single !== undefined) {
 
 const count = Number(argument("seeds") ?? 100);
 const from = Number(argument("from") ?? 1);
-const started = performance.now();
-const failing: number[] = [];
 const classes: Record<string, number> = {};
-let events = 0;
-for (let seed = from; seed < from + count; seed++) {
-  const result = runSimulation({ seed, long, bugs });
-  events += result.stats.events ?? 0;
-  if (!result.ok) {
-    failing.push(seed);
-    const first = result.failures[0]!;
-    classes[first.class] = (classes[first.class] ?? 0) + 1;
-    console.log(`seed ${seed} FAILED: ${first.class} [${first.checker}]: ${first.message.split("\n")[0]}`);
-  }
-}
-const seconds = (performance.now() - started) / 1000;
-console.log(`${count} seeds from ${from}${long ? " (long)" : ""}: ${count - failing.length} ok, ${failing.length} failed ${JSON.stringify(classes)} in ${seconds.toFixed(1)} s (${(events / seconds / 1000).toFixed(0)}k events/s)`);
+const summary = runSeeds({
+  from,
+  count,
+  long,
+  bugs,
+  onFailure: (seed, failure) => {
+    classes[failure.class] = (classes[failure.class] ?? 0) + 1;
+    console.log(`seed ${seed} FAILED: ${failure.class} [${failure.checker}]: ${failure.message.split("\n")[0]}`);
+  },
+});
+const failing = summary.failing.map((entry) => entry.seed);
+console.log(`${count} seeds from ${from}${long ? " (long)" : ""}: ${count - failing.length} ok, ${failing.length} failed ${JSON.stringify(classes)} in ${summary.seconds.toFixed(1)} s (${(summary.events / summary.seconds / 1000).toFixed(0)}k events/s)`);
 if (failing.length > 0) console.log(`replay with: bun test/sim/run.ts --seed ${failing[0]}${long ? " --long" : ""}${bug ? ` --bug ${bug}` : ""}`);
 process.exit(failing.length > 0 ? 1 : 0);

@@ -830,3 +830,42 @@ function intruderHandshake(random: SimRandom, clusterId: Uint8Array, claims: str
     ...encodeMessage({ type: MessageType.Auth, volumeId: 0, requestId: 0, mac }),
   ]);
 }
+
+export interface SeedRunOptions {
+  from: number;
+  count: number;
+  long?: boolean;
+  bugs?: ReplicaBugs;
+  /** Stop at the first failing seed (to show a planted bug is caught). */
+  stopAtFirstFailure?: boolean;
+  /** Told of each failing seed as it happens (long runs print as they go). */
+  onFailure?: (seed: number, failure: Failure) => void;
+}
+
+export interface SeedRunSummary {
+  /** Each failing seed with its first failure. */
+  failing: { seed: number; failure: Failure }[];
+  ran: number;
+  events: number;
+  seconds: number;
+}
+
+/** Run seeds `from`..`from + count - 1`: what the command line and the CI test both do. */
+export function runSeeds(options: SeedRunOptions): SeedRunSummary {
+  const started = performance.now();
+  const failing: SeedRunSummary["failing"] = [];
+  let events = 0;
+  let ran = 0;
+  for (let seed = options.from; seed < options.from + options.count; seed++) {
+    const result = runSimulation({ seed, long: options.long, bugs: options.bugs });
+    ran++;
+    events += result.stats.events ?? 0;
+    if (!result.ok) {
+      const failure = result.failures[0]!;
+      failing.push({ seed, failure });
+      options.onFailure?.(seed, failure);
+      if (options.stopAtFirstFailure) break;
+    }
+  }
+  return { failing, ran, events, seconds: (performance.now() - started) / 1000 };
+}
