@@ -19,6 +19,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseSize } from "../src/common/size.ts";
+import { median } from "./stats.ts";
 
 const MiB = 1024 * 1024;
 const here = path.dirname(new URL(import.meta.url).pathname);
@@ -226,12 +227,6 @@ async function measure(server: Server, workload: string, options: Options, runNu
     latencyP50Us: (percentiles["50.000000"] ?? 0) / 1000,
     latencyP99Us: (percentiles["99.000000"] ?? 0) / 1000,
   };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 interface Summary {

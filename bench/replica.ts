@@ -23,11 +23,11 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { parseSize } from "../src/common/size.ts";
+import { cliEntry, runCli } from "../test/helpers/daemon.ts";
+import { median } from "./stats.ts";
 import { LinkRelay } from "../src/node/lab/relay.ts";
 
 const MiB = 1024 * 1024;
-const repository = path.resolve(import.meta.dir, "..");
-const cliEntry = path.join(repository, "src/cli/main.ts");
 
 // Helper modes: this file is also the copy receiver and the relay process of part 2.
 if (process.argv[2] === "--receive") {
@@ -84,7 +84,7 @@ async function run(command: string[], options: { timeoutMs?: number; env?: Recor
 }
 
 async function tandem(args: string[]): Promise<string> {
-  const result = await run([process.execPath, cliEntry, ...args], { timeoutMs: 120_000 });
+  const result = await runCli(args, { timeoutMs: 120_000, cwd: dir });
   if (result.code !== 0) throw new Error(`tandem ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
   return result.stdout;
 }
@@ -113,7 +113,7 @@ const helpers: { kill(signal?: number | NodeJS.Signals): void }[] = [solo];
 
 async function shutdown(): Promise<void> {
   for (const helper of helpers) helper.kill("SIGTERM");
-  await run([process.execPath, cliEntry, "lab", "down", "--dir", labDir], { timeoutMs: 60_000 });
+  await runCli(["lab", "down", "--dir", labDir], { timeoutMs: 60_000, cwd: dir });
 }
 
 try {
@@ -252,11 +252,6 @@ try {
   const during = await resyncOnce(true);
 
   // ------------------------------------------------------------ report
-  const median = (list: number[]) => {
-    const sorted = [...list].sort((x, y) => x - y);
-    const middle = Math.floor(sorted.length / 2);
-    return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-  };
   const cell = (key: string, field: keyof FioSide) => median(samples[key]!.map((sample) => sample[field]));
   const spread = (key: string, field: keyof FioSide) => `${Math.round(Math.min(...samples[key]!.map((s) => s[field])))}–${Math.round(Math.max(...samples[key]!.map((s) => s[field])))}`;
   const mirroredQd1 = cell("mirrored.qd1", "meanUs");

@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { parseSize } from "../src/common/size.ts";
+import { median } from "./stats.ts";
 import { startBackendProcess, type BackendProcess } from "../test/helpers/vhost-backend-process.ts";
 import { fioScript, runGuest, vhostLabDirectory } from "../test/helpers/vhost-guest.ts";
 
@@ -141,11 +142,6 @@ try {
   for (const stop of stops) await stop();
 }
 
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-};
 const round = (value: number, digits = 0) => Number(value.toFixed(digits));
 
 const rows: string[] = [
