@@ -83,6 +83,19 @@ function moduleChain(moduleRoot: string, wanted: string[]): string[] {
   return order;
 }
 
+/** Copy `wanted` kernel modules and their dependencies into `directory`; their names in load order. */
+function copyModules(version: string, directory: string, wanted: string[]): string[] {
+  const moduleRoot = path.join("/lib/modules", version);
+  fs.mkdirSync(directory, { recursive: true });
+  const names: string[] = [];
+  for (const relative of moduleChain(moduleRoot, wanted)) {
+    const name = path.basename(relative).replace(/\.ko.*$/, "");
+    decompressModule(path.join(moduleRoot, relative), path.join(directory, `${name}.ko`));
+    names.push(name);
+  }
+  return names;
+}
+
 /** The base initramfs: static busybox, our /init, the virtio modules and fio; built once per key. */
 function baseInitramfs(labDir: string): string {
   const { version } = kernel();
@@ -103,13 +116,7 @@ function baseInitramfs(labDir: string): string {
     fs.chmodSync(path.join(root, "bin/busybox"), 0o755);
     fs.copyFileSync(guestInit, path.join(root, "init"));
     fs.chmodSync(path.join(root, "init"), 0o755);
-    const moduleRoot = path.join("/lib/modules", version);
-    const names: string[] = [];
-    for (const relative of moduleChain(moduleRoot, ["virtio_pci", "virtio_blk"])) {
-      const name = path.basename(relative).replace(/\.ko.*$/, "");
-      decompressModule(path.join(moduleRoot, relative), path.join(root, "lib/modules", `${name}.ko`));
-      names.push(name);
-    }
+    const names = copyModules(version, path.join(root, "lib/modules"), ["virtio_pci", "virtio_blk"]);
     fs.writeFileSync(path.join(root, "modules.order"), names.join("\n") + "\n");
     addBinary(root, fio, "bin/fio");
     fs.copyFileSync(fs.realpathSync("/lib64/ld-linux-x86-64.so.2"), path.join(root, "lib64/ld-linux-x86-64.so.2"));
@@ -142,25 +149,13 @@ function addBinary(root: string, binary: string, as: string): void {
   }
 }
 
-/** Kernel modules for ext4, in load order (decompressed if the distribution compresses them). */
-const ext4Modules = ["kernel/lib/crc16.ko", "kernel/fs/mbcache.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/crypto/crc32c_generic.ko", "kernel/fs/ext4/ext4.ko"];
-
 function addExt4(root: string): void {
   addBinary(root, "/usr/sbin/mke2fs", "opt/tandem/mke2fs");
   fs.mkdirSync(path.join(root, "etc"), { recursive: true });
   if (fs.existsSync("/etc/mke2fs.conf")) fs.copyFileSync("/etc/mke2fs.conf", path.join(root, "etc/mke2fs.conf"));
+  // ext4 and what modules.dep says it needs; crc32c_generic is only its soft dependency, named here.
   const directory = path.join(root, "lib/modules/extra");
-  fs.mkdirSync(directory, { recursive: true });
-  const moduleRoot = path.join("/lib/modules", kernel().version);
-  const order: string[] = [];
-  for (const relative of ext4Modules) {
-    const name = path.basename(relative, ".ko");
-    const source = [relative, `${relative}.xz`, `${relative}.zst`].map((r) => path.join(moduleRoot, r)).find((p) => fs.existsSync(p));
-    if (!source) continue; // built into this kernel
-    const target = path.join(directory, `${name}.ko`);
-    decompressModule(source, target);
-    order.push(name);
-  }
+  const order = copyModules(kernel().version, directory, ["crc32c_generic", "ext4"]);
   fs.writeFileSync(path.join(directory, "order"), order.join("\n") + "\n");
 }
 
