@@ -32,7 +32,6 @@ export class NodeReplication implements ReplicationService {
   private readonly driver: ReplicaDriver;
   private readonly metadataLayers = new Map<number, FileLayer>();
   private peerHandler: ((payload: Uint8Array) => Promise<Uint8Array>) | undefined;
-  private linkUp = false;
   private linkSinceMs = Date.now();
   private readonly reportListeners = new Set<(report: ReplicaReport) => void>();
 
@@ -61,10 +60,8 @@ export class NodeReplication implements ReplicationService {
   }
 
   private observe(report: ReplicaReport): void {
-    if (report.kind === "linkUp" || report.kind === "linkDown") {
-      this.linkUp = report.kind === "linkUp";
-      this.linkSinceMs = Date.now();
-    }
+    // The core counts ticks; status shows wall-clock time since the link last went up or down.
+    if (report.kind === "linkUp" || report.kind === "linkDown") this.linkSinceMs = Date.now();
     for (const listener of this.reportListeners) listener(report);
   }
 
@@ -140,7 +137,7 @@ export class NodeReplication implements ReplicationService {
 
   link(): Record<string, unknown> {
     const link = this.driver.link();
-    return { ...link, connected: this.linkUp, sinceMs: this.linkSinceMs };
+    return { ...link, connected: link.state === "up", sinceMs: this.linkSinceMs };
   }
 
   verify(volumeId: number, repair: boolean): Promise<unknown> {
