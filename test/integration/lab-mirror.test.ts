@@ -9,6 +9,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { runCli } from "../helpers/daemon.ts";
+import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
 
 const MiB = 1024 * 1024;
 const volume = "mirror";
@@ -18,38 +19,12 @@ interface LabJson {
   dir: string;
   nodes: { name: string; control: string; nbd: string; dataDir: string }[];
 }
-interface VolumeJson {
-  name: string;
-  size: number;
-  nodes: { node: string; backing: string; role: string; state: string }[];
-}
-
 let lab: LabJson;
 let dir: string;
 
-async function cli(args: string[], node = "a"): Promise<{ code: number; stdout: string; stderr: string }> {
-  return runCli([...args, "--socket", path.join(dir, node, "control.sock")]);
-}
-
-async function volumeState(node: string): Promise<VolumeJson | undefined> {
-  const result = await cli(["volume", "list", "--json"], node);
-  if (result.code !== 0) return undefined;
-  return (JSON.parse(result.stdout) as { volumes: VolumeJson[] }).volumes.find((entry) => entry.name === volume);
-}
-
-/** Wait until both nodes report the volume synced. */
-async function waitSynced(timeoutMs = 90_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = "";
-  while (Date.now() < deadline) {
-    const a = await volumeState("a");
-    const b = await volumeState("b");
-    last = JSON.stringify([a?.nodes, b?.nodes]);
-    if (a?.nodes.every((node) => node.state === "synced") && b?.nodes.every((node) => node.state === "synced")) return;
-    await Bun.sleep(200);
-  }
-  throw new Error(`not synced within ${timeoutMs} ms: ${last}`);
-}
+const cli = (args: string[], node = "a") => labCli(dir, args, node);
+const volumeState = (node: string) => labVolume(dir, volume, node);
+const waitSynced = () => waitLabSynced(dir, volume, 90_000);
 
 function fio(args: string[], timeoutMs: number) {
   const uri = `nbd+unix:///${volume}?socket=${lab.nodes[0]!.nbd}`;

@@ -10,39 +10,19 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { runCli } from "../helpers/daemon.ts";
+import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
 
 const MiB = 1024 * 1024;
 const volume = "ops";
 const volumeBytes = 256 * MiB;
 
-interface VolumeJson {
-  name: string;
-  nodes: { node: string; role: string; state: string; detail?: { progress?: string } }[];
-}
-
 let dir: string;
 let nbdA: string;
 
-const cli = (args: string[], node = "a") => runCli([...args, "--socket", path.join(dir, node, "control.sock")]);
+const cli = (args: string[], node = "a") => labCli(dir, args, node);
 const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
-
-async function replicas(node = "a"): Promise<VolumeJson["nodes"]> {
-  const listed = await cli(["volume", "list", "--json"], node);
-  if (listed.code !== 0) return [];
-  return (JSON.parse(listed.stdout) as { volumes: VolumeJson[] }).volumes.find((entry) => entry.name === volume)?.nodes ?? [];
-}
-
-async function waitSynced(timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    const [a, b] = [await replicas("a"), await replicas("b")];
-    last = [a, b];
-    if (a.length === 2 && b.length === 2 && [...a, ...b].every((replica) => replica.state === "synced")) return;
-    await Bun.sleep(200);
-  }
-  throw new Error(`not synced within ${timeoutMs} ms: ${JSON.stringify(last)}`);
-}
+const replicas = async (node = "a") => (await labVolume(dir, volume, node))?.nodes ?? [];
+const waitSynced = () => waitLabSynced(dir, volume, 120_000);
 
 async function linkConnected(node: string): Promise<boolean> {
   const status = await cli(["status", "--json"], node);
