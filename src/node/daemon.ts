@@ -29,8 +29,8 @@ export const tandemVersion = "0.1.0";
 export interface RunningNode {
   readonly config: NodeConfig;
   readonly volumes: VolumeManager;
-  /** Resolves when the node has stopped (after `stop`, or a fatal error). */
-  readonly stopped: Promise<void>;
+  /** Resolves when the node has stopped (after `stop`, or a fatal error); `clean`: every step of the shutdown succeeded. */
+  readonly stopped: Promise<{ clean: boolean }>;
   stop(reason: string): Promise<void>;
 }
 
@@ -205,8 +205,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let vhost: VhostExports | undefined;
   let control: ControlServer | undefined;
   let replication: (ReplicationService & { start(): void; stop(): Promise<void> }) | undefined;
-  let resolveStopped!: () => void;
-  const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
+  let resolveStopped!: (outcome: { clean: boolean }) => void;
+  const stopped = new Promise<{ clean: boolean }>((resolve) => (resolveStopped = resolve));
   let stopping: Promise<void> | undefined;
 
   const stop = (reason: string): Promise<void> => {
@@ -216,20 +216,30 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         log.error("shutdown did not finish in time; exiting with IO possibly in flight", { timeoutMs: shutdownDrainTimeoutMs });
         process.exit(1);
       }, shutdownDrainTimeoutMs);
-      try {
-        await control?.stop();
-        await nbd?.close({ drain: true });
-        await vhost?.closeAll();
-        await volumes?.closeAll();
-        await replication?.stop();
+      // Each step runs even when an earlier one failed (the volumes must still close, the state
+      // and the lock must still be released); a failure is logged and makes the exit non-zero.
+      let clean = true;
+      const step = async (what: string, run: () => unknown) => {
+        try {
+          await run();
+        } catch (error) {
+          clean = false;
+          log.error("shutdown step failed", { step: what, error });
+        }
+      };
+      await step("control API", () => control?.stop());
+      await step("NBD server", () => nbd?.close({ drain: true }));
+      await step("vhost exports", () => vhost?.closeAll());
+      await step("volumes", () => volumes?.closeAll());
+      await step("replication", () => replication?.stop());
+      await step("state", () => {
         state?.addEvent("info", "node-stopped", null, `node stopped: ${reason}`);
         state?.close();
-      } finally {
-        clearTimeout(timer);
-        unlock();
-        log.info("node stopped", { reason });
-        resolveStopped();
-      }
+      });
+      clearTimeout(timer);
+      unlock();
+      log.info("node stopped", { reason, clean });
+      resolveStopped({ clean });
     })();
     return stopping;
   };

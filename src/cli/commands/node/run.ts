@@ -1,5 +1,5 @@
 // `tandem node run --config FILE`: the daemon itself, in the foreground (systemd's ExecStart, the
-// lab's node processes). Logs go to stdout as JSON lines; SIGTERM or SIGINT drains and exits 0.
+// lab's node processes). Logs go to stdout as JSON lines; SIGTERM or SIGINT drains and exits 0 (1 if a shutdown step failed; the log names it).
 import { Command, Option } from "clipanion";
 import { createLogger, isLogLevel } from "../../../common/log.ts";
 import { TandemError } from "../../../common/errors.ts";
@@ -16,7 +16,7 @@ export class NodeRunCommand extends TandemCommand {
     details: `
       Opens the data directory named in the config file, every volume in it, the NBD listener and
       the recorded vhost-user exports, then serves the control API on the config's control socket
-      until SIGTERM or SIGINT, when in-flight IO drains and the process exits 0. The config is JSON
+      until SIGTERM or SIGINT, when in-flight IO drains and the process exits 0 (1 if a shutdown step failed, logged). The config is JSON
       (\`.json\`) or TOML; see docs/configuration.md. Logs are JSON lines on stdout.
     `,
     examples: [["Run the daemon as systemd does", "tandem node run --config /etc/tandem/node.toml"]],
@@ -34,7 +34,7 @@ export class NodeRunCommand extends TandemCommand {
     const onSignal = (signal: string) => void node.stop(`signal ${signal}`);
     process.on("SIGTERM", () => onSignal("SIGTERM"));
     process.on("SIGINT", () => onSignal("SIGINT"));
-    await node.stopped;
-    return 0;
+    const { clean } = await node.stopped;
+    return clean ? 0 : 1;
   }
 }
