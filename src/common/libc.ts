@@ -1,5 +1,6 @@
 // The few libc calls that node:fs does not expose, through bun:ffi: hole punching and zeroing
-// (fallocate), extent discovery (lseek SEEK_DATA / SEEK_HOLE), device sizes and discards (ioctl).
+// (fallocate), extent discovery (lseek SEEK_DATA / SEEK_HOLE), device sizes and discards (ioctl),
+// and whole-file advisory locks (flock) for the data directory and backing files.
 // Opened lazily so modules that import this for types do not load libc. Every wrapper returns a
 // value or throws an Error carrying the errno name in `code`, like node:fs does, so callers map
 // failures the same way whichever API produced them. The vhost-user export adds its socket, mmap
@@ -13,6 +14,7 @@ const symbols = {
   lseek: { args: [i32, i64, i32], returns: i64 },
   ioctl: { args: [i32, u64, ptr], returns: i32 },
   posix_fadvise: { args: [i32, i64, i64, i32], returns: i32 },
+  flock: { args: [i32, i32], returns: i32 },
   __errno_location: { args: [], returns: ptr },
 } as const;
 
@@ -26,7 +28,7 @@ function libc(): Library {
 /** errno numbers we name; anything else is reported as EIO-class with its number. */
 const errnoNames: Record<number, string> = {
   1: "EPERM", 2: "ENOENT", 5: "EIO", 6: "ENXIO", 9: "EBADF", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES",
-  14: "EFAULT", 16: "EBUSY", 19: "ENODEV", 22: "EINVAL", 25: "ENOTTY", 27: "EFBIG", 28: "ENOSPC",
+  4: "EINTR", 14: "EFAULT", 16: "EBUSY", 19: "ENODEV", 22: "EINVAL", 25: "ENOTTY", 27: "EFBIG", 28: "ENOSPC",
   30: "EROFS", 38: "ENOSYS", 95: "EOPNOTSUPP", 122: "EDQUOT",
 };
 
@@ -65,6 +67,25 @@ export function lseek(fd: number, offset: number, whence: number): number {
     throw systemError(`lseek(${offset}, ${whence})`, value);
   }
   return result;
+}
+
+// flock(2) operations.
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+
+/**
+ * Take an exclusive flock(2) on `fd` without waiting. Returns false when another open file
+ * description holds it (EWOULDBLOCK); the lock lasts until the descriptor is closed, so it dies
+ * with the process and a recycled pid can never hold it.
+ */
+export function tryLockExclusive(fd: number): boolean {
+  for (;;) {
+    if (libc().flock(fd, LOCK_EX | LOCK_NB) === 0) return true;
+    const value = errno();
+    if (value === 11 /* EWOULDBLOCK */) return false;
+    if (value === 4 /* EINTR */) continue;
+    throw systemError("flock(LOCK_EX)", value);
+  }
 }
 
 export const POSIX_FADV_WILLNEED = 3;

@@ -4,7 +4,7 @@
 // shutdown: state → volumes → exports → control API; on SIGTERM the control API stops first, the
 // exports drain (in-flight requests finish and are answered), then the volumes close (their gates
 // wait for IO below them), then the state closes. A second daemon on the same data directory is
-// refused (a lock file naming the live owner's pid).
+// refused (node-lock.ts: an flock on node.lock, which dies with its process).
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
@@ -17,6 +17,7 @@ import { type ControlRequest, type ControlServer, type Route, startControlServer
 import { startNbdServer, type NbdServer } from "./export/nbd/server.ts";
 import type { ExportSessionInfo } from "./export/types.ts";
 import { startVhostExport, type VhostExport } from "./export/vhost/server.ts";
+import { lockDataDir } from "./node-lock.ts";
 import { PairedVolumes, type ReplicationService } from "./pairing.ts";
 import { NodeState, type VhostExportRecord } from "./state.ts";
 import { VolumeManager } from "./volumes.ts";
@@ -32,34 +33,6 @@ export interface RunningNode {
   /** Resolves when the node has stopped (after `stop`, or a fatal error); `clean`: every step of the shutdown succeeded. */
   readonly stopped: Promise<{ clean: boolean }>;
   stop(reason: string): Promise<void>;
-}
-
-/** Take the data directory: refuse when a live process holds it, take over a dead one's lock. */
-function lockDataDir(dataDir: string): () => void {
-  const lockPath = path.join(dataDir, "node.lock");
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      fs.writeFileSync(lockPath, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
-      return () => {
-        if (fs.readFileSync(lockPath, "utf8").trim() === String(process.pid)) fs.rmSync(lockPath, { force: true });
-      };
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-      const owner = Number(fs.readFileSync(lockPath, "utf8").trim());
-      let alive = false;
-      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid) {
-        try {
-          process.kill(owner, 0);
-          alive = true;
-        } catch (killError) {
-          alive = (killError as NodeJS.ErrnoException).code === "EPERM";
-        }
-      }
-      if (alive) throw new TandemError("already_exists", `data directory ${dataDir} is in use by process ${owner}`);
-      fs.rmSync(lockPath, { force: true });
-    }
-  }
-  throw new TandemError("already_exists", `cannot lock data directory ${dataDir}`);
 }
 
 function stringField(body: Record<string, unknown>, field: string, required: true): string;
@@ -197,7 +170,7 @@ class VhostExports {
 
 export async function startNode(config: NodeConfig, log: Logger, replicationFactory?: ReplicationFactory): Promise<RunningNode> {
   fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const unlock = lockDataDir(config.dataDir);
+  const lock = lockDataDir(config.dataDir);
   const startedMs = Date.now();
   let state: NodeState | undefined;
   let volumes: VolumeManager | undefined;
@@ -237,7 +210,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         state?.close();
       });
       clearTimeout(timer);
-      unlock();
+      lock.release();
       log.info("node stopped", { reason, clean });
       resolveStopped({ clean });
     })();

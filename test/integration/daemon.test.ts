@@ -209,6 +209,24 @@ describe("restarts", () => {
     }
   });
 
+  test("node.lock naming a live but unrelated process (a recycled pid) does not block a restart; a live daemon still does", async () => {
+    const daemon = await TestDaemon.start();
+    try {
+      await daemon.kill();
+      // After a crash the pid in node.lock may belong to any process by now: here, this test runner.
+      const lockPath = path.join(daemon.dataDir, "node.lock");
+      fs.writeFileSync(lockPath, `${process.pid}\n`);
+      await daemon.start();
+      expect(fs.readFileSync(lockPath, "utf8").trim()).toBe(String(daemon.pid));
+      const second = await runCli(["node", "run", "--config", daemon.configPath], { timeoutMs: 20_000, cwd: daemon.dir });
+      expect(second.code).toBe(5);
+      expect(second.stderr).toMatch(new RegExp(`in use by process ${daemon.pid}`));
+      expect((await daemon.cli(["status"])).code).toBe(0);
+    } finally {
+      await daemon.cleanup();
+    }
+  });
+
   test("after SIGKILL, flushed data and every volume are still there", async () => {
     const daemon = await TestDaemon.start();
     try {
