@@ -2,7 +2,10 @@
 // when the daemon creates it). Routes are a table of method + path pattern → handler; each handler
 // takes the parsed request and returns a JSON-able value, or throws a TandemError whose code picks
 // the HTTP status (http.ts). Any other exception is a bug: it is logged with its stack and answered
-// as `internal`, and the daemon keeps serving. Bodies are bounded (constants.ts).
+// as `internal`, and the daemon keeps serving. Whatever arrives gets a JSON answer, never Bun's HTML
+// error page: a malformed URL is a 400, an unknown path a 404, a wrong method a 405, a body over the
+// bound (constants.ts) a 413 — declared or streamed, it is never read past the bound. Only a request
+// line Bun's HTTP parser cannot read at all gets the parser's own bodiless 400.
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
@@ -45,17 +48,48 @@ function compile(route: Route): CompiledRoute {
   return { method: route.method, pattern: new RegExp(`^${apiPrefix}${source}$`), names, handler: route.handler };
 }
 
-function errorResponse(code: keyof typeof httpStatusOf, message: string, details?: Record<string, unknown>): Response {
+function errorResponse(code: keyof typeof httpStatusOf, message: string, details?: Record<string, unknown>, status = httpStatusOf[code], headers?: Record<string, string>): Response {
   const body: ErrorBody = { error: { code, message, ...(details ? { details } : {}) } };
-  return Response.json(body, { status: httpStatusOf[code] });
+  return Response.json(body, { status, headers });
+}
+
+/** A request refused before any handler runs, with its own HTTP status (400, 405, 413). */
+class RequestRefused extends TandemError {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers?: Record<string, string>,
+  ) {
+    super("invalid_argument", message);
+  }
+}
+
+const bodyTooLarge = () => new RequestRefused(413, `request body over ${controlRequestBytesMax} bytes`);
+
+/** The body as text, read no further than the bound whether its length was declared or not. */
+async function readBoundedText(request: Request): Promise<string> {
+  const declared = request.headers.get("content-length");
+  if (declared !== null && !(Number(declared) <= controlRequestBytesMax)) throw bodyTooLarge();
+  const reader = request.body?.getReader();
+  if (!reader) return "";
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > controlRequestBytesMax) {
+      await reader.cancel().catch(() => {});
+      throw bodyTooLarge();
+    }
+    chunks.push(value);
+  }
+  return new TextDecoder().decode(Buffer.concat(chunks));
 }
 
 async function readBody(request: Request): Promise<Record<string, unknown>> {
   if (request.method === "GET" || request.method === "DELETE") return {};
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > controlRequestBytesMax) throw new TandemError("invalid_argument", `request body over ${controlRequestBytesMax} bytes`);
-  const text = await request.text();
-  if (text.length > controlRequestBytesMax) throw new TandemError("invalid_argument", `request body over ${controlRequestBytesMax} bytes`);
+  const text = await readBoundedText(request);
   if (text.trim() === "") return {};
   let parsed: unknown;
   try {
@@ -96,36 +130,67 @@ export async function startControlServer(options: { socketPath: string; routes: 
   if (!fs.existsSync(directory)) fs.mkdirSync(directory, { recursive: true, mode: 0o700 });
   await claimSocket(options.socketPath);
 
-  const handle = async (request: Request): Promise<Response> => {
-    const url = new URL(request.url);
-    let allowed: string[] = [];
-    for (const route of routes) {
-      const match = route.pattern.exec(url.pathname);
+  /** The route for a path, with its decoded parameters; 404 or 405 as a RequestRefused. */
+  const route = (method: string, pathname: string): { route: CompiledRoute; params: Record<string, string> } => {
+    const allowed: string[] = [];
+    for (const candidate of routes) {
+      const match = candidate.pattern.exec(pathname);
       if (!match) continue;
-      if (route.method !== request.method) {
-        allowed.push(route.method);
+      if (candidate.method !== method) {
+        allowed.push(candidate.method);
         continue;
       }
       const params: Record<string, string> = {};
-      route.names.forEach((name, index) => (params[name] = decodeURIComponent(match[index + 1]!)));
-      try {
-        const body = await readBody(request);
-        const result = await route.handler({ params, query: url.searchParams, body });
-        return Response.json(result ?? {});
-      } catch (error) {
-        if (error instanceof TandemError) {
-          log.info("request refused", { method: request.method, path: url.pathname, code: error.code, message: error.message });
-          return errorResponse(error.code, error.message, error.details);
+      candidate.names.forEach((name, index) => {
+        try {
+          params[name] = decodeURIComponent(match[index + 1]!);
+        } catch {
+          throw new RequestRefused(400, `malformed URL: the ${name} in ${pathname} is not valid percent-encoding`);
         }
-        log.error("request failed with an unexpected error", { method: request.method, path: url.pathname, error, stack: (error as Error)?.stack });
-        return errorResponse("internal", `internal error: ${(error as Error)?.message ?? String(error)}`);
-      }
+      });
+      return { route: candidate, params };
     }
-    if (allowed.length > 0) return errorResponse("invalid_argument", `${request.method} is not allowed on ${url.pathname} (allowed: ${allowed.join(", ")})`);
-    return errorResponse("not_found", `no such endpoint: ${request.method} ${url.pathname}`);
+    if (allowed.length > 0) throw new RequestRefused(405, `${method} is not allowed on ${pathname} (allowed: ${allowed.join(", ")})`, { allow: allowed.join(", ") });
+    throw new TandemError("not_found", `no such endpoint: ${method} ${pathname}`);
   };
 
-  const server = Bun.serve({ unix: options.socketPath, fetch: handle, maxRequestBodySize: controlRequestBytesMax });
+  const handle = async (request: Request): Promise<Response> => {
+    let method = request.method;
+    let pathname = "(unparsed)";
+    try {
+      const url = new URL(request.url);
+      pathname = url.pathname;
+      const { route: matched, params } = route(method, pathname);
+      const body = await readBody(request);
+      const result = await matched.handler({ params, query: url.searchParams, body });
+      return Response.json(result ?? {});
+    } catch (error) {
+      if (error instanceof RequestRefused) {
+        log.info("request refused", { method, path: pathname, status: error.status, message: error.message });
+        return errorResponse(error.code, error.message, undefined, error.status, error.headers);
+      }
+      if (error instanceof TandemError) {
+        log.info("request refused", { method, path: pathname, code: error.code, message: error.message });
+        return errorResponse(error.code, error.message, error.details);
+      }
+      log.error("request failed with an unexpected error", { method, path: pathname, error, stack: (error as Error)?.stack });
+      return errorResponse("internal", `internal error: ${(error as Error)?.message ?? String(error)}`);
+    }
+  };
+
+  // Bun's own limit would answer an oversized body with a bare 413; readBoundedText answers it in
+  // JSON instead, so Bun's is set far above ours. `development: false` and `error` keep Bun's HTML
+  // error page (with source paths) out of every answer, even if a bug escapes `handle`.
+  const server = Bun.serve({
+    unix: options.socketPath,
+    fetch: handle,
+    development: false,
+    maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+    error: (error) => {
+      log.error("request failed outside its handler", { error, stack: error?.stack });
+      return errorResponse("internal", `internal error: ${error?.message ?? String(error)}`);
+    },
+  });
   fs.chmodSync(options.socketPath, 0o600);
   log.info("control API listening", { socket: options.socketPath });
   return {
