@@ -64,6 +64,9 @@ export const controlRequestBytesMax = 1 * MiB;
 /** Events kept in the node's event log; older ones are pruned. */
 export const eventLogEntriesMax = 100_000;
 
+/** Longest unix socket path: sockaddr_un.sun_path is 108 bytes with its terminating NUL. */
+export const unixSocketPathBytesMax = 107;
+
 // ---- Daemon lifecycle (src/node) ----
 /** On SIGTERM, in-flight IO gets this long to drain before the daemon exits anyway. */
 export const shutdownDrainTimeoutMs = 20_000;

@@ -8,6 +8,7 @@
 import fs from "node:fs";
 import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { assert } from "./assert.ts";
+import { unixSocketPathBytesMax } from "../constants.ts";
 import { errno, systemError } from "./libc.ts";
 
 const { i32, i64, u32, u64: usize, ptr: pointer } = FFIType;
@@ -92,7 +93,6 @@ export const epollEventDataOffset = process.arch === "x64" ? 4 : 8;
 /** Descriptors one recvmsg can deliver before we call the message malformed (MSG_CTRUNC). */
 const receiveFdsMax = 32;
 const sockaddrUnixBytes = 110;
-const unixPathBytesMax = 107;
 
 function check(result: number, what: string): number {
   if (result < 0) throw systemError(what);
@@ -101,8 +101,8 @@ function check(result: number, what: string): number {
 
 function socketAddress(path: string): Uint8Array {
   const encoded = new TextEncoder().encode(path);
-  if (encoded.length === 0 || encoded.length > unixPathBytesMax) {
-    throw Object.assign(new Error(`unix socket path is empty or longer than ${unixPathBytesMax} bytes: ${path}`), { code: "ENAMETOOLONG" });
+  if (encoded.length === 0 || encoded.length > unixSocketPathBytesMax) {
+    throw Object.assign(new Error(`unix socket path is empty or longer than ${unixSocketPathBytesMax} bytes: ${path}`), { code: "ENAMETOOLONG" });
   }
   const address = new Uint8Array(sockaddrUnixBytes);
   new DataView(address.buffer).setUint16(0, AF_UNIX, true);

@@ -2,13 +2,16 @@
 // reach its peer. JSON (`.json`) or TOML (any other extension), parsed from a table of fields with
 // their types and defaults rather than an if-chain (CONVENTIONS.md §7). Relative paths are taken
 // relative to the file's directory, so a lab or an installer can write a self-contained directory.
-// Every mistake is reported with the field's name; nothing is guessed.
+// Every mistake is reported with the field's name; nothing is guessed: an unknown key is refused in
+// every table, a pairing secret others can read is refused, and a path that cannot be what it names
+// (a data directory that is a file, a socket path longer than a unix socket address holds) is a field
+// error at load time, not a stack trace later.
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
 import { isLogLevel, type LogLevel } from "../common/log.ts";
 import { parseSize } from "../common/size.ts";
-import { replicaResyncRateBytesPerSecondDefault, replicaSecretBytesMax, replicaSecretBytesMin } from "../constants.ts";
+import { replicaResyncRateBytesPerSecondDefault, replicaSecretBytesMax, replicaSecretBytesMin, unixSocketPathBytesMax } from "../constants.ts";
 
 /** Where the CLI finds the daemon when neither --socket nor TANDEM_SOCKET says otherwise. */
 export const defaultControlSocketPath = "/run/tandem/control.sock";
@@ -43,6 +46,10 @@ export interface NodeConfig {
   nbdTcp: HostPort | undefined;
   /** Directory vhost-user sockets go to when an export names no path. */
   vhostSocketDir: string;
+  /** Group given access to vhost-user sockets (mode 0660); undefined: root only (mode 0600). */
+  vhostSocketGroup: { name: string; gid: number } | undefined;
+  /** Whether `export vhost --path` may name a socket outside `vhostSocketDir`. */
+  vhostAllowAnyPath: boolean;
   logLevel: LogLevel;
   peer: PeerConfig | undefined;
   /** The witness disk or file (used by the quorum; recorded now so a lab can name it). */
@@ -84,49 +91,116 @@ function text(source: string, raw: Raw, field: string, prefix = ""): string | un
   return value;
 }
 
-const knownTopFields = new Set(["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness"]);
+function flag(source: string, raw: Raw, field: string, prefix: string): boolean {
+  const value = raw[field];
+  if (value === undefined) return false;
+  if (typeof value !== "boolean") fail(source, prefix + field, "must be true or false");
+  return value;
+}
+
+/** The keys each table may hold; anything else is a mistake (a typo would otherwise be ignored). */
+const knownFields = {
+  "": ["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness"],
+  "nbd.": ["socket", "tcp"],
+  "vhost.": ["socketDir", "socketGroup", "allowAnyPath"],
+  "log.": ["level"],
+  "peer.": ["name", "address", "listen", "secretFile", "clusterId", "resyncRate"],
+  "witness.": ["path"],
+} as const;
+
+function refuseUnknown(source: string, raw: Raw, prefix: keyof typeof knownFields): void {
+  const known: readonly string[] = knownFields[prefix];
+  for (const key of Object.keys(raw)) if (!known.includes(key)) fail(source, prefix + key, "unknown field");
+}
+
+/** A unix socket path must fit sockaddr_un.sun_path with its terminating NUL. */
+function socketPath(source: string, field: string, value: string): string {
+  const bytes = Buffer.byteLength(value);
+  if (bytes > unixSocketPathBytesMax) fail(source, field, `${value} is ${bytes} bytes; a unix socket path holds at most ${unixSocketPathBytesMax}`);
+  return value;
+}
+
+/** A group name or number from the group database. */
+function resolveGroup(source: string, field: string, value: unknown): { name: string; gid: number } {
+  if (typeof value !== "string" && typeof value !== "number") fail(source, field, "must be a group name or number");
+  let lines: string[] = [];
+  try {
+    lines = fs.readFileSync("/etc/group", "utf8").split("\n");
+  } catch {
+    // No group database: only a number can be used.
+  }
+  for (const line of lines) {
+    const [name, , gid] = line.split(":");
+    if (name && gid !== undefined && (name === String(value) || gid === String(value))) return { name, gid: Number(gid) };
+  }
+  if (typeof value === "number" && Number.isInteger(value) && value >= 0) return { name: String(value), gid: value };
+  fail(source, field, `no group named ${value}`);
+}
+
+/** A secret file must be private: readable by its owner only. */
+function readSecretFile(source: string, file: string): Uint8Array {
+  let mode: number;
+  let secret: Uint8Array;
+  try {
+    mode = fs.statSync(file).mode;
+    secret = new Uint8Array(fs.readFileSync(file));
+  } catch (error) {
+    fail(source, "peer.secretFile", `cannot read ${file}: ${(error as Error).message}`);
+  }
+  if ((mode & 0o077) !== 0) fail(source, "peer.secretFile", `${file} has mode ${(mode & 0o777).toString(8).padStart(4, "0")}: group or others may read or change the pairing secret; chmod 600 it`);
+  return secret;
+}
 
 /** Parse a config document (already decoded from JSON or TOML). `baseDir` resolves relative paths. */
 export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"): NodeConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail(source, "(top)", "must be a table");
   const top = raw as Raw;
-  for (const key of Object.keys(top)) if (!knownTopFields.has(key)) fail(source, key, "unknown field");
+  refuseUnknown(source, top, "");
   const resolve = (value: string) => path.resolve(baseDir, value);
 
   const name = text(source, top, "name") ?? fail(source, "name", "is required");
   if (!nodeNamePattern.test(name)) fail(source, "name", `"${name}" must be 1-31 of a-z 0-9 _ - starting with a letter or digit`);
   const dataDir = resolve(text(source, top, "dataDir") ?? fail(source, "dataDir", "is required"));
-  const controlSocket = resolve(text(source, top, "controlSocket") ?? path.join(dataDir, "control.sock"));
+  let dataDirStat: fs.Stats | undefined;
+  try {
+    dataDirStat = fs.statSync(dataDir);
+  } catch {
+    // Created at start-up.
+  }
+  if (dataDirStat && !dataDirStat.isDirectory()) fail(source, "dataDir", `${dataDir} exists and is not a directory`);
+  const controlSocket = socketPath(source, "controlSocket", resolve(text(source, top, "controlSocket") ?? path.join(dataDir, "control.sock")));
 
   const nbd = table(source, top, "nbd") ?? {};
-  const nbdSocket = resolve(text(source, nbd, "socket", "nbd.") ?? path.join(dataDir, "nbd.sock"));
+  refuseUnknown(source, nbd, "nbd.");
+  const nbdSocket = socketPath(source, "nbd.socket", resolve(text(source, nbd, "socket", "nbd.") ?? path.join(dataDir, "nbd.sock")));
   const nbdTcpText = text(source, nbd, "tcp", "nbd.");
   const nbdTcp = nbdTcpText === undefined ? undefined : parseHostPort(nbdTcpText, `${source}: nbd.tcp`);
 
   const vhost = table(source, top, "vhost") ?? {};
+  refuseUnknown(source, vhost, "vhost.");
   const vhostSocketDir = resolve(text(source, vhost, "socketDir", "vhost.") ?? path.join(dataDir, "vhost"));
+  const vhostSocketGroup = vhost.socketGroup === undefined ? undefined : resolveGroup(source, "vhost.socketGroup", vhost.socketGroup);
+  const vhostAllowAnyPath = flag(source, vhost, "allowAnyPath", "vhost.");
 
   const log = table(source, top, "log") ?? {};
+  refuseUnknown(source, log, "log.");
   const level = log.level ?? "info";
   if (!isLogLevel(level)) fail(source, "log.level", "must be debug, info, warn or error");
 
   const witness = table(source, top, "witness");
+  if (witness) refuseUnknown(source, witness, "witness.");
   const witnessPath = witness ? resolve(text(source, witness, "path", "witness.") ?? fail(source, "witness.path", "is required")) : undefined;
 
   let peer: PeerConfig | undefined;
   const peerRaw = table(source, top, "peer");
   if (peerRaw) {
+    refuseUnknown(source, peerRaw, "peer.");
     const peerName = text(source, peerRaw, "name", "peer.") ?? fail(source, "peer.name", "is required");
     if (!nodeNamePattern.test(peerName) || peerName === name) fail(source, "peer.name", `"${peerName}" must be a valid node name other than "${name}"`);
     const address = parseHostPort(text(source, peerRaw, "address", "peer.") ?? fail(source, "peer.address", "is required"), `${source}: peer.address`);
     const listen = parseHostPort(text(source, peerRaw, "listen", "peer.") ?? fail(source, "peer.listen", "is required"), `${source}: peer.listen`);
     const secretFile = resolve(text(source, peerRaw, "secretFile", "peer.") ?? fail(source, "peer.secretFile", "is required"));
-    let secret: Uint8Array;
-    try {
-      secret = new Uint8Array(fs.readFileSync(secretFile));
-    } catch (error) {
-      fail(source, "peer.secretFile", `cannot read ${secretFile}: ${(error as Error).message}`);
-    }
+    const secret = readSecretFile(source, secretFile);
     if (secret.length < replicaSecretBytesMin || secret.length > replicaSecretBytesMax) {
       fail(source, "peer.secretFile", `the secret must be ${replicaSecretBytesMin}..${replicaSecretBytesMax} bytes, it is ${secret.length}`);
     }
@@ -146,7 +220,7 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
     peer = { name: peerName, address, listen, secret, clusterId, resyncRateBytesPerSecond };
   }
 
-  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, vhostSocketDir, logLevel: level, peer, witnessPath, source };
+  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, source };
 }
 
 /** Read and parse a config file: JSON when it ends in .json, TOML otherwise. */

@@ -169,7 +169,11 @@ class VhostExports {
 }
 
 export async function startNode(config: NodeConfig, log: Logger, replicationFactory?: ReplicationFactory): Promise<RunningNode> {
-  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  try {
+    fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw new TandemError("invalid_argument", `${config.source}: dataDir: cannot create ${config.dataDir}: ${(error as Error).message}`);
+  }
   const lock = lockDataDir(config.dataDir);
   const startedMs = Date.now();
   let state: NodeState | undefined;

@@ -77,7 +77,7 @@ describe("operating the two-node lab", () => {
     expect((await lab(["kill", "b"])).code).toBe(0);
     const configPath = path.join(dir, "b", "config.json");
     const original = fs.readFileSync(configPath, "utf8");
-    fs.writeFileSync(path.join(dir, "wrong.secret"), randomBytes(32));
+    fs.writeFileSync(path.join(dir, "wrong.secret"), randomBytes(32), { mode: 0o600 });
     const config = JSON.parse(original);
     config.peer.secretFile = "../wrong.secret";
     fs.writeFileSync(configPath, JSON.stringify(config));

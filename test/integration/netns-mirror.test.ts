@@ -28,7 +28,7 @@ describe("mirroring across network namespaces", () => {
     pair = createNamespacePair();
     root = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-netns-"));
     const secretFile = path.join(root, "pairing.secret");
-    fs.writeFileSync(secretFile, crypto.getRandomValues(new Uint8Array(32)));
+    fs.writeFileSync(secretFile, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
     const clusterId = Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("hex");
     const peerConfig = (peer: string, peerAddress: string, listen: string) => ({
       peer: { name: peer, address: `${peerAddress}:${port}`, listen: `${listen}:${port}`, secretFile, clusterId },

@@ -16,6 +16,8 @@ describe("node config", () => {
       nbdSocket: "/srv/lab/data/nbd.sock",
       nbdTcp: undefined,
       vhostSocketDir: "/srv/lab/data/vhost",
+      vhostSocketGroup: undefined,
+      vhostAllowAnyPath: false,
       logLevel: "info",
       peer: undefined,
     });
@@ -24,7 +26,7 @@ describe("node config", () => {
   test("TOML and JSON files give the same config, with a peer and its secret", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
     try {
-      fs.writeFileSync(path.join(dir, "secret"), "0123456789abcdef0123");
+      fs.writeFileSync(path.join(dir, "secret"), "0123456789abcdef0123", { mode: 0o600 });
       const fields = { name: "a", dataDir: "d", nbd: { tcp: "127.0.0.1:10809" }, peer: { name: "b", address: "10.0.0.2:7788", listen: "[::1]:7788", secretFile: "secret", clusterId: "00112233445566778899aabbccddeeff" } };
       fs.writeFileSync(path.join(dir, "node.json"), JSON.stringify(fields));
       fs.writeFileSync(
@@ -63,6 +65,61 @@ describe("node config", () => {
       [{ name: "a", dataDir: "d", peer: { name: "b", address: "h:1", listen: "h:2", secretFile: "/nonexistent/secret", clusterId: "00" } }, /peer.secretFile: cannot read/],
     ];
     for (const [raw, message] of cases) expect(() => parseNodeConfig(raw, "/x", "node.toml")).toThrow(message);
+  });
+
+  test("unknown keys inside tables are refused as top-level ones are", () => {
+    const base = { name: "a", dataDir: "d" };
+    const cases: [Record<string, unknown>, string][] = [
+      [{ nbd: { socket: "n.sock", tpc: "127.0.0.1:1" } }, "nbd.tpc"],
+      [{ vhost: { socketdir: "v" } }, "vhost.socketdir"],
+      [{ log: { level: "info", format: "json" } }, "log.format"],
+      [{ witness: { path: "w", size: 1 } }, "witness.size"],
+      [{ peer: { name: "b", address: "h:1", listen: "h:2", secretFile: "s", clusterId: "00", resync: "1G" } }, "peer.resync"],
+    ];
+    for (const [fields, key] of cases) expect(() => parseNodeConfig({ ...base, ...fields }, "/x", "node.toml")).toThrow(`node.toml: ${key}: unknown field`);
+  });
+
+  test("a pairing secret that group or others can read is refused; mode 0600 and 0400 are accepted", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
+    try {
+      const secretFile = path.join(dir, "secret");
+      fs.writeFileSync(secretFile, "0123456789abcdef0123");
+      const config = { name: "a", dataDir: "d", peer: { name: "b", address: "h:1", listen: "h:2", secretFile, clusterId: "00112233445566778899aabbccddeeff" } };
+      for (const mode of [0o644, 0o640, 0o604, 0o660, 0o606]) {
+        fs.chmodSync(secretFile, mode);
+        expect(() => parseNodeConfig(config, dir, "node.toml")).toThrow(`node.toml: peer.secretFile: ${secretFile} has mode 0${mode.toString(8)}: group or others may read or change the pairing secret; chmod 600 it`);
+      }
+      for (const mode of [0o600, 0o400]) {
+        fs.chmodSync(secretFile, mode);
+        expect(new TextDecoder().decode(parseNodeConfig(config, dir).peer!.secret)).toBe("0123456789abcdef0123");
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("dataDir naming a file is a field error; a socket path longer than a unix address holds is too", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
+    try {
+      fs.writeFileSync(path.join(dir, "file"), "");
+      expect(() => parseNodeConfig({ name: "a", dataDir: "file" }, dir, "node.toml")).toThrow(`node.toml: dataDir: ${path.join(dir, "file")} exists and is not a directory`);
+      const long = "/run/" + "x".repeat(100) + ".sock"; // 110 bytes
+      expect(() => parseNodeConfig({ name: "a", dataDir: "d", controlSocket: long }, dir, "node.toml")).toThrow(`node.toml: controlSocket: ${long} is 110 bytes; a unix socket path holds at most 107`);
+      expect(() => parseNodeConfig({ name: "a", dataDir: "d", nbd: { socket: long } }, dir, "node.toml")).toThrow(/nbd.socket: .* is 110 bytes/);
+      const longest = "/run/" + "x".repeat(97) + ".sock"; // 107 bytes
+      expect(parseNodeConfig({ name: "a", dataDir: "d", controlSocket: longest }, dir).controlSocket).toBe(longest);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("vhost.socketGroup names a group by name or number; vhost.allowAnyPath is a boolean", () => {
+    const root = parseNodeConfig({ name: "a", dataDir: "d", vhost: { socketGroup: "root", allowAnyPath: true } }, "/x");
+    expect(root.vhostSocketGroup).toEqual({ name: "root", gid: 0 });
+    expect(root.vhostAllowAnyPath).toBe(true);
+    expect(parseNodeConfig({ name: "a", dataDir: "d", vhost: { socketGroup: 0 } }, "/x").vhostSocketGroup).toEqual({ name: "root", gid: 0 });
+    expect(() => parseNodeConfig({ name: "a", dataDir: "d", vhost: { socketGroup: "no-such-group-here" } }, "/x", "node.toml")).toThrow("node.toml: vhost.socketGroup: no group named no-such-group-here");
+    expect(() => parseNodeConfig({ name: "a", dataDir: "d", vhost: { allowAnyPath: "yes" } }, "/x", "node.toml")).toThrow("node.toml: vhost.allowAnyPath: must be true or false");
   });
 
   test("an unreadable or malformed file is a clear error", () => {
