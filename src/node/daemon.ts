@@ -16,7 +16,7 @@ import { formatHostPort } from "./config.ts";
 import { type ControlRequest, type ControlServer, type Route, startControlServer } from "./control/server.ts";
 import { startNbdServer, type NbdServer } from "./export/nbd/server.ts";
 import type { ExportSessionInfo } from "./export/types.ts";
-import { startVhostExport, type VhostExport } from "./export/vhost/server.ts";
+import { startVhostExport, type VhostExport, vhostSocketPathFor } from "./export/vhost/server.ts";
 import { lockDataDir } from "./node-lock.ts";
 import { PairedVolumes, type ReplicationService } from "./pairing.ts";
 import { NodeState, type VhostExportRecord } from "./state.ts";
@@ -95,8 +95,20 @@ class VhostExports {
   }
 
   private async start(record: VhostExportRecord): Promise<VhostExport> {
-    fs.mkdirSync(path.dirname(record.socketPath), { recursive: true, mode: 0o750 });
-    const started = await startVhostExport({ socketPath: record.socketPath, volume: record.volume, exports: this.volumes, queues: record.queues, log: this.log });
+    const directory = path.dirname(record.socketPath);
+    if (!fs.existsSync(directory)) {
+      fs.mkdirSync(directory, { recursive: true, mode: 0o750 });
+      // The socket's group must be able to reach it.
+      if (this.config.vhostSocketGroup) fs.chownSync(directory, -1, this.config.vhostSocketGroup.gid);
+    }
+    const started = await startVhostExport({
+      socketPath: record.socketPath,
+      volume: record.volume,
+      exports: this.volumes,
+      queues: record.queues,
+      log: this.log,
+      socketGid: this.config.vhostSocketGroup?.gid,
+    });
     this.running.set(record.volume, started);
     return started;
   }
@@ -108,7 +120,7 @@ class VhostExports {
     }
     const record: VhostExportRecord = {
       volume,
-      socketPath: path.resolve(socketPath ?? path.join(this.config.vhostSocketDir, `${volume}.sock`)),
+      socketPath: vhostSocketPathFor({ volume, requested: socketPath, socketDir: this.config.vhostSocketDir, allowAnyPath: this.config.vhostAllowAnyPath }),
       queues: queues ?? 1,
     };
     if (!Number.isInteger(record.queues) || record.queues < 1 || record.queues > vhostQueuesMax) {

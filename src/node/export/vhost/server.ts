@@ -5,11 +5,15 @@
 // session has released everything, so requests the previous session still had running can never
 // race the resubmitted ones. With `reconnect=N` on the chardev, QEMU comes back after a daemon
 // restart or a session we ended, and the guest carries on.
+// The socket's access is explicit, never the umask's: it is bound with mode 0600 (root only) and
+// opened to one configured group (0660) only afterwards; its path must stay inside the configured
+// socket directory unless the config allows any path, and must fit a unix socket address.
 import fs from "node:fs";
+import nodePath from "node:path";
 import { closeFd, peerProcessId, unixAccept, unixConnect, unixListen } from "../../../common/ffi-socket.ts";
 import { TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
-import { vhostQueuesMax } from "../../../constants.ts";
+import { unixSocketPathBytesMax, vhostQueuesMax } from "../../../constants.ts";
 import type { ExportResolver, ExportSessionInfo } from "../types.ts";
 import { Poller, type Watch } from "./poller.ts";
 import { VhostSession } from "./session.ts";
@@ -20,6 +24,68 @@ export interface VhostExportOptions {
   exports: ExportResolver; // src/node/export/types.ts
   queues: number; // number of virtqueues offered (1..limit in src/constants.ts)
   log: Logger; // src/common/log.ts
+  /** Group allowed to connect (socket mode 0660); undefined: root only (mode 0600). */
+  socketGid?: number;
+}
+
+/** Where an export's socket goes: `requested` (relative to `socketDir`) or `<socketDir>/<volume>.sock`. */
+export function vhostSocketPathFor(options: { volume: string; requested: string | undefined; socketDir: string; allowAnyPath: boolean }): string {
+  const socketDir = nodePath.resolve(options.socketDir);
+  const socketPath = nodePath.resolve(socketDir, options.requested ?? `${options.volume}.sock`);
+  const bytes = Buffer.byteLength(socketPath);
+  if (bytes > unixSocketPathBytesMax) {
+    throw new TandemError("invalid_argument", `socket path ${socketPath} is ${bytes} bytes; a unix socket path holds at most ${unixSocketPathBytesMax} (choose a shorter --path or vhost.socketDir)`);
+  }
+  if (!options.allowAnyPath) {
+    // Compare real paths, so a symbolic link inside the directory cannot lead out of it.
+    const inside = (directory: string, candidate: string) => candidate === directory || candidate.startsWith(directory.endsWith("/") ? directory : directory + "/");
+    const parent = realpathOfExisting(nodePath.dirname(socketPath));
+    if (!inside(realpathOfExisting(socketDir), parent)) {
+      throw new TandemError("invalid_argument", `${socketPath} is outside the vhost socket directory ${socketDir}; name a path inside it, or set vhost.allowAnyPath in the config`);
+    }
+  }
+  return socketPath;
+}
+
+/** The real path of `target`'s longest existing ancestor, with the rest appended as written. */
+function realpathOfExisting(target: string): string {
+  const missing: string[] = [];
+  let current = target;
+  for (;;) {
+    try {
+      return nodePath.join(fs.realpathSync(current), ...missing.reverse());
+    } catch {
+      const parent = nodePath.dirname(current);
+      if (parent === current) return target;
+      missing.push(nodePath.basename(current));
+      current = parent;
+    }
+  }
+}
+
+/** Bind with the umask forced to 0177 (mode 0600), then open the socket to `gid` (0660) if asked. */
+function listenWithMode(socketPath: string, gid: number | undefined): number {
+  const previous = process.umask(0o177);
+  let fd: number;
+  try {
+    fd = unixListen(socketPath, listenBacklog);
+  } catch (error) {
+    if ((error as { code?: string }).code === "ENAMETOOLONG") throw new TandemError("invalid_argument", (error as Error).message);
+    throw error;
+  } finally {
+    process.umask(previous);
+  }
+  try {
+    if (gid !== undefined) {
+      fs.chownSync(socketPath, -1, gid);
+      fs.chmodSync(socketPath, 0o660);
+    }
+  } catch (error) {
+    closeFd(fd);
+    fs.rmSync(socketPath, { force: true });
+    throw new TandemError("failed_precondition", `cannot give group ${gid} access to ${socketPath}: ${(error as Error).message}`);
+  }
+  return fd;
 }
 
 export interface VhostExport {
@@ -66,7 +132,7 @@ export async function startVhostExport(options: VhostExportOptions): Promise<Vho
   }
   const log = options.log.child("vhost", { volume, socket: socketPath });
   claimSocketPath(socketPath);
-  const listenFd = unixListen(socketPath, listenBacklog);
+  const listenFd = listenWithMode(socketPath, options.socketGid);
   const listenStat = fs.statSync(socketPath);
   const poller = Poller.acquire();
   let session: VhostSession | undefined;
