@@ -14,7 +14,7 @@ import { BlockError, TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
 import { formatSize } from "../common/size.ts";
 import { volumeCountMax, volumeNamePattern, volumeSizeAlignmentBytes, volumeSizeBytesMax, volumeSizeBytesMin } from "../constants.ts";
-import { FileLayer } from "./block/file.ts";
+import { describeFileType, FileLayer } from "./block/file.ts";
 import { GateLayer, type GateCounters, type GateState } from "./block/gate.ts";
 import type { BlockLayer } from "./block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver } from "./export/types.ts";
@@ -148,6 +148,19 @@ export interface VolumeManagerOptions {
   replication?: VolumeReplication;
 }
 
+/** The real path of `target`, or of its directory with the name appended when it does not exist yet. */
+function realPath(target: string): string {
+  try {
+    return fs.realpathSync(target);
+  } catch {
+    try {
+      return path.join(fs.realpathSync(path.dirname(target)), path.basename(target));
+    } catch {
+      return path.resolve(target);
+    }
+  }
+}
+
 function validateName(name: string): void {
   if (!volumeNamePattern.test(name)) {
     throw new TandemError("invalid_argument", `invalid volume name "${name}": use 1-63 of a-z 0-9 . _ -, starting with a letter or digit`);
@@ -254,6 +267,7 @@ export class VolumeManager implements ExportResolver {
       if (request.id !== undefined && state.volumeById(request.id)) throw new TandemError("already_exists", `volume id ${request.id} is already used here by ${state.volumeById(request.id)!.name}`);
       const owned = request.backing === undefined;
       const backing = path.resolve(request.backing ?? path.join(this.volumeDir, `${request.name}.img`));
+      if (!owned) this.checkNamedBacking(backing);
       const taken = state.volumes().find((volume) => path.resolve(volume.backing) === backing);
       if (taken) throw new TandemError("already_exists", `${backing} is already the backing of volume ${taken.name}`);
       let created = false;
@@ -263,8 +277,9 @@ export class VolumeManager implements ExportResolver {
         const probe = FileLayer.open({ path: backing, readOnly: true });
         const actual = probe.size();
         await probe.close();
+        if (actual < volumeSizeBytesMin) throw new TandemError("invalid_argument", `${backing} is too small: it holds ${formatSize(actual)}, the smallest volume is ${formatSize(volumeSizeBytesMin)}`);
         sizeBytes = request.sizeBytes ?? actual - (actual % volumeSizeAlignmentBytes);
-        if (sizeBytes > actual) throw new TandemError("invalid_argument", `--size ${formatSize(sizeBytes)} is larger than ${backing} (${formatSize(actual)})`);
+        if (sizeBytes > actual) throw new TandemError("invalid_argument", `${backing} is too small for --size ${formatSize(sizeBytes)}: it holds ${formatSize(actual)}`);
         validateVolumeSize(sizeBytes);
       } else {
         if (request.sizeBytes === undefined) throw new TandemError("invalid_argument", "--size is required for a new volume");
@@ -305,11 +320,37 @@ export class VolumeManager implements ExportResolver {
         state.transaction(() => state.deleteVolume(record.name));
         await this.replication.destroy(record).catch(() => {});
         if (created) fs.rmSync(backing, { force: true });
+        if (error instanceof TandemError) throw error;
         throw new TandemError("io_error", `volume ${record.name} could not be opened: ${(error as Error).message}`);
       }
       this.log.info("volume created", { volume: record.name, id: record.id, sizeBytes, backing, direct: record.direct });
       return this.view(record.name);
     });
+  }
+
+  /**
+   * A backing the operator named: a regular file or a block device, outside the node's data
+   * directory (state, metadata and default backings live there), and not another volume's backing
+   * under another name (real paths are compared, so a symbolic link or a second hard path is caught).
+   */
+  private checkNamedBacking(backing: string): void {
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(backing);
+    } catch {
+      // A new file: created below, if its directory exists.
+    }
+    if (stat && !stat.isFile() && !stat.isBlockDevice()) throw new TandemError("invalid_argument", `${backing} is ${describeFileType(stat)}; a volume needs a regular file or a block device`);
+    const real = realPath(backing);
+    const dataDir = realPath(this.options.dataDir);
+    if (real === dataDir || real.startsWith(dataDir + "/")) {
+      throw new TandemError("invalid_argument", `${backing} is inside the node's data directory ${this.options.dataDir}; name a file or device elsewhere (volumes without --backing are kept there)`);
+    }
+    for (const volume of this.options.state.volumes()) {
+      if (realPath(volume.backing) !== real) continue;
+      const via = real === backing ? "" : ` (${backing} resolves to ${real})`;
+      throw new TandemError("already_exists", `${backing} is already the backing of volume ${volume.name}${via}`);
+    }
   }
 
   async resize(name: string, sizeBytes: number): Promise<VolumeView> {

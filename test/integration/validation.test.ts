@@ -92,6 +92,79 @@ describe("vhost-user sockets", () => {
   });
 });
 
+describe("--backing", () => {
+  test("a symbolic link (or another spelling) of another volume's backing is refused", async () => {
+    const file = path.join(open.dir, "shared.img");
+    fs.writeFileSync(file, new Uint8Array(4 * MiB));
+    await open.cliJson(["volume", "create", "owner", "--backing", file]);
+    fs.symlinkSync(file, path.join(open.dir, "alias.img"));
+    const viaLink = await open.cli(["volume", "create", "thief", "--backing", path.join(open.dir, "alias.img")]);
+    expect(viaLink.code).toBe(5);
+    expect(viaLink.stderr).toBe(`tandem: ${path.join(open.dir, "alias.img")} is already the backing of volume owner (${path.join(open.dir, "alias.img")} resolves to ${file})\n`);
+    const { volumes } = await open.cliJson<{ volumes: { name: string }[] }>(["volume", "list"]);
+    expect(volumes.map((volume) => volume.name)).not.toContain("thief");
+  });
+
+  test("a file another daemon holds is refused as in use", async () => {
+    const file = path.join(other.dir, "live.img");
+    fs.writeFileSync(file, new Uint8Array(4 * MiB));
+    await other.cliJson(["volume", "create", "live", "--backing", file]);
+    const taken = await open.cli(["volume", "create", "stolen", "--backing", file]);
+    expect(taken.code).toBe(5);
+    expect(taken.stderr).toBe(`tandem: ${file} is in use by another process (it holds a lock on the file)\n`);
+    // Once the other daemon lets go, the file can be used.
+    await other.cliJson(["volume", "delete", "live"]);
+    await open.cliJson(["volume", "create", "stolen", "--backing", file]);
+  });
+
+  test("character devices, directories and the node's own data directory are refused by name", async () => {
+    const cases: [string, number, string][] = [
+      ["/dev/null", 2, "tandem: /dev/null is a character device; a volume needs a regular file or a block device\n"],
+      [os.tmpdir(), 2, `tandem: ${os.tmpdir()} is a directory; a volume needs a regular file or a block device\n`],
+      [path.join(open.dataDir, "state.db"), 2, `tandem: ${path.join(open.dataDir, "state.db")} is inside the node's data directory ${open.dataDir}; name a file or device elsewhere (volumes without --backing are kept there)\n`],
+      [path.join(open.dataDir, "volumes", "new.img"), 2, `tandem: ${path.join(open.dataDir, "volumes", "new.img")} is inside the node's data directory ${open.dataDir}; name a file or device elsewhere (volumes without --backing are kept there)\n`],
+    ];
+    for (const [backing, code, message] of cases) {
+      const result = await open.cli(["volume", "create", "bad", "--size", "4M", "--backing", backing]);
+      expect({ backing, code: result.code, stderr: result.stderr }).toEqual({ backing, code, stderr: message });
+    }
+  });
+
+  test("a backing too small says so", async () => {
+    const tiny = path.join(open.dir, "tiny.img");
+    fs.writeFileSync(tiny, new Uint8Array(64 * 1024));
+    const small = await open.cli(["volume", "create", "tiny", "--backing", tiny]);
+    expect(small.code).toBe(2);
+    expect(small.stderr).toBe(`tandem: ${tiny} is too small: it holds 64 KiB, the smallest volume is 1 MiB\n`);
+    const four = path.join(open.dir, "four.img");
+    fs.writeFileSync(four, new Uint8Array(4 * MiB));
+    const short = await open.cli(["volume", "create", "four", "--size", "8M", "--backing", four]);
+    expect(short.code).toBe(2);
+    expect(short.stderr).toBe(`tandem: ${four} is too small for --size 8 MiB: it holds 4 MiB\n`);
+  });
+
+  const loop = (() => {
+    const probe = Bun.spawnSync(["losetup", "--version"]);
+    return probe.exitCode === 0 && fs.existsSync("/dev/loop-control");
+  })();
+  test.skipIf(!loop)("a block device another program holds is refused (O_EXCL)", async () => {
+    const image = path.join(other.dir, "device.img");
+    fs.writeFileSync(image, new Uint8Array(8 * MiB));
+    const attach = Bun.spawnSync(["losetup", "--find", "--show", image]);
+    const device = attach.stdout.toString().trim();
+    expect(attach.exitCode).toBe(0);
+    try {
+      await other.cliJson(["volume", "create", "dev", "--backing", device]);
+      const taken = await open.cli(["volume", "create", "dev2", "--backing", device]);
+      expect(taken.code).toBe(5);
+      expect(taken.stderr).toBe(`tandem: ${device} is in use: mounted, or held by another program\n`);
+      await other.cliJson(["volume", "delete", "dev"]);
+    } finally {
+      Bun.spawnSync(["losetup", "--detach", device]);
+    }
+  });
+});
+
 describe("the control socket and the config", () => {
   test("a malformed URL on the daemon's control socket is a JSON 400", async () => {
     const response = await fetch("http://tandem/v1/volumes/%E0%A4%A", { unix: open.controlSocket });

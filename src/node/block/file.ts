@@ -9,10 +9,14 @@
 //    under a range lock. FUA uses a second descriptor opened O_DSYNC.
 // Holes: TRIM punches them, WRITE_ZEROES punches them unless NO_HOLE asks to keep the allocation,
 // and extents() finds them with SEEK_DATA/SEEK_HOLE, so thin volumes stay thin.
+// Ownership: a regular file is held with an exclusive flock(2) for as long as the layer is open and a
+// block device is opened O_EXCL (the kernel refuses it while mounted or held by another program), so
+// two daemons (or two volumes) never write one backing; anything else (a character device, a
+// directory, a FIFO) is refused by name.
 import fs from "node:fs";
 import { ptr } from "bun:ffi";
 import { assert } from "../../common/assert.ts";
-import { BlockError, blockErrorFromSystem } from "../../common/errors.ts";
+import { BlockError, blockErrorFromSystem, TandemError } from "../../common/errors.ts";
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -27,6 +31,7 @@ import {
   fadvise,
   fallocate,
   lseek,
+  tryLockExclusive,
 } from "../../common/libc.ts";
 import { directIoAlignmentBytes, directIoBounceBytesMax } from "../../constants.ts";
 import type { BlockCapabilities, BlockLayer, Extent, WriteFlags, ZeroFlags } from "./layer.ts";
@@ -51,6 +56,17 @@ export function alignedBuffer(bytes: number, alignment = directIoAlignmentBytes)
 
 function isAligned(buffer: Uint8Array, offset: number, alignment: number): boolean {
   return offset % alignment === 0 && buffer.length % alignment === 0 && (buffer.length === 0 || ptr(buffer) % alignment === 0);
+}
+
+/** What a path is, in the words an error message needs. */
+export function describeFileType(stat: fs.Stats): string {
+  if (stat.isFile()) return "a regular file";
+  if (stat.isBlockDevice()) return "a block device";
+  if (stat.isCharacterDevice()) return "a character device";
+  if (stat.isDirectory()) return "a directory";
+  if (stat.isFIFO()) return "a FIFO";
+  if (stat.isSocket()) return "a socket";
+  return "not a file";
 }
 
 function promisify(run: (done: (error: NodeJS.ErrnoException | null) => void) => void): Promise<void> {
@@ -85,19 +101,30 @@ export class FileLayer implements BlockLayer {
     }
   }
 
+  /**
+   * Open a backing file or block device for this process alone. Refusals are TandemErrors a caller
+   * can pass on: `in_use` (another process holds it), `invalid_argument` (not a file or a device).
+   */
   static open(options: FileLayerOptions): FileLayer {
     const direct = options.direct === true;
     const readOnly = options.readOnly === true;
     const stat = fs.statSync(options.path);
     const isBlockDevice = stat.isBlockDevice();
-    if (!isBlockDevice && !stat.isFile()) throw new BlockError("EINVAL", `${options.path} is neither a regular file nor a block device`);
+    if (!isBlockDevice && !stat.isFile()) throw new TandemError("invalid_argument", `${options.path} is ${describeFileType(stat)}; a volume needs a regular file or a block device`);
     let flags = readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
     if (direct) flags |= fs.constants.O_DIRECT;
     // O_EXCL on a block device refuses a device that is mounted or held by another program.
     if (isBlockDevice) flags |= fs.constants.O_EXCL;
-    const fd = fs.openSync(options.path, flags);
+    let fd: number;
+    try {
+      fd = fs.openSync(options.path, flags);
+    } catch (error) {
+      if ((error as { code?: string }).code === "EBUSY") throw new TandemError("in_use", `${options.path} is in use: mounted, or held by another program`);
+      throw error;
+    }
     let syncFd: number | undefined;
     try {
+      if (!isBlockDevice && !tryLockExclusive(fd)) throw new TandemError("in_use", `${options.path} is in use by another process (it holds a lock on the file)`);
       const sizeBytes = isBlockDevice ? blockDeviceSizeBytes(fd) : fs.fstatSync(fd).size;
       const alignment = direct ? Math.max(directIoAlignmentBytes, isBlockDevice ? blockDeviceLogicalSectorBytes(fd) : 0) : 512;
       if (direct && !readOnly) syncFd = fs.openSync(options.path, fs.constants.O_RDWR | fs.constants.O_DIRECT | fs.constants.O_DSYNC);
