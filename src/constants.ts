@@ -19,6 +19,8 @@ export const volumeSizeAlignmentBytes = 4 * KiB;
 /** Volume names: DNS-label-like, so they are safe in paths, URLs and NBD export names. */
 export const volumeNamePattern = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 export const volumeCountMax = 1024;
+/** Volume ids travel as 32-bit fields on the replication link and in replica metadata; 0 names no volume. */
+export const volumeIdMax = 0xffff_ffff;
 /** O_DIRECT needs buffers and offsets aligned to the logical block size; 4 KiB covers every disk. */
 export const directIoAlignmentBytes = 4 * KiB;
 /** Bounce buffers for O_DIRECT requests whose guest buffer is not aligned are pooled up to this size. */
@@ -57,6 +59,10 @@ export const nbdCloseLingerMs = 5_000;
 export const nbdShutdownLingerMs = 250;
 /** While a connection's input is paused (back-pressure), it is resumed for a moment this often so a client that hung up is noticed. */
 export const nbdPausedProbeIntervalMs = 1_000;
+
+/** While the replication link is up, each node asks its peer what it holds this often and finishes
+ * pending mirrored creates and deletes (pairing.ts); also done at once whenever the link comes up. */
+export const pairingReconcileIntervalMs = 2_000;
 
 // ---- Control API (src/node/control) ----
 /** Largest request body the control API reads. */

@@ -161,7 +161,7 @@ function realPath(target: string): string {
   }
 }
 
-function validateName(name: string): void {
+export function validateVolumeName(name: string): void {
   if (!volumeNamePattern.test(name)) {
     throw new TandemError("invalid_argument", `invalid volume name "${name}": use 1-63 of a-z 0-9 . _ -, starting with a letter or digit`);
   }
@@ -259,7 +259,7 @@ export class VolumeManager implements ExportResolver {
 
   async create(request: CreateVolumeRequest): Promise<VolumeView> {
     if (this.closing) throw new TandemError("unavailable", "the node is shutting down");
-    validateName(request.name);
+    validateVolumeName(request.name);
     const state = this.options.state;
     return this.exclusive(request.name, async () => {
       if (state.volume(request.name)) throw new TandemError("already_exists", `a volume named ${request.name} already exists`);
@@ -295,7 +295,7 @@ export class VolumeManager implements ExportResolver {
       }
       const record: VolumeRecord = {
         name: request.name,
-        id: request.id ?? state.nextVolumeId(),
+        id: request.id ?? state.allocateVolumeId({ stride: 1, residue: 0 }),
         sizeBytes,
         backing,
         owned: owned || created,
@@ -389,12 +389,7 @@ export class VolumeManager implements ExportResolver {
       const record = state.volume(name);
       if (!record) throw new TandemError("not_found", `no volume named ${name}`);
       const entry = this.opened.get(name);
-      const users = [...(entry?.handles ?? [])].map((handle) => handle.client);
-      const exports = options.exportsOf(name);
-      if (!options.force && (users.length > 0 || exports.length > 0)) {
-        const what = [...exports.map((e) => `export ${e}`), ...users.map((u) => `session ${u}`)].join(", ");
-        throw new TandemError("in_use", `volume ${name} is in use (${what}); stop them or pass --force`, { exports, sessions: users });
-      }
+      if (!options.force) this.refuseInUse(name, options.exportsOf(name));
       await options.dropExports(name);
       if (entry) {
         await this.revokeAll(entry, "volume deleted");
@@ -408,6 +403,14 @@ export class VolumeManager implements ExportResolver {
       await this.replication.destroy(record).catch((error) => this.log.warn("removing replication state failed", { volume: name, error }));
       this.log.info("volume deleted", { volume: name, force: options.force, backingRemoved: record.owned });
     });
+  }
+
+  /** in_use naming the exports and client sessions that hold the volume, if any do. */
+  refuseInUse(name: string, exports: string[]): void {
+    const users = [...(this.opened.get(name)?.handles ?? [])].map((handle) => handle.client);
+    if (users.length === 0 && exports.length === 0) return;
+    const what = [...exports.map((e) => `export ${e}`), ...users.map((u) => `session ${u}`)].join(", ");
+    throw new TandemError("in_use", `volume ${name} is in use (${what}); stop them or pass --force`, { exports, sessions: users });
   }
 
   private async revokeAll(entry: OpenVolume, reason: string): Promise<void> {
