@@ -1,4 +1,5 @@
 // Small text renderings shared by commands (durations, a volume's replica summary).
+import type { PendingVolume } from "../node/intents.ts";
 import type { VolumeView } from "../node/volumes.ts";
 
 export function formatDuration(ms: number): string {
@@ -18,4 +19,18 @@ export function replicaSummary(volume: VolumeView): string {
   const suffix = typeof progress === "string" ? ` ${progress}` : "";
   if (new Set(states).size <= 1) return (states[0] ?? "unknown") + suffix;
   return volume.nodes.map((node) => `${node.node}: ${node.state}`).join(", ") + suffix;
+}
+
+/** One line per unfinished create or delete, or one-sided leftover, with the next safe action. */
+export function pendingLines(pending: PendingVolume[] | undefined, nowMs = Date.now()): string[] {
+  const what: Record<PendingVolume["state"], string> = {
+    "create-pending": "create pending on",
+    "delete-pending": "delete pending on",
+    "only-here": "no replica on the peer; only on",
+    "only-on-peer": "leftover only on",
+  };
+  return (pending ?? []).map((entry) => {
+    const since = entry.sinceMs === null ? "" : ` for ${formatDuration(Math.max(0, nowMs - entry.sinceMs))}`;
+    return `! ${entry.volume} (id ${entry.id}): ${what[entry.state]} ${entry.node}${since}: ${entry.next}`;
+  });
 }

@@ -193,6 +193,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let nbd: NbdServer | undefined;
   let vhost: VhostExports | undefined;
   let control: ControlServer | undefined;
+  let paired: PairedVolumes | undefined;
   let replication: (ReplicationService & { start(): void; stop(): Promise<void> }) | undefined;
   let resolveStopped!: (outcome: { clean: boolean }) => void;
   const stopped = new Promise<{ clean: boolean }>((resolve) => (resolveStopped = resolve));
@@ -217,6 +218,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         }
       };
       await step("control API", () => control?.stop());
+      await step("pairing", () => paired?.stop());
       await step("NBD server", () => nbd?.close({ drain: true }));
       await step("vhost exports", () => vhost?.closeAll());
       await step("volumes", () => volumes?.closeAll());
@@ -238,7 +240,6 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     const nodeState = state;
     volumes = new VolumeManager({ nodeName: config.name, dataDir: config.dataDir, state, log });
     const manager = volumes;
-    let paired: PairedVolumes | undefined;
     if (config.peer) {
       if (!replicationFactory) throw new TandemError("invalid_argument", "this build cannot pair nodes");
       replication = await replicationFactory(config, log);
@@ -246,22 +247,25 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       manager.setReplication(paired);
       replication.start();
     }
+    vhost = new VhostExports(config, state, manager, log);
+    const vhostExports = vhost;
+    const deleteLocal = (name: string, force: boolean) =>
+      manager.delete(name, { force, exportsOf: (volume) => vhostExports.of(volume), dropExports: (volume) => vhostExports.remove(volume, false) });
+    const pair = paired;
+    pair?.attach({ volumes: manager, deleteLocal, exportsOf: (volume) => vhostExports.of(volume) });
+    // This node's half of a create or delete a crash interrupted, before anything is opened.
+    await pair?.recover();
     await manager.openAll();
 
     fs.mkdirSync(path.dirname(config.nbdSocket), { recursive: true, mode: 0o750 });
     nbd = await startNbdServer({ unixPath: config.nbdSocket, tcp: config.nbdTcp, exports: manager, log });
     const nbdServer = nbd;
-    vhost = new VhostExports(config, state, manager, log);
-    const vhostExports = vhost;
     await vhostExports.startRecorded();
-    const deleteLocal = (name: string, force: boolean) =>
-      manager.delete(name, { force, exportsOf: (volume) => vhostExports.of(volume), dropExports: (volume) => vhostExports.remove(volume, false) });
-    paired?.attach(manager, deleteLocal);
     const service = replication;
     const volumeId = (name: string) => manager.record(name).id;
     const requirePair = (what: string) => {
-      if (!service || !paired) throw new TandemError("failed_precondition", `${what} needs a paired node; this one is standalone`);
-      return { service, paired };
+      if (!service || !pair) throw new TandemError("failed_precondition", `${what} needs a paired node; this one is standalone`);
+      return { service, paired: pair };
     };
 
     const status = () => ({
@@ -279,6 +283,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         link: service ? service.link() : null,
       },
       volumes: manager.views(),
+      pending: pair?.pending() ?? [],
       broken: manager.broken(),
       exports: [{ kind: "nbd", socket: config.nbdSocket, tcp: nbdServer.tcpAddress ?? null, volumes: manager.names(), connections: nbdServer.connectionCount() }, ...vhostExports.list()],
       sessions: [...nbdServer.sessions(), ...vhostExports.sessions()],
@@ -290,8 +295,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         method: "GET",
         path: "/volumes",
         handler: async () => {
-          await paired?.refreshPeer();
-          return { volumes: manager.views() };
+          await pair?.refreshPeer();
+          return { volumes: manager.views(), pending: pair?.pending() ?? [] };
         },
       },
       { method: "GET", path: "/volumes/:name", handler: ({ params }) => manager.view(params.name!) },
@@ -305,7 +310,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
             backing: stringField(body, "backing", false),
             direct: booleanField(body, "direct"),
           };
-          return paired ? paired.createMirrored(request) : manager.create(request);
+          return pair ? pair.createMirrored(request) : manager.create(request);
         },
       },
       {
@@ -313,7 +318,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         path: "/volumes/:name/resize",
         handler: ({ params, body }) => {
           const size = sizeField(body, "size") ?? fail("size is required");
-          if (paired) throw new TandemError("failed_precondition", `growing a mirrored volume is not supported yet (both replicas and their bitmaps must grow together)`);
+          if (pair) throw new TandemError("failed_precondition", `growing a mirrored volume is not supported yet (both replicas and their bitmaps must grow together)`);
           return manager.resize(params.name!, size);
         },
       },
@@ -347,7 +352,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         handler: async ({ params, query }: ControlRequest) => {
           const name = params.name!;
           const force = query.get("force") === "true";
-          if (paired) return { deleted: name, ...(await paired.deleteMirrored(name, force)) };
+          if (pair) return { deleted: name, ...(await pair.deleteMirrored(name, force)) };
           await deleteLocal(name, force);
           return { deleted: name };
         },
@@ -381,6 +386,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       },
     ];
     control = await startControlServer({ socketPath: config.controlSocket, routes, log });
+    pair?.start();
     state.addEvent("info", "node-started", null, `node ${config.name} started (pid ${process.pid})`);
     log.info("node started", { name: config.name, dataDir: config.dataDir, control: config.controlSocket, nbd: config.nbdSocket, volumes: manager.names().length });
     return { config, volumes: manager, stopped, stop };

@@ -1,7 +1,9 @@
 // The two-node lab as the integration tests drive it: the CLI against one lab node, a volume's
-// replicas as `tandem volume list --json` reports them, and a bounded wait until both nodes say
-// the volume is synced.
+// replicas as `tandem volume list --json` reports them, a bounded wait until both nodes say
+// the volume is synced, and one until the pair has finished every pending create and delete.
 import path from "node:path";
+import { ControlClient } from "../../src/cli/client.ts";
+import { pairingReconcileIntervalMs, replicaHandshakeTimeoutMs, replicaReconnectDelayMsMax } from "../../src/constants.ts";
 import { runCli, type CliResult } from "./daemon.ts";
 
 export interface ReplicaJson {
@@ -41,4 +43,57 @@ export async function waitLabSynced(dir: string, volume: string, timeoutMs: numb
     await Bun.sleep(200);
   }
   throw new Error(`${volume} not synced within ${timeoutMs} ms: ${JSON.stringify(last)}`);
+}
+
+export interface PendingJson {
+  volume: string;
+  id: number;
+  state: string;
+  node: string;
+  next: string;
+}
+
+export interface LabHoldings {
+  /** name → id of every volume the node holds. */
+  volumes: Map<string, number>;
+  pending: PendingJson[];
+  connected: boolean;
+}
+
+/** What `node` holds, straight from its control API (fast enough to poll); undefined when it does not answer. */
+export async function labHoldings(dir: string, node: string): Promise<LabHoldings | undefined> {
+  const client = new ControlClient(path.join(dir, node, "control.sock"));
+  try {
+    const listed = await client.request<{ volumes: { name: string; id: number }[]; pending: PendingJson[] }>("GET", "/volumes");
+    const status = await client.request<{ node: { link: { connected?: boolean } | null } }>("GET", "/status");
+    return { volumes: new Map(listed.volumes.map((volume) => [volume.name, volume.id])), pending: listed.pending ?? [], connected: status.node.link?.connected === true };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * How long a pair takes to finish what a crash or a cut left pending once both nodes run: the
+ * redial back-off at its longest, a handshake, and two reconcile rounds, with room for a loaded
+ * machine.
+ */
+export const labSettleTimeoutMs = 3 * (replicaReconnectDelayMsMax + replicaHandshakeTimeoutMs + 2 * pairingReconcileIntervalMs);
+
+/**
+ * Wait until both nodes answer, the link is up, neither reports anything pending, and both hold the
+ * same volumes under the same ids; returns those holdings. Throws with both nodes' last answers.
+ */
+export async function waitLabSettled(dir: string, timeoutMs = labSettleTimeoutMs): Promise<Map<string, number>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    const [a, b] = [await labHoldings(dir, "a"), await labHoldings(dir, "b")];
+    last = { a: a && { ...a, volumes: [...a.volumes] }, b: b && { ...b, volumes: [...b.volumes] } };
+    if (a && b && a.connected && b.connected && a.pending.length === 0 && b.pending.length === 0) {
+      const same = a.volumes.size === b.volumes.size && [...a.volumes].every(([name, id]) => b.volumes.get(name) === id);
+      if (same) return a.volumes;
+    }
+    if (Date.now() > deadline) throw new Error(`the lab did not settle within ${timeoutMs} ms: ${JSON.stringify(last)}`);
+    await Bun.sleep(100);
+  }
 }

@@ -2,11 +2,13 @@
 import { Command } from "clipanion";
 import type { VolumeView } from "../../node/volumes.ts";
 import { table, TandemCommand } from "../base.ts";
-import { formatDuration, replicaSummary } from "../render.ts";
+import type { PendingVolume } from "../../node/intents.ts";
+import { formatDuration, pendingLines, replicaSummary } from "../render.ts";
 
 interface StatusReply {
   node: { name: string; version: string; pid: number; uptimeMs: number; dataDir: string; nbdSocket: string; nbdTcp: string | null; peer: { name: string; address: string } | null; link?: Record<string, unknown> };
   volumes: VolumeView[];
+  pending?: PendingVolume[];
   broken: { name: string; backing: string }[];
   exports: { kind: string; socket?: string; path?: string; volume?: string; tcp?: string | null; queues?: number }[];
   sessions: { id: string; kind: string; volume: string; client: string; requestsInFlight: number }[];
@@ -41,6 +43,7 @@ export class StatusCommand extends TandemCommand {
           ]),
         );
       }
+      lines.push(...pendingLines(s.pending));
       for (const broken of s.broken) lines.push(`! volume ${broken.name} could not be opened (backing ${broken.backing}); see tandem events`);
       const vhost = s.exports.filter((e) => e.kind === "vhost");
       if (vhost.length > 0) {

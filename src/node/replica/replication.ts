@@ -70,6 +70,12 @@ export class NodeReplication implements ReplicationService {
     this.reportListeners.add(listener);
   }
 
+  onLinkUp(listener: () => void): void {
+    this.onReport((report) => {
+      if (report.kind === "linkUp") listener();
+    });
+  }
+
   start(): void {
     this.transport.listen();
     this.driver.start();
