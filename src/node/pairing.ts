@@ -181,34 +181,46 @@ export class PairedVolumes implements VolumeReplication {
    */
   async recover(): Promise<void> {
     for (const intent of this.state.intents()) {
-      const record = this.state.volume(intent.volume);
-      const here = record?.id === intent.id;
-      switch (intent.operation) {
-        case "create":
-          if (here) await this.hooks!.deleteLocal(intent.volume, true);
-          else this.removePartial(intent);
-          this.state.transaction(() => {
-            this.state.putIntent({ ...intent, operation: "delete", force: true });
-            this.state.addEvent("warn", "create-rolled-back", intent.volume, `the create of ${intent.volume} was interrupted: removed here; ${this.peerName}'s replica (if made) is removed when it is reachable`);
-          });
-          break;
-        case "replica":
-          if (!here) {
-            this.removePartial(intent);
-            this.state.deleteIntent(intent.volume, intent.id);
-          }
-          break;
-        case "delete":
-          if (here) await this.hooks!.deleteLocal(intent.volume, true);
-          else this.removePartial(intent); // the record went, the files may not have
-          break;
+      try {
+        await this.recoverOne(intent);
+      } catch (error) {
+        // The node still starts; the reconcile rounds try again (a delete, a roll-back) later.
+        this.log.error("an unfinished volume operation could not be finished at start-up", { volume: intent.volume, id: intent.id, operation: intent.operation, error });
+        this.state.addEvent("error", "volume-operation-stuck", intent.volume, `the ${intent.operation} of ${intent.volume} could not be finished here: ${(error as Error).message}`);
       }
-      this.log.info("unfinished volume operation found at start-up", { volume: intent.volume, id: intent.id, operation: intent.operation, replicaHere: here });
     }
+  }
+
+  private async recoverOne(intent: IntentRecord): Promise<void> {
+    const record = this.state.volume(intent.volume);
+    const here = record?.id === intent.id;
+    switch (intent.operation) {
+      case "create":
+        if (here) await this.hooks!.deleteLocal(intent.volume, true);
+        else this.removePartial(intent);
+        this.state.transaction(() => {
+          this.state.putIntent({ ...intent, operation: "delete", force: true });
+          this.state.addEvent("warn", "create-rolled-back", intent.volume, `the create of ${intent.volume} was interrupted: removed here; ${this.peerName}'s replica (if made) is removed when it is reachable`);
+        });
+        break;
+      case "replica":
+        if (!here) {
+          this.removePartial(intent);
+          this.state.deleteIntent(intent.volume, intent.id);
+        }
+        break;
+      case "delete":
+        if (here) await this.hooks!.deleteLocal(intent.volume, true);
+        else this.removePartial(intent); // the record went, the files may not have
+        break;
+    }
+    this.log.info("unfinished volume operation found at start-up", { volume: intent.volume, id: intent.id, operation: intent.operation, replicaHere: here });
   }
 
   /** The files of a volume whose record is gone (or never came): an interrupted create or delete. */
   private removePartial(intent: IntentRecord): void {
+    // Files named after a volume that exists belong to it, whatever this intent was about.
+    if (this.state.volume(intent.volume)) return;
     if (intent.ownedBacking) fs.rmSync(intent.ownedBacking, { force: true });
     fs.rmSync(this.metadataPath(intent.volume), { force: true });
   }
@@ -259,6 +271,7 @@ export class PairedVolumes implements VolumeReplication {
   }
 
   private async apply(step: ReconcileStep): Promise<void> {
+    if (!this.started) return; // the node is stopping: its volumes are closing
     const intent = this.state.intent(step.volume);
     const operation = { finishLocalDelete: "delete", askPeerDelete: "delete", commitReplica: "replica", abortReplica: "replica", rollBackCreate: "create" }[step.kind];
     if (intent?.id !== step.id || intent.operation !== operation) return; // moved on meanwhile
