@@ -112,29 +112,15 @@ export function pendingVolumes(local: PairSnapshot, peer: PairSnapshot | undefin
   }
   if (!peer || !connected) return pending;
   const intentOn = (snapshot: PairSnapshot, name: string, id: number) => snapshot.intents.some((intent) => same(intent, name, id));
-  for (const entry of local.volumes) {
-    if (intentOn(local, entry.name, entry.id) || intentOn(peer, entry.name, entry.id)) continue;
-    if (peer.volumes.some((other) => other.name === entry.name && other.id === entry.id)) continue;
-    pending.push({
-      volume: entry.name,
-      id: entry.id,
-      state: "only-here",
-      node: names.local,
-      sinceMs: null,
-      next: `${names.peer} has no replica of it: \`tandem volume delete ${entry.name} --force\` removes it here`,
-    });
-  }
-  for (const entry of peer.volumes) {
-    if (intentOn(local, entry.name, entry.id) || intentOn(peer, entry.name, entry.id)) continue;
-    if (local.volumes.some((other) => other.name === entry.name && other.id === entry.id)) continue;
-    pending.push({
-      volume: entry.name,
-      id: entry.id,
-      state: "only-on-peer",
-      node: names.peer,
-      sinceMs: null,
-      next: `only ${names.peer} holds it: \`tandem volume delete ${entry.name} --force\` (on either node) removes it there`,
-    });
-  }
+  /** Volumes `holder` has and `other` lacks (by name and id), with no intent on either side. */
+  const oneSided = (holder: PairSnapshot, other: PairSnapshot, state: "only-here" | "only-on-peer", node: string, next: (name: string) => string) => {
+    for (const entry of holder.volumes) {
+      if (intentOn(local, entry.name, entry.id) || intentOn(peer, entry.name, entry.id)) continue;
+      if (other.volumes.some((candidate) => candidate.name === entry.name && candidate.id === entry.id)) continue;
+      pending.push({ volume: entry.name, id: entry.id, state, node, sinceMs: null, next: next(entry.name) });
+    }
+  };
+  oneSided(local, peer, "only-here", names.local, (name) => `${names.peer} has no replica of it: \`tandem volume delete ${name} --force\` removes it here`);
+  oneSided(peer, local, "only-on-peer", names.peer, (name) => `only ${names.peer} holds it: \`tandem volume delete ${name} --force\` (on either node) removes it there`);
   return pending;
 }
