@@ -12,6 +12,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { BlockError, TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
+import { isInside, realPathOfExisting } from "../common/paths.ts";
 import { formatSize } from "../common/size.ts";
 import { volumeCountMax, volumeNamePattern, volumeSizeAlignmentBytes, volumeSizeBytesMax, volumeSizeBytesMin } from "../constants.ts";
 import { describeFileType, FileLayer } from "./block/file.ts";
@@ -146,19 +147,6 @@ export interface VolumeManagerOptions {
   state: NodeState;
   log: Logger;
   replication?: VolumeReplication;
-}
-
-/** The real path of `target`, or of its directory with the name appended when it does not exist yet. */
-function realPath(target: string): string {
-  try {
-    return fs.realpathSync(target);
-  } catch {
-    try {
-      return path.join(fs.realpathSync(path.dirname(target)), path.basename(target));
-    } catch {
-      return path.resolve(target);
-    }
-  }
 }
 
 export function validateVolumeName(name: string): void {
@@ -341,13 +329,12 @@ export class VolumeManager implements ExportResolver {
       // A new file: created below, if its directory exists.
     }
     if (stat && !stat.isFile() && !stat.isBlockDevice()) throw new TandemError("invalid_argument", `${backing} is ${describeFileType(stat)}; a volume needs a regular file or a block device`);
-    const real = realPath(backing);
-    const dataDir = realPath(this.options.dataDir);
-    if (real === dataDir || real.startsWith(dataDir + "/")) {
+    const real = realPathOfExisting(backing);
+    if (isInside(realPathOfExisting(this.options.dataDir), real)) {
       throw new TandemError("invalid_argument", `${backing} is inside the node's data directory ${this.options.dataDir}; name a file or device elsewhere (volumes without --backing are kept there)`);
     }
     for (const volume of this.options.state.volumes()) {
-      if (realPath(volume.backing) !== real) continue;
+      if (realPathOfExisting(volume.backing) !== real) continue;
       const via = real === backing ? "" : ` (${backing} resolves to ${real})`;
       throw new TandemError("already_exists", `${backing} is already the backing of volume ${volume.name}${via}`);
     }

@@ -12,6 +12,7 @@ import fs from "node:fs";
 import nodePath from "node:path";
 import { closeFd, peerProcessId, unixAccept, unixConnect, unixListen } from "../../../common/ffi-socket.ts";
 import { TandemError } from "../../../common/errors.ts";
+import { isInside, realPathOfExisting } from "../../../common/paths.ts";
 import type { Logger } from "../../../common/log.ts";
 import { unixSocketPathBytesMax, vhostQueuesMax } from "../../../constants.ts";
 import type { ExportResolver, ExportSessionInfo } from "../types.ts";
@@ -38,29 +39,11 @@ export function vhostSocketPathFor(options: { volume: string; requested: string 
   }
   if (!options.allowAnyPath) {
     // Compare real paths, so a symbolic link inside the directory cannot lead out of it.
-    const inside = (directory: string, candidate: string) => candidate === directory || candidate.startsWith(directory.endsWith("/") ? directory : directory + "/");
-    const parent = realpathOfExisting(nodePath.dirname(socketPath));
-    if (!inside(realpathOfExisting(socketDir), parent)) {
+    if (!isInside(realPathOfExisting(socketDir), realPathOfExisting(nodePath.dirname(socketPath)))) {
       throw new TandemError("invalid_argument", `${socketPath} is outside the vhost socket directory ${socketDir}; name a path inside it, or set vhost.allowAnyPath in the config`);
     }
   }
   return socketPath;
-}
-
-/** The real path of `target`'s longest existing ancestor, with the rest appended as written. */
-function realpathOfExisting(target: string): string {
-  const missing: string[] = [];
-  let current = target;
-  for (;;) {
-    try {
-      return nodePath.join(fs.realpathSync(current), ...missing.reverse());
-    } catch {
-      const parent = nodePath.dirname(current);
-      if (parent === current) return target;
-      missing.push(nodePath.basename(current));
-      current = parent;
-    }
-  }
 }
 
 /** Bind with the umask forced to 0177 (mode 0600), then open the socket to `gid` (0660) if asked. */
