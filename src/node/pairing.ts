@@ -18,7 +18,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
-import { pairingReconcileIntervalMs } from "../constants.ts";
+import { pairingReconcileIntervalMs, volumeIdMax } from "../constants.ts";
 import type { BlockLayer } from "./block/layer.ts";
 import type { FileLayer } from "./block/file.ts";
 import { type PairSnapshot, type PendingVolume, pendingVolumes, planReconcile, type ReconcileStep } from "./intents.ts";
@@ -545,7 +545,8 @@ export class PairedVolumes implements VolumeReplication {
   private async createReplica(body: Extract<PeerRequestBody, { op: "create" }>): Promise<unknown> {
     if (body.primary !== this.peerName) throw new TandemError("invalid_argument", `a replica request from ${this.peerName} names ${body.primary} as primary`);
     validateVolumeName(body.name);
-    if (!Number.isSafeInteger(body.id) || body.id < 1) throw new TandemError("invalid_argument", `volume id ${body.id} is not valid`);
+    if (!Number.isSafeInteger(body.id) || body.id < 1 || body.id > volumeIdMax) throw new TandemError("invalid_argument", `volume id ${body.id} is not valid`);
+    if (body.generation !== null && !/^[0-9a-f]{1,16}$/.test(String(body.generation))) throw new TandemError("invalid_argument", `generation ${body.generation} is not 1-16 hex digits`);
     const existing = this.state.volume(body.name);
     if (existing?.id === body.id) return { backing: existing.backing }; // asked again: already made
     if (existing) throw new TandemError("already_exists", `a volume named ${body.name} already exists on ${this.nodeName} (id ${existing.id}); if it is a leftover, tandem volume delete ${body.name} --force removes it`);
