@@ -175,7 +175,7 @@ describe("vhost-user-blk with a QEMU guest", () => {
       const daemon = await TestDaemon.start({ dir: fs.mkdtempSync(path.join(dir, "node-")), config: { log: { level: "info" } } });
       try {
         expect((await daemon.cli(["volume", "create", "vm", "--size", "256M"])).code).toBe(0);
-        const vhostSocket = path.join(daemon.dir, "vm.vhost.sock");
+        const vhostSocket = path.join(daemon.dir, "vhost", "vm.vhost.sock"); // inside the configured vhost.socketDir
         const exported = await daemon.cli(["export", "vhost", "vm", "--path", vhostSocket, "--json"]);
         expect(exported.code, exported.stderr).toBe(0);
         let restarted: Promise<void> | undefined;
@@ -225,7 +225,7 @@ describe("vhost-user-blk with a QEMU guest", () => {
       try {
         expect((await lab(["up"])).code).toBe(0);
         expect((await onA(["volume", "create", "vm", "--size", "128M"])).code).toBe(0);
-        const vhostSocket = path.join(labDir, "vm.vhost.sock");
+        const vhostSocket = path.join(labDir, "a", "vhost", "vm.vhost.sock"); // inside node a's vhost.socketDir
         const exported = await onA(["export", "vhost", "vm", "--path", vhostSocket]);
         expect(exported.code, exported.stderr).toBe(0);
         const guest = await runGuest({

@@ -11,7 +11,9 @@ export class ExportVhostCommand extends TandemCommand {
     details: `
       Listens on a unix socket for QEMU's vhost-user-blk front-end. The export is recorded and comes
       back after a daemon restart; QEMU with reconnect=1 on its chardev reconnects by itself. The
-      default socket is <vhost.socketDir>/<volume>.sock.
+      default socket is <vhost.socketDir>/<volume>.sock; --path must lie inside vhost.socketDir
+      unless the config sets vhost.allowAnyPath, and be at most 107 bytes long. The socket is
+      created with mode 0600 (root only), or 0660 with vhost.socketGroup as its group.
     `,
     examples: [
       ["Export vm1 with 2 queues", "tandem export vhost vm1 --queues 2"],
