@@ -209,6 +209,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   const sizeBytes = mix.blocks * blockBytes;
   const layout = metadataLayout(sizeBytes, mix.granuleBytes);
   const rotted = new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()]));
+  /** When each block last rotted: a repair only accounts for rot that happened before its verify began. */
+  const rottedAtUs = new Map<number, Map<number, number>>(volumeIds.map((id) => [id, new Map()]));
 
   const nodes = new Map<string, SimNode>();
   for (const name of nodeNames) {
@@ -551,6 +553,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         note(`fault: bit rot in v${volumeId} block 0x${block.toString(16)} on b`);
         secondary.disks.get(volumeId)!.data.rot(block * blockBytes + 100, 16);
         rotted.get(volumeId)!.add(block);
+        rottedAtUs.get(volumeId)!.set(block, scheduler.now);
         return;
       }
       case "replace": {
@@ -619,6 +622,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     stats.verifies!++;
     const other = peerOf(name);
     const rotSnapshot = new Set(rotted.get(volumeId)!);
+    const verifyStartedUs = scheduler.now;
     note(`operator: verify v${volumeId} on ${name}${repair ? " with repair" : ""}`);
     nodes.get(name)!.driver!.verify(volumeId, repair, (error, result) => {
       verifyBusy = false;
@@ -630,7 +634,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
           let explained = false;
           for (let block = first; block < last; block++) if (rotSnapshot.has(block) || rotted.get(volumeId)!.has(block)) explained = true;
           if (!explained) checkers.fail("correctness", "replicas identical", `verify of v${volumeId} on ${name} found ${mismatch.offset}+${mismatch.length} differing from ${other} while in sync, with no injected rot there`);
-          else if (repair && result.repaired > 0) for (let block = first; block < last; block++) rotted.get(volumeId)!.delete(block);
+          else if (repair && result.repaired > 0) {
+            // Rot injected after this verify began may have been passed over: it stays expected.
+            for (let block = first; block < last; block++) if ((rottedAtUs.get(volumeId)!.get(block) ?? 0) < verifyStartedUs) rotted.get(volumeId)!.delete(block);
+          }
         }
       }
       done();
