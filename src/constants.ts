@@ -111,13 +111,28 @@ export const replicaTickMs = 10;
 export const replicaKeepaliveIntervalMs = 500;
 /** No byte from the peer for this long and the link is declared lost (DESIGN.md §5 linkTimeout). */
 export const replicaLinkTimeoutMs = 1_500;
-/** A connection that has not authenticated in this time is closed. */
-export const replicaHandshakeTimeoutMs = 5_000;
+/** A connection that has not authenticated in this time is closed. The handshake is two round trips
+ * on a direct cable (well under a millisecond); the bound leaves room for a loaded node and keeps a
+ * stranger's idle connection short-lived. */
+export const replicaHandshakeTimeoutMs = 2_000;
 /** First and largest delay before redialling the peer after a lost or refused link (doubling, jittered). */
 export const replicaReconnectDelayMsMin = 100;
 export const replicaReconnectDelayMsMax = 5_000;
-/** Connections still in their handshake at once; more are refused (stops connection floods). */
-export const replicaPendingConnectionsMax = 4;
+/** Accepted connections that have not yet shown a Hello signed with the pairing secret, from all
+ * sources together. A new one beyond this evicts the oldest of the busiest source (never refused:
+ * the real peer's next connection always gets in, see docs/security.md). */
+export const replicaPendingConnectionsMax = 64;
+/** The same, from one source address: a flood from one address only churns its own connections. */
+export const replicaPendingConnectionsPerSourceMax = 8;
+/** Handshakes past a correctly signed Hello (the peer, or a replay of its Hello) waiting for the
+ * dialer's proof; a newer one evicts the oldest, so a replayed Hello cannot hold the peer out. */
+export const replicaAdmittedConnectionsMax = 2;
+/** Dialer nonces an acceptor remembers to refuse a replayed Hello outright. */
+export const replicaRecentDialerNoncesMax = 1024;
+/** Refused connections, failed handshakes and rejected frames reported (log and event) per window;
+ * beyond it they are counted and one summary says what was suppressed when the window ends. */
+export const replicaRefusalReportsPerWindowMax = 10;
+export const replicaRefusalReportWindowMs = 10_000;
 /** Pairing secret length bounds. */
 export const replicaSecretBytesMin = 16;
 export const replicaSecretBytesMax = 1024;
@@ -171,6 +186,10 @@ assert(replicaKeepaliveIntervalMs * 2 <= replicaLinkTimeoutMs, "two keepalives f
 assert(replicaTickMs * 10 <= replicaKeepaliveIntervalMs, "ticks are fine enough to time keepalives");
 assert(replicaReconnectDelayMsMin <= replicaReconnectDelayMsMax, "reconnect delays ordered");
 assert(replicaSecretBytesMin >= 16 && replicaSecretBytesMin <= replicaSecretBytesMax, "pairing secrets carry at least 128 bits");
+assert(replicaHandshakeTimeoutMs >= replicaTickMs * 10 && replicaHandshakeTimeoutMs <= replicaReconnectDelayMsMax, "a handshake gets at least ten ticks, and a stranger's connection lives no longer than one redial delay");
+assert(replicaPendingConnectionsPerSourceMax >= 2 && replicaPendingConnectionsPerSourceMax <= replicaPendingConnectionsMax, "per-source pending bound within the total");
+assert(replicaAdmittedConnectionsMax >= 1 && replicaRecentDialerNoncesMax >= replicaPendingConnectionsMax, "room for the peer's handshake; replay memory covers every pending handshake");
+assert(replicaRefusalReportsPerWindowMax >= 1 && replicaRefusalReportWindowMs >= replicaLinkTimeoutMs, "refusal reports: at least one per window, windows no shorter than a link timeout");
 assert(replicaFrameBytesMax >= requestBytesMax + 4 * KiB && replicaFrameBytesMax >= replicaResyncChunkBytesMax + 4 * KiB, "one maximal request or chunk plus its fields fits a frame");
 assert(replicaBitmapRunsPerMessageMax * 16 + 64 <= replicaFrameBytesMax, "a full BitmapRuns message fits a frame");
 assert(replicaBitmapGranuleBytesMin >= volumeSizeAlignmentBytes && replicaBitmapGranuleBytesMin <= replicaBitmapGranuleBytesMax, "granules ordered and aligned");

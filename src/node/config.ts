@@ -24,10 +24,12 @@ export interface HostPort {
 export interface PeerConfig {
   /** The peer node's name. */
   name: string;
-  /** Where the peer's replication listener is. */
+  /** This node's half of the link: it dials the peer, or accepts the peer's connection (docs/security.md). */
+  connect: "dial" | "accept";
+  /** Where the peer's replication listener is (the dialer connects there). */
   address: HostPort;
-  /** Where this node's replication listener binds. */
-  listen: HostPort;
+  /** Where this node's replication listener binds: required to accept; a dialer that has one only refuses and reports what connects. */
+  listen: HostPort | undefined;
   /** The pairing secret shared by both nodes (read from `secretFile`). */
   secret: Uint8Array;
   /** 16 bytes naming the pair (hex in the file). */
@@ -104,7 +106,7 @@ const knownFields = {
   "nbd.": ["socket", "tcp"],
   "vhost.": ["socketDir", "socketGroup", "allowAnyPath"],
   "log.": ["level"],
-  "peer.": ["name", "address", "listen", "secretFile", "clusterId", "resyncRate"],
+  "peer.": ["name", "connect", "address", "listen", "secretFile", "clusterId", "resyncRate"],
   "witness.": ["path"],
 } as const;
 
@@ -197,8 +199,14 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
     refuseUnknown(source, peerRaw, "peer.");
     const peerName = text(source, peerRaw, "name", "peer.") ?? fail(source, "peer.name", "is required");
     if (!nodeNamePattern.test(peerName) || peerName === name) fail(source, "peer.name", `"${peerName}" must be a valid node name other than "${name}"`);
+    // Absent: the node whose name sorts first dials (what both nodes derive alike from the same two names).
+    const connectText = text(source, peerRaw, "connect", "peer.") ?? (name < peerName ? "dial" : "accept");
+    if (connectText !== "dial" && connectText !== "accept") fail(source, "peer.connect", `must be "dial" or "accept" (exactly one of the two nodes dials)`);
+    const connect: "dial" | "accept" = connectText;
     const address = parseHostPort(text(source, peerRaw, "address", "peer.") ?? fail(source, "peer.address", "is required"), `${source}: peer.address`);
-    const listen = parseHostPort(text(source, peerRaw, "listen", "peer.") ?? fail(source, "peer.listen", "is required"), `${source}: peer.listen`);
+    const listenText = text(source, peerRaw, "listen", "peer.");
+    if (listenText === undefined && connect === "accept") fail(source, "peer.listen", `is required: this node accepts the peer's connection (peer.connect = "accept")`);
+    const listen = listenText === undefined ? undefined : parseHostPort(listenText, `${source}: peer.listen`);
     const secretFile = resolve(text(source, peerRaw, "secretFile", "peer.") ?? fail(source, "peer.secretFile", "is required"));
     const secret = readSecretFile(source, secretFile);
     if (secret.length < replicaSecretBytesMin || secret.length > replicaSecretBytesMax) {
@@ -217,7 +225,7 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
       }
       if (resyncRateBytesPerSecond < 1024 * 1024) fail(source, "peer.resyncRate", "must be at least 1M (bytes per second)");
     }
-    peer = { name: peerName, address, listen, secret, clusterId, resyncRateBytesPerSecond };
+    peer = { name: peerName, connect, address, listen, secret, clusterId, resyncRateBytesPerSecond };
   }
 
   return { name, dataDir, controlSocket, nbdSocket, nbdTcp, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, source };

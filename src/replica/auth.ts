@@ -1,48 +1,154 @@
-// Mutual authentication of the replication link with the pairing secret set at install. Each side
-// sends a Hello with a fresh random nonce; each then proves it knows the secret with
-//   mac = HMAC-SHA256(secret, "tandem-link-v1" | version | verifier nonce | prover nonce |
-//                               prover node id | verifier node id | cluster id)
-// The verifier's own fresh nonce makes an old recording useless (no replay), and naming prover and
-// verifier in order makes a mac useless in the other direction or on another connection (no
-// reflection: a node also refuses a peer that claims its own name). HMAC is a pure function; the
-// nonces come from the caller's injected Random, so this module has no IO and no ambient state.
-import { createHmac, timingSafeEqual } from "node:crypto";
+// The cryptography of the replication link (docs/security.md has the whole design and its reasons).
+// Pure functions of the pairing secret and the bytes exchanged; the nonces come from the caller's
+// injected Random, so this module has no IO and no ambient state.
+//
+//  - Admission tag: the dialer's Hello carries HMAC-SHA256(secret, label | its own Hello fields).
+//    It lets the acceptor tell the real peer from a stranger on its first message (so strangers
+//    cannot crowd the peer out) and is useless anywhere else: it is a proof of nothing but "knows
+//    the secret and sent this Hello once", and the acceptor refuses a Hello whose nonce it has seen.
+//  - Transcript: SHA-256 over a label, both Hello payloads exactly as sent (role, version range,
+//    cluster id, name, nonce, flags of each side) and the chosen version.
+//  - Proofs: the dialer's is HMAC(secret, "dialer proof" | transcript); the acceptor checks it
+//    BEFORE it sends its own, HMAC(secret, "acceptor proof" | transcript | dialer's proof). A proof
+//    binds its role and the whole exchange, so it is valid in no other position and on no other
+//    connection, and an acceptor never proves anything to someone who has not proved first.
+//  - Session keys: HKDF-SHA256(secret, salt = transcript), one 32-byte key per direction.
+//  - Frame tags: AES-256-GCM with an empty plaintext (GMAC, NIST SP 800-38D) under the direction's
+//    key, nonce = the frame's implicit sequence number in that direction, authenticating the frame
+//    header and payload. A replayed, reordered, dropped, altered or spliced frame fails its tag.
+//    GMAC rather than HMAC because it costs a fraction per byte (measured in docs/security.md);
+//    its nonce never repeats under one key because keys are fresh per connection and per direction
+//    and the sequence only grows.
+import { createCipheriv, createHash, createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
 import { assert } from "../common/assert.ts";
-import { clusterIdBytes, macBytes } from "./wire.ts";
+import { clusterIdBytes, type Frame, frameTagBytes, type LinkRole, macBytes, markFrameTagged } from "./wire.ts";
 
-const label = new TextEncoder().encode("tandem-link-v1");
 const encoder = new TextEncoder();
+const label = {
+  admission: encoder.encode("tandem-link-v2 admission"),
+  transcript: encoder.encode("tandem-link-v2 transcript"),
+  dialerProof: encoder.encode("tandem-link-v2 dialer proof"),
+  acceptorProof: encoder.encode("tandem-link-v2 acceptor proof"),
+  dialerToAcceptor: encoder.encode("tandem-link-v2 frames dialer to acceptor"),
+  acceptorToDialer: encoder.encode("tandem-link-v2 frames acceptor to dialer"),
+};
 
-export interface AuthParty {
+/** What a Hello says about its sender: everything the admission tag covers. */
+export interface HelloFields {
+  role: LinkRole;
+  versionMin: number;
+  versionMax: number;
+  clusterId: Uint8Array;
   nodeId: string;
   nonce: Uint8Array;
+  flags: number;
 }
 
 function lengthPrefixed(bytes: Uint8Array): Uint8Array {
-  const out = new Uint8Array(2 + bytes.length);
-  out[0] = bytes.length & 0xff;
-  out[1] = bytes.length >>> 8;
-  out.set(bytes, 2);
+  assert(bytes.length <= 0xffffffff, "length fits 32 bits");
+  const out = new Uint8Array(4 + bytes.length);
+  new DataView(out.buffer).setUint32(0, bytes.length, true);
+  out.set(bytes, 4);
   return out;
 }
 
-/** The mac `prover` sends to `verifier` on a link of `clusterId` speaking `version`. */
-export function authMac(secret: Uint8Array, clusterId: Uint8Array, version: number, prover: AuthParty, verifier: AuthParty): Uint8Array {
-  assert(clusterId.length === clusterIdBytes, "cluster ids are 16 bytes");
-  const hmac = createHmac("sha256", secret);
-  hmac.update(label);
-  hmac.update(new Uint8Array([version & 0xff, version >>> 8]));
-  hmac.update(lengthPrefixed(verifier.nonce));
-  hmac.update(lengthPrefixed(prover.nonce));
-  hmac.update(lengthPrefixed(encoder.encode(prover.nodeId)));
-  hmac.update(lengthPrefixed(encoder.encode(verifier.nodeId)));
-  hmac.update(clusterId);
-  const mac = new Uint8Array(hmac.digest());
-  assert(mac.length === macBytes, "HMAC-SHA256 is 32 bytes");
-  return mac;
+function hmac(secret: Uint8Array, parts: readonly Uint8Array[]): Uint8Array {
+  const mac = createHmac("sha256", secret);
+  for (const part of parts) mac.update(part);
+  const digest = new Uint8Array(mac.digest());
+  assert(digest.length === macBytes, "HMAC-SHA256 is 32 bytes");
+  return digest;
 }
 
-/** Constant-time check of the mac a peer sent. */
+/** The dialer's admission tag over its own Hello. */
+export function admissionTag(secret: Uint8Array, hello: HelloFields): Uint8Array {
+  assert(hello.clusterId.length === clusterIdBytes, "cluster ids are 16 bytes");
+  const numbers = new Uint8Array(6);
+  const view = new DataView(numbers.buffer);
+  view.setUint8(0, hello.role);
+  view.setUint16(1, hello.versionMin, true);
+  view.setUint16(3, hello.versionMax, true);
+  view.setUint8(5, hello.flags);
+  return hmac(secret, [label.admission, numbers, hello.clusterId, lengthPrefixed(encoder.encode(hello.nodeId)), lengthPrefixed(hello.nonce)]);
+}
+
+/** The handshake so far: both Hello payloads as sent on the wire, and the version chosen from them. */
+export function transcriptHash(dialerHelloPayload: Uint8Array, acceptorHelloPayload: Uint8Array, version: number): Uint8Array {
+  const hash = createHash("sha256");
+  hash.update(label.transcript);
+  hash.update(lengthPrefixed(dialerHelloPayload));
+  hash.update(lengthPrefixed(acceptorHelloPayload));
+  hash.update(new Uint8Array([version & 0xff, version >>> 8]));
+  return new Uint8Array(hash.digest());
+}
+
+export function dialerProof(secret: Uint8Array, transcript: Uint8Array): Uint8Array {
+  return hmac(secret, [label.dialerProof, transcript]);
+}
+
+export function acceptorProof(secret: Uint8Array, transcript: Uint8Array, dialerProofBytes: Uint8Array): Uint8Array {
+  return hmac(secret, [label.acceptorProof, transcript, dialerProofBytes]);
+}
+
+export interface SessionKeys {
+  dialerToAcceptor: Uint8Array;
+  acceptorToDialer: Uint8Array;
+}
+
+export function sessionKeys(secret: Uint8Array, transcript: Uint8Array): SessionKeys {
+  const derive = (info: Uint8Array) => new Uint8Array(hkdfSync("sha256", secret, transcript, info, 32));
+  return { dialerToAcceptor: derive(label.dialerToAcceptor), acceptorToDialer: derive(label.acceptorToDialer) };
+}
+
+/** Constant-time comparison of a mac or tag a peer sent with the one expected. */
 export function verifyMac(expected: Uint8Array, received: Uint8Array): boolean {
   return received.length === expected.length && timingSafeEqual(expected, received);
+}
+
+/** The tag of the frame made of `parts` (header first), as frame number `sequence` under `key`. */
+export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint8Array[]): Uint8Array {
+  assert(Number.isSafeInteger(sequence) && sequence >= 0, "frame sequence numbers are safe integers");
+  const nonce = new Uint8Array(12);
+  const view = new DataView(nonce.buffer);
+  view.setUint32(0, sequence % 0x100000000, true);
+  view.setUint32(4, Math.floor(sequence / 0x100000000), true);
+  const cipher = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: frameTagBytes });
+  for (const part of parts) if (part.length > 0) cipher.setAAD(part);
+  cipher.final();
+  return new Uint8Array(cipher.getAuthTag());
+}
+
+/**
+ * One direction's frame authentication on one connection: the sender seals, the receiver opens, each
+ * counting frames so the sequence number never travels. `key` undefined: frames go untagged (only
+ * when both ends asked for it in their Hellos, for benchmarks; see docs/security.md).
+ */
+export class FrameSealer {
+  private sequence = 0;
+  constructor(private readonly key: Uint8Array | undefined) {}
+
+  /** Flag the frame as tagged and append its tag (the parts come from encodeMessage, header first). */
+  seal(parts: Uint8Array[]): Uint8Array[] {
+    if (!this.key) return parts;
+    markFrameTagged(parts[0]!);
+    parts.push(frameTag(this.key, this.sequence++, parts));
+    return parts;
+  }
+}
+
+export type OpenResult = "ok" | "missing" | "unexpected" | "bad";
+
+export class FrameOpener {
+  private sequence = 0;
+  constructor(private readonly key: Uint8Array | undefined) {}
+
+  /** Check the next frame's tag; anything but "ok" means the frame must not be acted on. */
+  open(frame: Frame): OpenResult {
+    if (!this.key) return frame.tag ? "unexpected" : "ok";
+    if (!frame.tag) return "missing";
+    const expected = frameTag(this.key, this.sequence, [frame.header, frame.payload]);
+    if (!verifyMac(expected, frame.tag)) return "bad";
+    this.sequence++;
+    return "ok";
+  }
 }

@@ -7,6 +7,7 @@
 import { assert } from "../common/assert.ts";
 import {
   replicaActivityLogExtentBytes,
+  replicaAdmittedConnectionsMax,
   replicaActivityLogExtentsMax,
   replicaBarrierIntervalMs,
   replicaBitmapWritebackIntervalMs,
@@ -15,10 +16,14 @@ import {
   replicaKeepaliveIntervalMs,
   replicaLinkTimeoutMs,
   replicaPendingConnectionsMax,
+  replicaPendingConnectionsPerSourceMax,
   replicaQueuedOperationsPerVolumeMax,
   replicaRateWindowMs,
+  replicaRecentDialerNoncesMax,
   replicaReconnectDelayMsMax,
   replicaReconnectDelayMsMin,
+  replicaRefusalReportsPerWindowMax,
+  replicaRefusalReportWindowMs,
   replicaResyncCheckpointChunks,
   replicaResyncChunkBytesMax,
   replicaResyncRateBytesPerSecondDefault,
@@ -47,7 +52,14 @@ export interface ReplicaConfig {
   handshakeTimeoutTicks: number;
   reconnectDelayTicksMin: number;
   reconnectDelayTicksMax: number;
+  /** Unidentified connections (no signed Hello yet) in their handshake, all sources / one source. */
   pendingConnectionsMax: number;
+  pendingConnectionsPerSourceMax: number;
+  /** Handshakes past a signed Hello, waiting for the dialer's proof. */
+  admittedConnectionsMax: number;
+  recentDialerNoncesMax: number;
+  refusalReportsPerWindowMax: number;
+  refusalReportWindowTicks: number;
   frameBytesMax: number;
   writesInFlightMax: number;
   queuedOperationsMax: number;
@@ -80,6 +92,11 @@ export function defaultReplicaConfig(overrides: Partial<ReplicaConfig> = {}): Re
     reconnectDelayTicksMin: ticks(replicaReconnectDelayMsMin, tickMs),
     reconnectDelayTicksMax: ticks(replicaReconnectDelayMsMax, tickMs),
     pendingConnectionsMax: replicaPendingConnectionsMax,
+    pendingConnectionsPerSourceMax: replicaPendingConnectionsPerSourceMax,
+    admittedConnectionsMax: replicaAdmittedConnectionsMax,
+    recentDialerNoncesMax: replicaRecentDialerNoncesMax,
+    refusalReportsPerWindowMax: replicaRefusalReportsPerWindowMax,
+    refusalReportWindowTicks: ticks(replicaRefusalReportWindowMs, tickMs),
     frameBytesMax: replicaFrameBytesMax,
     writesInFlightMax: replicaWritesInFlightPerVolumeMax,
     queuedOperationsMax: replicaQueuedOperationsPerVolumeMax,
@@ -108,6 +125,7 @@ export function validateReplicaConfig(config: ReplicaConfig): void {
   for (const [name, value] of Object.entries(config)) if (typeof value === "number") positive(value, name);
   assert(config.keepaliveIntervalTicks * 2 <= config.linkTimeoutTicks, "two keepalives fit in the link timeout");
   assert(config.reconnectDelayTicksMin <= config.reconnectDelayTicksMax, "reconnect delays ordered");
+  assert(config.pendingConnectionsPerSourceMax <= config.pendingConnectionsMax, "per-source pending bound within the total");
   assert(config.activityLogExtentsMax >= 2, "the activity log holds at least two extents");
   assert(config.activityLogExtentsMax * 4 + 64 <= 4096, "an activity-log transaction fits one metadata slot");
   assert(config.resyncChunkBytesMax + 4096 <= config.frameBytesMax, "a resync chunk fits a frame");

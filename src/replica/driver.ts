@@ -11,7 +11,7 @@ import { defaultReplicaConfig, type ReplicaConfig } from "./config.ts";
 import type { BlockStorage, Clock, MetadataStore, PeerTransport, PeerTransportHandler, Random, WriteAuthority } from "./io.ts";
 import { formatMetadata, type FormatOptions, loadMetadata, type MetadataWrite } from "./metadata-format.ts";
 import { type LinkStatus, NodeCore, type NodeIdentity } from "./node.ts";
-import type { CoreAction, CoreEvent, IoError, ReplicaReport, VerifyResult, VolumeStatus } from "./types.ts";
+import type { CoreAction, CoreEvent, IoError, RemoteAddress, ReplicaReport, VerifyResult, VolumeStatus } from "./types.ts";
 import { DecodeError } from "./wire.ts";
 
 /** What the core said about a finished client request besides its error. */
@@ -175,8 +175,8 @@ export class ReplicaDriver implements PeerTransportHandler {
 
   // ---- transport handler
 
-  connected(connection: number, dialled: boolean): void {
-    this.feed({ kind: "connected", connection, dialled });
+  connected(connection: number, dialled: boolean, remote: RemoteAddress): void {
+    this.feed({ kind: "connected", connection, dialled, remote });
   }
   dialFailed(reason: string): void {
     this.feed({ kind: "dialFailed", reason });
@@ -294,6 +294,8 @@ export class ReplicaDriver implements PeerTransportHandler {
     const { kind, ...fields } = report;
     switch (kind) {
       case "connectionRefused":
+      case "frameRejected":
+      case "reportsSuppressed":
       case "protocolError":
       case "ioError":
       case "splitBrain":

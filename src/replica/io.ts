@@ -5,7 +5,7 @@
 // copes with both. docs/replication.md states each contract.
 import { BlockError, type BlockErrorCode } from "../common/errors.ts";
 import type { BlockLayer } from "../node/block/layer.ts";
-import type { Grant, IoError } from "./types.ts";
+import type { Grant, IoError, RemoteAddress } from "./types.ts";
 
 export type IoCallback = (error: IoError | null) => void;
 
@@ -37,8 +37,8 @@ export interface MetadataStore {
 
 /** What a transport reports to the driver. Connection ids are the transport's, unique per process. */
 export interface PeerTransportHandler {
-  /** A connection is open (`dialled`: it answers our `dial`; otherwise the peer connected to us). */
-  connected(connection: number, dialled: boolean): void;
+  /** A connection is open (`dialled`: it answers our `dial`; otherwise someone connected to us, from `remote`). */
+  connected(connection: number, dialled: boolean, remote: RemoteAddress): void;
   /** A `dial` failed before a connection existed. */
   dialFailed(reason: string): void;
   /** Bytes arrived; the buffer becomes the driver's (the transport must not reuse it). */

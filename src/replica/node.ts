@@ -4,32 +4,25 @@
 // actions to perform; time is the count of ticks the driver delivered; randomness (nonces,
 // generation ids, backoff jitter) comes from the injected Random.
 //
-// Link rules: the node with the lower name dials, the other accepts (no crossed connections). Each
-// side sends a Hello with a fresh nonce and proves the pairing secret with an HMAC over both nonces
-// (auth.ts); until then only Hello and Auth are accepted, frames are limited to 4 KiB, and anything
-// else closes the connection with a report. A newly authenticated connection replaces an older one
-// (the peer restarted). No bytes for linkTimeout: the link is lost. Idle: Pings keep it proven.
+// Link rules (docs/security.md): one node dials and the other accepts, fixed by configuration; the
+// dialer refuses every inbound connection. Each connection runs the handshake of handshake.ts; until
+// it is established only Hello and Auth are accepted, frames are limited to 4 KiB and untagged, and
+// anything else closes the connection with a report. After it, every frame in both directions is
+// tagged with the session's keys and an implicit sequence number; a frame whose tag does not check
+// is never acted on and closes the connection. The acceptor keeps room for its peer: unidentified
+// connections (no signed Hello yet) are bounded per source and in total, and a new one evicts the
+// oldest of the busiest source instead of being refused; a connection with a correctly signed Hello
+// can only be pushed out by a newer one. Every handshake times out. Refusals are reported through a
+// rate limit that summarises what it held back. A newly authenticated connection replaces an older
+// one (the peer restarted). No bytes for linkTimeout: the link is lost. Idle: Pings keep it proven.
 import { assert } from "../common/assert.ts";
-import { authMac, verifyMac } from "./auth.ts";
 import type { ReplicaConfig } from "./config.ts";
+import { type ConnectRole, Handshake, type HandshakeStep, type LinkSession, type RefusalCode } from "./handshake.ts";
 import type { LoadedMetadata } from "./metadata-format.ts";
-import type { CoreAction, CoreEvent, ReplicaReport, VolumeStatus } from "./types.ts";
+import { ReportLimiter } from "./report-limiter.ts";
+import type { CoreAction, CoreEvent, RemoteAddress, ReplicaReport, VolumeStatus } from "./types.ts";
 import { VolumeCore, type VolumeHost } from "./volume.ts";
-import {
-  clusterIdBytes,
-  DecodeError,
-  decodeMessage,
-  encodeMessage,
-  type Frame,
-  Framer,
-  type HelloMessage,
-  type Message,
-  MessageType,
-  negotiateVersion,
-  protocolVersionMax,
-  protocolVersionMin,
-  WireStatus,
-} from "./wire.ts";
+import { clusterIdBytes, DecodeError, decodeMessage, encodeMessage, type Frame, Framer, type Message, MessageType, WireStatus } from "./wire.ts";
 import { replicaNonceBytes } from "../constants.ts";
 
 /** Source of randomness, injected (the simulator's is seeded). */
@@ -44,18 +37,22 @@ export interface NodeIdentity {
   clusterId: Uint8Array;
   /** The pairing secret set at install. */
   secret: Uint8Array;
+  /** Whether this node dials its peer or accepts its connection (the peer must have the other). */
+  connect: ConnectRole;
+  /** Benchmarks only: ask for untagged frames (the peer must ask too, see docs/security.md). */
+  untaggedFrames?: boolean;
 }
 
 const handshakeFrameBytesMax = 4096;
 
+type ConnectionState = { kind: "handshake"; handshake: Handshake } | { kind: "established"; session: LinkSession };
+
 interface Connection {
   id: number;
   dialled: boolean;
+  remote: RemoteAddress;
   framer: Framer;
-  localNonce: Uint8Array;
-  peerHello: HelloMessage | undefined;
-  version: number;
-  authenticated: boolean;
+  state: ConnectionState;
   openedTick: number;
   lastReceivedTick: number;
   lastSentTick: number;
@@ -64,10 +61,20 @@ interface Connection {
 export interface LinkStatus {
   state: "up" | "down" | "connecting";
   peer: string;
+  /** This node's half of the link: it dials the peer, or accepts the peer's connection. */
+  role: ConnectRole;
   version: number | undefined;
+  /** False only when both nodes asked for untagged frames (benchmarks). */
+  framesTagged: boolean | undefined;
   sinceTick: number;
   connectionsPending: number;
+  /** Connections refused or handshakes failed since the node started (reported or not). */
+  refusedConnections: number;
   lastError: string | undefined;
+}
+
+function formatRemote(remote: RemoteAddress): string {
+  return remote.host.includes(":") ? `[${remote.host}]:${remote.port}` : `${remote.host}:${remote.port}`;
 }
 
 export class NodeCore {
@@ -77,6 +84,10 @@ export class NodeCore {
   private active: Connection | undefined;
   private readonly volumes = new Map<number, VolumeCore>();
   private readonly dialer: boolean;
+  /** Dialer nonces seen by this acceptor, oldest first (a replayed Hello is refused). */
+  private readonly recentDialerNonces = new Set<string>();
+  private readonly refusalLimiter: ReportLimiter;
+  private refusedConnections = 0;
   private dialing = false;
   private dialStartedTick = 0;
   private nextDialTick = 0;
@@ -99,7 +110,8 @@ export class NodeCore {
   ) {
     assert(identity.nodeId !== identity.peerNodeId, "the two nodes have different names");
     assert(identity.clusterId.length === clusterIdBytes, "cluster ids are 16 bytes");
-    this.dialer = identity.nodeId < identity.peerNodeId;
+    this.dialer = identity.connect === "dial";
+    this.refusalLimiter = new ReportLimiter(config.refusalReportsPerWindowMax, config.refusalReportWindowTicks);
     this.backoffTicks = config.reconnectDelayTicksMin;
     this.volumeHost = {
       nodeId: identity.nodeId,
@@ -149,12 +161,16 @@ export class NodeCore {
   }
 
   linkStatus(): LinkStatus {
+    const session = this.active?.state.kind === "established" ? this.active.state.session : undefined;
     return {
       state: this.active ? "up" : this.connections.size > 0 || this.dialing ? "connecting" : "down",
       peer: this.identity.peerNodeId,
-      version: this.active?.version,
+      role: this.identity.connect,
+      version: session?.version,
+      framesTagged: session?.tagged,
       sinceTick: this.linkSinceTick,
-      connectionsPending: [...this.connections.values()].filter((connection) => !connection.authenticated).length,
+      connectionsPending: [...this.connections.values()].filter((connection) => connection.state.kind === "handshake").length,
+      refusedConnections: this.refusedConnections,
       lastError: this.lastError,
     };
   }
@@ -177,7 +193,7 @@ export class NodeCore {
       case "tick":
         return this.tick();
       case "connected":
-        return this.connected(event.connection, event.dialled);
+        return this.connected(event.connection, event.dialled, event.remote);
       case "dialFailed":
         this.dialing = false;
         this.lastError = event.reason;
@@ -188,6 +204,10 @@ export class NodeCore {
       case "closed": {
         const connection = this.connections.get(event.connection);
         if (!connection) return; // we closed it already
+        if (connection.dialled && connection.state.kind === "handshake") {
+          // The acceptor refused us: it says nothing to a dialer it does not trust, so this is all we learn.
+          this.refusal(connection, "closed-by-peer", `${this.identity.peerNodeId} closed the connection during the handshake (${event.reason}): unless the network broke, it refused this node; its events say why (wrong secret, cluster, name or role?)`, true);
+        }
         this.forget(connection, event.reason);
         return;
       }
@@ -250,9 +270,13 @@ export class NodeCore {
   private tick(): void {
     this.tickCount++;
     const now = this.tickCount;
+    const summary = this.refusalLimiter.roll(now);
+    if (summary) this.report({ kind: "reportsSuppressed", count: summary.count, byCode: summary.byCode, windowMs: summary.windowTicks * this.config.tickMs });
     for (const connection of [...this.connections.values()]) {
-      if (!connection.authenticated) {
-        if (now - connection.openedTick >= this.config.handshakeTimeoutTicks) this.refuse(connection, "handshake timed out");
+      if (connection.state.kind === "handshake") {
+        if (now - connection.openedTick >= this.config.handshakeTimeoutTicks) {
+          this.refuse(connection, "handshake-timeout", `no complete handshake within ${this.config.handshakeTimeoutTicks * this.config.tickMs} ms (phase ${connection.state.handshake.phase.kind})`);
+        }
         continue;
       }
       if (now - connection.lastReceivedTick >= this.config.linkTimeoutTicks) {
@@ -283,43 +307,77 @@ export class NodeCore {
     this.backoffTicks = Math.min(this.backoffTicks * 2, this.config.reconnectDelayTicksMax);
   }
 
-  private connected(id: number, dialled: boolean): void {
+  private connected(id: number, dialled: boolean, remote: RemoteAddress): void {
     if (dialled) this.dialing = false;
     if (this.stopped) {
       this.out.push({ kind: "close", connection: id, reason: "node shutting down" });
       return;
     }
-    const pending = [...this.connections.values()].filter((connection) => !connection.authenticated).length;
-    if (pending >= this.config.pendingConnectionsMax) {
-      this.report({ kind: "connectionRefused", reason: `too many connections in their handshake (${pending})` });
-      this.out.push({ kind: "close", connection: id, reason: "too many pending connections" });
+    if (!dialled && this.dialer) {
+      // Nothing is said to it: a dialer proves itself only on connections it made.
+      this.out.push({ kind: "close", connection: id, reason: "this node dials its peer" });
+      this.refusalReport(remote, "inbound-on-dialer", `connection from ${formatRemote(remote)} refused: this node dials ${this.identity.peerNodeId} and accepts no connection (peer.connect = "dial")`);
       return;
     }
-    const localNonce = new Uint8Array(replicaNonceBytes);
-    this.random.fill(localNonce);
+    assert(dialled || !this.dialer, "only a dialer's own dials come back as dialled");
+    if (!dialled) this.makeRoomFor(remote);
+    const nonce = new Uint8Array(replicaNonceBytes);
+    this.random.fill(nonce);
+    const handshake = new Handshake(this.identity.connect, { ...this.identity, untaggedFrames: this.identity.untaggedFrames === true }, nonce, (dialerNonce) => this.freshDialerNonce(dialerNonce));
     const connection: Connection = {
       id,
       dialled,
+      remote,
       framer: new Framer(handshakeFrameBytesMax),
-      localNonce,
-      peerHello: undefined,
-      version: 0,
-      authenticated: false,
+      state: { kind: "handshake", handshake },
       openedTick: this.tickCount,
       lastReceivedTick: this.tickCount,
       lastSentTick: this.tickCount,
     };
     this.connections.set(id, connection);
-    this.sendOn(connection, {
-      type: MessageType.Hello,
-      volumeId: 0,
-      requestId: 0,
-      versionMin: protocolVersionMin,
-      versionMax: protocolVersionMax,
-      clusterId: this.identity.clusterId,
-      nodeId: this.identity.nodeId,
-      nonce: localNonce,
-    });
+    for (const message of handshake.start()) this.sendOn(connection, message);
+  }
+
+  /** Unidentified connections (accepted, no signed Hello yet), oldest first. */
+  private unidentified(): Connection[] {
+    return [...this.connections.values()].filter((connection) => connection.state.kind === "handshake" && connection.state.handshake.phase.kind === "awaitingDialerHello");
+  }
+
+  /**
+   * Before accepting one more connection from `remote`: when its source or all sources are at their
+   * bound of unidentified connections, evict the oldest of that source, or of the source holding the
+   * most. A stranger's flood thus only pushes out its own connections (or, sharing an address with
+   * the peer, connections that have not shown a signed Hello); the peer's own is never refused.
+   */
+  private makeRoomFor(remote: RemoteAddress): void {
+    const pending = this.unidentified();
+    const sameSource = pending.filter((connection) => connection.remote.host === remote.host);
+    let victim: Connection | undefined;
+    if (sameSource.length >= this.config.pendingConnectionsPerSourceMax) victim = sameSource[0];
+    else if (pending.length >= this.config.pendingConnectionsMax) {
+      const bySource = new Map<string, Connection[]>();
+      for (const connection of pending) bySource.set(connection.remote.host, [...(bySource.get(connection.remote.host) ?? []), connection]);
+      victim = [...bySource.values()].sort((left, right) => right.length - left.length)[0]![0];
+    }
+    if (victim) this.refuse(victim, "evicted", `evicted to make room: ${pending.length} connections without a signed Hello, ${sameSource.length} of them from ${remote.host}`);
+  }
+
+  /** Admitted handshakes (a signed Hello) beyond the bound: the oldest give way to the newest. */
+  private limitAdmitted(): void {
+    const admitted = [...this.connections.values()].filter((connection) => connection.state.kind === "handshake" && connection.state.handshake.phase.kind === "awaitingDialerProof");
+    for (const connection of admitted.slice(0, Math.max(0, admitted.length - this.config.admittedConnectionsMax))) {
+      this.refuse(connection, "superseded", "a newer connection with a signed Hello took this handshake's place");
+    }
+  }
+
+  /** Remember a dialer nonce; false when it was seen already (a replayed Hello). */
+  private freshDialerNonce(nonce: Uint8Array): boolean {
+    let key = "";
+    for (const byte of nonce) key += byte.toString(16).padStart(2, "0");
+    if (this.recentDialerNonces.has(key)) return false;
+    this.recentDialerNonces.add(key);
+    if (this.recentDialerNonces.size > this.config.recentDialerNoncesMax) this.recentDialerNonces.delete(this.recentDialerNonces.values().next().value!);
+    return true;
   }
 
   private data(id: number, bytes: Uint8Array): void {
@@ -334,12 +392,13 @@ export class NodeCore {
         frame = connection.framer.next();
       } catch (error) {
         if (!(error instanceof DecodeError)) throw error;
-        if (connection.authenticated) this.report({ kind: "protocolError", reason: `malformed frame from the peer: ${error.message}` });
-        return connection.authenticated ? this.closeConnection(connection, `malformed frame: ${error.message}`) : this.refuse(connection, `malformed frame: ${error.message}`);
+        if (connection.state.kind === "handshake") return this.refuse(connection, "malformed", `malformed frame: ${error.message}`);
+        this.report({ kind: "protocolError", reason: `malformed frame from the peer: ${error.message}` });
+        return this.closeConnection(connection, `malformed frame: ${error.message}`);
       }
       if (!frame) return;
-      if (!connection.authenticated) this.handshakeFrame(connection, frame);
-      else this.linkFrame(connection, frame);
+      if (connection.state.kind === "handshake") this.handshakeFrame(connection, connection.state.handshake, frame);
+      else this.linkFrame(connection, connection.state.session, frame);
     }
   }
 
@@ -349,50 +408,30 @@ export class NodeCore {
     } catch (error) {
       if (!(error instanceof DecodeError)) throw error;
       const reason = `malformed message of type ${frame.type}: ${error.message}`;
-      if (connection.authenticated) {
+      if (connection.state.kind === "handshake") this.refuse(connection, "malformed", reason);
+      else {
         this.report({ kind: "protocolError", reason });
         this.closeConnection(connection, reason);
-      } else this.refuse(connection, reason);
+      }
       return undefined;
     }
   }
 
-  private handshakeFrame(connection: Connection, frame: Frame): void {
-    if (!frame.payloadIntact) return this.refuse(connection, "handshake frame failed its checksum");
-    if (frame.type !== MessageType.Hello && frame.type !== MessageType.Auth) return this.refuse(connection, `message type ${frame.type} before authentication`);
+  private handshakeFrame(connection: Connection, handshake: Handshake, frame: Frame): void {
+    if (frame.tag) return this.refuse(connection, "malformed", "a tagged frame before the handshake finished");
+    if (!frame.payloadIntact) return this.refuse(connection, "malformed", "handshake frame failed its checksum");
+    if (frame.type !== MessageType.Hello && frame.type !== MessageType.Auth) return this.refuse(connection, "unexpected-message", `message type ${frame.type} before authentication`);
     const message = this.decodeOrClose(connection, frame);
     if (!message) return;
-    if (message.type === MessageType.Hello) {
-      if (connection.peerHello) return this.refuse(connection, "second Hello");
-      if (!message.clusterId.every((byte, index) => byte === this.identity.clusterId[index])) return this.refuse(connection, "Hello from another cluster");
-      if (message.nodeId === this.identity.nodeId) return this.refuse(connection, `peer claims this node's own name "${message.nodeId}"`);
-      if (message.nodeId !== this.identity.peerNodeId) return this.refuse(connection, `unexpected peer "${message.nodeId}" (paired with "${this.identity.peerNodeId}")`);
-      const version = negotiateVersion(protocolVersionMin, protocolVersionMax, message.versionMin, message.versionMax);
-      if (version === undefined) return this.refuse(connection, `no common protocol version (ours ${protocolVersionMin}..${protocolVersionMax}, peer ${message.versionMin}..${message.versionMax})`);
-      connection.peerHello = message;
-      connection.version = version;
-      const mac = authMac(
-        this.identity.secret,
-        this.identity.clusterId,
-        version,
-        { nodeId: this.identity.nodeId, nonce: connection.localNonce },
-        { nodeId: message.nodeId, nonce: message.nonce },
-      );
-      this.sendOn(connection, { type: MessageType.Auth, volumeId: 0, requestId: 0, mac });
+    const step: HandshakeStep = handshake.receive(message, frame.payload);
+    if (step.kind === "refused") return this.refuse(connection, step.code, step.reason, step.claimsPeer);
+    // Sent while the connection is still in its handshake: these frames go untagged.
+    for (const reply of step.send) this.sendOn(connection, reply);
+    if (step.kind === "continue") {
+      if (step.admitted) this.limitAdmitted();
       return;
     }
-    if (message.type !== MessageType.Auth) return this.refuse(connection, "unexpected handshake message");
-    const hello = connection.peerHello;
-    if (!hello) return this.refuse(connection, "Auth before Hello");
-    const expected = authMac(
-      this.identity.secret,
-      this.identity.clusterId,
-      connection.version,
-      { nodeId: hello.nodeId, nonce: hello.nonce },
-      { nodeId: this.identity.nodeId, nonce: connection.localNonce },
-    );
-    if (!verifyMac(expected, message.mac)) return this.refuse(connection, "authentication failed: the peer does not know the pairing secret");
-    connection.authenticated = true;
+    connection.state = { kind: "established", session: step.session };
     connection.framer.setFrameBytesMax(this.config.frameBytesMax);
     this.linkUp(connection);
   }
@@ -403,11 +442,24 @@ export class NodeCore {
     this.backoffTicks = this.config.reconnectDelayTicksMin;
     this.linkSinceTick = this.tickCount;
     this.lastError = undefined;
-    this.report({ kind: "linkUp", peer: this.identity.peerNodeId, version: connection.version });
+    const session = connection.state.kind === "established" ? connection.state.session : undefined;
+    assert(session !== undefined, "the link goes up on an established connection");
+    this.report({ kind: "linkUp", peer: this.identity.peerNodeId, version: session.version, framesTagged: session.tagged });
     for (const volume of this.volumes.values()) volume.linkUpEvent();
   }
 
-  private linkFrame(connection: Connection, frame: Frame): void {
+  private linkFrame(connection: Connection, session: LinkSession, frame: Frame): void {
+    const opened = session.opener.open(frame);
+    if (opened !== "ok") {
+      // Not acted on, whatever it says: a forged, replayed, reordered, dropped, altered or spliced frame
+      // (or one damaged on the way: a tag cannot tell, and the reconnect resyncs what was in flight).
+      const reasons = { missing: "an untagged frame on an authenticated link", unexpected: "a tagged frame on a link that agreed on untagged frames", bad: "a frame whose tag does not check" };
+      const reason = `${reasons[opened]} (type ${frame.type}, volume ${frame.volumeId}): closing the connection`;
+      const code = `${opened}-tag` as const;
+      if (this.admitReport(code)) this.report({ kind: "frameRejected", code, reason, remote: formatRemote(connection.remote) });
+      this.lastError = reason;
+      return this.closeConnection(connection, reason);
+    }
     if (frame.volumeId !== 0) {
       const volume = this.volumes.get(frame.volumeId);
       if (!frame.payloadIntact) {
@@ -480,13 +532,31 @@ export class NodeCore {
 
   private sendOn(connection: Connection, message: Message): void {
     connection.lastSentTick = this.tickCount;
-    this.out.push({ kind: "send", connection: connection.id, parts: encodeMessage(message) });
+    const parts = encodeMessage(message);
+    this.out.push({ kind: "send", connection: connection.id, parts: connection.state.kind === "established" ? connection.state.session.sealer.seal(parts) : parts });
   }
 
-  private refuse(connection: Connection, reason: string): void {
-    this.report({ kind: "connectionRefused", reason });
-    this.lastError = reason;
+  /** Close a connection in its handshake, and report why (rate-limited). */
+  private refuse(connection: Connection, code: RefusalCode, reason: string, claimsPeer = false): void {
+    this.refusal(connection, code, reason, claimsPeer);
     this.closeConnection(connection, reason);
+  }
+
+  /** Count and report a failed handshake; it concerns the real link when we dialled or the other side claimed to be the peer. */
+  private refusal(connection: Connection, code: RefusalCode, reason: string, claimsPeer: boolean): void {
+    if (connection.dialled || claimsPeer) this.lastError = reason;
+    this.refusalReport(connection.remote, code, reason);
+  }
+
+  private refusalReport(remote: RemoteAddress, code: RefusalCode, reason: string): void {
+    this.refusedConnections++;
+    if (this.admitReport(code)) this.report({ kind: "connectionRefused", code, reason, remote: formatRemote(remote) });
+  }
+
+  private admitReport(code: string): boolean {
+    const summary = this.refusalLimiter.roll(this.tickCount);
+    if (summary) this.report({ kind: "reportsSuppressed", count: summary.count, byCode: summary.byCode, windowMs: summary.windowTicks * this.config.tickMs });
+    return this.refusalLimiter.admit(code, this.tickCount);
   }
 
   private dropActive(reason: string): void {

@@ -16,9 +16,16 @@ export type Grant =
 
 export type IoError = BlockErrorCode;
 
+/** The other end of a connection as the transport sees it. */
+export interface RemoteAddress {
+  host: string;
+  port: number;
+}
+
 export type CoreEvent =
   | { kind: "tick" }
-  | { kind: "connected"; connection: number; dialled: boolean }
+  /** `remote`: where the connection comes from (the transport's address; per-source limits key on `host`). */
+  | { kind: "connected"; connection: number; dialled: boolean; remote: RemoteAddress }
   | { kind: "dialFailed"; reason: string }
   | { kind: "data"; connection: number; bytes: Uint8Array }
   | { kind: "closed"; connection: number; reason: string }
@@ -115,9 +122,15 @@ export interface VerifyResult {
 }
 
 export type ReplicaReport =
-  | { kind: "linkUp"; peer: string; version: number }
+  /** `framesTagged`: false only when both nodes asked for untagged frames (benchmarks). */
+  | { kind: "linkUp"; peer: string; version: number; framesTagged: boolean }
   | { kind: "linkDown"; reason: string }
-  | { kind: "connectionRefused"; reason: string }
+  /** A connection was refused or its handshake failed (`code`: handshake.ts RefusalCode). Rate-limited. */
+  | { kind: "connectionRefused"; code: string; reason: string; remote: string }
+  /** An authenticated connection received a frame whose tag does not check; it was closed. Rate-limited. */
+  | { kind: "frameRejected"; code: "missing-tag" | "unexpected-tag" | "bad-tag"; reason: string; remote: string }
+  /** Refusals and rejections held back by the rate limit in the window that just ended. */
+  | { kind: "reportsSuppressed"; count: number; byCode: Record<string, number>; windowMs: number }
   | { kind: "protocolError"; reason: string }
   | { kind: "volumeOpened"; volumeId: number; findings: string[]; recoveredExtents: number }
   | { kind: "decision"; volumeId: number; decision: string; sourceIsLocal: boolean | undefined; full: boolean; reason: string; localBits: number; peerBits: number; byOperator: boolean }

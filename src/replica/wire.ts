@@ -2,22 +2,36 @@
 // One TCP connection between the two daemons carries every volume, so each frame names its volume
 // and request. Every frame has two CRC32Cs: one over its header (a bad one means the framing itself
 // cannot be trusted: the connection is dropped) and one over its payload (a bad one with a good
-// header is reported as a corrupt frame, so a data message is resent rather than written). Pure
-// functions over bytes (CONVENTIONS.md §6): encoders return Uint8Array parts ready for a vectored
-// send (data payloads are never copied), decoders return NEED_MORE or a value, or throw DecodeError.
+// header is reported as a corrupt frame, so a data message is resent rather than written). Once the
+// link is authenticated every frame also carries a 16-byte tag after its payload (flag `Tagged`),
+// computed and checked by the session (auth.ts) before the frame is acted on; the framer only
+// delimits it. Pure functions over bytes (CONVENTIONS.md §6): encoders return Uint8Array parts
+// ready for a vectored send (data payloads are never copied), decoders return NEED_MORE or a value,
+// or throw DecodeError.
 //
 // Frame header, 32 bytes, little endian:
-//   0 u32 magic "TDM1"   4 u8 type   5 u8 flags (0)   6 u16 reserved (0)   8 u32 volume id
+//   0 u32 magic "TDM1"   4 u8 type   5 u8 flags   6 u16 reserved (0)   8 u32 volume id
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
+// then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
 
 export const frameMagic = 0x314d4454; // "TDM1" read as little endian
 export const frameHeaderBytes = 32;
+/** Bytes of the tag an authenticated frame carries after its payload (AES-256-GCM's tag). */
+export const frameTagBytes = 16;
+
+/** Bits of the frame header's flags byte. */
+export const enum FrameFlags {
+  /** A tag of frameTagBytes follows the payload (every frame after the handshake). */
+  Tagged = 1,
+}
 
 /** The protocol versions this build speaks. A newer node offers a wider range and both pick the
- * highest common version (see negotiateVersion); messages added later are only sent when agreed. */
-export const protocolVersionMin = 1;
-export const protocolVersionMax = 1;
+ * highest common version (see negotiateVersion); messages added later are only sent when agreed.
+ * Version 1 had a handshake that could be reflected (each side proved itself to anyone who sent a
+ * Hello) and unauthenticated frames: it is not spoken any more, so a version-1 node is refused. */
+export const protocolVersionMin = 2;
+export const protocolVersionMax = 2;
 
 /** Largest control-plane payload (PeerRequest / PeerReply) between the daemons. */
 export const peerPayloadBytesMax = 1024 * 1024;
@@ -118,6 +132,18 @@ interface Base {
   requestId: number;
 }
 
+/** Which end of the link a Hello comes from (the dial/accept role is fixed by configuration). */
+export const enum LinkRole {
+  Dialer = 1,
+  Acceptor = 2,
+}
+
+/** Bits of a Hello's flags byte. */
+export const enum HelloFlags {
+  /** The sender asks for frames without tags (benchmarks only; both Hellos must carry it). */
+  UntaggedFrames = 1,
+}
+
 export interface HelloMessage extends Base {
   type: MessageType.Hello;
   versionMin: number;
@@ -125,6 +151,10 @@ export interface HelloMessage extends Base {
   clusterId: Uint8Array;
   nodeId: string;
   nonce: Uint8Array;
+  role: LinkRole;
+  flags: number;
+  /** The dialer's admission tag over the fields above (auth.ts); empty in the acceptor's Hello. */
+  admission: Uint8Array;
 }
 export interface AuthMessage extends Base {
   type: MessageType.Auth;
@@ -291,11 +321,17 @@ export interface Frame {
   requestId: number;
   payload: Uint8Array;
   payloadIntact: boolean;
+  /** The 32 header bytes as received (what a tag covers, with the payload). */
+  header: Uint8Array;
+  /** The tag after the payload when the frame is flagged Tagged. */
+  tag: Uint8Array | undefined;
 }
 
 export const nodeIdBytesMax = 64;
 export const clusterIdBytes = 16;
 export const macBytes = 32;
+/** Largest admission tag a Hello may carry (HMAC-SHA256 is 32 bytes). */
+const admissionBytesMax = 64;
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 const reasonBytesMax = 512;
@@ -454,6 +490,16 @@ function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, d
   return data && data.length > 0 ? [headBytes, data] : [headBytes];
 }
 
+/**
+ * Flag the frame whose header starts `head` (the first part encodeMessage returned) as carrying a
+ * tag, and recompute its header CRC. The caller appends the tag as the frame's last part.
+ */
+export function markFrameTagged(head: Uint8Array): void {
+  const view = new DataView(head.buffer, head.byteOffset, frameHeaderBytes);
+  view.setUint8(5, view.getUint8(5) | FrameFlags.Tagged);
+  view.setUint32(28, checksum(head.subarray(0, 28)), true);
+}
+
 function fields(length: number): FieldWriter {
   return new FieldWriter(frameHeaderBytes + length, frameHeaderBytes);
 }
@@ -468,12 +514,13 @@ export function encodeMessage(message: Message): Uint8Array[] {
   switch (message.type) {
     case MessageType.Hello: {
       const nodeId = textEncoder.encode(message.nodeId);
-      const writer = fields(4 + clusterIdBytes + 2 + nodeId.length + 1 + message.nonce.length)
+      const writer = fields(4 + clusterIdBytes + 2 + nodeId.length + 1 + message.nonce.length + 3 + message.admission.length)
         .u16(message.versionMin)
         .u16(message.versionMax)
         .raw(message.clusterId);
       writeText(writer, nodeId);
       writer.u8(message.nonce.length).raw(message.nonce);
+      writer.u8(message.role).u8(message.flags).u8(message.admission.length).raw(message.admission);
       return frame(message.type, message, writer);
     }
     case MessageType.Auth:
@@ -599,14 +646,17 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
   if (magic !== frameMagic) throw new DecodeError(`bad frame magic 0x${magic.toString(16)}`);
   const headerCrc = view.getUint32(28, true);
   if (checksum(bytes.subarray(offset, offset + 28)) !== headerCrc) throw new DecodeError("frame header checksum mismatch");
-  if (view.getUint8(5) !== 0 || view.getUint16(6, true) !== 0) throw new DecodeError("reserved frame header bits set");
+  const flags = view.getUint8(5);
+  if ((flags & ~FrameFlags.Tagged) !== 0 || view.getUint16(6, true) !== 0) throw new DecodeError("reserved frame header bits set");
   const payloadLength = view.getUint32(12, true);
-  if (payloadLength + frameHeaderBytes > frameBytesMax) throw new DecodeError(`frame of ${payloadLength} payload bytes exceeds the ${frameBytesMax}-byte limit`);
+  const tagLength = flags & FrameFlags.Tagged ? frameTagBytes : 0;
+  if (payloadLength + frameHeaderBytes + tagLength > frameBytesMax) throw new DecodeError(`frame of ${payloadLength} payload bytes exceeds the ${frameBytesMax}-byte limit`);
   const high = view.getUint32(20, true);
   if (high >= 0x200000) throw new DecodeError("request id beyond 2^53");
-  const size = frameHeaderBytes + payloadLength;
+  const size = frameHeaderBytes + payloadLength + tagLength;
   if (bytes.length - offset < size) return NEED_MORE;
-  const payload = bytes.subarray(offset + frameHeaderBytes, offset + size);
+  const payloadEnd = offset + frameHeaderBytes + payloadLength;
+  const payload = bytes.subarray(offset + frameHeaderBytes, payloadEnd);
   return {
     frame: {
       type: view.getUint8(4),
@@ -614,9 +664,17 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
       requestId: high * 0x100000000 + view.getUint32(16, true),
       payload,
       payloadIntact: checksum(payload) === view.getUint32(24, true),
+      header: bytes.subarray(offset, offset + frameHeaderBytes),
+      tag: tagLength > 0 ? bytes.subarray(payloadEnd, payloadEnd + tagLength) : undefined,
     },
     size,
   };
+}
+
+/** Bytes of the whole frame whose header is at `offset` (header, payload, tag), read from the header alone. */
+function frameSize(bytes: Uint8Array, offset: number): number {
+  const view = new DataView(bytes.buffer, bytes.byteOffset + offset, frameHeaderBytes);
+  return frameHeaderBytes + view.getUint32(12, true) + (view.getUint8(5) & FrameFlags.Tagged ? frameTagBytes : 0);
 }
 
 function decodeRuns(reader: FieldReader, bitsMax: number): { round: number; runs: BitRun[] } {
@@ -648,9 +706,17 @@ export function decodeMessage(frame: Frame): Message {
       const nonceLength = reader.u8("nonce length");
       if (nonceLength < 16) throw new DecodeError(`nonce of ${nonceLength} bytes is too short`);
       const nonce = reader.raw(nonceLength, "nonce");
-      // A Hello may grow in later versions: trailing bytes are the newer peer's, and ignored.
       if (versionMin === 0 || versionMin > versionMax) throw new DecodeError(`bad version range ${versionMin}..${versionMax}`);
-      return { type, ...base, versionMin, versionMax, clusterId, nodeId, nonce };
+      // A version-1 Hello ends here; say so plainly rather than "payload too short".
+      if (versionMax < 2 && reader.offset === frame.payload.length) throw new DecodeError(`a protocol ${versionMin}..${versionMax} Hello; this node speaks ${protocolVersionMin}..${protocolVersionMax} (upgrade the peer)`);
+      const role = reader.u8("role");
+      if (role !== LinkRole.Dialer && role !== LinkRole.Acceptor) throw new DecodeError(`unknown link role ${role}`);
+      const flags = reader.u8("flags");
+      const admissionLength = reader.u8("admission length");
+      if (admissionLength > admissionBytesMax) throw new DecodeError(`admission tag of ${admissionLength} bytes`);
+      const admission = reader.raw(admissionLength, "admission tag");
+      // A Hello may grow in later versions: trailing bytes are the newer peer's, and ignored.
+      return { type, ...base, versionMin, versionMax, clusterId, nodeId, nonce, role: role as LinkRole, flags, admission };
     }
     case MessageType.Auth: {
       const mac = reader.raw(macBytes, "mac");
@@ -858,8 +924,7 @@ export class Framer {
     }
     let result = decodeFrame(first, this.head, this.frameBytesMax);
     if (result === NEED_MORE) {
-      const view = new DataView(first.buffer, first.byteOffset + this.head, frameHeaderBytes);
-      const size = frameHeaderBytes + view.getUint32(12, true);
+      const size = frameSize(first, this.head);
       if (this.buffered < size) return undefined;
       this.coalesce(size);
       first = this.chunks[0]!;

@@ -184,12 +184,12 @@ export class SimNetwork {
     this.scheduler.after(handshake, () => {
       if (!connection.open.get(to)) return;
       connection.announced.add(to);
-      this.handlerOf(to, target.incarnation)?.connected(id, false);
+      this.handlerOf(to, target.incarnation)?.connected(id, false, { host: from, port: id });
     });
     this.scheduler.after(2 * handshake, () => {
       if (!connection.open.get(from)) return;
       connection.announced.add(from);
-      this.handlerOf(from, incarnation)?.connected(id, true);
+      this.handlerOf(from, incarnation)?.connected(id, true, { host: to, port: id });
     });
   }
 
@@ -308,7 +308,7 @@ export class SimNetwork {
     const handler = entry.handler;
     this.scheduler.after(this.latency(), () => {
       if (!connection.open.get(target)) return;
-      handler.connected(id, false);
+      handler.connected(id, false, { host: `intruder-${kind}`, port: id });
       let offset = 0;
       let at = this.now;
       while (offset < bytes.length) {

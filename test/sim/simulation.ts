@@ -12,7 +12,7 @@ import { ReplicaDriver } from "../../src/replica/driver.ts";
 import type { Clock, WriteAuthority } from "../../src/replica/io.ts";
 import { formatMetadata, metadataLayout } from "../../src/replica/metadata-format.ts";
 import type { ReplicaReport, VolumeStatus } from "../../src/replica/types.ts";
-import { encodeMessage, joinParts, MessageType } from "../../src/replica/wire.ts";
+import { encodeMessage, joinParts, LinkRole, MessageType, protocolVersionMax, protocolVersionMin } from "../../src/replica/wire.ts";
 import { Checkers, type Failure } from "./checkers.ts";
 import { SimDisk } from "./disk.ts";
 import { SimNetwork } from "./network.ts";
@@ -297,7 +297,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       linkChanged: (up) => node.authority.linkChanged(up),
     };
     const driver = new ReplicaDriver({
-      identity: { nodeId: node.name, peerNodeId: peerOf(node.name), clusterId, secret },
+      identity: { nodeId: node.name, peerNodeId: peerOf(node.name), clusterId, secret, connect: node.name === "a" ? "dial" : "accept" },
       transport: network.endpoint(node.name, incarnation),
       clock,
       random: node.random.fork(`incarnation-${incarnation}`),
@@ -825,15 +825,17 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   return { seed: options.seed, ok: !checkers.failed, failures: checkers.failures, mix, stats, timeline };
 }
 
-/** A Hello and a forged Auth from a node that does not know the pairing secret. */
+/** A dialer's Hello with a forged admission tag and a forged Auth, from a node that does not know the pairing secret. */
 function intruderHandshake(random: SimRandom, clusterId: Uint8Array, claims: string): Uint8Array {
-  // Built with the real codec so it passes framing and fails where it must: at the mac.
+  // Built with the real codec so it passes framing and fails where it must: at the admission tag.
   const nonce = new Uint8Array(32);
   random.fill(nonce);
+  const admission = new Uint8Array(32);
+  random.fill(admission);
   const mac = new Uint8Array(32);
   random.fill(mac);
   return joinParts([
-    ...encodeMessage({ type: MessageType.Hello, volumeId: 0, requestId: 0, versionMin: 1, versionMax: 1, clusterId, nodeId: claims, nonce }),
+    ...encodeMessage({ type: MessageType.Hello, volumeId: 0, requestId: 0, versionMin: protocolVersionMin, versionMax: protocolVersionMax, clusterId, nodeId: claims, nonce, role: LinkRole.Dialer, flags: 0, admission }),
     ...encodeMessage({ type: MessageType.Auth, volumeId: 0, requestId: 0, mac }),
   ]);
 }

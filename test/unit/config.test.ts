@@ -98,6 +98,26 @@ describe("node config", () => {
     }
   });
 
+  test("peer.connect: explicit, or derived alike on both nodes from their names; an acceptor needs peer.listen", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
+    try {
+      fs.writeFileSync(path.join(dir, "secret"), "0123456789abcdef0123", { mode: 0o600 });
+      const peer = (fields: Record<string, unknown>) => ({ address: "10.0.0.2:7788", secretFile: "secret", clusterId: "00112233445566778899aabbccddeeff", ...fields });
+      // Without the field, the node whose name sorts first dials: both nodes derive the same pairing.
+      expect(parseNodeConfig({ name: "a", dataDir: "d", peer: peer({ name: "b", listen: "h:1" }) }, dir).peer!.connect).toBe("dial");
+      expect(parseNodeConfig({ name: "b", dataDir: "d", peer: peer({ name: "a", listen: "h:1" }) }, dir).peer!.connect).toBe("accept");
+      const accepting = parseNodeConfig({ name: "a", dataDir: "d", peer: peer({ name: "b", listen: "h:1", connect: "accept" }) }, dir);
+      expect(accepting.peer).toMatchObject({ connect: "accept", listen: { hostname: "h", port: 1 } });
+      // A dialer needs no listener; an acceptor does.
+      expect(parseNodeConfig({ name: "a", dataDir: "d", peer: peer({ name: "b", connect: "dial" }) }, dir).peer!.listen).toBeUndefined();
+      expect(() => parseNodeConfig({ name: "a", dataDir: "d", peer: peer({ name: "b", connect: "accept" }) }, dir)).toThrow(/peer.listen: is required: this node accepts/);
+      expect(() => parseNodeConfig({ name: "b", dataDir: "d", peer: peer({ name: "a" }) }, dir)).toThrow(/peer.listen: is required/);
+      expect(() => parseNodeConfig({ name: "a", dataDir: "d", peer: peer({ name: "b", listen: "h:1", connect: "both" }) }, dir)).toThrow(/peer.connect: must be "dial" or "accept"/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("dataDir naming a file is a field error; a socket path longer than a unix address holds is too", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-config-"));
     try {

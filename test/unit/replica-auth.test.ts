@@ -1,30 +1,157 @@
-// Proves the link authentication's properties on the HMAC alone: the right secret verifies, a wrong
-// secret, a replayed recording (different verifier nonce), a reflected mac (roles swapped), another
-// cluster or a changed name all fail. The full handshake over a byte stream is exercised in
-// replica-node.test.ts and by the simulator's intruder connections.
-import { expect, test } from "bun:test";
-import { authMac, verifyMac } from "../../src/replica/auth.ts";
+// Proves the link cryptography's properties on the functions alone (the handshake and the frame
+// checks inside the node core are exercised in replica-link.test.ts and by the simulator): the
+// admission tag covers every field of the dialer's Hello and needs the secret; the two proofs are
+// bound to their role and to the whole transcript, so none is valid in another position or over
+// another exchange; the two directions get different session keys; a frame tag fails for a
+// replayed, reordered, dropped, altered or spliced frame and for a frame sent back the other way.
+// Key derivation and tags are checked against WebCrypto, an implementation outside node:crypto.
+import { describe, expect, test } from "bun:test";
+import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, frameTag, type HelloFields, sessionKeys, transcriptHash, verifyMac } from "../../src/replica/auth.ts";
+import { decodeFrame, encodeMessage, type Frame, joinParts, LinkRole, MessageType, NEED_MORE } from "../../src/replica/wire.ts";
 
-const secret = new TextEncoder().encode("pairing secret of the box");
+const encoder = new TextEncoder();
+const secret = encoder.encode("pairing secret of the box");
+const otherSecret = encoder.encode("another pairing secret!!");
 const cluster = new Uint8Array(16).fill(3);
-const a = { nodeId: "a", nonce: new Uint8Array(32).fill(1) };
-const b = { nodeId: "b", nonce: new Uint8Array(32).fill(2) };
+const dialerHello: HelloFields = { role: LinkRole.Dialer, versionMin: 2, versionMax: 2, clusterId: cluster, nodeId: "a", nonce: new Uint8Array(32).fill(1), flags: 0 };
+const dialerPayload = encoder.encode("the dialer's Hello as sent");
+const acceptorPayload = encoder.encode("the acceptor's Hello as sent");
 
-test("a mac made with the pairing secret verifies", () => {
-  const mac = authMac(secret, cluster, 1, a, b);
-  expect(mac.length).toBe(32);
-  expect(verifyMac(authMac(secret, cluster, 1, a, b), mac)).toBe(true);
+describe("admission tag", () => {
+  test("verifies with the secret, and changes with the secret and with every field", () => {
+    const tag = admissionTag(secret, dialerHello);
+    expect(tag.length).toBe(32);
+    expect(verifyMac(admissionTag(secret, { ...dialerHello }), tag)).toBe(true);
+    expect(verifyMac(admissionTag(otherSecret, dialerHello), tag)).toBe(false);
+    const variants: HelloFields[] = [
+      { ...dialerHello, role: LinkRole.Acceptor },
+      { ...dialerHello, versionMin: 1 },
+      { ...dialerHello, versionMax: 3 },
+      { ...dialerHello, clusterId: new Uint8Array(16).fill(4) },
+      { ...dialerHello, nodeId: "b" },
+      { ...dialerHello, nonce: new Uint8Array(32).fill(2) },
+      { ...dialerHello, flags: 1 },
+    ];
+    for (const variant of variants) expect(verifyMac(admissionTag(secret, variant), tag)).toBe(false);
+  });
 });
 
-test("a wrong secret, a replay, a reflection, another cluster, version or name all fail", () => {
-  const expected = authMac(secret, cluster, 1, a, b);
-  expect(verifyMac(expected, authMac(new TextEncoder().encode("another secret!!"), cluster, 1, a, b))).toBe(false);
-  // Replay: the same prover answer recorded on a connection where the verifier sent another nonce.
-  expect(verifyMac(authMac(secret, cluster, 1, a, { ...b, nonce: new Uint8Array(32).fill(9) }), expected)).toBe(false);
-  // Reflection: b's own proof sent back to b as if a had made it.
-  expect(verifyMac(expected, authMac(secret, cluster, 1, b, a))).toBe(false);
-  expect(verifyMac(expected, authMac(secret, new Uint8Array(16).fill(4), 1, a, b))).toBe(false);
-  expect(verifyMac(expected, authMac(secret, cluster, 2, a, b))).toBe(false);
-  expect(verifyMac(expected, authMac(secret, cluster, 1, { ...a, nodeId: "c" }, b))).toBe(false);
-  expect(verifyMac(expected, expected.subarray(0, 31))).toBe(false);
+describe("proofs", () => {
+  const transcript = transcriptHash(dialerPayload, acceptorPayload, 2);
+
+  test("the transcript changes with either Hello, their order, and the version", () => {
+    const others = [
+      transcriptHash(encoder.encode("the dialer's Hello as sent!"), acceptorPayload, 2),
+      transcriptHash(dialerPayload, encoder.encode("the acceptor's Hello as sent!"), 2),
+      transcriptHash(acceptorPayload, dialerPayload, 2),
+      transcriptHash(dialerPayload, acceptorPayload, 3),
+      // Moving bytes across the boundary of the two Hellos is a different transcript too.
+      transcriptHash(encoder.encode("the dialer's Hello as sen"), encoder.encode("tthe acceptor's Hello as sent"), 2),
+    ];
+    for (const other of others) expect(verifyMac(transcript, other)).toBe(false);
+  });
+
+  test("a proof is valid only in its own role: the dialer's proof is not the acceptor's and back", () => {
+    const fromDialer = dialerProof(secret, transcript);
+    const fromAcceptor = acceptorProof(secret, transcript, fromDialer);
+    expect(verifyMac(dialerProof(secret, transcript), fromDialer)).toBe(true);
+    expect(verifyMac(acceptorProof(secret, transcript, fromDialer), fromAcceptor)).toBe(true);
+    // Reflection: the dialer's own proof sent back to it as the acceptor's, and the other way.
+    expect(verifyMac(acceptorProof(secret, transcript, fromDialer), fromDialer)).toBe(false);
+    expect(verifyMac(dialerProof(secret, transcript), fromAcceptor)).toBe(false);
+  });
+
+  test("a proof recorded on one connection fails on another (another nonce, another transcript)", () => {
+    const recorded = dialerProof(secret, transcript);
+    const laterTranscript = transcriptHash(dialerPayload, encoder.encode("the acceptor's Hello with a new nonce"), 2);
+    expect(verifyMac(dialerProof(secret, laterTranscript), recorded)).toBe(false);
+    // The acceptor's proof also depends on the dialer's proof it answers.
+    expect(verifyMac(acceptorProof(secret, transcript, new Uint8Array(32)), acceptorProof(secret, transcript, recorded))).toBe(false);
+  });
+
+  test("a wrong secret makes every proof fail", () => {
+    expect(verifyMac(dialerProof(secret, transcript), dialerProof(otherSecret, transcript))).toBe(false);
+    expect(verifyMac(dialerProof(secret, transcript), dialerProof(secret, transcript).subarray(0, 31))).toBe(false);
+  });
+});
+
+describe("session keys", () => {
+  test("one key per direction, fresh per transcript, equal to WebCrypto's HKDF-SHA256", async () => {
+    const transcript = transcriptHash(dialerPayload, acceptorPayload, 2);
+    const keys = sessionKeys(secret, transcript);
+    expect(keys.dialerToAcceptor.length).toBe(32);
+    expect(verifyMac(keys.dialerToAcceptor, keys.acceptorToDialer)).toBe(false);
+    const other = sessionKeys(secret, transcriptHash(dialerPayload, encoder.encode("another acceptor nonce"), 2));
+    expect(verifyMac(keys.dialerToAcceptor, other.dialerToAcceptor)).toBe(false);
+    const base = await crypto.subtle.importKey("raw", secret, "HKDF", false, ["deriveBits"]);
+    const webCrypto = new Uint8Array(await crypto.subtle.deriveBits({ name: "HKDF", hash: "SHA-256", salt: transcript.slice(), info: encoder.encode("tandem-link-v2 frames dialer to acceptor") }, base, 256));
+    expect(keys.dialerToAcceptor).toEqual(webCrypto);
+  });
+});
+
+describe("frame tags", () => {
+  const keys = sessionKeys(secret, transcriptHash(dialerPayload, acceptorPayload, 2));
+  const message = (requestId: number) => encodeMessage({ type: MessageType.PeerRequest, volumeId: 0, requestId, payload: encoder.encode(`request ${requestId}`) });
+  const sealedStream = (sealer: FrameSealer, count: number) => Array.from({ length: count }, (_, index) => joinParts(sealer.seal(message(index + 1))));
+  const frameOf = (bytes: Uint8Array): Frame => {
+    const result = decodeFrame(bytes, 0, 1 << 20);
+    if (result === NEED_MORE) throw new Error("incomplete frame");
+    return result.frame;
+  };
+
+  test("frames sealed in order open in order", () => {
+    const opener = new FrameOpener(keys.dialerToAcceptor);
+    for (const bytes of sealedStream(new FrameSealer(keys.dialerToAcceptor), 5)) expect(opener.open(frameOf(bytes))).toBe("ok");
+  });
+
+  test("a replayed, reordered or dropped frame fails (the sequence number is implicit)", () => {
+    const frames = sealedStream(new FrameSealer(keys.dialerToAcceptor), 3);
+    const replay = new FrameOpener(keys.dialerToAcceptor);
+    expect(replay.open(frameOf(frames[0]!))).toBe("ok");
+    expect(replay.open(frameOf(frames[0]!))).toBe("bad");
+    expect(new FrameOpener(keys.dialerToAcceptor).open(frameOf(frames[1]!))).toBe("bad"); // frame 0 dropped, or 1 before 0
+  });
+
+  test("one flipped bit anywhere in header, payload or tag fails", () => {
+    const [bytes] = sealedStream(new FrameSealer(keys.dialerToAcceptor), 1);
+    for (let bit = 0; bit < bytes!.length * 8; bit += 7) {
+      const altered = bytes!.slice();
+      altered[bit >> 3] = altered[bit >> 3]! ^ (1 << (bit & 7));
+      let result: string;
+      try {
+        result = new FrameOpener(keys.dialerToAcceptor).open(frameOf(altered));
+      } catch {
+        result = "undecodable"; // header CRC or magic: the framer refuses it before the tag is looked at
+      }
+      expect(result).not.toBe("ok");
+    }
+  });
+
+  test("a frame spliced from another session, or sent back the other way, fails", () => {
+    const otherKeys = sessionKeys(secret, transcriptHash(dialerPayload, encoder.encode("another session"), 2));
+    const [spliced] = sealedStream(new FrameSealer(otherKeys.dialerToAcceptor), 1);
+    expect(new FrameOpener(keys.dialerToAcceptor).open(frameOf(spliced!))).toBe("bad");
+    const [reflected] = sealedStream(new FrameSealer(keys.dialerToAcceptor), 1);
+    expect(new FrameOpener(keys.acceptorToDialer).open(frameOf(reflected!))).toBe("bad");
+  });
+
+  test("an untagged frame on a tagged session, and a tagged one on an untagged session, fail", () => {
+    expect(new FrameOpener(keys.dialerToAcceptor).open(frameOf(joinParts(message(1))))).toBe("missing");
+    const [tagged] = sealedStream(new FrameSealer(keys.dialerToAcceptor), 1);
+    expect(new FrameOpener(undefined).open(frameOf(tagged!))).toBe("unexpected");
+    expect(new FrameOpener(undefined).open(frameOf(joinParts(new FrameSealer(undefined).seal(message(1)))))).toBe("ok");
+  });
+
+  test("the tag is AES-256-GCM over header and payload with the sequence as nonce, as WebCrypto computes it", async () => {
+    const parts = message(7);
+    const sealed = new FrameSealer(keys.dialerToAcceptor);
+    sealed.seal(message(6));
+    const frame = frameOf(joinParts(sealed.seal(parts))); // frame number 1 in this direction
+    const key = await crypto.subtle.importKey("raw", keys.dialerToAcceptor.slice(), "AES-GCM", false, ["encrypt"]);
+    const nonce = new Uint8Array(12);
+    nonce[0] = 1;
+    const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, frame.payload]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
+    expect(frame.tag).toEqual(webCrypto);
+    expect(frameTag(keys.dialerToAcceptor, 1, [frame.header, frame.payload])).toEqual(webCrypto);
+  });
 });

@@ -1,7 +1,8 @@
 // Proves the replication link's byte format: golden bytes for a frame, a round trip of every
 // message type, the framer fed every split point of a multi-frame stream (really delivering both
-// halves), the frame size limit, malformed headers and bodies rejected as DecodeError (never as
-// NEED_MORE), and a damaged payload reported as such with its header intact.
+// halves, tagged frames among them), the frame size limit (tag included), malformed headers and
+// bodies rejected as DecodeError (never as NEED_MORE), a version-1 Hello refused in so many words,
+// and a damaged payload reported as such with its header intact.
 import { describe, expect, test } from "bun:test";
 import { crc32c } from "../../src/common/crc32c.ts";
 import {
@@ -11,9 +12,13 @@ import {
   decodeFrame,
   decodeMessage,
   encodeMessage,
+  type Frame,
   Framer,
   frameHeaderBytes,
+  frameTagBytes,
   joinParts,
+  LinkRole,
+  markFrameTagged,
   type Message,
   MessageType,
   NEED_MORE,
@@ -25,7 +30,7 @@ const limit = 1 << 20;
 const bytes = (length: number, seed = 1) => Uint8Array.from({ length }, (_, index) => (index * 31 + seed) & 0xff);
 
 const samples: Message[] = [
-  { type: MessageType.Hello, volumeId: 0, requestId: 0, versionMin: 1, versionMax: 3, clusterId: bytes(16), nodeId: "node-α", nonce: bytes(32, 7) },
+  { type: MessageType.Hello, volumeId: 0, requestId: 0, versionMin: 2, versionMax: 3, clusterId: bytes(16), nodeId: "node-α", nonce: bytes(32, 7), role: LinkRole.Dialer, flags: 0, admission: bytes(32, 5) },
   { type: MessageType.Auth, volumeId: 0, requestId: 0, mac: bytes(32, 9) },
   { type: MessageType.Ping, volumeId: 0, requestId: 0 },
   { type: MessageType.Pong, volumeId: 0, requestId: 0 },
@@ -169,6 +174,55 @@ describe("frames", () => {
     expect(() => decodeFrame(badLength, 0, limit)).toThrow(/header checksum/);
   });
 
+  test("a tagged frame: flag set, header CRC still valid, the tag delimited after the payload", () => {
+    const parts = encodeMessage(samples[17]!);
+    markFrameTagged(parts[0]!);
+    const tag = bytes(frameTagBytes, 77);
+    const encoded = joinParts([...parts, tag]);
+    expect(encoded[5]).toBe(1); // flags: Tagged
+    for (let length = 0; length < encoded.length; length++) expect(decodeFrame(encoded.subarray(0, length), 0, limit)).toBe(NEED_MORE);
+    const result = decodeFrame(encoded, 0, limit);
+    if (result === NEED_MORE) throw new Error("incomplete");
+    expect(result.size).toBe(encoded.length);
+    expect(result.frame.tag).toEqual(tag);
+    expect(result.frame.header).toEqual(encoded.subarray(0, frameHeaderBytes));
+    expect(decodeMessage(result.frame)).toEqual(samples[17]!);
+    // The limit counts the tag: a frame that fits only without it is refused.
+    expect(() => decodeFrame(encoded, 0, encoded.length - 1)).toThrow(/exceeds/);
+    expect(decodeFrame(encoded, 0, encoded.length)).not.toBe(NEED_MORE);
+  });
+
+  test("the framer splits a stream of tagged and untagged frames at every point", () => {
+    const frames = samples.slice(0, 6).map((message, index) => {
+      const parts = encodeMessage(message);
+      if (index % 2 === 1) {
+        markFrameTagged(parts[0]!);
+        parts.push(bytes(frameTagBytes, index));
+      }
+      return joinParts(parts);
+    });
+    const stream = joinParts(frames);
+    for (let split = 0; split <= stream.length; split++) {
+      const framer = new Framer(limit);
+      const tags: (Uint8Array | undefined)[] = [];
+      const drain = () => {
+        for (let frame = framer.next(); frame; frame = framer.next()) tags.push(frame.tag?.slice());
+      };
+      framer.push(stream.slice(0, split));
+      drain();
+      framer.push(stream.slice(split));
+      drain();
+      expect(tags).toEqual(frames.map((_, index) => (index % 2 === 1 ? bytes(frameTagBytes, index) : undefined)));
+    }
+  });
+
+  test("flag bits other than Tagged are DecodeErrors", () => {
+    const encoded = joinParts(encodeMessage(samples[2]!));
+    encoded[5] = 2;
+    new DataView(encoded.buffer).setUint32(28, crc32c(encoded.subarray(0, 28)), true);
+    expect(() => decodeFrame(encoded, 0, limit)).toThrow(/reserved/);
+  });
+
   test("a damaged payload keeps its header: reported as not intact, so the sender can resend", () => {
     const encoded = joinParts(encodeMessage(samples[17]!));
     encoded[frameHeaderBytes + 100] = encoded[frameHeaderBytes + 100]! ^ 0x40;
@@ -181,8 +235,8 @@ describe("frames", () => {
 });
 
 describe("message bodies", () => {
-  function frameOf(type: number, payload: Uint8Array) {
-    return { type, volumeId: 1, requestId: 1, payload, payloadIntact: true };
+  function frameOf(type: number, payload: Uint8Array): Frame {
+    return { type, volumeId: 1, requestId: 1, payload, payloadIntact: true, header: new Uint8Array(frameHeaderBytes), tag: undefined };
   }
 
   test("truncated bodies of every fixed-size message are DecodeErrors", () => {
@@ -193,6 +247,16 @@ describe("message bodies", () => {
       const cut = message.type === MessageType.Write ? 3 : message.type === MessageType.ReadReply ? 0 : payload.length - 1;
       expect(() => decodeMessage(frameOf(message.type, payload.subarray(0, cut)))).toThrow(DecodeError);
     }
+  });
+
+  test("a version-1 Hello (no role, no admission tag) is refused with the versions named", () => {
+    const hello = samples[0] as Extract<Message, { type: MessageType.Hello }>;
+    const full = joinParts(encodeMessage({ ...hello, versionMin: 1, versionMax: 1 })).subarray(frameHeaderBytes);
+    const versionOne = full.subarray(0, full.length - 3 - hello.admission.length);
+    expect(() => decodeMessage(frameOf(MessageType.Hello, versionOne))).toThrow(/protocol 1\.\.1 Hello; this node speaks 2\.\.2/);
+    const badRole = full.slice();
+    badRole[full.length - 3 - hello.admission.length] = 9;
+    expect(() => decodeMessage(frameOf(MessageType.Hello, badRole))).toThrow(/link role 9/);
   });
 
   test("trailing bytes after a fixed body are DecodeErrors (except in Hello, which may grow)", () => {

@@ -112,9 +112,11 @@ function writeNodeConfig(dir: string, node: string, lab: LabFile): void {
     nbd: { socket: "nbd.sock" },
     vhost: { socketDir: "vhost" },
     log: { level: "info" },
-    // The node reaches its peer through the lab's relay (which `lab cut|heal|delay` acts on).
+    // The node reaches its peer through the lab's relay (which `lab cut|heal|delay` acts on). The
+    // first node dials, the second accepts; the dialer still listens, to refuse and report what connects.
     peer: {
       name: peer,
+      connect: node === lab.nodes[0] ? "dial" : "accept",
       address: `127.0.0.1:${lab.ports.relay[peer]}`,
       listen: `127.0.0.1:${lab.ports.listen[node]}`,
       secretFile: "../pairing.secret",

@@ -26,6 +26,27 @@ function promised<T>(run: (done: (error: BlockError | null, value?: T) => void) 
   return new Promise((resolve, reject) => run((error, value) => (error ? reject(error) : resolve(value as T))));
 }
 
+/** The environment variable, and the one value of it, that make a node ask for untagged frames. */
+export const untaggedFramesVariable = "TANDEM_BENCHMARK_UNTAGGED_FRAMES";
+export const untaggedFramesConsent = "frames-can-be-forged";
+
+/**
+ * Whether this node asks its peer for untagged link frames: only for the A/B of bench/replica.ts.
+ * Never in the compiled binary that packaging installs, only from the sources with the variable set
+ * to its exact consent value, and only when the peer asks too (the handshake refuses a mismatch).
+ */
+function benchmarkUntaggedFrames(log: Logger): boolean {
+  const value = process.env[untaggedFramesVariable];
+  if (value === undefined) return false;
+  const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.includes("~BUN");
+  if (compiled || value !== untaggedFramesConsent) {
+    log.error(`${untaggedFramesVariable} ignored: frames stay authenticated`, { reason: compiled ? "the installed binary never runs untagged frames" : `the only accepted value is "${untaggedFramesConsent}"` });
+    return false;
+  }
+  log.warn("benchmark mode: this node asks its peer for untagged replication frames; anyone on the link can forge them", { variable: untaggedFramesVariable });
+  return true;
+}
+
 export class NodeReplication implements ReplicationService {
   private readonly transport: TcpPeerTransport;
   private readonly authority = new StaticWriteAuthority();
@@ -40,7 +61,7 @@ export class NodeReplication implements ReplicationService {
     if (!peer) throw new BlockError("EINVAL", "replication needs a [peer] section in the config");
     this.transport = new TcpPeerTransport({ listen: peer.listen, peer: peer.address, log: log.child("link") });
     this.driver = new ReplicaDriver({
-      identity: { nodeId: config.name, peerNodeId: peer.name, clusterId: peer.clusterId, secret: peer.secret },
+      identity: { nodeId: config.name, peerNodeId: peer.name, clusterId: peer.clusterId, secret: peer.secret, connect: peer.connect, untaggedFrames: benchmarkUntaggedFrames(log) },
       transport: this.transport,
       clock: systemClock,
       random: systemRandom,

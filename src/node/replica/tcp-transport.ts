@@ -1,7 +1,8 @@
 // The replication link's byte stream in production: TCP between the two daemons, implementing the
-// PeerTransport contract of src/replica/io.ts. It listens on this node's replication address and
-// dials the peer's when the core asks; it never reconnects by itself and never interprets a byte
-// (authentication, framing and checksums are the core's). Sends never block: what the kernel does
+// PeerTransport contract of src/replica/io.ts. It listens on this node's replication address (when
+// it has one) and dials the peer's when the core asks; it tells the core where each accepted
+// connection comes from, and never reconnects by itself nor interprets a byte (which connection to
+// keep, authentication, framing and tags are the core's). Sends never block: what the kernel does
 // not take at once waits in a per-connection queue, bounded by `replicaSendQueueBytesMax`; a peer
 // that lets it overflow is too slow to mirror to, and its connection is closed (the core then sees
 // the link drop and degrades the volumes, which is what must happen when the peer stops reading).
@@ -36,22 +37,24 @@ export class TcpPeerTransport implements PeerTransport {
   private stopped = false;
 
   constructor(
-    private readonly options: { listen: HostPort; peer: HostPort; log: Logger },
+    private readonly options: { listen: HostPort | undefined; peer: HostPort; log: Logger },
   ) {}
 
   attach(handler: PeerTransportHandler): void {
     this.handler = handler;
   }
 
-  /** Start listening for the peer's connections. */
+  /** Start listening for connections (the core decides what to keep); no-op without a listen address. */
   listen(): void {
+    const listen = this.options.listen;
+    if (!listen) return;
     const handlers = this.socketHandlers(false);
     this.listener = Bun.listen<ConnectionData>({
-      hostname: this.options.listen.hostname,
-      port: this.options.listen.port,
+      hostname: listen.hostname,
+      port: listen.port,
       socket: handlers,
     });
-    this.options.log.info("replication listener up", { address: `${this.options.listen.hostname}:${this.listener.port}` });
+    this.options.log.info("replication listener up", { address: `${listen.hostname}:${this.listener.port}` });
   }
 
   get listenPort(): number | undefined {
@@ -124,6 +127,8 @@ export class TcpPeerTransport implements PeerTransport {
   close(connection: number): void {
     const socket = this.sockets.get(connection);
     if (!socket) return;
+    // What the core sent before closing (a Goodbye) still goes out, ahead of the FIN.
+    if (socket.data.pending.length > 0) this.flush(socket);
     socket.data.closedByUs = true;
     this.sockets.delete(connection);
     socket.end();
@@ -157,7 +162,7 @@ export class TcpPeerTransport implements PeerTransport {
         socket.data = { id, output: new SocketWriteQueue(), pending: [], closedByUs: false, reported: false };
         socket.setNoDelay(true);
         this.sockets.set(id, socket);
-        this.handler?.connected(id, dialled);
+        this.handler?.connected(id, dialled, { host: socket.remoteAddress, port: socket.remotePort ?? 0 });
       },
       data: (socket: Socket<ConnectionData>, bytes: Buffer) => {
         if (!socket.data || socket.data.closedByUs) return;

@@ -1,0 +1,50 @@
+// Bounds how many reports of one family (refused connections, rejected frames) leave a core, so a
+// stranger who opens thousands of connections cannot flood the log and the event log. Fixed
+// windows: a window opens with the first report; up to `perWindow` reports pass in it; the rest
+// are counted by code, and when the window ends the caller gets one summary of what was held back.
+// Pure: time is the caller's tick count.
+
+export interface SuppressedSummary {
+  count: number;
+  byCode: Record<string, number>;
+  windowTicks: number;
+}
+
+export class ReportLimiter {
+  private windowStart: number | undefined;
+  private passed = 0;
+  private suppressed = new Map<string, number>();
+
+  constructor(
+    private readonly perWindow: number,
+    private readonly windowTicks: number,
+  ) {}
+
+  /** Close the window if it is over; its summary when anything was held back. */
+  roll(now: number): SuppressedSummary | undefined {
+    if (this.windowStart === undefined || now - this.windowStart < this.windowTicks) return undefined;
+    const summary = this.summary();
+    this.windowStart = undefined;
+    this.passed = 0;
+    this.suppressed = new Map();
+    return summary;
+  }
+
+  /** Whether a report of `code` may go out at `now` (call `roll` first); if not, it is counted. */
+  admit(code: string, now: number): boolean {
+    if (this.windowStart === undefined) this.windowStart = now;
+    if (this.passed < this.perWindow) {
+      this.passed++;
+      return true;
+    }
+    this.suppressed.set(code, (this.suppressed.get(code) ?? 0) + 1);
+    return false;
+  }
+
+  private summary(): SuppressedSummary | undefined {
+    if (this.suppressed.size === 0) return undefined;
+    let count = 0;
+    for (const value of this.suppressed.values()) count += value;
+    return { count, byCode: Object.fromEntries(this.suppressed), windowTicks: this.windowTicks };
+  }
+}
