@@ -19,11 +19,14 @@ import type { ExportSessionInfo } from "./export/types.ts";
 import { startVhostExport, type VhostExport, vhostSocketPathFor } from "./export/vhost/server.ts";
 import { lockDataDir } from "./node-lock.ts";
 import { PairedVolumes, type ReplicationService } from "./pairing.ts";
-import { NodeState, type VhostExportRecord } from "./state.ts";
+import { type EventRecord, NodeState, type VhostExportRecord } from "./state.ts";
 import { VolumeManager } from "./volumes.ts";
 
 /** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
-export type ReplicationFactory = (config: NodeConfig, log: Logger) => Promise<ReplicationService & { start(): void; stop(): Promise<void> }>;
+export type ReplicationFactory = (
+  config: NodeConfig,
+  log: Logger,
+) => Promise<ReplicationService & { start(): void; stop(): Promise<void>; onEvent(listener: (event: { level: EventRecord["level"]; kind: string; message: string }) => void): void }>;
 
 export const tandemVersion = "0.1.0";
 
@@ -242,7 +245,10 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     const manager = volumes;
     if (config.peer) {
       if (!replicationFactory) throw new TandemError("invalid_argument", "this build cannot pair nodes");
-      replication = await replicationFactory(config, log);
+      const pair = await replicationFactory(config, log);
+      replication = pair;
+      // Link events (up, down, refused connections, rejected frames) go to `tandem events`.
+      pair.onEvent((event) => nodeState.addEvent(event.level, event.kind, null, event.message));
       paired = new PairedVolumes(config.name, config.peer.name, config.dataDir, replication, state, log.child("pairing"));
       manager.setReplication(paired);
       replication.start();

@@ -19,6 +19,7 @@ import { FileLayer } from "../block/file.ts";
 import type { BlockLayer } from "../block/layer.ts";
 import type { NodeConfig } from "../config.ts";
 import type { ReplicationService } from "../pairing.ts";
+import { type LinkEvent, linkEventOf } from "./link-events.ts";
 import { MirrorLayer } from "./mirror-layer.ts";
 import { TcpPeerTransport } from "./tcp-transport.ts";
 
@@ -86,7 +87,7 @@ export class NodeReplication implements ReplicationService {
     for (const listener of this.reportListeners) listener(report);
   }
 
-  /** Watch the driver's reports (the daemon records the important ones as events). */
+  /** Watch the driver's reports. */
   onReport(listener: (report: ReplicaReport) => void): void {
     this.reportListeners.add(listener);
   }
@@ -94,6 +95,14 @@ export class NodeReplication implements ReplicationService {
   onLinkUp(listener: () => void): void {
     this.onReport((report) => {
       if (report.kind === "linkUp") listener();
+    });
+  }
+
+  /** The reports that belong in the node's event log, as events (link-events.ts). */
+  onEvent(listener: (event: LinkEvent) => void): void {
+    this.onReport((report) => {
+      const event = linkEventOf(report);
+      if (event) listener(event);
     });
   }
 
