@@ -228,7 +228,7 @@ describe("a relay in the middle", () => {
     ],
   ];
   for (const [name, change] of tamperCases) {
-    test(`a ${name} frame closes the connection and is never acted on`, () => {
+    test(`a frame ${name} on the way closes the connection and is never acted on`, () => {
       const held: Uint8Array[] = [];
       let holding = false;
       const { harness, a, b, pump } = relayedPair((direction, frame) => {
