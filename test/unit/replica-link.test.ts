@@ -33,12 +33,19 @@ function forgedHello(claims: string, role = LinkRole.Dialer, fill = 7, versions:
   return { type: MessageType.Hello, volumeId: 0, requestId: 0, versionMin: versions[0], versionMax: versions[1], clusterId, nodeId: claims, nonce: new Uint8Array(32).fill(fill), role, flags: 0, admission: new Uint8Array(32).fill(fill + 1) };
 }
 
-/** The pair a (dials) and b (accepts), linked. */
-function linkedPair(harness = new LinkHarness()) {
+/** The pair a (dials) and b (accepts) on a new harness, not connected yet. */
+function pair() {
+  const harness = new LinkHarness();
   const a = harness.node({ nodeId: "a", peerNodeId: "b", connect: "dial" });
   const b = harness.node({ nodeId: "b", peerNodeId: "a", connect: "accept" });
-  harness.tick();
   return { harness, a, b };
+}
+
+/** The same pair, linked. */
+function linkedPair() {
+  const linked = pair();
+  linked.harness.tick();
+  return linked;
 }
 
 /** Forward bytes both ways between the dialer's intercepted connection and the attacker's connection to the acceptor. */
@@ -75,9 +82,7 @@ describe("the handshake", () => {
   });
 
   test("the acceptor sends nothing before a signed Hello, and its proof only after the dialer's", () => {
-    const harness = new LinkHarness();
-    const a = harness.node({ nodeId: "a", peerNodeId: "b", connect: "dial" });
-    const b = harness.node({ nodeId: "b", peerNodeId: "a", connect: "accept" });
+    const { harness, a, b } = pair();
     const order: string[] = [];
     harness.connectNodes(a, b, (from, bytes) => {
       for (const frame of splitFrames(bytes)) order.push(`${from}:${frame[4] === MessageType.Hello ? "Hello" : frame[4] === MessageType.Auth ? "Auth" : "frame"}`);
@@ -116,9 +121,7 @@ describe("reflection (issue #8) fails in both directions", () => {
   });
 
   test("holding a's dial, the attacker gets a's proof for its own transcript: useless at b, and useless sent back to a", () => {
-    const harness = new LinkHarness();
-    const a = harness.node({ nodeId: "a", peerNodeId: "b", connect: "dial" });
-    const b = harness.node({ nodeId: "b", peerNodeId: "a", connect: "accept" });
+    const { harness, a, b } = pair();
     const attacker = harness.attacker("mallory");
     const toA = harness.interceptDial(a, attacker);
     harness.run();
@@ -142,9 +145,7 @@ describe("reflection (issue #8) fails in both directions", () => {
   });
 
   test("a's own Hello sent back to a, and b's Hello sent to b, are refused by role", () => {
-    const harness = new LinkHarness();
-    const a = harness.node({ nodeId: "a", peerNodeId: "b", connect: "dial" });
-    const b = harness.node({ nodeId: "b", peerNodeId: "a", connect: "accept" });
+    const { harness, a, b } = pair();
     const attacker = harness.attacker("mallory");
     const toA = harness.interceptDial(a, attacker);
     harness.run();
@@ -158,9 +159,7 @@ describe("reflection (issue #8) fails in both directions", () => {
 
 describe("replays", () => {
   test("a recorded Hello is refused by the acceptor that saw it, and its recorded proof fails after a restart", () => {
-    const harness = new LinkHarness();
-    const a = harness.node({ nodeId: "a", peerNodeId: "b", connect: "dial" });
-    const b = harness.node({ nodeId: "b", peerNodeId: "a", connect: "accept" });
+    const { harness, a, b } = pair();
     const recorded: Uint8Array[] = [];
     harness.connectNodes(a, b, (from, bytes) => {
       if (from === "a") recorded.push(...splitFrames(bytes));
