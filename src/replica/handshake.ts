@@ -17,6 +17,7 @@
 // the input of (the reflection of issue #8 is impossible), and a relay that forwards the exchange
 // learns no key. Pure: messages in, messages out; the nonce comes from the caller's Random and the
 // replay memory of dialer nonces is the caller's (it outlives one connection).
+import { assert } from "../common/assert.ts";
 import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, sessionKeys, transcriptHash, verifyMac } from "./auth.ts";
 import { frameHeaderBytes, type HelloMessage, HelloFlags, joinParts, encodeMessage, LinkRole, type Message, MessageType, negotiateVersion, protocolVersionMax, protocolVersionMin } from "./wire.ts";
 
@@ -133,7 +134,7 @@ export class Handshake {
   }
 
   private move(next: HandshakePhase): void {
-    if (!transitions[this.phaseValue.kind].includes(next.kind)) throw new Error(`handshake cannot move from ${this.phaseValue.kind} to ${next.kind}`);
+    assert(transitions[this.phaseValue.kind].includes(next.kind), `handshake cannot move from ${this.phaseValue.kind} to ${next.kind}`);
     this.phaseValue = next;
   }
 
@@ -197,7 +198,7 @@ export class Handshake {
       }
       case "established":
       case "refused":
-        throw new Error(`handshake message in phase ${phase.kind}`);
+        assert(false, `no handshake message is taken in phase ${phase.kind}`);
     }
   }
 
