@@ -5,7 +5,14 @@
 //     machine; runs interleaved. The floor is measured too: one page-cache 4k pwrite (no
 //     fdatasync) plus one 4 KiB loopback TCP round trip through a relay like the lab's.
 //     Targets: mirrored QD1 latency <= 1.3x (unmirrored latency + one round trip); mirrored QD32
-//     IOPS >= 0.6x unmirrored.
+//     IOPS >= 0.6x unmirrored. The cost of frame authentication, as an A/B in the same run: the
+//     mirrored cells again with both lab nodes restarted in the benchmark mode that runs the link
+//     with untagged frames (docs/security.md), rounds alternating which mode goes first. Budget:
+//     tagged QD32 IOPS >= 0.9x untagged. On a shared machine the IOPS move with everyone else's
+//     load, so the CPU the two nodes spend per mirrored write (from /proc, user + system, during
+//     each mirrored run) is compared too: it does not count time spent waiting for a core. And the
+//     CPU time of the tags themselves (process CPU time, not wall clock) for one write's frames: a
+//     4 KiB Write and its WriteAck, each tagged once and checked once.
 //  2. Resync: the volume (1 GiB by default) is filled, the link cut, every other MiB rewritten
 //     (50% dirty), the link healed, and the time to "synced" on both nodes measured. Compared with
 //     a plain copy of the same number of bytes from a file over a TCP connection through the same
@@ -26,6 +33,9 @@ import { parseSize } from "../src/common/size.ts";
 import { cliEntry, runCli } from "../test/helpers/daemon.ts";
 import { median } from "./stats.ts";
 import { LinkRelay } from "../src/node/lab/relay.ts";
+import { untaggedFramesConsent, untaggedFramesVariable } from "../src/node/replica/replication.ts";
+import { frameTag } from "../src/replica/auth.ts";
+import { encodeMessage, MessageType, WireStatus } from "../src/replica/wire.ts";
 
 const MiB = 1024 * 1024;
 
@@ -121,6 +131,7 @@ try {
   const soloSocket = ["--socket", path.join(soloDir, "control.sock")];
   const volumeSize = String(sizeBytes);
   await tandem(["volume", "create", "bench", "--size", volumeSize, "--socket", nodeA.control]);
+  const benchVolumeId = (JSON.parse(await tandem(["volume", "list", "--json", "--socket", nodeA.control])) as { volumes: { name: string; id: number }[] }).volumes.find((volume) => volume.name === "bench")!.id;
   await tandem(["volume", "create", "bench", "--size", volumeSize, ...soloSocket]);
   const uris = {
     mirrored: `nbd+unix:///bench?socket=${nodeA.nbd}`,
@@ -149,6 +160,8 @@ try {
     meanUs: number;
     p50Us: number;
     bytes: number;
+    /** CPU of both lab nodes (user + system) per 4 KiB write during the run; mirrored runs only. */
+    nodeCpuUsPerWrite?: number;
   }
   const fio = async (uri: string, args: string[]): Promise<FioSide> => {
     const result = await run(["fio", "--name=bench", "--ioengine=nbd", `--uri=${uri}`, "--output-format=json", ...args]);
@@ -163,20 +176,70 @@ try {
   for (const uri of Object.values(uris)) await fio(uri, ["--rw=write", "--bs=1M", "--iodepth=8", `--size=${sizeBytes}`, "--refill_buffers"]);
   await waitSynced(300_000);
 
-  // ------------------------------------------------------------ 1. mirrored vs unmirrored
+  // ------------------------------------------------------------ 1. mirrored vs unmirrored, tagged vs untagged frames
+  let started = 0;
   const samples: Record<string, FioSide[]> = {};
   const workloads = { qd1: ["--rw=randwrite", "--bs=4k", "--iodepth=1"], qd32: ["--rw=randwrite", "--bs=4k", "--iodepth=32"] };
+  let frames: "tagged" | "untagged" = "tagged";
+  /** Restart both lab nodes with or without the benchmark-only request for untagged frames. */
+  const setFrames = async (mode: "tagged" | "untagged") => {
+    if (frames === mode) return;
+    log(`restarting the lab with ${mode} frames`);
+    await tandem(["lab", "down", "--dir", labDir]);
+    const env: Record<string, string> = mode === "untagged" ? { [untaggedFramesVariable]: untaggedFramesConsent } : {};
+    const result = await runCli(["lab", "up", "--dir", labDir, "--json"], { timeoutMs: 120_000, cwd: dir, env });
+    if (result.code !== 0) throw new Error(`lab up (${mode}) failed: ${result.stderr}`);
+    frames = mode;
+    const link = JSON.parse(await tandem(["status", "--json", "--socket", nodeA.control])) as { node: { link: { framesTagged: boolean } } };
+    if (link.node.link.framesTagged !== (mode === "tagged")) throw new Error(`the lab came up with framesTagged=${link.node.link.framesTagged}, wanted ${mode}`);
+    await waitSynced(120_000);
+  };
+  /** CPU milliseconds (user + system) the lab's two node processes have used so far. */
+  const nodeCpuMs = async (): Promise<number> => {
+    const status = JSON.parse(await tandem(["lab", "status", "--dir", labDir, "--json"])) as { nodes: { pid: number | null }[] };
+    let ticks = 0;
+    for (const node of status.nodes) {
+      const fields = fs.readFileSync(`/proc/${node.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]); // utime and stime, fields 14 and 15 of stat
+    }
+    return ticks * 10; // USER_HZ is 100 on Linux
+  };
+  const cellRun = async (target: "mirrored" | "unmirrored" | "untagged", workload: string, args: string[], round: number) => {
+    log(`${target} ${workload} run ${round}/${runs}`);
+    const cpuBefore = target === "unmirrored" ? 0 : await nodeCpuMs();
+    const sample = await fio(uris[target === "untagged" ? "mirrored" : target], [...args, `--size=${sizeBytes}`, "--time_based", `--runtime=${runtime}`, "--randrepeat=0"]);
+    if (target !== "unmirrored") sample.nodeCpuUsPerWrite = ((await nodeCpuMs()) - cpuBefore) * 1000 / (sample.bytes / 4096);
+    (samples[`${target}.${workload}`] ??= []).push(sample);
+  };
   for (let round = 1; round <= runs; round++) {
-    for (const [workload, args] of Object.entries(workloads)) {
-      const order = round % 2 ? (["mirrored", "unmirrored"] as const) : (["unmirrored", "mirrored"] as const);
-      for (const target of order) {
-        log(`${target} ${workload} run ${round}/${runs}`);
-        const sample = await fio(uris[target], [...args, `--size=${sizeBytes}`, "--time_based", `--runtime=${runtime}`, "--randrepeat=0"]);
-        (samples[`${target}.${workload}`] ??= []).push(sample);
+    const modes = round % 2 ? (["tagged", "untagged"] as const) : (["untagged", "tagged"] as const);
+    for (const mode of modes) {
+      await setFrames(mode);
+      for (const [workload, args] of Object.entries(workloads)) {
+        if (mode === "untagged") await cellRun("untagged", workload, args, round);
+        else for (const target of round % 2 ? (["mirrored", "unmirrored"] as const) : (["unmirrored", "mirrored"] as const)) await cellRun(target, workload, args, round);
       }
     }
   }
+  await setFrames("tagged");
   await waitSynced(120_000);
+
+  // The tags' own CPU time for one mirrored 4k write: its Write frame and its WriteAck, each tagged
+  // by the sender and checked by the receiver (four tag computations), timed in this process.
+  const tagKey = crypto.getRandomValues(new Uint8Array(32));
+  const writeFrame = encodeMessage({ type: MessageType.Write, volumeId: 1, requestId: 1, offset: 0, fua: false, data: new Uint8Array(4096) });
+  const ackFrame = encodeMessage({ type: MessageType.WriteAck, volumeId: 1, requestId: 1, status: WireStatus.Ok });
+  const tagRounds = 20_000;
+  for (let i = 0; i < 2000; i++) frameTag(tagKey, i, writeFrame);
+  const cpuStart = process.cpuUsage();
+  for (let i = 0; i < tagRounds; i++) {
+    frameTag(tagKey, i, writeFrame);
+    frameTag(tagKey, i, writeFrame);
+    frameTag(tagKey, i, ackFrame);
+    frameTag(tagKey, i, ackFrame);
+  }
+  const tagCpu = process.cpuUsage(cpuStart);
+  const tagUsPerWrite = (tagCpu.user + tagCpu.system) / tagRounds;
 
   // The floor: a page-cache 4k pwrite, and a 4 KiB round trip on loopback through a relay.
   const floorFile = path.join(dir, "floor.img");
@@ -186,7 +249,7 @@ try {
   const block = new Uint8Array(4096).fill(7);
   const writes = 20_000;
   for (let i = 0; i < 2000; i++) fs.writeSync(fd, block, 0, 4096, (i % 65536) * 4096);
-  let started = performance.now();
+  started = performance.now();
   for (let i = 0; i < writes; i++) fs.writeSync(fd, block, 0, 4096, Math.floor(Math.random() * 65536) * 4096);
   const writeUs = ((performance.now() - started) * 1000) / writes;
   fs.closeSync(fd);
@@ -219,9 +282,10 @@ try {
       .readFileSync(path.join(labDir, "a", "node.log"), "utf8")
       .split("\n")
       .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line) as { time: string; msg: string });
-    const startIndex = records.findLastIndex((record) => record.msg === "resyncStarted");
-    const end = records.slice(startIndex).find((record) => record.msg === "synced");
+      .map((line) => JSON.parse(line) as { time: string; msg: string; volumeId?: number });
+    // The bench volume's records only: the lab's demo volume reports its own (instant) sync.
+    const startIndex = records.findLastIndex((record) => record.msg === "resyncStarted" && record.volumeId === benchVolumeId);
+    const end = records.slice(startIndex).find((record) => record.msg === "synced" && record.volumeId === benchVolumeId);
     if (startIndex < 0 || !end) throw new Error("no resyncStarted/synced pair in a's log");
     const resyncMs = Date.parse(end.time) - Date.parse(records[startIndex]!.time);
     return { resyncMs, fio: fioResult ? await fioResult : undefined };
@@ -252,12 +316,14 @@ try {
   const during = await resyncOnce(true);
 
   // ------------------------------------------------------------ report
-  const cell = (key: string, field: keyof FioSide) => median(samples[key]!.map((sample) => sample[field]));
-  const spread = (key: string, field: keyof FioSide) => `${Math.round(Math.min(...samples[key]!.map((s) => s[field])))}–${Math.round(Math.max(...samples[key]!.map((s) => s[field])))}`;
+  const fieldValues = (key: string, field: keyof FioSide) => samples[key]!.map((sample) => sample[field] ?? NaN);
+  const cell = (key: string, field: keyof FioSide) => median(fieldValues(key, field));
+  const spread = (key: string, field: keyof FioSide) => `${Math.round(Math.min(...fieldValues(key, field)))}–${Math.round(Math.max(...fieldValues(key, field)))}`;
   const mirroredQd1 = cell("mirrored.qd1", "meanUs");
   const unmirroredQd1 = cell("unmirrored.qd1", "meanUs");
   const qd1Bound = unmirroredQd1 + rttUs;
   const qd32Ratio = cell("mirrored.qd32", "iops") / cell("unmirrored.qd32", "iops");
+  const tagRatio = cell("mirrored.qd32", "iops") / cell("untagged.qd32", "iops");
   const resyncRate = dirtyBytes / MiB / (resyncAlone.resyncMs / 1000);
   const copyRate = dirtyBytes / MiB / (copyMs / 1000);
   const duringRatio = during.fio!.iops / baseline.iops;
@@ -270,6 +336,16 @@ try {
     `| QD1 IOPS | ${Math.round(cell("mirrored.qd1", "iops"))} | ${Math.round(cell("unmirrored.qd1", "iops"))} | ${(cell("mirrored.qd1", "iops") / cell("unmirrored.qd1", "iops")).toFixed(2)} | |`,
     `| QD32 IOPS | ${Math.round(cell("mirrored.qd32", "iops"))} (${spread("mirrored.qd32", "iops")}) | ${Math.round(cell("unmirrored.qd32", "iops"))} (${spread("unmirrored.qd32", "iops")}) | ${qd32Ratio.toFixed(2)} | ≥ 0.6×: ${qd32Ratio >= 0.6 ? "met" : "missed"} |`,
     "",
+    "| 4k randwrite, mirrored | tagged frames | untagged frames | tagged / untagged | budget |",
+    "| --- | ---: | ---: | ---: | --- |",
+    `| QD1 mean latency µs | ${mirroredQd1.toFixed(1)} (${spread("mirrored.qd1", "meanUs")}) | ${cell("untagged.qd1", "meanUs").toFixed(1)} (${spread("untagged.qd1", "meanUs")}) | ${(mirroredQd1 / cell("untagged.qd1", "meanUs")).toFixed(3)} | |`,
+    `| QD32 IOPS | ${Math.round(cell("mirrored.qd32", "iops"))} (${spread("mirrored.qd32", "iops")}) | ${Math.round(cell("untagged.qd32", "iops"))} (${spread("untagged.qd32", "iops")}) | ${tagRatio.toFixed(3)} | ≥ 0.9×: ${tagRatio >= 0.9 ? "met" : "missed"} |`,
+    "",
+    `| QD32 CPU of both nodes per write µs | ${cell("mirrored.qd32", "nodeCpuUsPerWrite").toFixed(1)} (${spread("mirrored.qd32", "nodeCpuUsPerWrite")}) | ${cell("untagged.qd32", "nodeCpuUsPerWrite").toFixed(1)} (${spread("untagged.qd32", "nodeCpuUsPerWrite")}) | ${(cell("mirrored.qd32", "nodeCpuUsPerWrite") / cell("untagged.qd32", "nodeCpuUsPerWrite")).toFixed(3)} | |`,
+    `| QD1 CPU of both nodes per write µs | ${cell("mirrored.qd1", "nodeCpuUsPerWrite").toFixed(1)} (${spread("mirrored.qd1", "nodeCpuUsPerWrite")}) | ${cell("untagged.qd1", "nodeCpuUsPerWrite").toFixed(1)} (${spread("untagged.qd1", "nodeCpuUsPerWrite")}) | ${(cell("mirrored.qd1", "nodeCpuUsPerWrite") / cell("untagged.qd1", "nodeCpuUsPerWrite")).toFixed(3)} | |`,
+    "",
+    `Tags' own CPU time per mirrored 4k write (the Write and its WriteAck, each tagged and checked): ${tagUsPerWrite.toFixed(2)} µs, ${((tagUsPerWrite / cell("mirrored.qd32", "nodeCpuUsPerWrite")) * 100).toFixed(1)}% of the ${cell("mirrored.qd32", "nodeCpuUsPerWrite").toFixed(1)} µs both nodes spend per write at QD32`,
+    "",
     `Floor: page-cache 4k pwrite ${writeUs.toFixed(1)} µs + 4 KiB loopback round trip through a relay ${rttUs.toFixed(1)} µs = ${floorUs.toFixed(1)} µs (mirrored QD1 is ${(mirroredQd1 / floorUs).toFixed(1)}× the floor)`,
     "",
     "| resync | value | target |",
@@ -280,7 +356,7 @@ try {
     `| fio 4k randwrite QD32 during resync / synced | ${Math.round(during.fio!.iops)} / ${Math.round(baseline.iops)} IOPS = ${duringRatio.toFixed(2)} (resync took ${(during.resyncMs / 1000).toFixed(2)} s with fio running) | ≥ 0.5: ${duringRatio >= 0.5 ? "met" : "missed"} |`,
   ];
   console.log(rows.join("\n"));
-  if (values.json) fs.writeFileSync(values.json, JSON.stringify({ samples, writeUs, rttUs, floorUs, resyncAlone, copyMs, dirtyBytes, baseline, during }, null, 1));
+  if (values.json) fs.writeFileSync(values.json, JSON.stringify({ samples, tagUsPerWrite, writeUs, rttUs, floorUs, resyncAlone, copyMs, dirtyBytes, baseline, during }, null, 1));
 } finally {
   await shutdown();
 }
