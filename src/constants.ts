@@ -129,9 +129,11 @@ export const replicaPendingConnectionsPerSourceMax = 8;
 export const replicaAdmittedConnectionsMax = 2;
 /** Dialer nonces an acceptor remembers to refuse a replayed Hello outright. */
 export const replicaRecentDialerNoncesMax = 1024;
-/** Refused connections, failed handshakes and rejected frames reported (log and event) per window;
- * beyond it they are counted and one summary says what was suppressed when the window ends. */
-export const replicaRefusalReportsPerWindowMax = 10;
+/** Refused connections, failed handshakes and rejected frames reported (log and event) per window,
+ * in all and per refusal code (so a flood of one kind cannot hide another, such as the real peer's
+ * wrong secret); beyond it they are counted and one summary says what was held back. */
+export const replicaRefusalReportsPerWindowMax = 20;
+export const replicaRefusalReportsPerCodeMax = 5;
 export const replicaRefusalReportWindowMs = 10_000;
 /** Pairing secret length bounds. */
 export const replicaSecretBytesMin = 16;
@@ -189,7 +191,7 @@ assert(replicaSecretBytesMin >= 16 && replicaSecretBytesMin <= replicaSecretByte
 assert(replicaHandshakeTimeoutMs >= replicaTickMs * 10 && replicaHandshakeTimeoutMs <= replicaReconnectDelayMsMax, "a handshake gets at least ten ticks, and a stranger's connection lives no longer than one redial delay");
 assert(replicaPendingConnectionsPerSourceMax >= 2 && replicaPendingConnectionsPerSourceMax <= replicaPendingConnectionsMax, "per-source pending bound within the total");
 assert(replicaAdmittedConnectionsMax >= 1 && replicaRecentDialerNoncesMax >= replicaPendingConnectionsMax, "room for the peer's handshake; replay memory covers every pending handshake");
-assert(replicaRefusalReportsPerWindowMax >= 1 && replicaRefusalReportWindowMs >= replicaLinkTimeoutMs, "refusal reports: at least one per window, windows no shorter than a link timeout");
+assert(replicaRefusalReportsPerCodeMax >= 1 && replicaRefusalReportsPerCodeMax <= replicaRefusalReportsPerWindowMax && replicaRefusalReportWindowMs >= replicaLinkTimeoutMs, "refusal reports: at least one per code and window, windows no shorter than a link timeout");
 assert(replicaFrameBytesMax >= requestBytesMax + 4 * KiB && replicaFrameBytesMax >= replicaResyncChunkBytesMax + 4 * KiB, "one maximal request or chunk plus its fields fits a frame");
 assert(replicaBitmapRunsPerMessageMax * 16 + 64 <= replicaFrameBytesMax, "a full BitmapRuns message fits a frame");
 assert(replicaBitmapGranuleBytesMin >= volumeSizeAlignmentBytes && replicaBitmapGranuleBytesMin <= replicaBitmapGranuleBytesMax, "granules ordered and aligned");

@@ -22,6 +22,7 @@ import {
   replicaRecentDialerNoncesMax,
   replicaReconnectDelayMsMax,
   replicaReconnectDelayMsMin,
+  replicaRefusalReportsPerCodeMax,
   replicaRefusalReportsPerWindowMax,
   replicaRefusalReportWindowMs,
   replicaResyncCheckpointChunks,
@@ -59,6 +60,7 @@ export interface ReplicaConfig {
   admittedConnectionsMax: number;
   recentDialerNoncesMax: number;
   refusalReportsPerWindowMax: number;
+  refusalReportsPerCodeMax: number;
   refusalReportWindowTicks: number;
   frameBytesMax: number;
   writesInFlightMax: number;
@@ -96,6 +98,7 @@ export function defaultReplicaConfig(overrides: Partial<ReplicaConfig> = {}): Re
     admittedConnectionsMax: replicaAdmittedConnectionsMax,
     recentDialerNoncesMax: replicaRecentDialerNoncesMax,
     refusalReportsPerWindowMax: replicaRefusalReportsPerWindowMax,
+    refusalReportsPerCodeMax: replicaRefusalReportsPerCodeMax,
     refusalReportWindowTicks: ticks(replicaRefusalReportWindowMs, tickMs),
     frameBytesMax: replicaFrameBytesMax,
     writesInFlightMax: replicaWritesInFlightPerVolumeMax,
@@ -126,6 +129,7 @@ export function validateReplicaConfig(config: ReplicaConfig): void {
   assert(config.keepaliveIntervalTicks * 2 <= config.linkTimeoutTicks, "two keepalives fit in the link timeout");
   assert(config.reconnectDelayTicksMin <= config.reconnectDelayTicksMax, "reconnect delays ordered");
   assert(config.pendingConnectionsPerSourceMax <= config.pendingConnectionsMax, "per-source pending bound within the total");
+  assert(config.refusalReportsPerCodeMax <= config.refusalReportsPerWindowMax, "per-code refusal reports within the total");
   assert(config.activityLogExtentsMax >= 2, "the activity log holds at least two extents");
   assert(config.activityLogExtentsMax * 4 + 64 <= 4096, "an activity-log transaction fits one metadata slot");
   assert(config.resyncChunkBytesMax + 4096 <= config.frameBytesMax, "a resync chunk fits a frame");

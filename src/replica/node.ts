@@ -111,7 +111,7 @@ export class NodeCore {
     assert(identity.nodeId !== identity.peerNodeId, "the two nodes have different names");
     assert(identity.clusterId.length === clusterIdBytes, "cluster ids are 16 bytes");
     this.dialer = identity.connect === "dial";
-    this.refusalLimiter = new ReportLimiter(config.refusalReportsPerWindowMax, config.refusalReportWindowTicks);
+    this.refusalLimiter = new ReportLimiter(config.refusalReportsPerWindowMax, config.refusalReportsPerCodeMax, config.refusalReportWindowTicks);
     this.backoffTicks = config.reconnectDelayTicksMin;
     this.volumeHost = {
       nodeId: identity.nodeId,
