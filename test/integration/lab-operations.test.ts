@@ -84,23 +84,26 @@ describe("operating the two-node lab", () => {
     const config = JSON.parse(original);
     config.peer.secretFile = "../wrong.secret";
     fs.writeFileSync(configPath, JSON.stringify(config));
-    expect((await lab(["start", "b"])).code).toBe(0);
-    // b refuses a's Hello (signed with the other secret); a learns it as a refusal during its handshake.
-    const refused = (node: string, code: string) => logRecords(node).some((record) => record.msg === "connectionRefused" && record.code === code);
-    const deadline = Date.now() + 15_000;
-    while (!(refused("b", "wrong-secret") && refused("a", "closed-by-peer")) && Date.now() < deadline) await Bun.sleep(100);
-    expect(refused("b", "wrong-secret")).toBe(true);
-    expect(refused("a", "closed-by-peer")).toBe(true);
-    expect(await linkConnected("a")).toBe(false);
-    expect(await linkConnected("b")).toBe(false);
-    expect(refused("b", "malformed")).toBe(true); // the stranger on b
-    expect(refused("a", "inbound-on-dialer")).toBe(true); // the stranger on a
-    expect((await replicas("a"))[0]?.state).not.toBe("synced");
-
-    // With the right secret again the pair reconnects and is in sync.
-    expect((await lab(["kill", "b"])).code).toBe(0);
-    fs.writeFileSync(configPath, original);
-    expect((await lab(["start", "b"])).code).toBe(0);
+    try {
+      expect((await lab(["start", "b"])).code).toBe(0);
+      // b refuses a's Hello (signed with the other secret); a learns it as a refusal during its handshake.
+      const refused = (node: string, code: string) => logRecords(node).some((record) => record.msg === "connectionRefused" && record.code === code);
+      const deadline = Date.now() + 15_000;
+      while (!(refused("b", "wrong-secret") && refused("a", "closed-by-peer")) && Date.now() < deadline) await Bun.sleep(100);
+      expect(refused("b", "wrong-secret")).toBe(true);
+      expect(refused("a", "closed-by-peer")).toBe(true);
+      expect(await linkConnected("a")).toBe(false);
+      expect(await linkConnected("b")).toBe(false);
+      expect(refused("b", "malformed")).toBe(true); // the stranger on b
+      expect(refused("a", "inbound-on-dialer")).toBe(true); // the stranger on a
+      expect((await replicas("a"))[0]?.state).not.toBe("synced");
+    } finally {
+      // With the right secret again the pair reconnects and is in sync (also when a check above
+      // failed, so the later tests do not inherit a broken pair).
+      expect((await lab(["kill", "b"])).code).toBe(0);
+      fs.writeFileSync(configPath, original);
+      expect((await lab(["start", "b"])).code).toBe(0);
+    }
     await waitSynced();
     expect(await linkConnected("a")).toBe(true);
   });
