@@ -37,8 +37,12 @@ export const requestBytesMinimum = 512;
 export const discardBytesMax = 1 * GiB;
 /** Requests in flight on one connection before we stop reading from its socket (back-pressure). */
 export const requestsInFlightPerConnectionMax = 128;
-/** Bytes of write payload buffered in flight on one connection before back-pressure. */
-export const requestBytesInFlightPerConnectionMax = 128 * MiB;
+/**
+ * Most memory one NBD connection may hold for payloads and replies (its share of the node's budget
+ * never exceeds this): enough for deep queues of ordinary requests; one maximal write is admitted
+ * even above a smaller share, when the connection holds nothing else.
+ */
+export const requestBytesInFlightPerConnectionMax = 32 * MiB;
 
 // ---- NBD (src/node/export/nbd) ----
 /** Client connections to one node's NBD listeners together. */
@@ -49,8 +53,27 @@ export const nbdOptionBytesMax = 64 * KiB;
 export const nbdStringBytesMax = 4096;
 /** Options a client may send before we close the negotiation (stops option floods). */
 export const nbdOptionsPerNegotiationMax = 1024;
-/** A client that has not finished the handshake in this time is disconnected. */
-export const nbdHandshakeTimeoutMs = 30_000;
+/** A client that has not finished the handshake in this time is disconnected (real clients take milliseconds). */
+export const nbdHandshakeTimeoutMs = 10_000;
+/**
+ * Memory all NBD connections of a node may hold together for request payloads and replies
+ * (config `nbd.memoryBudget`). When it is spent, connections stop being read until memory is
+ * given back; each connection gets at most an equal share of it while others want memory too.
+ */
+export const nbdMemoryBudgetBytesDefault = 256 * MiB;
+/** The smallest budget the config accepts: one maximal write plus a read stream's working set, twice over. */
+export const nbdMemoryBudgetBytesMin = 2 * (requestBytesMax + 4 * MiB);
+/** READs longer than this are read and sent in pieces of this size, so a reply waiting on a slow client holds little memory. */
+export const nbdReadPieceBytes = 1 * MiB;
+/** Pieces of one streamed READ read ahead or waiting to be written to the socket. */
+export const nbdReadPiecesAheadMax = 2;
+/** Storage operations the NBD server has running at once on the whole node: the rest of the IO thread pool stays free for replication and metadata. */
+export const nbdStorageOperationsInFlightMax = 16;
+/** Storage work the NBD server starts in one turn of the event loop before it lets other sockets and timers run. */
+export const nbdStorageOperationsPerTurnMax = 32;
+export const nbdStorageBytesPerTurnMax = 8 * MiB;
+/** Refused NBD connections are logged at most once per this interval (with a count of those not logged). */
+export const nbdRefusalLogIntervalMs = 5_000;
 /** Extents returned in one BLOCK_STATUS reply. */
 export const nbdBlockStatusExtentsMax = 4096;
 /** After a graceful close (DISC, ABORT, drain) the last replies get this long to leave before the socket is cut. */
@@ -223,5 +246,11 @@ assert((requestBytesMinimum & (requestBytesMinimum - 1)) === 0 && requestBytesMi
 assert(volumeSizeAlignmentBytes % requestBytesMinimum === 0, "every volume is a whole number of NBD minimum blocks");
 assert(nbdOptionBytesMax >= 2 * nbdStringBytesMax + 16, "an NBD option can carry a maximal export name and query");
 assert(nbdBlockStatusExtentsMax >= 1 && nbdPausedProbeIntervalMs > 0 && nbdCloseLingerMs > 0, "NBD limits are positive");
+assert(nbdMemoryBudgetBytesMin <= nbdMemoryBudgetBytesDefault, "the default NBD memory budget is one the config would accept");
+assert(requestBytesInFlightPerConnectionMax >= nbdReadPieceBytes * nbdReadPiecesAheadMax + 64 * KiB, "one connection's share holds a READ stream's working set");
+assert(nbdMemoryBudgetBytesMin >= requestBytesMax + nbdReadPieceBytes * nbdReadPiecesAheadMax, "the smallest budget admits one maximal write beside a READ stream");
+assert(nbdReadPieceBytes % directIoAlignmentBytes === 0 && nbdReadPieceBytes <= requestBytesMax, "READ pieces are O_DIRECT aligned and no larger than a request");
+assert(nbdReadPiecesAheadMax >= 1 && nbdStorageOperationsInFlightMax >= 1 && nbdStorageOperationsPerTurnMax >= 1, "NBD storage scheduling admits work");
+assert(nbdStorageBytesPerTurnMax >= nbdReadPieceBytes, "a turn of the event loop can start at least one READ piece");
 
 export const units = { KiB, MiB, GiB, TiB } as const;

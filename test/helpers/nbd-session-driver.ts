@@ -2,7 +2,9 @@
 // openExport/listExports from a catalog the test gives (queueing events exactly as the real
 // driver does), collects every byte the session sends into one stream the test reads back with
 // the codec's client-side decoders, and holds IO requests until the test completes them, in any
-// order, with any result.
+// order, with any result. Memory reservations are granted at once unless a test holds them, sent
+// bytes count as written at once unless a test holds the `sent` answers, and the driver keeps the
+// books (granted, given back, travelling with sends) so a test can check nothing leaks.
 import type { BlockCapabilities } from "../../src/node/block/layer.ts";
 import {
   NEED_MORE,
@@ -24,7 +26,7 @@ import {
   type SimpleReply,
   type StructuredChunk,
 } from "../../src/node/export/nbd/codec.ts";
-import { ClientFlag, Option } from "../../src/node/export/nbd/protocol.ts";
+import { ClientFlag, Info, Option } from "../../src/node/export/nbd/protocol.ts";
 import {
   NbdSession,
   type ExportDescription,
@@ -77,6 +79,17 @@ export class SessionDriver {
   held = 0;
   /** When false, openExport/listExports wait for the test to call answerOpen/answerList. */
   autoAnswer = true;
+  /** When false, `reserve` waits for the test to call grantMemory. */
+  autoGrant = true;
+  /** When false, `sent` answers for tokened sends wait for the test to call acknowledgeSent. */
+  autoSent = true;
+  /** Budget books: granted to the session, given back by it or by the "socket" after a send. */
+  memoryGranted = 0;
+  memoryReturned = 0;
+  /** The reservation asked for and not yet granted (0: none). */
+  memoryAsked = 0;
+  /** Tokens of sends not yet acknowledged (autoSent false). */
+  readonly unsentTokens: number[] = [];
 
   constructor(
     readonly catalog: Map<string, CatalogEntry> = new Map([["vol0", describeExport("vol0")]]),
@@ -114,6 +127,27 @@ export class SessionDriver {
     return this.ios[0]!;
   }
 
+  /** Grant the reservation the session is waiting for. */
+  grantMemory(): void {
+    const bytes = this.memoryAsked;
+    if (bytes === 0) throw new Error("no reservation is waiting");
+    this.memoryAsked = 0;
+    this.memoryGranted += bytes;
+    this.event({ type: "reserved", bytes });
+  }
+
+  /** Tell the session the oldest held tokened send has been written. */
+  acknowledgeSent(): void {
+    const token = this.unsentTokens.shift();
+    if (token === undefined) throw new Error("no send waits for its acknowledgement");
+    this.event({ type: "sent", token });
+  }
+
+  /** Budget memory neither given back nor travelling with a written send. */
+  get memoryOutstanding(): number {
+    return this.memoryGranted - this.memoryReturned;
+  }
+
   answerOpen(name: string, purpose: "info" | "go"): void {
     const entry = this.catalog.get(name);
     if (!entry) return this.event({ type: "exportOpened", result: { ok: false, reason: "unknown", message: `no export named "${name}"` } });
@@ -133,8 +167,27 @@ export class SessionDriver {
       this.history.push(action);
       switch (action.type) {
         case "send":
-          this.sent.push(action.bytes);
+          // A tokened send's buffer is reused by the session once written: keep a copy, as a socket would.
+          this.sent.push(action.token === undefined ? action.bytes : action.bytes.slice());
           this.sentBytes += action.bytes.length;
+          // The bytes count as written at once: their memory goes back to the budget.
+          this.memoryReturned += action.reserved ?? 0;
+          if (action.token !== undefined) {
+            if (this.autoSent) this.queue.push({ type: "sent", token: action.token });
+            else this.unsentTokens.push(action.token);
+          }
+          break;
+        case "reserve":
+          if (this.memoryAsked !== 0) throw new Error("the session asked for memory twice");
+          this.memoryAsked = action.bytes;
+          if (this.autoGrant) {
+            this.memoryAsked = 0;
+            this.memoryGranted += action.bytes;
+            this.queue.push({ type: "reserved", bytes: action.bytes });
+          }
+          break;
+        case "unreserve":
+          this.memoryReturned += action.bytes;
           break;
         case "io":
           this.ios.push(action.io);
@@ -216,8 +269,11 @@ export class SessionDriver {
     return { ...chunk, decoded: decodeChunkPayload(chunk) };
   }
 
-  /** Negotiate up to transmission the way libnbd does; returns after reading every reply. */
-  negotiate(options: { name?: string; structured?: boolean; allocation?: boolean; exportName?: boolean } = {}): void {
+  /**
+   * Negotiate up to transmission the way libnbd does (asking for block sizes unless
+   * `blockSizes: false`, as old clients do not); returns after reading every reply.
+   */
+  negotiate(options: { name?: string; structured?: boolean; allocation?: boolean; exportName?: boolean; blockSizes?: boolean } = {}): void {
     const name = options.name ?? "vol0";
     this.readGreeting();
     this.feed(encodeClientFlags({ flags: ClientFlag.FixedNewstyle | ClientFlag.NoZeroes }));
@@ -235,7 +291,8 @@ export class SessionDriver {
       this.readExportNameReply(true);
       return;
     }
-    this.feed(encodeOptionRequest({ option: Option.Go, data: encodeInfoRequest({ name, requests: [] }) }));
+    const requests = options.blockSizes === false ? [] : [Info.BlockSize];
+    this.feed(encodeOptionRequest({ option: Option.Go, data: encodeInfoRequest({ name, requests }) }));
     for (let reply = this.readOptionReply(); reply.type !== 1; reply = this.readOptionReply()) {
       if (reply.type >= 0x80000000) throw new Error(`GO failed with 0x${reply.type.toString(16)}`);
     }

@@ -26,7 +26,7 @@ import {
   encodeMetaContextRequest,
   encodeOptionRequest,
 } from "../../src/node/export/nbd/codec.ts";
-import { ClientFlag, Command, CommandFlag, ErrorValue, Option, OptionReply, ReplyFlag, ReplyType } from "../../src/node/export/nbd/protocol.ts";
+import { ClientFlag, Command, CommandFlag, ErrorValue, Info, Option, OptionReply, ReplyFlag, ReplyType } from "../../src/node/export/nbd/protocol.ts";
 import { createLogger } from "../../src/common/log.ts";
 import { NbdClient, RawConnection } from "../helpers/nbd-client.ts";
 import { ControlClient } from "../../src/cli/client.ts";
@@ -137,6 +137,15 @@ function makeProbe(next: () => number, mode: Mode, cookie: bigint): Probe {
       return { bytes, cookie, expect: ErrorValue.Invalid };
     }
     case "misaligned": {
+      if (mode === "exportName") {
+        // A client that never asked for block sizes is served at any alignment: unaligned reads
+        // and rewrites of the bytes already there succeed and change nothing.
+        const type = pick([Command.Read, Command.Write, Command.Cache]);
+        const offset = Math.min(aligned() + pick([1, 100, 511]), volumeBytes - 1024);
+        const header = rawRequest({ type, cookie, offset: BigInt(offset), length: 1024 });
+        if (type === Command.Write) return { bytes: concat([header, volumeBytes_(offset, 1024)]), cookie, expect: 0 };
+        return { bytes: header, cookie, expect: 0, readBack: type === Command.Read ? { offset, length: 1024 } : undefined };
+      }
       const type = pick([Command.Read, Command.Write, Command.Trim, Command.WriteZeroes, Command.Cache]);
       const offset = BigInt(aligned() + pick([1, 100, 511]));
       const header = rawRequest({ type, cookie, offset, length: 1024 });
@@ -183,7 +192,8 @@ function negotiation(mode: Mode, name: string): Uint8Array {
     parts.push(encodeOptionRequest({ option: Option.StructuredReply, data: new Uint8Array(0) }));
     parts.push(encodeOptionRequest({ option: Option.SetMetaContext, data: encodeMetaContextRequest({ name, queries: ["base:allocation"] }) }));
   }
-  parts.push(encodeOptionRequest({ option: Option.Go, data: encodeInfoRequest({ name, requests: [] }) }));
+  // Asking for block sizes commits the client to the 512-byte minimum, so misaligned requests are violations.
+  parts.push(encodeOptionRequest({ option: Option.Go, data: encodeInfoRequest({ name, requests: [Info.BlockSize] }) }));
   return concat(parts);
 }
 

@@ -145,21 +145,33 @@ describe("handshake", () => {
 
   test("INFO answers EXPORT, NAME and DESCRIPTION when asked, BLOCK_SIZE always, then ACK, and stays in negotiation", () => {
     const driver = started();
+    const infosOf = () => {
+      const infos = [];
+      let reply = driver.readOptionReply();
+      while (reply.type === OptionReply.Info) {
+        infos.push(decodeInfoReplyData(reply.data));
+        reply = driver.readOptionReply();
+      }
+      expect(reply.type).toBe(OptionReply.Ack);
+      return infos;
+    };
     driver.feed(option(Option.Info, encodeInfoRequest({ name: "vol0", requests: [Info.Name, Info.Description, Info.Name, 999] })));
-    const infos = [];
-    let reply = driver.readOptionReply();
-    while (reply.type === OptionReply.Info) {
-      infos.push(decodeInfoReplyData(reply.data));
-      reply = driver.readOptionReply();
-    }
-    expect(reply.type).toBe(OptionReply.Ack);
-    expect(infos).toEqual([
+    // Not asked for block sizes: the protocol's default minimum of 1 (what a GO asking the same way gets).
+    expect(infosOf()).toEqual([
       { type: Info.Export, sizeBytes: 1 << 20, transmissionFlags: transmissionFlagsFor(describeExport("vol0"), false) },
       { type: Info.Name, name: "vol0" },
       { type: Info.Description, description: "volume vol0" },
+      { type: Info.BlockSize, minimumBytes: 1, preferredBytes: 4096, maximumBytes: 32 * 1024 * 1024 },
+    ]);
+    driver.feed(option(Option.Info, encodeInfoRequest({ name: "vol0", requests: [Info.BlockSize] })));
+    expect(infosOf()).toEqual([
+      { type: Info.Export, sizeBytes: 1 << 20, transmissionFlags: transmissionFlagsFor(describeExport("vol0"), false) },
       { type: Info.BlockSize, minimumBytes: 512, preferredBytes: 4096, maximumBytes: 32 * 1024 * 1024 },
     ]);
-    expect(driver.opens).toEqual([{ name: "vol0", purpose: "info" }]);
+    expect(driver.opens).toEqual([
+      { name: "vol0", purpose: "info" },
+      { name: "vol0", purpose: "info" },
+    ]);
     expect(driver.session.state).toBe("options");
   });
 
@@ -622,7 +634,7 @@ describe("transmission", () => {
     });
 
     test("a refused WRITE's payload is read past, so the stream stays in step", () => {
-      const driver = serving({ limits: { requestBytesMax: 8192, bytesInFlightMax: 8192 } });
+      const driver = serving({ limits: { requestBytesMax: 8192 } });
       const pastEnd = request({ type: Command.Write, offset: (1 << 20) - 512 }, new Uint8Array(1024).fill(0x25));
       const tooLong = request({ type: Command.Write, offset: 0 }, new Uint8Array(16384).fill(0x60)); // bytes that look like magics
       const misaligned = request({ type: Command.Write, offset: 1 }, new Uint8Array(512));
@@ -745,18 +757,29 @@ describe("transmission", () => {
     expect(driver.inputPaused).toBe(false);
   });
 
-  test("input pauses at the in-flight byte limit, but an announced payload always finishes arriving", () => {
-    const driver = serving({ limits: { requestBytesMax: 8192, bytesInFlightMax: 8192 } });
+  test("a request waits, unread, for its memory; input pauses meanwhile; an announced payload always finishes arriving", () => {
+    const driver = serving();
+    driver.autoGrant = false;
     const first = request({ type: Command.Write, offset: 0 }, new Uint8Array(8192).fill(1));
     const second = request({ type: Command.Write, offset: 8192 }, new Uint8Array(8192).fill(2));
-    driver.feed(first.bytes);
+    driver.feed(first.bytes.subarray(0, 100));
+    // The payload's memory is asked for before the header is consumed.
+    expect(driver.memoryAsked).toBe(8192);
     expect(driver.inputPaused).toBe(true);
-    driver.feed(second.bytes.subarray(0, 100));
+    expect(driver.ios).toEqual([]);
+    driver.grantMemory();
+    expect(driver.inputPaused).toBe(false); // the payload is announced now: it must be read
+    driver.feed(first.bytes.subarray(100), second.bytes.subarray(0, 100));
     expect(driver.ios.length).toBe(1);
+    expect(driver.memoryAsked).toBe(8192);
+    expect(driver.inputPaused).toBe(true);
     driver.complete(driver.ios[0]!);
-    expect(driver.inputPaused).toBe(false);
+    expect(driver.readSimpleReply().cookie).toBe(first.cookie);
+    expect(driver.memoryOutstanding).toBe(0); // the first payload's memory went back with its completion
+    driver.grantMemory();
     driver.feed(second.bytes.subarray(100));
     expect((driver.onlyIo() as { data: Uint8Array }).data[0]).toBe(2);
+    expect(driver.session.memoryHeldBytes).toBe(8192);
   });
 
   test("blocked output pauses input until it drains", () => {
@@ -840,5 +863,197 @@ describe("transmission", () => {
     driver.complete(driver.onlyIo());
     expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: read.cookie });
     expect(driver.readRaw(512).length).toBe(512);
+  });
+});
+
+describe("block sizes for clients that never asked for them", () => {
+  function serving(options: Parameters<SessionDriver["negotiate"]>[0]): SessionDriver {
+    const driver = new SessionDriver();
+    driver.negotiate(options);
+    return driver;
+  }
+
+  test("EXPORT_NAME and GO without NBD_INFO_BLOCK_SIZE are served at any alignment; GO that asked is held to 512", () => {
+    for (const options of [{ exportName: true, structured: false }, { blockSizes: false }, { blockSizes: false, structured: false }]) {
+      const driver = serving(options);
+      expect(driver.session.minimumBlockBytes).toBe(1);
+      const read = request({ type: Command.Read, offset: 1, length: 1048590 - 1048576 + 3 });
+      const write = request({ type: Command.Write, offset: 513 }, new Uint8Array(7).fill(9));
+      driver.feed(read.bytes, write.bytes);
+      expect(driver.ios.map((io) => [io.kind, (io as { offset: number }).offset])).toEqual([
+        ["read", 1],
+        ["write", 513],
+      ]);
+      expect((driver.ios[1] as Extract<IoRequest, { kind: "write" }>).data).toEqual(new Uint8Array(7).fill(9));
+    }
+    const strict = serving({});
+    expect(strict.session.minimumBlockBytes).toBe(512);
+    const misaligned = request({ type: Command.Read, offset: 1, length: 512 });
+    strict.feed(misaligned.bytes);
+    expect(strict.readChunk()).toMatchObject({ cookie: misaligned.cookie, decoded: { error: ErrorValue.Invalid } });
+    expect(strict.ios).toEqual([]);
+  });
+
+  test("an unaligned TRIM trims only the whole 512-byte blocks inside it; one inside a block is answered without IO", () => {
+    const driver = serving({ blockSizes: false });
+    const trim = request({ type: Command.Trim, offset: 100, length: 2000 });
+    const tiny = request({ type: Command.Trim, offset: 600, length: 300 });
+    driver.feed(trim.bytes, tiny.bytes);
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: tiny.cookie });
+    expect(driver.ios).toEqual([expect.objectContaining({ kind: "trim", offset: 512, length: 1536 })]);
+    // WRITE_ZEROES is not advisory: it goes down as asked (the layers zero partial blocks).
+    const zero = request({ type: Command.WriteZeroes, offset: 100, length: 2000 });
+    driver.feed(zero.bytes);
+    expect(driver.ios[1]).toMatchObject({ kind: "zero", offset: 100, length: 2000 });
+  });
+});
+
+describe("memory and READ streams", () => {
+  const piece = 1024;
+  function serving(options: Parameters<SessionDriver["negotiate"]>[0] = {}): SessionDriver {
+    const catalog = new Map([["vol0", describeExport("vol0")]]);
+    const driver = new SessionDriver(catalog, { readPieceBytes: piece, readPiecesAheadMax: 2 });
+    driver.negotiate(options);
+    return driver;
+  }
+  const reads = (driver: SessionDriver) => driver.ios.filter((io): io is Extract<IoRequest, { kind: "read" }> => io.kind === "read");
+
+  test("a READ longer than a piece is read two pieces ahead and sent as one reply, header first, pieces in order", () => {
+    for (const structured of [true, false]) {
+      const driver = serving({ structured });
+      driver.autoSent = false;
+      const read = request({ type: Command.Read, offset: 4096, length: 3 * piece + 512 });
+      driver.feed(read.bytes);
+      // Memory for the reply header and two pieces, not for the whole READ.
+      expect(driver.memoryGranted).toBe((structured ? 28 : 16) + 2 * piece);
+      expect(reads(driver).map((io) => [io.offset, io.target.length])).toEqual([
+        [4096, piece],
+        [4096 + piece, piece],
+      ]);
+      const [first, second] = reads(driver);
+      second!.target.fill(2);
+      driver.complete(second!);
+      expect(driver.unread).toBe(0); // the second piece waits for the first
+      first!.target.fill(1);
+      driver.complete(first!);
+      // Both pieces are out; the third is read only once the socket has taken one of them.
+      expect(reads(driver)).toEqual([]);
+      driver.acknowledgeSent();
+      expect(reads(driver).map((io) => [io.offset, io.target.length])).toEqual([[4096 + 2 * piece, piece]]);
+      reads(driver)[0]!.target.fill(3);
+      driver.complete(reads(driver)[0]!);
+      driver.acknowledgeSent();
+      expect(reads(driver).map((io) => [io.offset, io.target.length])).toEqual([[4096 + 3 * piece, 512]]);
+      reads(driver)[0]!.target.fill(4);
+      driver.complete(reads(driver)[0]!);
+      const expected = new Uint8Array(3 * piece + 512);
+      expected.fill(1, 0, piece).fill(2, piece, 2 * piece).fill(3, 2 * piece, 3 * piece).fill(4, 3 * piece);
+      if (structured) {
+        const chunk = driver.readChunk();
+        expect(chunk.cookie).toBe(read.cookie);
+        expect(chunk.flags).toBe(ReplyFlag.Done);
+        expect(chunk.decoded).toEqual({ type: ReplyType.OffsetData, offset: 4096, data: expected });
+      } else {
+        expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: read.cookie });
+        expect(driver.readRaw(expected.length)).toEqual(expected);
+      }
+      expect(driver.unread).toBe(0);
+      driver.acknowledgeSent();
+      driver.acknowledgeSent();
+      expect(driver.memoryOutstanding).toBe(0);
+      expect(driver.session.requestsInFlight).toBe(0);
+    }
+  });
+
+  test("replies that are ready while a READ stream is on the wire wait for its last piece; a second long READ waits for the first", () => {
+    const driver = serving();
+    const long = request({ type: Command.Read, offset: 0, length: 2 * piece });
+    const short = request({ type: Command.Read, offset: 0, length: 512 });
+    const flush = request({ type: Command.Flush });
+    const second = request({ type: Command.Read, offset: 0, length: 2 * piece });
+    driver.feed(long.bytes, short.bytes, flush.bytes, second.bytes);
+    // The second long READ is not consumed while the first stream runs.
+    expect(driver.ios.map((io) => io.kind)).toEqual(["read", "read", "read", "flush"]);
+    expect(driver.inputPaused).toBe(true);
+    const [pieceOne, pieceTwo, shortRead, flushIo] = driver.ios;
+    driver.complete(pieceOne!); // the stream's header and first piece go out
+    const streamStart = driver.unread;
+    driver.complete(shortRead!);
+    driver.complete(flushIo!);
+    expect(driver.unread).toBe(streamStart); // held back: they may not land between the stream's pieces
+    driver.complete(pieceTwo!);
+    expect(driver.readChunk()).toMatchObject({ cookie: long.cookie, flags: ReplyFlag.Done });
+    expect(driver.readChunk()).toMatchObject({ cookie: short.cookie, decoded: { type: ReplyType.OffsetData } });
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: flush.cookie });
+    // Now the second long READ is consumed and streams.
+    expect(driver.ios.map((io) => [io.kind, (io as { offset: number }).offset])).toEqual([
+      ["read", 0],
+      ["read", piece],
+    ]);
+    for (const io of [...driver.ios]) driver.complete(io);
+    expect(driver.readChunk()).toMatchObject({ cookie: second.cookie, flags: ReplyFlag.Done });
+    expect(driver.memoryOutstanding).toBe(0);
+  });
+
+  test("a piece that fails before the reply began is an ordinary error reply; after, a hard disconnect", () => {
+    const early = serving();
+    const read = request({ type: Command.Read, offset: 0, length: 2 * piece });
+    early.feed(read.bytes);
+    const [one, two] = early.ios;
+    early.complete(two!, { ok: false, code: "EIO", message: "read failed: EIO" });
+    expect(early.unread).toBe(0); // the first piece is still at storage
+    early.complete(one!);
+    expect(early.readChunk()).toMatchObject({ cookie: read.cookie, decoded: { type: ReplyType.Error, error: ErrorValue.InputOutput } });
+    expect(early.unread).toBe(0);
+    expect(early.closed).toBe(false);
+    expect(early.memoryOutstanding).toBe(0);
+
+    const late = serving({ structured: false });
+    late.feed(request({ type: Command.Read, offset: 0, length: 2 * piece }).bytes);
+    const [first, second] = late.ios;
+    late.complete(first!);
+    late.complete(second!, { ok: false, code: "EIO", message: "read failed: EIO" });
+    expect(late.closes).toEqual([{ reason: expect.stringContaining("READ failed after its reply began"), graceful: false }]);
+    late.event({ type: "disconnected" });
+    expect(late.memoryOutstanding).toBe(0);
+    expect(late.releases).toBe(1);
+  });
+
+  test("a client that hangs up with work queued: nothing more reaches the layer, no reply is kept, every byte of memory goes back", () => {
+    const driver = serving();
+    driver.autoSent = false;
+    const requests = [
+      request({ type: Command.Read, offset: 0, length: 4 * piece }),
+      request({ type: Command.Read, offset: 0, length: 512 }),
+      request({ type: Command.Write, offset: 0 }, new Uint8Array(1024).fill(5)),
+      request({ type: Command.Read, offset: 0, length: 4 * piece }),
+    ];
+    driver.feed(...requests.map((entry) => entry.bytes));
+    const before = driver.ios.length;
+    expect(before).toBe(4); // two pieces, the short read, the write; the second stream waits
+    driver.complete(driver.ios[0]!); // the first piece goes out and waits to be written
+    driver.event({ type: "disconnected" });
+    for (const io of [...driver.ios]) driver.complete(io);
+    expect(driver.ios).toEqual([]); // no later piece, and the waiting stream never started
+    expect(driver.memoryOutstanding).toBe(0);
+    expect(driver.session.memoryHeldBytes).toBe(0);
+    expect(driver.releases).toBe(1);
+  });
+
+  test("a request waiting for memory when a drain begins is answered ESHUTDOWN at once; the late grant goes back", () => {
+    const driver = serving();
+    const write = request({ type: Command.Write, offset: 0 }, new Uint8Array(512));
+    driver.feed(write.bytes);
+    driver.autoGrant = false;
+    const read = request({ type: Command.Read, offset: 0, length: 512 });
+    driver.feed(read.bytes);
+    expect(driver.memoryAsked).toBeGreaterThan(0);
+    driver.event({ type: "shutdown" });
+    expect(driver.readChunk()).toMatchObject({ cookie: read.cookie, decoded: { error: ErrorValue.Shutdown } });
+    driver.complete(driver.onlyIo());
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: write.cookie });
+    expect(driver.closes).toEqual([{ reason: "server shutting down", graceful: true }]);
+    driver.grantMemory();
+    expect(driver.memoryOutstanding).toBe(0);
   });
 });

@@ -579,6 +579,11 @@ export function encodeOffsetDataChunk(message: { flags: number; cookie: bigint; 
   return bytes;
 }
 
+/** Only the first `offsetDataChunkDataStart` bytes of an OFFSET_DATA chunk of `dataBytes`: the data is sent after it in pieces. */
+export function encodeOffsetDataChunkHeader(message: { flags: number; cookie: bigint; offset: number }, dataBytes: number): Uint8Array {
+  return encodeOffsetDataChunk(message, dataBytes, () => new Uint8Array(offsetDataChunkDataStart));
+}
+
 export function encodeNoneChunk(message: { flags: number; cookie: bigint }): Uint8Array {
   const bytes = new Uint8Array(structuredReplyHeaderBytes);
   writeChunkHeader(bytes, message.flags, ReplyType.None, message.cookie, 0);

@@ -4,14 +4,39 @@
 // opened through the node's ExportResolver, requests run against the export handle's layer. All
 // protocol decisions live in session.ts; this file holds only the IO and the few checks that
 // depend on the live volume (its current size and whether it is writable right now).
+//
+// Node-wide resources are shared by every connection (budget.ts, scheduler.ts): memory for
+// payloads and replies is granted from one budget (a reply's memory comes back when the socket has
+// taken it); storage work starts through one scheduler that caps what runs at once and what starts
+// per turn of the event loop, so the control API and the replication link never wait behind NBD
+// work. When a connection goes, its queued work is dropped before it reaches the volume, its
+// unsent replies are dropped, and its memory goes back. When the connection limit is reached, the
+// connection idle longest in its handshake makes room for the new one.
 import fs from "node:fs";
 import { ptr } from "bun:ffi";
 import { AssertionError } from "../../../common/assert.ts";
 import { BlockError, TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
-import { directIoAlignmentBytes, nbdCloseLingerMs, nbdConnectionsMax, nbdShutdownLingerMs, nbdHandshakeTimeoutMs, nbdPausedProbeIntervalMs } from "../../../constants.ts";
+import {
+  directIoAlignmentBytes,
+  nbdCloseLingerMs,
+  nbdConnectionsMax,
+  nbdHandshakeTimeoutMs,
+  nbdMemoryBudgetBytesDefault,
+  nbdPausedProbeIntervalMs,
+  nbdReadPieceBytes,
+  nbdReadPiecesAheadMax,
+  nbdRefusalLogIntervalMs,
+  nbdShutdownLingerMs,
+  nbdStorageBytesPerTurnMax,
+  nbdStorageOperationsInFlightMax,
+  nbdStorageOperationsPerTurnMax,
+  requestBytesInFlightPerConnectionMax,
+} from "../../../constants.ts";
 import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver, ExportSessionInfo } from "../types.ts";
+import { MemoryBudget, type MemoryGrant } from "./budget.ts";
+import { StorageScheduler } from "./scheduler.ts";
 import { NbdSession, type ExportDescription, type IoRequest, type IoResult, type SessionAction, type SessionEvent } from "./session.ts";
 
 export interface NbdServerOptions {
@@ -21,6 +46,18 @@ export interface NbdServerOptions {
   tcp?: { hostname: string; port: number };
   exports: ExportResolver;
   log: Logger;
+  /** Memory all connections may hold together for payloads and replies (default nbdMemoryBudgetBytesDefault). */
+  memoryBudgetBytes?: number;
+  /** Connections open at once (default nbdConnectionsMax; tests use fewer). */
+  connectionsMax?: number;
+}
+
+/** The memory budget as status shows it. */
+export interface NbdMemoryStatus {
+  budgetBytes: number;
+  usedBytes: number;
+  /** Connections waiting for memory now (their sockets are not read meanwhile). */
+  waitingConnections: number;
 }
 
 export interface NbdServer {
@@ -30,6 +67,7 @@ export interface NbdServer {
   sessions(): ExportSessionInfo[];
   /** Client connections open now, in negotiation or serving (at most nbdConnectionsMax). */
   connectionCount(): number;
+  memory(): NbdMemoryStatus;
   /**
    * Stop accepting; with drain, finish requests in flight and send their replies, then close.
    * Without drain, connections are cut at once and the promise resolves when they are closed;
@@ -85,15 +123,114 @@ export class AlignedBuffers {
   }
 }
 
+/** Bytes waiting to be written, with the budget memory and the `sent` tokens that go with them. */
+interface OutputEntry {
+  bytes: Uint8Array;
+  reserved: number;
+  tokens: number[];
+}
+
+/**
+ * The node-wide memory budget and storage scheduler as connections use them. Grants and
+ * completions are delivered to sessions as events; a closed connection's queued IO is answered
+ * ESHUTDOWN without reaching the layer, and its waiting memory request is withdrawn.
+ */
+class SharedResources {
+  readonly budget: MemoryBudget;
+  private readonly scheduler = new StorageScheduler<{ connection: Connection; io: IoRequest }>({
+    inFlightMax: nbdStorageOperationsInFlightMax,
+    operationsPerTurnMax: nbdStorageOperationsPerTurnMax,
+    bytesPerTurnMax: nbdStorageBytesPerTurnMax,
+  });
+  private readonly owners = new Map<number, Connection>();
+  private turnArmed = false;
+
+  constructor(budgetBytes: number) {
+    this.budget = new MemoryBudget({
+      totalBytes: budgetBytes,
+      shareBytesMin: nbdReadPieceBytes * nbdReadPiecesAheadMax + 64 * 1024,
+      shareBytesMax: Math.min(requestBytesInFlightPerConnectionMax, budgetBytes),
+    });
+  }
+
+  register(connection: Connection): void {
+    this.owners.set(connection.number, connection);
+  }
+
+  reserve(connection: Connection, bytes: number): void {
+    if (this.budget.request(connection.number, bytes)) connection.dispatch({ type: "reserved", bytes });
+  }
+
+  release(connection: Connection, bytes: number): void {
+    if (bytes > 0) this.deliver(this.budget.release(connection.number, bytes));
+  }
+
+  submit(connection: Connection, io: IoRequest): void {
+    this.scheduler.submit(connection.number, { connection, io }, io.kind === "read" ? io.target.length : io.kind === "write" ? io.data.length : 0);
+    this.startWork();
+  }
+
+  /** The connection is gone: what it queued never starts, what it waited for goes to others. */
+  closed(connection: Connection): void {
+    for (const queued of this.scheduler.cancel(connection.number)) {
+      connection.dispatch({ type: "ioCompleted", id: queued.io.id, result: { ok: false, code: "ESHUTDOWN", message: `${queued.io.kind} dropped: the connection closed` } });
+    }
+    this.deliver(this.budget.withdraw(connection.number));
+  }
+
+  /** The connection's session is over: it asks for nothing more. */
+  forget(connection: Connection): void {
+    this.owners.delete(connection.number);
+  }
+
+  finished(): void {
+    this.scheduler.finished();
+    this.startWork();
+  }
+
+  private startWork(): void {
+    for (let next = this.scheduler.next(); next; next = this.scheduler.next()) {
+      this.armTurn();
+      next.item.connection.startIo(next.item.io);
+    }
+    if (this.scheduler.waitsForTurn()) this.armTurn();
+  }
+
+  /** The allowance of work per turn is renewed in the next turn of the event loop, after sockets and timers had theirs. */
+  private armTurn(): void {
+    if (this.turnArmed) return;
+    this.turnArmed = true;
+    setImmediate(() => {
+      this.turnArmed = false;
+      this.scheduler.nextTurn();
+      this.startWork();
+    });
+  }
+
+  /** Grants go out after the current step, so no session is entered while another one is being stepped. */
+  private deliver(grants: MemoryGrant[]): void {
+    if (grants.length === 0) return;
+    queueMicrotask(() => {
+      for (const grant of grants) {
+        const owner = this.owners.get(grant.owner);
+        if (owner) owner.dispatch({ type: "reserved", bytes: grant.bytes });
+        else this.deliver(this.budget.release(grant.owner, grant.bytes)); // its session ended meanwhile
+      }
+    });
+  }
+}
+
 /** Per-connection state the listener callbacks reach through `socket.data`. */
 class Connection {
   readonly session: NbdSession;
   readonly sinceMs = Date.now();
+  /** Last time the client sent anything (an idle handshake is evicted first). */
+  lastInputMs = this.sinceMs;
   private handle: ExportHandle | undefined;
   private readonly pendingEvents: SessionEvent[] = [];
   private stepping = false;
-  private readonly output: Uint8Array[] = [];
-  private batch: Uint8Array[] = [];
+  private output: OutputEntry[] = [];
+  private batch: OutputEntry[] = [];
   private batchBytes = 0;
   private batchScheduled = false;
   private outputBlocked = false;
@@ -112,16 +249,22 @@ class Connection {
   private resolveReleased!: () => void;
 
   constructor(
-    readonly id: string,
+    readonly number: number,
     readonly client: string,
     private readonly socket: ConnectionSocket,
     private readonly exports: ExportResolver,
     private readonly log: Logger,
     buffers: AlignedBuffers,
+    private readonly resources: SharedResources,
   ) {
     this.session = new NbdSession({}, buffers.allocate);
     this.socketClosed = new Promise((resolve) => (this.resolveSocketClosed = resolve));
     this.released = new Promise((resolve) => (this.resolveReleased = resolve));
+    resources.register(this);
+  }
+
+  get id(): string {
+    return `nbd-${this.number}`;
   }
 
   start(): void {
@@ -131,6 +274,16 @@ class Connection {
 
   get volume(): string | undefined {
     return this.closed ? undefined : this.session.exportName;
+  }
+
+  /** Still negotiating (not serving a volume yet, not closed): may be evicted to make room. */
+  get negotiating(): boolean {
+    return !this.closed && (this.session.state === "clientFlags" || this.session.state === "options");
+  }
+
+  received(bytes: Uint8Array): void {
+    this.lastInputMs = Date.now();
+    this.dispatch({ type: "bytesReceived", bytes });
   }
 
   /** Feed an event to the session; events raised while applying actions are queued, in order. */
@@ -152,7 +305,11 @@ class Connection {
   private apply(action: SessionAction): void {
     switch (action.type) {
       case "send":
-        return this.send(action.bytes);
+        return this.send({ bytes: action.bytes, reserved: action.reserved ?? 0, tokens: action.token === undefined ? [] : [action.token] });
+      case "reserve":
+        return this.resources.reserve(this, action.bytes);
+      case "unreserve":
+        return this.resources.release(this, action.bytes);
       case "io":
         return this.runIo(action.io);
       case "input":
@@ -176,6 +333,7 @@ class Connection {
           this.handle.release();
           this.handle = undefined;
         }
+        this.resources.forget(this);
         this.resolveReleased();
         return;
       case "log":
@@ -246,23 +404,38 @@ class Connection {
     this.dispatch({ type: "exportOpened", result: { ok: true, export: description } });
   }
 
+  /** Queue the request for the node-wide scheduler; once the connection is gone it never starts. */
   private runIo(io: IoRequest): void {
+    if (this.closed) {
+      return this.dispatch({ type: "ioCompleted", id: io.id, result: { ok: false, code: "ESHUTDOWN", message: `${io.kind} dropped: the connection closed` } });
+    }
+    this.resources.submit(this, io);
+  }
+
+  /** Start a request on the layer (the scheduler's turn came). */
+  startIo(io: IoRequest): void {
     const handle = this.handle;
     let promise: Promise<unknown>;
     try {
       if (!handle) throw new BlockError("ESHUTDOWN", "the export is no longer open");
-      promise = this.startIo(handle, io);
+      promise = this.startOnLayer(handle, io);
     } catch (error) {
       promise = Promise.reject(error);
     }
     promise.then(
-      (value) => this.dispatch({ type: "ioCompleted", id: io.id, result: io.kind === "extents" ? { ok: true, extents: value as never } : { ok: true } }),
-      (error) => this.dispatch({ type: "ioCompleted", id: io.id, result: this.failure(io, error) }),
+      (value) => {
+        this.resources.finished();
+        this.dispatch({ type: "ioCompleted", id: io.id, result: io.kind === "extents" ? { ok: true, extents: value as never } : { ok: true } });
+      },
+      (error) => {
+        this.resources.finished();
+        this.dispatch({ type: "ioCompleted", id: io.id, result: this.failure(io, error) });
+      },
     );
   }
 
-  /** Start one request on the layer. Range and write permission are checked against the live volume. */
-  private startIo(handle: ExportHandle, io: IoRequest): Promise<unknown> {
+  /** Range and write permission are checked against the live volume. */
+  private startOnLayer(handle: ExportHandle, io: IoRequest): Promise<unknown> {
     const layer = handle.layer;
     switch (io.kind) {
       case "read":
@@ -305,14 +478,14 @@ class Connection {
    * resolving together) are gathered and written once at the end of the turn: one syscall
    * instead of one per reply. Small replies are copied together; large ones go out as they are.
    */
-  private send(bytes: Uint8Array): void {
-    if (this.closed) return;
+  private send(entry: OutputEntry): void {
+    if (this.closed) return this.written([entry], false);
     if (this.output.length > 0) {
-      this.output.push(bytes);
+      this.output.push(entry);
       return;
     }
-    this.batch.push(bytes);
-    this.batchBytes += bytes.length;
+    this.batch.push(entry);
+    this.batchBytes += entry.bytes.length;
     // Large replies leave at once, so a full socket is seen (and input paused) without delay.
     if (this.batchBytes >= coalesceBytesMax) return this.writeBatch();
     if (!this.batchScheduled) {
@@ -327,45 +500,68 @@ class Connection {
     const total = this.batchBytes;
     this.batch = [];
     this.batchBytes = 0;
-    if (this.closed || parts.length === 0) return;
-    let pending: Uint8Array[] = parts;
+    if (this.closed || parts.length === 0) return this.written(parts, false);
+    let pending = parts;
     if (parts.length > 1 && total <= coalesceBytesMax) {
-      const joined = new Uint8Array(total);
+      const joined: OutputEntry = { bytes: new Uint8Array(total), reserved: 0, tokens: [] };
       let at = 0;
       for (const part of parts) {
-        joined.set(part, at);
-        at += part.length;
+        joined.bytes.set(part.bytes, at);
+        at += part.bytes.length;
+        joined.reserved += part.reserved;
+        joined.tokens.push(...part.tokens);
       }
       pending = [joined];
     }
+    const done: OutputEntry[] = [];
     for (let index = 0; index < pending.length; index++) {
-      const bytes = pending[index]!;
+      const entry = pending[index]!;
       if (this.output.length > 0) {
-        this.output.push(bytes);
+        this.output.push(entry);
         continue;
       }
-      const written = this.socket.write(bytes);
-      if (written < 0) return;
-      if (written === bytes.length) continue;
-      this.output.push(written > 0 ? bytes.subarray(written) : bytes);
+      const written = this.socket.write(entry.bytes);
+      if (written < 0) {
+        // The peer is gone; Bun reports the close only when the event loop next polls, which a
+        // busy loop may not do for a while: end the session now.
+        this.written(done, true);
+        this.written(pending.slice(index), false);
+        return this.peerGone();
+      }
+      if (written === entry.bytes.length) done.push(entry);
+      else this.output.push(written > 0 ? { ...entry, bytes: entry.bytes.subarray(written) } : entry);
     }
+    this.written(done, true);
     if (this.output.length > 0 && !this.outputBlocked) {
       this.outputBlocked = true;
       this.dispatch({ type: "outputBlocked" });
     }
   }
 
+  /** Entries that left (or were dropped): their memory goes back; the session hears of the tokens of those that left. */
+  private written(entries: OutputEntry[], left: boolean): void {
+    let reserved = 0;
+    for (const entry of entries) {
+      reserved += entry.reserved;
+      if (left) for (const token of entry.tokens) this.dispatch({ type: "sent", token });
+    }
+    this.resources.release(this, reserved);
+  }
+
   onDrain(): void {
+    const done: OutputEntry[] = [];
     while (this.output.length > 0) {
       const head = this.output[0]!;
-      const written = this.socket.write(head);
-      if (written < 0) return;
-      if (written < head.length) {
-        this.output[0] = head.subarray(written);
-        return;
+      const written = this.socket.write(head.bytes);
+      if (written < 0) break;
+      if (written < head.bytes.length) {
+        this.output[0] = { ...head, bytes: head.bytes.subarray(written) };
+        break;
       }
-      this.output.shift();
+      done.push(this.output.shift()!);
     }
+    this.written(done, true);
+    if (this.output.length > 0) return;
     if (this.gracefulClose) return this.endSocket();
     if (this.outputBlocked) {
       this.outputBlocked = false;
@@ -379,10 +575,13 @@ class Connection {
     clearTimeout(this.handshakeTimer);
     // Whatever the session sent before deciding to close goes out first, as far as the socket takes it.
     this.writeBatch();
+    if (this.closed) return;
+    // Nothing queued for this session starts any more, and what it waited for goes to others.
+    this.resources.closed(this);
     if (graceful && this.output.length > 0) {
       // The rest goes out from onDrain; a client that stops reading is cut after the linger time.
       this.gracefulClose = true;
-      if (!this.closed) this.lingerTimer = setTimeout(() => this.socket.terminate(), nbdCloseLingerMs);
+      this.lingerTimer = setTimeout(() => this.socket.terminate(), nbdCloseLingerMs);
       return;
     }
     if (graceful) this.endSocket();
@@ -410,21 +609,37 @@ class Connection {
     if (!this.closed) this.socket.terminate();
   }
 
+  /** Cut the connection now and end its session at once (to make room, or because the peer is gone). */
+  peerGone(): void {
+    this.socket.terminate();
+    this.onClose();
+  }
+
   onClose(): void {
     if (this.closed) return;
     const volume = this.session.exportName;
     if (volume !== undefined) this.log.info("session closed", { volume, client: this.client, requestsInFlight: this.session.requestsInFlight });
     this.closed = true;
-    this.output.length = 0;
+    const unsent = [...this.output, ...this.batch];
+    this.output = [];
+    this.batch = [];
+    this.batchBytes = 0;
+    this.written(unsent, false);
     clearTimeout(this.handshakeTimer);
     clearTimeout(this.lingerTimer);
     clearInterval(this.pauseProbeTimer);
     this.resolveSocketClosed();
     this.dispatch({ type: "disconnected" });
+    // Queued IO is answered (dropped) after the session has heard that the connection is gone.
+    this.resources.closed(this);
     // A session that never opened an export has nothing to release.
-    if (!this.handle) this.resolveReleased();
+    if (!this.handle) {
+      this.resources.forget(this);
+      this.resolveReleased();
+    }
   }
 }
+
 
 function checkWritable(handle: ExportHandle, layer: BlockLayer, offset: number, length: number, what: string): void {
   if (handle.readOnly()) throw new BlockError("EPERM", `${what}: the volume is read-only on this node`);
@@ -468,30 +683,54 @@ async function clearStaleSocket(path: string): Promise<void> {
 export async function startNbdServer(options: NbdServerOptions): Promise<NbdServer> {
   const log = options.log;
   const connections = new Set<Connection>();
+  const connectionsMax = options.connectionsMax ?? nbdConnectionsMax;
   let nextConnection = 1;
   let accepting = true;
   const buffers = new AlignedBuffers();
+  const resources = new SharedResources(options.memoryBudgetBytes ?? nbdMemoryBudgetBytesDefault);
+  // Refusals are logged at most once per interval, with the count of those not logged, so a
+  // connection flood cannot flood the log.
+  let refusedUnlogged = 0;
+  let refusalLoggedMs = -Infinity;
+  const refuse = (socket: ConnectionSocket, reason: string) => {
+    socket.data = {};
+    socket.terminate();
+    refusedUnlogged++;
+    const now = Date.now();
+    if (now - refusalLoggedMs < nbdRefusalLogIntervalMs) return;
+    log.warn("refusing NBD connections", { reason, refused: refusedUnlogged });
+    refusedUnlogged = 0;
+    refusalLoggedMs = now;
+  };
+  /** At the limit, the connection idle longest in its handshake makes room: a real client negotiates in milliseconds. */
+  const evictIdleHandshake = (): boolean => {
+    let idlest: Connection | undefined;
+    for (const connection of connections) {
+      if (connection.negotiating && (!idlest || connection.lastInputMs < idlest.lastInputMs)) idlest = connection;
+    }
+    if (!idlest) return false;
+    log.info("closing an idle NBD handshake to make room", { client: idlest.client, idleMs: Date.now() - idlest.lastInputMs });
+    connections.delete(idlest);
+    idlest.peerGone();
+    return true;
+  };
 
   const handlers = (transport: "unix" | "tcp") => ({
     binaryType: "uint8array" as const,
     open(socket: ConnectionSocket) {
       const number = nextConnection++;
-      if (!accepting || connections.size >= nbdConnectionsMax) {
-        log.warn("refusing NBD connection", { reason: accepting ? `${nbdConnectionsMax} connections are open` : "server closing" });
-        socket.data = {};
-        socket.terminate();
-        return;
-      }
+      if (!accepting) return refuse(socket, "server closing");
+      if (connections.size >= connectionsMax && !evictIdleHandshake()) return refuse(socket, `${connectionsMax} connections are serving volumes`);
       const tcp = transport === "tcp";
       const client = tcp ? `nbd tcp ${socket.remoteAddress}:${socket.remotePort}` : `nbd unix #${number}`;
-      const connection = new Connection(`nbd-${number}`, client, socket, options.exports, log.child("session", { session: `nbd-${number}` }), buffers);
+      const connection = new Connection(number, client, socket, options.exports, log.child("session", { session: `nbd-${number}` }), buffers, resources);
       socket.data = { connection };
       connections.add(connection);
       if (tcp) socket.setNoDelay(true);
       connection.start();
     },
     data(socket: ConnectionSocket, bytes: Uint8Array) {
-      socket.data.connection?.dispatch({ type: "bytesReceived", bytes });
+      socket.data.connection?.received(bytes);
     },
     drain(socket: ConnectionSocket) {
       socket.data.connection?.onDrain();
@@ -536,6 +775,9 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     tcpAddress,
     connectionCount(): number {
       return connections.size;
+    },
+    memory(): NbdMemoryStatus {
+      return { budgetBytes: resources.budget.totalBytes, usedBytes: resources.budget.usedBytes, waitingConnections: resources.budget.waitingCount };
     },
     sessions(): ExportSessionInfo[] {
       const out: ExportSessionInfo[] = [];

@@ -12,8 +12,14 @@
 //    out-of-order replies, simple or structured replies as negotiated;
 //  - request validation against the spec (flags, alignment, bounds, read-only, limits), so the
 //    layer below only ever sees requests that are well-formed for the export;
-//  - back-pressure: input pauses while too many requests or bytes are in flight or the socket
-//    cannot take more output;
+//  - memory: every payload and reply is reserved from the node's budget (the driver holds it) before
+//    its request header is consumed; READs longer than a piece are read and sent piece by piece,
+//    so a reply the client does not read holds a piece or two, not the whole request;
+//  - back-pressure: input pauses while too many requests are in flight, memory is not granted yet,
+//    or the socket cannot take more output;
+//  - block sizes: a client that asked for NBD_INFO_BLOCK_SIZE in GO must keep the advertised
+//    minimum; one that did not (EXPORT_NAME, or GO without it) is served with a minimum of 1, as
+//    the spec says a server SHOULD, and the layers below do any read-modify-write;
 //  - teardown: DISC and drains finish the requests in flight, send their replies, then close;
 //    the export handle is released only when nothing is in flight any more.
 import { assert } from "../../../common/assert.ts";
@@ -25,7 +31,8 @@ import {
   nbdBlockStatusExtentsMax,
   nbdOptionBytesMax,
   nbdOptionsPerNegotiationMax,
-  requestBytesInFlightPerConnectionMax,
+  nbdReadPieceBytes,
+  nbdReadPiecesAheadMax,
   requestBytesMax,
   requestBytesMinimum,
   requestBytesPreferred,
@@ -47,6 +54,7 @@ import {
   encodeMetaContextReplyData,
   encodeNoneChunk,
   encodeOffsetDataChunk,
+  encodeOffsetDataChunkHeader,
   encodeOptionReply,
   encodeServerGreeting,
   encodeServerReplyData,
@@ -112,6 +120,10 @@ export type SessionEvent =
   | { type: "exportsListed"; exports: ExportInfo[] }
   | { type: "exportOpened"; result: ExportOpenResult }
   | { type: "ioCompleted"; id: number; result: IoResult }
+  /** Memory asked for with a `reserve` action is granted (all of it). */
+  | { type: "reserved"; bytes: number }
+  /** The bytes of the `send` that carried `token` have all been handed to the socket. */
+  | { type: "sent"; token: number }
   /** The socket took only part of what we sent; the driver queues the rest. */
   | { type: "outputBlocked" }
   | { type: "outputDrained" }
@@ -124,7 +136,16 @@ export type SessionEvent =
   | { type: "disconnected" };
 
 export type SessionAction =
-  | { type: "send"; bytes: Uint8Array }
+  /**
+   * Bytes to the socket, in order. `reserved`: budget memory that now travels with these bytes;
+   * the driver gives it back once they have left (or were dropped with the connection). `token`:
+   * answer with a `sent` event once they have left.
+   */
+  | { type: "send"; bytes: Uint8Array; reserved?: number; token?: number }
+  /** Ask the node's memory budget for `bytes` more; answered by a `reserved` event. One at a time. */
+  | { type: "reserve"; bytes: number }
+  /** Give `bytes` back to the node's memory budget. */
+  | { type: "unreserve"; bytes: number }
   | { type: "listExports" }
   /** Open `name`; for "info" the driver releases the handle at once, for "go" it keeps it. */
   | { type: "openExport"; name: string; purpose: "info" | "go" }
@@ -138,20 +159,25 @@ export type SessionAction =
 
 export interface SessionLimits {
   requestsInFlightMax: number;
-  bytesInFlightMax: number;
+  /** READs longer than this are read and sent in pieces of this size. */
+  readPieceBytes: number;
+  /** Pieces of one streamed READ at storage, waiting to be sent, or sent but not yet written. */
+  readPiecesAheadMax: number;
   optionBytesMax: number;
   optionsMax: number;
   blockStatusExtentsMax: number;
   /** TRIM and WRITE_ZEROES longer than this are split into pieces of at most this length. */
   discardPieceBytesMax: number;
   requestBytesMax: number;
+  /** The minimum block size for clients that asked for block sizes; others get 1. */
   minimumBlockBytes: number;
   preferredBlockBytes: number;
 }
 
 export const defaultSessionLimits: SessionLimits = {
   requestsInFlightMax: requestsInFlightPerConnectionMax,
-  bytesInFlightMax: requestBytesInFlightPerConnectionMax,
+  readPieceBytes: nbdReadPieceBytes,
+  readPiecesAheadMax: nbdReadPiecesAheadMax,
   optionBytesMax: nbdOptionBytesMax,
   optionsMax: nbdOptionsPerNegotiationMax,
   blockStatusExtentsMax: nbdBlockStatusExtentsMax,
@@ -352,14 +378,51 @@ interface PayloadCollection {
 /** A request that has IO in flight. */
 interface PendingRequest {
   request: Request;
-  /** Bytes counted against the in-flight byte limit. */
-  bytes: number;
+  /** Budget memory reserved for it (payload or reply); given back or handed on with the reply. */
+  memory: number;
   piecesRemaining: number;
   failure?: { code: BlockErrorCode; message: string };
   /** READ: the reply, data area filled by the IO. */
   reply?: Uint8Array;
   /** BLOCK_STATUS: extents from the IO. */
   extents?: Extent[];
+  /** A READ longer than a piece: read and sent piece by piece. */
+  stream?: ReadStream;
+}
+
+/**
+ * A READ sent in pieces: the reply header goes out with the first piece, then each piece as it is
+ * read, in order, with nothing else in between (a reply's data is contiguous on the wire). Its
+ * memory is a fixed working set of `readPiecesAheadMax` pieces, reserved once and reused as the
+ * socket takes each piece, so it never needs memory while it runs and cannot wait on itself.
+ */
+interface ReadStream {
+  /** Token on its pieces' `send`s. */
+  id: number;
+  pending: PendingRequest;
+  header: Uint8Array;
+  end: number;
+  /** Start of the next piece to read. */
+  nextOffset: number;
+  /** Start of the next piece to send. */
+  sendOffset: number;
+  /** Pieces read and not yet sent, by offset. */
+  ready: Map<number, Uint8Array>;
+  /** Pieces at storage now. */
+  reading: number;
+  /** Buffers of pieces sent and not yet written to the socket, in order. */
+  unwritten: Uint8Array[];
+  /** Buffers free for the next pieces. */
+  spare: Uint8Array[];
+  headerSent: boolean;
+  /** Every piece is sent (or the READ failed): the next stream may start. */
+  finished: boolean;
+}
+
+/** A reply waiting for a READ stream to finish (it may not go out between the stream's pieces). */
+interface DeferredReply {
+  bytes: Uint8Array;
+  reserved: number;
 }
 
 /** Names for log lines and error messages. */
@@ -406,10 +469,26 @@ export class NbdSession {
   private allocationActive = false;
   private exportHeld = false;
   private released = false;
+  /** The client asked for NBD_INFO_BLOCK_SIZE in GO, so it keeps our minimum block size. */
+  private blockSizesAgreed = false;
   private nextIoId = 1;
   private readonly ioRequests = new Map<number, PendingRequest>();
+  /** Piece IOs of READ streams: where each piece goes. */
+  private readonly pieceIos = new Map<number, { stream: ReadStream; offset: number; buffer: Uint8Array }>();
   private requestCount = 0;
-  private bytesInFlight = 0;
+  /** The READ stream that owns the reply stream now (at most one), and those whose last pieces are still being written. */
+  private stream: ReadStream | undefined;
+  private readonly streams = new Map<number, ReadStream>();
+  private nextStreamId = 1;
+  private deferred: DeferredReply[] = [];
+  /** The next request waits for: memory from the budget, or the current READ stream to finish. */
+  private waitingFor: "memory" | "stream" | undefined;
+  // Budget memory: granted and not yet given to a request; asked for and not yet granted; held in
+  // total (credit plus what requests hold, not counting what went to the driver with a send).
+  private memoryCredit = 0;
+  private memoryAsked = 0;
+  private memoryHeld = 0;
+  private memoryToRelease = 0;
   private collection: PayloadCollection | undefined;
   private discard: Discard | undefined;
   private outputBlocked = false;
@@ -428,7 +507,7 @@ export class NbdSession {
     private readonly allocate: BufferAllocator = plainAllocator,
   ) {
     this.limits = { ...defaultSessionLimits, ...limits };
-    assert(this.limits.requestsInFlightMax >= 1 && this.limits.bytesInFlightMax >= this.limits.requestBytesMax, "session limits must admit one maximal request");
+    assert(this.limits.requestsInFlightMax >= 1 && this.limits.readPieceBytes >= 1 && this.limits.readPiecesAheadMax >= 1, "session limits must admit one request");
   }
 
   /** The first bytes of the connection: the newstyle greeting. */
@@ -455,6 +534,16 @@ export class NbdSession {
     return this.structuredReplies;
   }
 
+  /** Budget memory this session holds (granted, not given back, not handed to the driver with a send). */
+  get memoryHeldBytes(): number {
+    return this.memoryHeld;
+  }
+
+  /** The minimum block size requests must keep: ours if the client agreed to it, otherwise 1. */
+  get minimumBlockBytes(): number {
+    return this.blockSizesAgreed ? this.limits.minimumBlockBytes : 1;
+  }
+
   handle(event: SessionEvent): SessionAction[] {
     switch (event.type) {
       case "bytesReceived":
@@ -471,6 +560,12 @@ export class NbdSession {
         break;
       case "ioCompleted":
         this.onIoCompleted(event.id, event.result);
+        break;
+      case "reserved":
+        this.onReserved(event.bytes);
+        break;
+      case "sent":
+        this.onSent(event.token);
         break;
       case "outputBlocked":
         this.outputBlocked = true;
@@ -491,8 +586,7 @@ export class NbdSession {
       case "disconnected":
         if (this.phase !== "closed") {
           this.phase = "closed";
-          this.input.clear();
-          this.collection = undefined;
+          this.dropQueuedWork();
         }
         this.maybeRelease();
         break;
@@ -504,13 +598,97 @@ export class NbdSession {
   // ---- Plumbing ----
 
   private flush(): SessionAction[] {
+    if (this.memoryCredit > 0 && this.memoryAsked === 0 && this.waitingFor !== "memory") {
+      // Granted for a request that no longer needs it (a drain began, the connection closed).
+      this.releaseMemory(this.memoryCredit);
+      this.memoryCredit = 0;
+    }
+    if (this.memoryToRelease > 0) {
+      this.actions.push({ type: "unreserve", bytes: this.memoryToRelease });
+      this.memoryToRelease = 0;
+    }
     const out = this.actions;
     this.actions = [];
     return out;
   }
 
-  private emitSend(bytes: Uint8Array): void {
-    if (this.phase !== "closed") this.actions.push({ type: "send", bytes });
+  private emitSend(bytes: Uint8Array, reserved = 0, token?: number): void {
+    if (this.phase === "closed") {
+      this.releaseMemory(reserved);
+      return;
+    }
+    this.memoryHeld -= reserved;
+    const action: SessionAction = { type: "send", bytes };
+    if (reserved > 0) action.reserved = reserved;
+    if (token !== undefined) action.token = token;
+    this.actions.push(action);
+  }
+
+  /** A reply to a request: sent now, or after the READ stream that is on the wire. */
+  private emitReply(bytes: Uint8Array, reserved = 0): void {
+    if (this.stream?.headerSent && this.phase !== "closed") {
+      this.deferred.push({ bytes, reserved });
+      return;
+    }
+    this.emitSend(bytes, reserved);
+  }
+
+  /** Give budget memory back (sent as one `unreserve` when the step ends). */
+  private releaseMemory(bytes: number): void {
+    if (bytes === 0) return;
+    assert(bytes <= this.memoryHeld, `the session gives back ${bytes} of the ${this.memoryHeld} bytes it holds`);
+    this.memoryHeld -= bytes;
+    this.memoryToRelease += bytes;
+  }
+
+  /** Take `bytes` of granted memory for the next request; false (and asked for) when not there yet. */
+  private takeMemory(bytes: number): boolean {
+    if (this.memoryCredit >= bytes) {
+      this.memoryCredit -= bytes;
+      return true;
+    }
+    if (this.memoryAsked === 0) {
+      this.memoryAsked = bytes - this.memoryCredit;
+      this.actions.push({ type: "reserve", bytes: this.memoryAsked });
+    }
+    return false;
+  }
+
+  private onReserved(bytes: number): void {
+    this.memoryHeld += bytes;
+    // A grant that crossed the connection's end goes straight back.
+    if (this.phase === "closed") return this.releaseMemory(bytes);
+    assert(bytes === this.memoryAsked, "a grant answers the one reservation asked for");
+    this.memoryAsked = 0;
+    this.memoryCredit += bytes;
+    if (this.waitingFor === "memory") this.waitingFor = undefined;
+    this.pump();
+  }
+
+  /** The connection is gone or closing: drop what waits, and give back the memory nothing uses any more. */
+  private dropQueuedWork(): void {
+    this.input.clear();
+    if (this.collection) {
+      this.releaseMemory(this.collection.buffer.length);
+      this.collection = undefined;
+    }
+    this.discard = undefined;
+    this.waitingFor = undefined;
+    this.memoryAsked = 0; // the driver withdraws the request with the connection
+    this.releaseMemory(this.memoryCredit);
+    this.memoryCredit = 0;
+    for (const reply of this.deferred) this.releaseMemory(reply.reserved);
+    this.deferred = [];
+    for (const stream of [...this.streams.values()]) {
+      stream.ready.clear();
+      stream.unwritten = []; // dropped with the connection's output
+      if (!stream.finished) {
+        stream.finished = true;
+        this.requestCount--;
+      }
+      this.maybeRetireStream(stream);
+    }
+    this.stream = undefined;
   }
 
   private log(level: "debug" | "info" | "warn", message: string, fields?: Record<string, unknown>): void {
@@ -520,9 +698,7 @@ export class NbdSession {
   private close(reason: string, graceful: boolean): void {
     if (this.phase === "closed") return;
     this.phase = "closed";
-    this.input.clear();
-    this.collection = undefined;
-    this.discard = undefined;
+    this.dropQueuedWork();
     this.actions.push({ type: "close", reason, graceful });
     this.maybeRelease();
   }
@@ -546,12 +722,7 @@ export class NbdSession {
     if (this.phase !== "transmission") return false;
     // A WRITE whose header we accepted must receive its payload, or nothing could ever complete.
     if (this.collection) return false;
-    return (
-      this.disconnectRequested ||
-      this.outputBlocked ||
-      this.requestCount >= this.limits.requestsInFlightMax ||
-      this.bytesInFlight >= this.limits.bytesInFlightMax
-    );
+    return this.disconnectRequested || this.outputBlocked || this.requestCount >= this.limits.requestsInFlightMax || this.waitingFor !== undefined;
   }
 
   private updateInputPause(): void {
@@ -570,6 +741,8 @@ export class NbdSession {
       return;
     }
     this.drainReason ??= reason;
+    // A request waiting for memory or for a READ stream is refused now instead (it needs neither).
+    this.waitingFor = undefined;
     this.maybeFinish();
     // Requests already buffered get their ESHUTDOWN now.
     this.pump();
@@ -577,7 +750,7 @@ export class NbdSession {
 
   /** Close once DISC or a drain asked for it and nothing is in flight. */
   private maybeFinish(): void {
-    if (this.phase !== "transmission" || this.ioRequests.size > 0) return;
+    if (this.phase !== "transmission" || this.ioRequests.size > 0 || this.stream) return;
     if (this.disconnectRequested) this.close("client disconnected (NBD_CMD_DISC)", true);
     else if (this.drainReason !== undefined) this.close(this.drainReason, true);
   }
@@ -799,7 +972,7 @@ export class NbdSession {
         this.close(`export "${pending.name}" refused: ${result.message}`, false);
         return;
       }
-      this.enterTransmission(result.export, pending.name);
+      this.enterTransmission(result.export, pending.name, false);
       this.emitSend(encodeExportNameReply({ sizeBytes: result.export.sizeBytes, transmissionFlags: this.transmissionFlags }, this.noZeroes));
       this.pump();
       return;
@@ -818,26 +991,31 @@ export class NbdSession {
     if (asked.has(Info.Description) && description.description !== "") {
       this.optionReply(option, OptionReply.Info, encodeInfoReplyData({ type: Info.Description, description: description.description }));
     }
-    // Sent whether asked or not: our minimum block size is not the default of 1.
-    this.optionReply(option, OptionReply.Info, encodeInfoReplyData({ type: Info.BlockSize, ...this.blockSizes(description) }));
+    // A client that asks for block sizes gets our minimum and must keep it; one that does not is
+    // served with the protocol's default minimum of 1 (the layers below read-modify-write), which
+    // we still state, so the preferred and maximum sizes are known too. INFO answers what a GO
+    // asking the same way would get.
+    const agreed = asked.has(Info.BlockSize);
+    this.optionReply(option, OptionReply.Info, encodeInfoReplyData({ type: Info.BlockSize, ...this.blockSizes(description, agreed) }));
     this.optionReply(option, OptionReply.Ack);
-    if (option === Option.Go) this.enterTransmission(description, pending.name);
+    if (option === Option.Go) this.enterTransmission(description, pending.name, agreed);
     this.pump();
   }
 
-  private blockSizes(description: ExportDescription): { minimumBytes: number; preferredBytes: number; maximumBytes: number } {
-    const minimumBytes = this.limits.minimumBlockBytes;
+  private blockSizes(description: ExportDescription, agreed: boolean): { minimumBytes: number; preferredBytes: number; maximumBytes: number } {
+    const minimumBytes = agreed ? this.limits.minimumBlockBytes : 1;
     const preferredBytes = Math.max(this.limits.preferredBlockBytes, description.capabilities.alignmentBytes, minimumBytes);
     return { minimumBytes, preferredBytes, maximumBytes: Math.max(this.limits.requestBytesMax, preferredBytes) };
   }
 
-  private enterTransmission(description: ExportDescription, requestedName: string): void {
+  private enterTransmission(description: ExportDescription, requestedName: string, blockSizesAgreed: boolean): void {
     this.phase = "transmission";
+    this.blockSizesAgreed = blockSizesAgreed;
     this.exportDescription = description;
     this.exportHeld = true;
     this.transmissionFlags = transmissionFlagsFor(description, this.structuredReplies);
     this.allocationActive = this.structuredReplies && this.allocationSelectedFor === requestedName;
-    this.log("debug", "transmission begins", { export: description.name, flags: this.transmissionFlags, structured: this.structuredReplies });
+    this.log("debug", "transmission begins", { export: description.name, flags: this.transmissionFlags, structured: this.structuredReplies, minimumBlockBytes: this.minimumBlockBytes });
   }
 
   // ---- Transmission ----
@@ -847,9 +1025,37 @@ export class NbdSession {
     if (!view) return false;
     const decoded = decodeRequest(view, 0); // throws DecodeError on a bad magic
     assert(decoded !== NEED_MORE, "peeked enough bytes for a request header");
+    const request = decoded.message;
+    const refusal = request.type === Command.Disconnect ? undefined : this.refusalFor(request);
+    // The memory for the payload or the reply is taken before the header is consumed, so a
+    // request that waits for it leaves the socket unread (back-pressure) and nothing half-done.
+    const memory = refusal ? 0 : this.memoryFor(request);
+    if (memory === "stream busy") {
+      this.waitingFor = "stream";
+      return false;
+    }
+    if (memory > 0 && !this.takeMemory(memory)) {
+      this.waitingFor = "memory";
+      return false;
+    }
+    this.waitingFor = undefined;
     this.input.skip(requestHeaderBytes);
-    this.dispatch(decoded.message);
+    this.dispatch(request, refusal, memory);
     return true;
+  }
+
+  /** Budget memory a valid request needs before it can be accepted; a READ stream waits for the one on the wire. */
+  private memoryFor(request: Request): number | "stream busy" {
+    if (request.length === 0) return 0;
+    if (request.type === Command.Write) return request.length;
+    if (request.type !== Command.Read) return 0;
+    if (request.length <= this.limits.readPieceBytes) return this.readReplyHeaderBytes() + request.length;
+    if (this.stream) return "stream busy";
+    return this.readReplyHeaderBytes() + Math.min(request.length, this.limits.readPieceBytes * this.limits.readPiecesAheadMax);
+  }
+
+  private readReplyHeaderBytes(): number {
+    return this.structuredReplies ? offsetDataChunkDataStart : simpleReplyHeaderBytes;
   }
 
   private collectPayload(): boolean {
@@ -862,18 +1068,20 @@ export class NbdSession {
     }
     if (collection.filled < collection.buffer.length) return collection.filled > before;
     this.collection = undefined;
-    this.bytesInFlight -= collection.buffer.length;
     this.startWrite(collection.request, collection.buffer);
     return true;
   }
 
-  private dispatch(request: Request): void {
+  private refusalFor(request: Request): Refusal | undefined {
+    return this.drainReason !== undefined ? new Refusal(ErrorValue.Shutdown, "the export is shutting down") : this.validate(request);
+  }
+
+  private dispatch(request: Request, refusal: Refusal | undefined, memory: number): void {
     if (request.type === Command.Disconnect) {
       this.disconnectRequested = true;
       this.maybeFinish();
       return;
     }
-    const refusal = this.drainReason !== undefined ? new Refusal(ErrorValue.Shutdown, "the export is shutting down") : this.validate(request);
     if (refusal && request.type === Command.Write && request.length > 0) {
       // The payload still arrives and must be read past to find the next request.
       this.discard = { remaining: request.length, then: () => this.replyRefusal(request, refusal) };
@@ -886,11 +1094,12 @@ export class NbdSession {
     switch (request.type) {
       case Command.Read: {
         if (length === 0) return this.replyEmptyRead(request);
+        if (length > this.limits.readPieceBytes) return this.startStream(request, memory);
         const reply = this.structuredReplies
           ? encodeOffsetDataChunk({ flags: ReplyFlag.Done, cookie: request.cookie, offset }, length, this.allocate)
           : encodeSimpleReply({ error: 0, cookie: request.cookie }, length, this.allocate);
-        const target = reply.subarray(this.structuredReplies ? offsetDataChunkDataStart : simpleReplyHeaderBytes);
-        const pending = this.track(request, length, 1);
+        const target = reply.subarray(this.readReplyHeaderBytes());
+        const pending = this.track(request, memory, 1);
         pending.reply = reply;
         this.issue(pending, (id) => ({ kind: "read", id, offset, target }));
         return;
@@ -898,8 +1107,6 @@ export class NbdSession {
       case Command.Write: {
         if (length === 0) return this.replyOk(request);
         if (this.input.length >= length) return this.startWrite(request, this.input.take(length));
-        // The payload is still arriving: its bytes count against the limit from now on.
-        this.bytesInFlight += length;
         this.collection = { request, buffer: this.allocate(length, 0), filled: 0 };
         this.collectPayload();
         return;
@@ -912,14 +1119,24 @@ export class NbdSession {
       case Command.Trim:
       case Command.WriteZeroes: {
         if (length === 0) return this.replyOk(request);
+        let start = offset;
+        let end = offset + length;
+        if (request.type === Command.Trim && !this.blockSizesAgreed) {
+          // TRIM is advisory: for a client that may send any alignment, only the whole blocks
+          // inside the range are trimmed (a device cannot discard part of a block).
+          const block = this.limits.minimumBlockBytes;
+          start = Math.ceil(offset / block) * block;
+          end = Math.floor((offset + length) / block) * block;
+          if (end <= start) return this.replyOk(request);
+        }
         const piece = this.limits.discardPieceBytesMax;
-        const pieces = Math.ceil(length / piece);
+        const pieces = Math.ceil((end - start) / piece);
         const pending = this.track(request, 0, pieces);
         const noHole = (flags & CommandFlag.NoHole) !== 0;
         const fastZero = (flags & CommandFlag.FastZero) !== 0;
         for (let index = 0; index < pieces; index++) {
-          const pieceOffset = offset + index * piece;
-          const pieceLength = Math.min(piece, offset + length - pieceOffset);
+          const pieceOffset = start + index * piece;
+          const pieceLength = Math.min(piece, end - pieceOffset);
           if (request.type === Command.Trim) this.issue(pending, (id) => ({ kind: "trim", id, offset: pieceOffset, length: pieceLength, fua }));
           else this.issue(pending, (id) => ({ kind: "zero", id, offset: pieceOffset, length: pieceLength, fua, noHole, fastZero }));
         }
@@ -1005,7 +1222,7 @@ export class NbdSession {
       return new Refusal(ErrorValue.Invalid, `WRITE of ${length} bytes exceeds the maximum payload of ${this.limits.requestBytesMax}`);
     }
     if (request.type === Command.BlockStatus && length === 0) return new Refusal(ErrorValue.Invalid, "BLOCK_STATUS of zero length");
-    const minimum = this.limits.minimumBlockBytes;
+    const minimum = this.minimumBlockBytes;
     if (offset % minimum !== 0 || length % minimum !== 0) {
       return new Refusal(ErrorValue.Invalid, `${name} at ${offset}+${length} is not aligned to the minimum block size of ${minimum}`);
     }
@@ -1018,16 +1235,16 @@ export class NbdSession {
     return undefined;
   }
 
-  private track(request: Request, bytes: number, pieces: number): PendingRequest {
+  private track(request: Request, memory: number, pieces: number): PendingRequest {
     this.requestCount++;
-    this.bytesInFlight += bytes;
-    return { request, bytes, piecesRemaining: pieces };
+    return { request, memory, piecesRemaining: pieces };
   }
 
-  private issue(pending: PendingRequest, make: (id: number) => IoRequest): void {
+  private issue(pending: PendingRequest, make: (id: number) => IoRequest): number {
     const id = this.nextIoId++;
     this.ioRequests.set(id, pending);
     this.actions.push({ type: "io", io: make(id) });
+    return id;
   }
 
   private onIoCompleted(id: number, result: IoResult): void {
@@ -1037,10 +1254,16 @@ export class NbdSession {
       return;
     }
     this.ioRequests.delete(id);
-    pending.piecesRemaining--;
-    if (!result.ok) pending.failure ??= { code: result.code, message: result.message };
-    else if (result.extents) pending.extents = result.extents;
-    if (pending.piecesRemaining === 0) this.finishRequest(pending);
+    const piece = this.pieceIos.get(id);
+    if (piece) {
+      this.pieceIos.delete(id);
+      this.onPieceRead(piece.stream, piece.offset, piece.buffer, result);
+    } else {
+      pending.piecesRemaining--;
+      if (!result.ok) pending.failure ??= { code: result.code, message: result.message };
+      else if (result.extents) pending.extents = result.extents;
+      if (pending.piecesRemaining === 0) this.finishRequest(pending);
+    }
     this.maybeRelease();
     this.maybeFinish();
     this.pump();
@@ -1048,46 +1271,159 @@ export class NbdSession {
 
   private finishRequest(pending: PendingRequest): void {
     this.requestCount--;
-    this.bytesInFlight -= pending.bytes;
-    if (this.phase !== "transmission") return;
     const { request } = pending;
+    if (this.phase !== "transmission") return this.releaseMemory(pending.memory);
     if (pending.failure) {
+      this.releaseMemory(pending.memory);
       const fastZero = request.type === Command.WriteZeroes && (request.flags & CommandFlag.FastZero) !== 0;
       const error = errorValueFor(pending.failure.code, fastZero);
       return this.replyRefusal(request, new Refusal(error, pending.failure.message));
     }
     switch (request.type) {
       case Command.Read:
-        return this.emitSend(pending.reply!);
+        // The reply's memory goes with it to the driver, which gives it back once the socket took it.
+        return this.emitReply(pending.reply!, pending.memory);
       case Command.BlockStatus: {
         const length = Math.min(request.length, this.exportDescription!.sizeBytes - request.offset);
         const requestOne = (request.flags & CommandFlag.RequestOne) !== 0;
         const descriptors = blockStatusDescriptors(pending.extents ?? [], request.offset, length, requestOne, this.limits.blockStatusExtentsMax);
-        this.emitSend(encodeBlockStatusChunk({ flags: ReplyFlag.Done, cookie: request.cookie, contextId: allocationContextId, descriptors }));
+        this.emitReply(encodeBlockStatusChunk({ flags: ReplyFlag.Done, cookie: request.cookie, contextId: allocationContextId, descriptors }));
         return;
       }
       default:
+        this.releaseMemory(pending.memory); // a WRITE's payload is in the layer now
         return this.replyOk(request);
     }
   }
 
+  // ---- READ streams ----
+
+  private startStream(request: Request, memory: number): void {
+    assert(!this.stream, "one READ stream at a time");
+    const header = this.structuredReplies
+      ? encodeOffsetDataChunkHeader({ flags: ReplyFlag.Done, cookie: request.cookie, offset: request.offset }, request.length)
+      : encodeSimpleReply({ error: 0, cookie: request.cookie });
+    const pending = this.track(request, memory, 0);
+    const stream: ReadStream = {
+      id: this.nextStreamId++,
+      pending,
+      header,
+      end: request.offset + request.length,
+      nextOffset: request.offset,
+      sendOffset: request.offset,
+      ready: new Map(),
+      reading: 0,
+      unwritten: [],
+      spare: [],
+      headerSent: false,
+      finished: false,
+    };
+    pending.stream = stream;
+    this.stream = stream;
+    this.streams.set(stream.id, stream);
+    this.advanceStream(stream);
+  }
+
+  /** Read the next pieces while the working set has room. */
+  private advanceStream(stream: ReadStream): void {
+    const ahead = this.limits.readPiecesAheadMax;
+    while (!stream.finished && !stream.pending.failure && stream.nextOffset < stream.end && stream.reading + stream.ready.size + stream.unwritten.length < ahead) {
+      const offset = stream.nextOffset;
+      const length = Math.min(this.limits.readPieceBytes, stream.end - offset);
+      const spare = stream.spare.pop();
+      const buffer = spare ? spare.subarray(0, length) : this.allocate(length, 0);
+      stream.nextOffset += length;
+      stream.reading++;
+      const id = this.issue(stream.pending, (ioId) => ({ kind: "read", id: ioId, offset, target: buffer }));
+      this.pieceIos.set(id, { stream, offset, buffer });
+    }
+  }
+
+  private onPieceRead(stream: ReadStream, offset: number, buffer: Uint8Array, result: IoResult): void {
+    stream.reading--;
+    const pending = stream.pending;
+    if (stream.finished) return this.maybeRetireStream(stream);
+    if (!result.ok) pending.failure ??= { code: result.code, message: result.message };
+    else stream.ready.set(offset, buffer);
+    if (pending.failure) {
+      if (stream.headerSent) {
+        // Part of the data is on the wire and the rest cannot be read: the only honest end of
+        // this reply is a hard disconnect (the spec's answer for a READ that fails mid-reply).
+        this.log("warn", "closing connection: a READ failed after its reply had begun", { offset, error: pending.failure.message });
+        this.close(`READ failed after its reply began: ${pending.failure.message}`, false);
+        return;
+      }
+      if (stream.reading > 0) return; // answer once every piece in flight is back
+      stream.ready.clear();
+      this.finishStream(stream);
+      return this.replyRefusal(pending.request, new Refusal(errorValueFor(pending.failure.code), pending.failure.message));
+    }
+    this.sendStreamPieces(stream);
+    this.advanceStream(stream);
+  }
+
+  /** Send the pieces that are next in order; the header goes out with the first. */
+  private sendStreamPieces(stream: ReadStream): void {
+    for (let piece = stream.ready.get(stream.sendOffset); piece; piece = stream.ready.get(stream.sendOffset)) {
+      stream.ready.delete(stream.sendOffset);
+      if (!stream.headerSent) {
+        stream.headerSent = true;
+        this.emitSend(stream.header);
+      }
+      this.emitSend(piece, 0, stream.id);
+      stream.unwritten.push(piece);
+      stream.sendOffset += piece.length;
+    }
+    if (stream.sendOffset === stream.end) this.finishStream(stream);
+  }
+
+  /** Every piece is sent (or the READ failed before any was): replies held back go out, the next stream may start. */
+  private finishStream(stream: ReadStream): void {
+    stream.finished = true;
+    this.requestCount--;
+    if (this.stream === stream) this.stream = undefined;
+    if (this.waitingFor === "stream") this.waitingFor = undefined;
+    const deferred = this.deferred;
+    this.deferred = [];
+    for (const reply of deferred) this.emitSend(reply.bytes, reply.reserved);
+    this.maybeRetireStream(stream);
+  }
+
+  /** A finished stream whose pieces are all written (or dropped) gives its working set back. */
+  private maybeRetireStream(stream: ReadStream): void {
+    if (!stream.finished || stream.reading > 0 || stream.unwritten.length > 0 || !this.streams.has(stream.id)) return;
+    this.streams.delete(stream.id);
+    this.releaseMemory(stream.pending.memory);
+  }
+
+  private onSent(token: number): void {
+    const stream = this.streams.get(token);
+    // Nothing to do for a connection that closed meanwhile (its output was dropped).
+    const buffer = stream?.unwritten.shift();
+    if (!stream || !buffer) return;
+    if (stream.finished) return this.maybeRetireStream(stream);
+    stream.spare.push(buffer);
+    this.advanceStream(stream);
+  }
+
   private replyOk(request: Request): void {
-    this.emitSend(encodeSimpleReply({ error: 0, cookie: request.cookie }));
+    this.emitReply(encodeSimpleReply({ error: 0, cookie: request.cookie }));
   }
 
   private replyEmptyRead(request: Request): void {
-    if (this.structuredReplies) this.emitSend(encodeNoneChunk({ flags: ReplyFlag.Done, cookie: request.cookie }));
-    else this.emitSend(encodeSimpleReply({ error: 0, cookie: request.cookie }));
+    if (this.structuredReplies) this.emitReply(encodeNoneChunk({ flags: ReplyFlag.Done, cookie: request.cookie }));
+    else this.emitReply(encodeSimpleReply({ error: 0, cookie: request.cookie }));
   }
 
   private replyRefusal(request: Request, refusal: Refusal): void {
     if (this.structuredReplies) {
-      this.emitSend(encodeErrorChunk({ flags: ReplyFlag.Done, cookie: request.cookie, error: refusal.error, message: refusal.message }));
+      this.emitReply(encodeErrorChunk({ flags: ReplyFlag.Done, cookie: request.cookie, error: refusal.error, message: refusal.message }));
     } else {
-      this.emitSend(encodeSimpleReply({ error: refusal.error, cookie: request.cookie }));
+      this.emitReply(encodeSimpleReply({ error: refusal.error, cookie: request.cookie }));
     }
   }
 }
+
 
 function isKnownOption(option: number): boolean {
   return option >= Option.ExportName && option <= Option.SetMetaContext && option !== Option.PeekExport;
