@@ -11,7 +11,7 @@ import path from "node:path";
 import { TandemError } from "../common/errors.ts";
 import { isLogLevel, type LogLevel } from "../common/log.ts";
 import { parseSize } from "../common/size.ts";
-import { replicaResyncRateBytesPerSecondDefault, replicaSecretBytesMax, replicaSecretBytesMin, unixSocketPathBytesMax } from "../constants.ts";
+import { nbdMemoryBudgetBytesDefault, nbdMemoryBudgetBytesMin, replicaResyncRateBytesPerSecondDefault, replicaSecretBytesMax, replicaSecretBytesMin, unixSocketPathBytesMax } from "../constants.ts";
 
 /** Where the CLI finds the daemon when neither --socket nor TANDEM_SOCKET says otherwise. */
 export const defaultControlSocketPath = "/run/tandem/control.sock";
@@ -46,6 +46,8 @@ export interface NodeConfig {
   nbdSocket: string;
   /** Only when the operator names an address. */
   nbdTcp: HostPort | undefined;
+  /** Memory all NBD connections may hold together for payloads and replies (`nbd.memoryBudget = "256M"`). */
+  nbdMemoryBudgetBytes: number;
   /** Directory vhost-user sockets go to when an export names no path. */
   vhostSocketDir: string;
   /** Group given access to vhost-user sockets (mode 0660); undefined: root only (mode 0600). */
@@ -103,7 +105,7 @@ function flag(source: string, raw: Raw, field: string, prefix: string): boolean 
 /** The keys each table may hold; anything else is a mistake (a typo would otherwise be ignored). */
 const knownFields = {
   "": ["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness"],
-  "nbd.": ["socket", "tcp"],
+  "nbd.": ["socket", "tcp", "memoryBudget"],
   "vhost.": ["socketDir", "socketGroup", "allowAnyPath"],
   "log.": ["level"],
   "peer.": ["name", "connect", "address", "listen", "secretFile", "clusterId", "resyncRate"],
@@ -177,6 +179,16 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
   const nbdSocket = socketPath(source, "nbd.socket", resolve(text(source, nbd, "socket", "nbd.") ?? path.join(dataDir, "nbd.sock")));
   const nbdTcpText = text(source, nbd, "tcp", "nbd.");
   const nbdTcp = nbdTcpText === undefined ? undefined : parseHostPort(nbdTcpText, `${source}: nbd.tcp`);
+  const budgetText = text(source, nbd, "memoryBudget", "nbd.");
+  let nbdMemoryBudgetBytes = nbdMemoryBudgetBytesDefault;
+  if (budgetText !== undefined) {
+    try {
+      nbdMemoryBudgetBytes = parseSize(budgetText);
+    } catch (error) {
+      fail(source, "nbd.memoryBudget", `${(error as Error).message} (bytes, e.g. "256M")`);
+    }
+    if (nbdMemoryBudgetBytes < nbdMemoryBudgetBytesMin) fail(source, "nbd.memoryBudget", `must be at least ${nbdMemoryBudgetBytesMin / (1024 * 1024)}M (one maximal write beside a read stream, twice)`);
+  }
 
   const vhost = table(source, top, "vhost") ?? {};
   refuseUnknown(source, vhost, "vhost.");
@@ -228,7 +240,7 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
     peer = { name: peerName, connect, address, listen, secret, clusterId, resyncRateBytesPerSecond };
   }
 
-  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, source };
+  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, nbdMemoryBudgetBytes, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, source };
 }
 
 /** Read and parse a config file: JSON when it ends in .json, TOML otherwise. */

@@ -264,7 +264,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     await manager.openAll();
 
     fs.mkdirSync(path.dirname(config.nbdSocket), { recursive: true, mode: 0o750 });
-    nbd = await startNbdServer({ unixPath: config.nbdSocket, tcp: config.nbdTcp, exports: manager, log });
+    nbd = await startNbdServer({ unixPath: config.nbdSocket, tcp: config.nbdTcp, exports: manager, log, memoryBudgetBytes: config.nbdMemoryBudgetBytes });
     const nbdServer = nbd;
     await vhostExports.startRecorded();
     const service = replication;
@@ -291,7 +291,10 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       volumes: manager.views(),
       pending: pair?.pending() ?? [],
       broken: manager.broken(),
-      exports: [{ kind: "nbd", socket: config.nbdSocket, tcp: nbdServer.tcpAddress ?? null, volumes: manager.names(), connections: nbdServer.connectionCount() }, ...vhostExports.list()],
+      exports: [
+        { kind: "nbd", socket: config.nbdSocket, tcp: nbdServer.tcpAddress ?? null, volumes: manager.names(), connections: nbdServer.connectionCount(), memory: nbdServer.memory() },
+        ...vhostExports.list(),
+      ],
       sessions: [...nbdServer.sessions(), ...vhostExports.sessions()],
     });
 

@@ -15,6 +15,7 @@ describe("node config", () => {
       controlSocket: "/srv/lab/data/control.sock",
       nbdSocket: "/srv/lab/data/nbd.sock",
       nbdTcp: undefined,
+      nbdMemoryBudgetBytes: 256 * 1024 * 1024,
       vhostSocketDir: "/srv/lab/data/vhost",
       vhostSocketGroup: undefined,
       vhostAllowAnyPath: false,
@@ -37,6 +38,7 @@ describe("node config", () => {
       const fromToml = loadNodeConfig(path.join(dir, "node.toml"));
       expect({ ...fromJson, source: "" }).toEqual({ ...fromToml, source: "" });
       expect(fromToml.nbdTcp).toEqual({ hostname: "127.0.0.1", port: 10809 });
+      expect(parseNodeConfig({ ...fields, nbd: { memoryBudget: "1G" } }, dir).nbdMemoryBudgetBytes).toBe(1024 * 1024 * 1024);
       expect(fromToml.peer!.listen).toEqual({ hostname: "::1", port: 7788 });
       expect(new TextDecoder().decode(fromToml.peer!.secret)).toBe("0123456789abcdef0123");
       expect(fromToml.peer!.clusterId.length).toBe(16);
@@ -60,6 +62,8 @@ describe("node config", () => {
       [{ name: "a", dataDir: "d", nbd: "x" }, /nbd: must be a table/],
       [{ name: "a", dataDir: "d", nbd: { tcp: "nohost" } }, /nbd.tcp: "nohost" is not HOST:PORT/],
       [{ name: "a", dataDir: "d", nbd: { tcp: "h:70000" } }, /is not HOST:PORT/],
+      [{ name: "a", dataDir: "d", nbd: { memoryBudget: "lots" } }, /nbd.memoryBudget: .*bytes, e.g. "256M"/],
+      [{ name: "a", dataDir: "d", nbd: { memoryBudget: "16M" } }, /nbd.memoryBudget: must be at least 72M/],
       [{ name: "a", dataDir: "d", log: { level: "loud" } }, /log.level/],
       [{ name: "a", dataDir: "d", peer: { name: "a" } }, /peer.name: "a" must be a valid node name other than "a"/],
       [{ name: "a", dataDir: "d", peer: { name: "b", address: "h:1", listen: "h:2", secretFile: "/nonexistent/secret", clusterId: "00" } }, /peer.secretFile: cannot read/],
