@@ -236,6 +236,40 @@ print(json.dumps(out))
     expectBytes(readBacking(served, 0, 4096), new Uint8Array(4096).fill(0xab), "FUA write in the backing file");
     expectBytes(readBacking(served, 8 * MiB + 5 * 4096, 4096), new Uint8Array(4096).fill(5), "aio write in the backing file");
   }, toolTimeoutMs);
+
+  test("a client that does not ask for block sizes gets a minimum of 1 and byte-granular IO, on page-cache and O_DIRECT volumes", async () => {
+    for (const direct of [false, true]) {
+      const served = await target({ sizeBytes: 4 * MiB, direct });
+      const directory = scratchDirectory();
+      const script = path.join(directory, "old.py");
+      // libnbd asks for NBD_INFO_BLOCK_SIZE unless told not to, as old clients never did.
+      fs.writeFileSync(
+        script,
+        `
+import json, os, nbd
+h = nbd.NBD()
+h.set_request_block_size(False)
+h.connect_uri(os.environ["NBD_URI"])
+out = {"minimum": h.get_block_size(nbd.SIZE_MINIMUM)}
+h.pwrite(bytes(range(256)) * 16, 0)
+h.pwrite(b"old client", 1001)
+h.pwrite(b"\x07" * 3, 4095)
+out["read"] = list(h.pread(20, 995))
+out["edge"] = list(h.pread(5, 4094))
+h.shutdown()
+print(json.dumps(out))
+`,
+      );
+      const output = await ok(["nbdsh", "-n", "-c", `exec(open(${JSON.stringify(script)}).read())`], { env: { NBD_URI: served.uri } });
+      const result = JSON.parse(output.trim().split("\n").pop()!);
+      const expected = new Uint8Array(4100);
+      expected.set(new Uint8Array(4096).map((_, index) => index % 256));
+      expected.set(new TextEncoder().encode("old client"), 1001);
+      expected.set([7, 7, 7], 4095);
+      expect(result).toEqual({ minimum: 1, read: [...expected.subarray(995, 1015)], edge: [...expected.subarray(4094, 4099)] });
+      expectBytes(readBacking(served, 0, 4100), expected, `${direct ? "O_DIRECT" : "page-cache"} volume after unaligned writes`);
+    }
+  }, toolTimeoutMs);
 });
 
 describe("QEMU (qemu-io, qemu-img)", () => {
