@@ -21,6 +21,9 @@ import {
   directIoAlignmentBytes,
   nbdCloseLingerMs,
   nbdConnectionsMax,
+  nbdGarbageBudgetFraction,
+  nbdGarbageCollectionIntervalMsMin,
+  nbdMemoryBudgetGrantableFraction,
   nbdHandshakeTimeoutMs,
   nbdMemoryBudgetBytesDefault,
   nbdPausedProbeIntervalMs,
@@ -55,6 +58,8 @@ export interface NbdServerOptions {
 /** The memory budget as status shows it. */
 export interface NbdMemoryStatus {
   budgetBytes: number;
+  /** What connections may hold at once; the rest of the budget covers received bytes and buffers waiting for the collector. */
+  grantableBytes: number;
   usedBytes: number;
   /** Connections waiting for memory now (their sockets are not read meanwhile). */
   waitingConnections: number;
@@ -144,12 +149,16 @@ class SharedResources {
   });
   private readonly owners = new Map<number, Connection>();
   private turnArmed = false;
+  private garbageBytes = 0;
+  private collectedMs = -Infinity;
+  private collectionTimer: ReturnType<typeof setTimeout> | undefined;
 
-  constructor(budgetBytes: number) {
+  constructor(readonly budgetBytes: number) {
+    const grantable = Math.floor(budgetBytes * nbdMemoryBudgetGrantableFraction);
     this.budget = new MemoryBudget({
-      totalBytes: budgetBytes,
+      totalBytes: grantable,
       shareBytesMin: nbdReadPieceBytes * nbdReadPiecesAheadMax + 64 * 1024,
-      shareBytesMax: Math.min(requestBytesInFlightPerConnectionMax, budgetBytes),
+      shareBytesMax: Math.min(requestBytesInFlightPerConnectionMax, grantable),
     });
   }
 
@@ -205,6 +214,29 @@ class SharedResources {
       this.scheduler.nextTurn();
       this.startWork();
     });
+  }
+
+  /**
+   * Buffers the connections are done with (received chunks, write payloads, written replies) are
+   * freed by the collector only when it runs, and it runs late for a heap of few objects holding
+   * large buffers: past an eighth of the budget of such garbage, ask for a collection
+   * (rate-limited), so RSS follows the memory really in use.
+   */
+  dropped(bytes: number): void {
+    this.garbageBytes += bytes;
+    if (this.collectionTimer || this.garbageBytes < this.budgetBytes * nbdGarbageBudgetFraction) return;
+    const waitMs = Math.max(0, this.collectedMs + nbdGarbageCollectionIntervalMsMin - Date.now());
+    this.collectionTimer = setTimeout(() => {
+      this.collectionTimer = undefined;
+      this.garbageBytes = 0;
+      Bun.gc(true);
+      this.collectedMs = Date.now();
+    }, waitMs);
+  }
+
+  stop(): void {
+    clearTimeout(this.collectionTimer);
+    this.collectionTimer = undefined;
   }
 
   /** Grants go out after the current step, so no session is entered while another one is being stepped. */
@@ -284,6 +316,7 @@ class Connection {
   received(bytes: Uint8Array): void {
     this.lastInputMs = Date.now();
     this.dispatch({ type: "bytesReceived", bytes });
+    this.resources.dropped(bytes.length);
   }
 
   /** Feed an event to the session; events raised while applying actions are queued, in order. */
@@ -424,6 +457,7 @@ class Connection {
     }
     promise.then(
       (value) => {
+        if (io.kind === "write") this.resources.dropped(io.data.length);
         this.resources.finished();
         this.dispatch({ type: "ioCompleted", id: io.id, result: io.kind === "extents" ? { ok: true, extents: value as never } : { ok: true } });
       },
@@ -541,11 +575,15 @@ class Connection {
   /** Entries that left (or were dropped): their memory goes back; the session hears of the tokens of those that left. */
   private written(entries: OutputEntry[], left: boolean): void {
     let reserved = 0;
+    let dropped = 0;
     for (const entry of entries) {
       reserved += entry.reserved;
+      // A READ stream's pieces are reused; other replies are garbage once written.
+      if (entry.tokens.length === 0) dropped += entry.bytes.length;
       if (left) for (const token of entry.tokens) this.dispatch({ type: "sent", token });
     }
     this.resources.release(this, reserved);
+    this.resources.dropped(dropped);
   }
 
   onDrain(): void {
@@ -777,7 +815,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       return connections.size;
     },
     memory(): NbdMemoryStatus {
-      return { budgetBytes: resources.budget.totalBytes, usedBytes: resources.budget.usedBytes, waitingConnections: resources.budget.waitingCount };
+      return { budgetBytes: resources.budgetBytes, grantableBytes: resources.budget.totalBytes, usedBytes: resources.budget.usedBytes, waitingConnections: resources.budget.waitingCount };
     },
     sessions(): ExportSessionInfo[] {
       const out: ExportSessionInfo[] = [];
@@ -800,10 +838,12 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       if (drain) {
         for (const connection of open) connection.shutdown();
         await Promise.all(open.map((connection) => Promise.all([connection.socketClosed, connection.released])));
+        resources.stop();
         return;
       }
       for (const connection of open) connection.terminate();
       await Promise.all(open.map((connection) => connection.socketClosed));
+      resources.stop();
     },
   };
 }
