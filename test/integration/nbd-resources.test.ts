@@ -227,7 +227,7 @@ describe("NBD resources are bounded per node (real daemon, budget 128 MiB)", () 
         tail: { start: 2048, length: 2048, client: tail },
       };
       const seedOf = (round: number, index: number, owner: number) => round * 100_000 + index * 10 + owner;
-      const rounds = 12;
+      const rounds = 24;
       for (let round = 0; round < rounds; round++) {
         await Promise.all(
           Object.values(regions).map(async (region, owner) => {
