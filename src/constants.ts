@@ -67,8 +67,14 @@ export const nbdMemoryBudgetBytesMin = 2 * (requestBytesMax + 4 * MiB);
 export const nbdReadPieceBytes = 1 * MiB;
 /** Pieces of one streamed READ read ahead or waiting to be written to the socket. */
 export const nbdReadPiecesAheadMax = 2;
-/** Storage operations the NBD server has running at once on the whole node: the rest of the IO thread pool stays free for replication and metadata. */
-export const nbdStorageOperationsInFlightMax = 16;
+/**
+ * Share of the IO thread pool (UV_THREADPOOL_SIZE, which the service unit sets to 32; 4 when
+ * unset) that NBD storage operations may occupy at once on the whole node: the rest stays free
+ * for the replication link's and the metadata's IO and fdatasync.
+ */
+export const nbdStorageThreadPoolShare = 0.75;
+/** The IO thread pool's size when UV_THREADPOOL_SIZE does not say. */
+export const ioThreadPoolSizeDefault = 4;
 /** Storage work the NBD server starts in one turn of the event loop before it lets other sockets and timers run. */
 export const nbdStorageOperationsPerTurnMax = 32;
 export const nbdStorageBytesPerTurnMax = 8 * MiB;
@@ -262,7 +268,7 @@ assert(requestBytesInFlightPerConnectionMax >= nbdReadPieceBytes * nbdReadPieces
 assert(nbdMemoryBudgetBytesMin * nbdMemoryBudgetGrantableFraction >= requestBytesMax + nbdReadPieceBytes * nbdReadPiecesAheadMax, "the smallest budget grants one maximal write beside a READ stream");
 assert(nbdMemoryBudgetGrantableFraction + nbdGarbageBudgetFraction < 1, "granted memory and garbage between collections leave room for received bytes");
 assert(nbdReadPieceBytes % directIoAlignmentBytes === 0 && nbdReadPieceBytes <= requestBytesMax, "READ pieces are O_DIRECT aligned and no larger than a request");
-assert(nbdReadPiecesAheadMax >= 1 && nbdStorageOperationsInFlightMax >= 1 && nbdStorageOperationsPerTurnMax >= 1, "NBD storage scheduling admits work");
+assert(nbdReadPiecesAheadMax >= 1 && nbdStorageThreadPoolShare > 0 && nbdStorageThreadPoolShare < 1 && nbdStorageOperationsPerTurnMax >= 1, "NBD storage scheduling admits work and leaves threads free");
 assert(nbdStorageBytesPerTurnMax >= nbdReadPieceBytes, "a turn of the event loop can start at least one READ piece");
 
 export const units = { KiB, MiB, GiB, TiB } as const;

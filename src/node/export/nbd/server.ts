@@ -32,8 +32,9 @@ import {
   nbdRefusalLogIntervalMs,
   nbdShutdownLingerMs,
   nbdStorageBytesPerTurnMax,
-  nbdStorageOperationsInFlightMax,
   nbdStorageOperationsPerTurnMax,
+  nbdStorageThreadPoolShare,
+  ioThreadPoolSizeDefault,
   requestBytesInFlightPerConnectionMax,
 } from "../../../constants.ts";
 import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
@@ -128,6 +129,13 @@ export class AlignedBuffers {
   }
 }
 
+/** NBD's share of the IO thread pool this process runs with (at least one operation). */
+function storageOperationsInFlightMax(): number {
+  const configured = Number(process.env.UV_THREADPOOL_SIZE);
+  const pool = Number.isInteger(configured) && configured > 0 ? configured : ioThreadPoolSizeDefault;
+  return Math.max(1, Math.floor(pool * nbdStorageThreadPoolShare));
+}
+
 /** Bytes waiting to be written, with the budget memory and the `sent` tokens that go with them. */
 interface OutputEntry {
   bytes: Uint8Array;
@@ -143,7 +151,7 @@ interface OutputEntry {
 class SharedResources {
   readonly budget: MemoryBudget;
   private readonly scheduler = new StorageScheduler<{ connection: Connection; io: IoRequest }>({
-    inFlightMax: nbdStorageOperationsInFlightMax,
+    inFlightMax: storageOperationsInFlightMax(),
     operationsPerTurnMax: nbdStorageOperationsPerTurnMax,
     bytesPerTurnMax: nbdStorageBytesPerTurnMax,
   });
@@ -271,6 +279,8 @@ class Connection {
   private closed = false;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   private inputPaused = false;
+  /** What the session asked for last; applied when the current step ends. */
+  private wantPaused = false;
   private pauseProbeTimer: ReturnType<typeof setInterval> | undefined;
   private lingerTimer: ReturnType<typeof setTimeout> | undefined;
   /** Resolves when the socket has closed. */
@@ -319,7 +329,11 @@ class Connection {
     this.resources.dropped(bytes.length);
   }
 
-  /** Feed an event to the session; events raised while applying actions are queued, in order. */
+  /**
+   * Feed an event to the session; events raised while applying actions are queued, in order.
+   * Input pauses take effect once the queue is empty: a request that waits for memory the budget
+   * grants at once would otherwise pause and resume the socket (and its probe timer) every time.
+   */
   dispatch(event: SessionEvent): void {
     this.pendingEvents.push(event);
     if (this.stepping) return;
@@ -329,6 +343,7 @@ class Connection {
     } finally {
       this.stepping = false;
     }
+    if (this.wantPaused !== this.inputPaused) this.setInputPaused(this.wantPaused);
   }
 
   private applyAll(actions: SessionAction[]): void {
@@ -346,7 +361,8 @@ class Connection {
       case "io":
         return this.runIo(action.io);
       case "input":
-        return this.setInputPaused(action.paused);
+        this.wantPaused = action.paused;
+        return;
       case "openExport":
         return this.openExport(action.name, action.purpose);
       case "listExports": {
