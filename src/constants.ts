@@ -78,6 +78,16 @@ export const ioThreadPoolSizeDefault = 4;
 /** Storage work the NBD server starts in one turn of the event loop before it lets other sockets and timers run. */
 export const nbdStorageOperationsPerTurnMax = 32;
 export const nbdStorageBytesPerTurnMax = 8 * MiB;
+/**
+ * A connection that holds budget memory while it has not read its replies (or sent the rest of an
+ * announced WRITE payload) for this long is closed when other connections wait for memory: the
+ * spec lets a server hard-disconnect a client whose behaviour is a denial of service. A client
+ * that is merely slow while nobody waits is left alone; IO that waits on the volume (a frozen
+ * gate) is never counted as a stall.
+ */
+export const nbdClientStallTimeoutMs = 30_000;
+/** How often the stall check runs while connections wait for memory. */
+export const nbdStallCheckIntervalMs = 1_000;
 /** Refused NBD connections are logged at most once per this interval (with a count of those not logged). */
 export const nbdRefusalLogIntervalMs = 5_000;
 /**
@@ -270,5 +280,6 @@ assert(nbdMemoryBudgetGrantableFraction + nbdGarbageBudgetFraction < 1, "granted
 assert(nbdReadPieceBytes % directIoAlignmentBytes === 0 && nbdReadPieceBytes <= requestBytesMax, "READ pieces are O_DIRECT aligned and no larger than a request");
 assert(nbdReadPiecesAheadMax >= 1 && nbdStorageThreadPoolShare > 0 && nbdStorageThreadPoolShare < 1 && nbdStorageOperationsPerTurnMax >= 1, "NBD storage scheduling admits work and leaves threads free");
 assert(nbdStorageBytesPerTurnMax >= nbdReadPieceBytes, "a turn of the event loop can start at least one READ piece");
+assert(nbdStallCheckIntervalMs <= nbdClientStallTimeoutMs && nbdClientStallTimeoutMs > nbdPausedProbeIntervalMs, "stalls are checked well within their timeout, and a hang-up is noticed first");
 
 export const units = { KiB, MiB, GiB, TiB } as const;

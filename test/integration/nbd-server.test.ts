@@ -34,12 +34,12 @@ function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-async function serve(volumes: Record<string, { layer: ControlledLayer | MemoryLayer; readOnly?: boolean }>, tcp = false) {
+async function serve(volumes: Record<string, { layer: ControlledLayer | MemoryLayer; readOnly?: boolean }>, tcp = false, options: { memoryBudgetBytes?: number; stallTimeoutMs?: number } = {}) {
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-nbd-server-"));
   const exports = new TestExports();
   for (const [name, volume] of Object.entries(volumes)) exports.add(name, volume.layer, { readOnly: volume.readOnly });
   const unixPath = path.join(directory, "nbd.sock");
-  const server = await startNbdServer({ unixPath, exports, log: silentLogger, tcp: tcp ? { hostname: "127.0.0.1", port: 0 } : undefined });
+  const server = await startNbdServer({ unixPath, exports, log: silentLogger, tcp: tcp ? { hostname: "127.0.0.1", port: 0 } : undefined, ...options });
   cleanups.push(async () => {
     await server.close();
     fs.rmSync(directory, { recursive: true, force: true });
@@ -304,6 +304,42 @@ describe("NBD server", () => {
     }
     await until(() => exports.held("vol0") === 0, "release of every dead client's export", 10_000);
     expect(server.sessions()).toEqual([]);
+  }, 30_000);
+
+  test("clients that stopped reading are closed, longest stalled first, only while others wait for the memory they hold", async () => {
+    const layer = new MemoryLayer(128 * MiB);
+    const stallTimeoutMs = 300;
+    // 72 MiB budget: 54 MiB grantable; shares of at most 32 MiB.
+    const { server, address } = await serve({ vol0: { layer } }, false, { memoryBudgetBytes: 72 * MiB, stallTimeoutMs });
+    const stuck = async () => {
+      const connection = await RawConnection.open(address);
+      connection.pause();
+      const parts = [
+        encodeClientFlags({ flags: ClientFlag.FixedNewstyle | ClientFlag.NoZeroes }),
+        encodeOptionRequest({ option: Option.Go, data: encodeInfoRequest({ name: "vol0", requests: [] }) }),
+      ];
+      for (let index = 0; index < 64; index++) parts.push(encodeRequest({ flags: 0, type: Command.Read, cookie: BigInt(index + 1), offset: index * MiB, length: MiB }));
+      connection.send(new Uint8Array(Buffer.concat(parts)));
+      return connection;
+    };
+    const first = await stuck();
+    await until(() => server.memory().usedBytes >= 30 * MiB, "the first to hold its share");
+    const firstSession = server.sessions()[0]!.id;
+    // The second finds the budget spent and waits for room: after the stall timeout the first,
+    // which has held its memory without reading a reply, is closed, and the second gets its share.
+    const second = await stuck();
+    await until(() => server.sessions().length === 1 && server.sessions()[0]!.id !== firstSession, "the longest stalled client to be closed");
+    // A third client's 16 MiB WRITE fits beside the second: nobody waits for room, so the second,
+    // though it reads nothing either, is left alone.
+    const client = await NbdClient.connect(address);
+    await client.write(0, pattern(16 * MiB, 4));
+    expect(await client.read(0, 4096)).toEqual(pattern(4096, 4));
+    expect(server.sessions().length).toBe(2);
+    expect(server.memory().waitingConnections).toBe(0);
+    first.terminate();
+    second.terminate();
+    await client.disconnect();
+    await until(() => server.memory().usedBytes === 0, "all memory back");
   }, 30_000);
 
   test("TCP on port 0 reports the bound address and serves the same exports", async () => {

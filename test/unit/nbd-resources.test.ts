@@ -2,7 +2,7 @@
 // total granted; each connection held to its share while others want memory; waiters served in
 // arrival order so a large request is not starved by small ones, while one over its own share
 // does not hold up the others; a connection that holds nothing may take one request above its
-// share; a withdrawn waiter lets the next through) and the storage scheduler (in-flight cap, a
+// share; a withdrawn waiter lets the next through; waiters for room told from waiters over share) and the storage scheduler (in-flight cap, a
 // per-turn allowance, connections taking turns, and a closed connection's queued work taken out).
 import { describe, expect, test } from "bun:test";
 import { MemoryBudget } from "../../src/node/export/nbd/budget.ts";
@@ -52,6 +52,16 @@ describe("memory budget", () => {
     expect(memory.withdraw(2)).toEqual([{ owner: 3, bytes: 1 * MiB }]);
     expect(memory.release(1, 32 * MiB)).toEqual([{ owner: 1, bytes: 1 * MiB }]);
     expect(memory.usedBytes).toBe(2 * MiB);
+  });
+
+  test("tells waiters for room from waiters over their own share", () => {
+    const memory = budget(64, 2, 32);
+    expect(memory.request(1, 32 * MiB)).toBe(true);
+    expect(memory.request(2, 30 * MiB)).toBe(true);
+    expect(memory.request(1, 4 * MiB)).toBe(false); // over its share of 32
+    expect(memory.ownersWaitingForRoom()).toEqual([]);
+    expect(memory.request(3, 4 * MiB)).toBe(false); // no room: 62 + 4 > 64
+    expect(memory.ownersWaitingForRoom()).toEqual([3]);
   });
 
   test("many connections each holding a share never exceed the total", () => {

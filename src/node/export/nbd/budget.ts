@@ -63,6 +63,12 @@ export class MemoryBudget {
     return this.waiters.some((waiter) => waiter.owner === owner);
   }
 
+  /** Owners whose request waits for room in the budget (not merely for their own share to come down). */
+  ownersWaitingForRoom(): number[] {
+    const share = this.share();
+    return this.waiters.filter((waiter) => !(this.heldBy(waiter.owner) > 0 && this.heldBy(waiter.owner) + waiter.bytes > share)).map((waiter) => waiter.owner);
+  }
+
   /** What one connection may hold now: the budget split over the connections holding or wanting memory. */
   share(): number {
     const owners = new Set(this.held.keys());

@@ -19,6 +19,7 @@ import { BlockError, TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
 import {
   directIoAlignmentBytes,
+  nbdClientStallTimeoutMs,
   nbdCloseLingerMs,
   nbdConnectionsMax,
   nbdGarbageBudgetFraction,
@@ -31,6 +32,7 @@ import {
   nbdReadPiecesAheadMax,
   nbdRefusalLogIntervalMs,
   nbdShutdownLingerMs,
+  nbdStallCheckIntervalMs,
   nbdStorageBytesPerTurnMax,
   nbdStorageOperationsPerTurnMax,
   nbdStorageThreadPoolShare,
@@ -54,6 +56,8 @@ export interface NbdServerOptions {
   memoryBudgetBytes?: number;
   /** Connections open at once (default nbdConnectionsMax; tests use fewer). */
   connectionsMax?: number;
+  /** A client stalled this long while others wait for memory is closed (default nbdClientStallTimeoutMs; tests use less). */
+  stallTimeoutMs?: number;
 }
 
 /** The memory budget as status shows it. */
@@ -160,8 +164,13 @@ class SharedResources {
   private garbageBytes = 0;
   private collectedMs = -Infinity;
   private collectionTimer: ReturnType<typeof setTimeout> | undefined;
+  private stallTimer: ReturnType<typeof setTimeout> | undefined;
 
-  constructor(readonly budgetBytes: number) {
+  constructor(
+    readonly budgetBytes: number,
+    private readonly stallTimeoutMs: number,
+    private readonly log: Logger,
+  ) {
     const grantable = Math.floor(budgetBytes * nbdMemoryBudgetGrantableFraction);
     this.budget = new MemoryBudget({
       totalBytes: grantable,
@@ -176,6 +185,40 @@ class SharedResources {
 
   reserve(connection: Connection, bytes: number): void {
     if (this.budget.request(connection.number, bytes)) connection.dispatch({ type: "reserved", bytes });
+    else this.armStallCheck();
+  }
+
+  /**
+   * While connections wait for memory, one that holds memory and has not read its replies (or sent
+   * its announced payload) for the stall timeout is closed, the longest stalled first, so clients
+   * that stopped reading cannot keep the others waiting for ever.
+   */
+  private armStallCheck(): void {
+    if (this.stallTimer) return;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      if (this.budget.waitingCount === 0) return;
+      // Only others waiting for room justify closing a client: one over its own share just waits.
+      const waiting = this.budget.ownersWaitingForRoom();
+      const now = Date.now();
+      let stalled: { connection: Connection; sinceMs: number } | undefined;
+      for (const connection of this.owners.values()) {
+        if (!waiting.some((owner) => owner !== connection.number)) continue;
+        const sinceMs = connection.stalledSinceMs();
+        if (sinceMs === undefined || this.budget.heldBy(connection.number) === 0 || now - sinceMs < this.stallTimeoutMs) continue;
+        if (!stalled || sinceMs < stalled.sinceMs) stalled = { connection, sinceMs };
+      }
+      if (stalled) {
+        this.log.warn("closing an NBD client that holds memory others wait for and has not moved", {
+          client: stalled.connection.client,
+          stalledMs: now - stalled.sinceMs,
+          heldBytes: this.budget.heldBy(stalled.connection.number),
+          waiting: this.budget.waitingCount,
+        });
+        stalled.connection.peerGone();
+      }
+      this.armStallCheck();
+    }, Math.min(nbdStallCheckIntervalMs, this.stallTimeoutMs));
   }
 
   release(connection: Connection, bytes: number): void {
@@ -245,6 +288,8 @@ class SharedResources {
   stop(): void {
     clearTimeout(this.collectionTimer);
     this.collectionTimer = undefined;
+    clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
   }
 
   /** Grants go out after the current step, so no session is entered while another one is being stepped. */
@@ -274,6 +319,8 @@ class Connection {
   private batchBytes = 0;
   private batchScheduled = false;
   private outputBlocked = false;
+  /** When the socket last stopped taking our replies (undefined: it takes them). */
+  private outputBlockedSinceMs: number | undefined;
   private gracefulClose = false;
   private shuttingDown = false;
   private closed = false;
@@ -316,6 +363,17 @@ class Connection {
 
   get volume(): string | undefined {
     return this.closed ? undefined : this.session.exportName;
+  }
+
+  /**
+   * Since when the client has kept us from making progress: replies it does not read, or a WRITE
+   * payload it announced and does not send. IO waiting on the volume is not a stall.
+   */
+  stalledSinceMs(): number | undefined {
+    if (this.closed) return undefined;
+    const payloadSinceMs = this.session.awaitingPayload ? this.lastInputMs : undefined;
+    if (this.outputBlockedSinceMs === undefined) return payloadSinceMs;
+    return payloadSinceMs === undefined ? this.outputBlockedSinceMs : Math.min(payloadSinceMs, this.outputBlockedSinceMs);
   }
 
   /** Still negotiating (not serving a volume yet, not closed): may be evicted to make room. */
@@ -584,6 +642,7 @@ class Connection {
     this.written(done, true);
     if (this.output.length > 0 && !this.outputBlocked) {
       this.outputBlocked = true;
+      this.outputBlockedSinceMs = Date.now();
       this.dispatch({ type: "outputBlocked" });
     }
   }
@@ -615,7 +674,9 @@ class Connection {
       done.push(this.output.shift()!);
     }
     this.written(done, true);
+    if (done.length > 0 && this.output.length > 0) this.outputBlockedSinceMs = Date.now(); // it moved
     if (this.output.length > 0) return;
+    this.outputBlockedSinceMs = undefined;
     if (this.gracefulClose) return this.endSocket();
     if (this.outputBlocked) {
       this.outputBlocked = false;
@@ -741,7 +802,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   let nextConnection = 1;
   let accepting = true;
   const buffers = new AlignedBuffers();
-  const resources = new SharedResources(options.memoryBudgetBytes ?? nbdMemoryBudgetBytesDefault);
+  const resources = new SharedResources(options.memoryBudgetBytes ?? nbdMemoryBudgetBytesDefault, options.stallTimeoutMs ?? nbdClientStallTimeoutMs, log);
   // Refusals are logged at most once per interval, with the count of those not logged, so a
   // connection flood cannot flood the log.
   let refusedUnlogged = 0;

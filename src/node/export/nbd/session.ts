@@ -534,6 +534,11 @@ export class NbdSession {
     return this.structuredReplies;
   }
 
+  /** A WRITE's header was accepted and its payload has not all arrived. */
+  get awaitingPayload(): boolean {
+    return this.collection !== undefined;
+  }
+
   /** Budget memory this session holds (granted, not given back, not handed to the driver with a send). */
   get memoryHeldBytes(): number {
     return this.memoryHeld;
