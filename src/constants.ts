@@ -254,6 +254,10 @@ assert(replicaVerifyExtentBytes <= replicaResyncChunkBytesMax, "a verify extent 
 assert(replicaWritesInFlightPerVolumeMax >= requestsInFlightPerConnectionMax, "one connection's queue depth can be mirrored without queueing");
 assert(replicaBarrierIntervalMs < replicaBitmapWritebackIntervalMs, "barriers keep the transfer log short between bitmap writebacks");
 
+// ---- Operator surface: control client, status, TUI, copy-out (src/node/control, src/tui, src/cli) ----
+/** A CLI request waits this long for the daemon (a verify of a large volume answers when it is done). */
+export const controlRequestTimeoutMs = 120_000;
+
 // ---- Relations asserted at load ----
 assert(volumeSizeBytesMin >= requestBytesMax / 32, "smallest volume must hold a useful request");
 assert(volumeSizeBytesMax <= Number.MAX_SAFE_INTEGER / 16, "volume offsets (and offset + length sums) must stay exact in a double");

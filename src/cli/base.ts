@@ -2,13 +2,14 @@
 // status. A command implements `run()`; `execute()` turns what it throws into one clear line (or a
 // JSON error object with --json) and an exit code from the table below, documented in docs/cli.md:
 //   0 success · 1 the operation failed · 2 bad usage or invalid argument · 3 the daemon cannot be
-//   reached · 4 no such volume/export · 5 conflict (exists already, in use, busy)
+//   reached · 4 no such volume/export · 5 conflict (exists already, in use, busy); `tandem status`
+//   adds 6 degraded · 7 no quorum (docs/cli.md)
 import { Command, Option, UsageError } from "clipanion";
 import { type ErrorCode, TandemError } from "../common/errors.ts";
 import { defaultControlSocketPath } from "../node/config.ts";
-import { ControlClient } from "./client.ts";
+import { ControlClient } from "../node/control/client.ts";
 
-export const exitCodes = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4, conflict: 5 } as const;
+export const exitCodes = { ok: 0, failed: 1, usage: 2, unreachable: 3, notFound: 4, conflict: 5, degraded: 6, noQuorum: 7 } as const;
 
 const exitCodeOf: Record<ErrorCode, number> = {
   invalid_argument: exitCodes.usage,

@@ -6,10 +6,17 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ControlClient } from "../../src/cli/client.ts";
+import { ControlClient } from "../../src/node/control/client.ts";
 
 export const repositoryRoot = path.resolve(import.meta.dir, "../..");
 export const cliEntry = path.join(repositoryRoot, "src/cli/main.ts");
+
+/**
+ * The `tandem` program the tests run: the compiled binary when TANDEM_BIN names one (say
+ * `TANDEM_BIN=dist/tandem npx bun run test`, after `npx bun run build`), else Bun with the entry
+ * script. The lab started by that program re-runs the same program (src/node/lab/lab.ts).
+ */
+export const tandemCommand: string[] = process.env.TANDEM_BIN ? [path.resolve(repositoryRoot, process.env.TANDEM_BIN)] : [process.execPath, cliEntry];
 
 export interface CliResult {
   code: number;
@@ -19,7 +26,7 @@ export interface CliResult {
 
 /** Run the CLI as its own process (as a user would), with a bounded wait. */
 export async function runCli(args: string[], options: { env?: Record<string, string>; timeoutMs?: number; cwd?: string } = {}): Promise<CliResult> {
-  const child = Bun.spawn([process.execPath, cliEntry, ...args], {
+  const child = Bun.spawn([...tandemCommand, ...args], {
     stdout: "pipe",
     stderr: "pipe",
     cwd: options.cwd ?? repositoryRoot,
@@ -94,7 +101,7 @@ export class TestDaemon {
   async start(): Promise<void> {
     if (this.running()) throw new Error("test daemon already running");
     this.logFd = fs.openSync(this.logPath, "a");
-    const child = Bun.spawn([...this.wrap, process.execPath, cliEntry, "node", "run", "--config", this.configPath], {
+    const child = Bun.spawn([...this.wrap, ...tandemCommand, "node", "run", "--config", this.configPath], {
       stdout: this.logFd,
       stderr: this.logFd,
       cwd: this.dir,

@@ -29,7 +29,7 @@ import {
 import { ClientFlag, Command, CommandFlag, ErrorValue, Info, Option, OptionReply, ReplyFlag, ReplyType } from "../../src/node/export/nbd/protocol.ts";
 import { createLogger } from "../../src/common/log.ts";
 import { NbdClient, RawConnection } from "../helpers/nbd-client.ts";
-import { ControlClient } from "../../src/cli/client.ts";
+import { ControlClient } from "../../src/node/control/client.ts";
 import { startDaemonNbdTarget, startInProcessNbdTarget } from "../helpers/nbd-harness.ts";
 
 const MiB = 1024 * 1024;

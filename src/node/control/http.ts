@@ -1,6 +1,6 @@
 // What the control API and its clients agree on: the error body, the HTTP status each error code
 // travels with, and the version prefix of every path. Shared by the server (src/node/control/server.ts)
-// and the CLI's client (src/cli/client.ts) so the two cannot drift.
+// and the one client (src/node/control/client.ts) so the two cannot drift.
 import type { ErrorCode } from "../../common/errors.ts";
 
 export const apiPrefix = "/v1";

@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
-import { ControlClient } from "../../cli/client.ts";
+import { ControlClient } from "../control/client.ts";
 import type { VolumeView } from "../volumes.ts";
 
 export const labNodeNames = ["a", "b"] as const;
