@@ -257,6 +257,24 @@ assert(replicaBarrierIntervalMs < replicaBitmapWritebackIntervalMs, "barriers ke
 // ---- Operator surface: control client, status, TUI, copy-out (src/node/control, src/tui, src/cli) ----
 /** A CLI request waits this long for the daemon (a verify of a large volume answers when it is done). */
 export const controlRequestTimeoutMs = 120_000;
+/** Status shows no link round trip while a describe over the link has waited this long (pairing.ts times them). */
+export const linkRttStaleAfterMs = 1_000;
+/** The TUI asks the daemon for a snapshot this often. */
+export const tuiPollIntervalMs = 1_000;
+/** One TUI request gives up after this long, so a hung daemon never blocks the screen. */
+export const tuiRequestTimeoutMs = 800;
+/** The TUI marks its data stale once the last good snapshot is older than this. */
+export const tuiStaleAfterMs = 3_000;
+/** Events the TUI keeps (and asks for) for its events pane. */
+export const tuiEventsKept = 50;
+/** Rates (IO, resync) are averaged over snapshots at most this far apart; older ones start afresh. */
+export const tuiRateWindowMs = 10_000;
+/** copy-out compares source and target checksums in chunks of this size. */
+export const copyOutChecksumChunkBytes = 4 * MiB;
+assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");
+assert(tuiStaleAfterMs > tuiPollIntervalMs + tuiRequestTimeoutMs, "one slow poll does not mark the data stale");
+assert(linkRttStaleAfterMs < pairingReconcileIntervalMs, "a describe that outlives its interval already shows as no round trip");
+assert(copyOutChecksumChunkBytes % volumeSizeAlignmentBytes === 0, "checksum chunks hold whole volume blocks");
 
 // ---- Relations asserted at load ----
 assert(volumeSizeBytesMin >= requestBytesMax / 32, "smallest volume must hold a useful request");

@@ -14,6 +14,7 @@ import { shutdownDrainTimeoutMs, vhostQueuesMax } from "../constants.ts";
 import type { NodeConfig } from "./config.ts";
 import { formatHostPort } from "./config.ts";
 import { type ControlRequest, type ControlServer, type Route, startControlServer } from "./control/server.ts";
+import { assessStatus, type ExportReport, type LinkReport, type StatusReport, statusSchemaVersion } from "./control/status.ts";
 import { startNbdServer, type NbdServer } from "./export/nbd/server.ts";
 import type { ExportSessionInfo } from "./export/types.ts";
 import { startVhostExport, type VhostExport, vhostSocketPathFor } from "./export/vhost/server.ts";
@@ -274,6 +275,21 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       return { service, paired: pair };
     };
 
+    const report = (): StatusReport => {
+      const link = service ? ({ ...service.link(), rttMs: paired?.linkRttMs() ?? null } as LinkReport) : null;
+      const assessed = assessStatus({ nodeName: config.name, peerName: config.peer?.name ?? null, link, volumes: manager.views(), pending: pair?.pending() ?? [], broken: manager.broken() });
+      const base = status();
+      return {
+        schemaVersion: statusSchemaVersion,
+        timeMs: Date.now(),
+        health: assessed.health,
+        quorum: { state: "not-configured" },
+        ...base,
+        exports: base.exports as ExportReport[],
+        node: { ...base.node, link },
+        volumes: assessed.volumes,
+      };
+    };
     const status = () => ({
       node: {
         name: config.name,
@@ -299,7 +315,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     });
 
     const routes: Route[] = [
-      { method: "GET", path: "/status", handler: status },
+      { method: "GET", path: "/status", handler: report },
       {
         method: "GET",
         path: "/volumes",

@@ -18,7 +18,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
-import { pairingReconcileIntervalMs, volumeIdMax } from "../constants.ts";
+import { linkRttStaleAfterMs, pairingReconcileIntervalMs, volumeIdMax } from "../constants.ts";
 import type { BlockLayer } from "./block/layer.ts";
 import type { FileLayer } from "./block/file.ts";
 import { type PairSnapshot, type PendingVolume, pendingVolumes, planReconcile, type ReconcileStep } from "./intents.ts";
@@ -89,6 +89,9 @@ export class PairedVolumes implements VolumeReplication {
   private timer: ReturnType<typeof setInterval> | undefined;
   /** The ids this node hands out: the name that sorts first takes the odd ones, the other the even. */
   private readonly idShare: { stride: number; residue: number };
+  /** The last describe's round trip (ms), and when the oldest describe still unanswered started. */
+  private rttMs: number | null = null;
+  private describeStartedMs: number | undefined;
 
   constructor(
     private readonly nodeName: string,
@@ -337,9 +340,29 @@ export class PairedVolumes implements VolumeReplication {
   }
 
   private async describePeer(): Promise<PeerDescription> {
-    const description = (await this.ask({ op: "describe" })) as PeerDescription;
-    this.peer = { description, fresh: true };
-    return description;
+    const started = performance.now();
+    this.describeStartedMs ??= started;
+    try {
+      const description = (await this.ask({ op: "describe" })) as PeerDescription;
+      this.peer = { description, fresh: true };
+      this.rttMs = performance.now() - started;
+      return description;
+    } finally {
+      if (this.describeStartedMs === started) this.describeStartedMs = undefined;
+    }
+  }
+
+  /**
+   * The link's round trip, as status and the dashboard show it: the time the last `describe`
+   * request took over the authenticated link (the reconcile loop asks every
+   * pairingReconcileIntervalMs; the figure includes both daemons' event-loop turns, as every
+   * mirrored write does). Null while the link is down, before the first answer, and while a
+   * describe has waited longer than linkRttStaleAfterMs (the last figure no longer describes the link).
+   */
+  linkRttMs(): number | null {
+    if (!this.connected()) return null;
+    if (this.describeStartedMs !== undefined && performance.now() - this.describeStartedMs > linkRttStaleAfterMs) return null;
+    return this.rttMs;
   }
 
   /** Refresh what the peer holds (for volume list); failures leave the last answer in place. */

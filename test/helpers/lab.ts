@@ -2,7 +2,7 @@
 // replicas as `tandem volume list --json` reports them, a bounded wait until both nodes say
 // the volume is synced, and one until the pair has finished every pending create and delete.
 import path from "node:path";
-import { ControlClient } from "../../src/cli/client.ts";
+import { ControlClient } from "../../src/node/control/client.ts";
 import { pairingReconcileIntervalMs, replicaHandshakeTimeoutMs, replicaReconnectDelayMsMax } from "../../src/constants.ts";
 import { runCli, type CliResult } from "./daemon.ts";
 

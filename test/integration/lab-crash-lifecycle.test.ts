@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ControlClient } from "../../src/cli/client.ts";
+import { ControlClient } from "../../src/node/control/client.ts";
 import { startLabNode } from "../../src/node/lab/lab.ts";
 import { runCli } from "../helpers/daemon.ts";
 import { labSettleTimeoutMs, waitLabSettled } from "../helpers/lab.ts";

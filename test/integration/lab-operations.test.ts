@@ -25,9 +25,10 @@ const replicas = async (node = "a") => (await labVolume(dir, volume, node))?.nod
 const waitSynced = () => waitLabSynced(dir, volume, 120_000);
 
 async function linkConnected(node: string): Promise<boolean> {
+  // `status` exits 6 while degraded (link down, resyncing) and still prints the report.
   const status = await cli(["status", "--json"], node);
-  if (status.code !== 0) return false;
-  return (JSON.parse(status.stdout) as { node: { link: { connected: boolean } | null } }).node.link?.connected === true;
+  if (status.stdout.trim() === "") return false;
+  return (JSON.parse(status.stdout) as { node?: { link: { connected: boolean } | null } }).node?.link?.connected === true;
 }
 
 function logRecords(node: string): { msg?: string; reason?: string; code?: string }[] {

@@ -64,7 +64,7 @@ describe("mirroring across network namespaces", () => {
 
   test("fio through the primary while the cable is pulled and plugged back; replicas end identical", async () => {
     const deadline = Date.now() + 30_000;
-    while (!((await a.cliJson<{ node: { link: { connected: boolean } } }>(["status"])).node.link.connected)) {
+    while (!((await a.api<{ node: { link: { connected: boolean } } }>("GET", "/status")).node.link.connected)) {
       if (Date.now() > deadline) throw new Error(`the nodes did not pair:\n${a.logTail()}`);
       await Bun.sleep(100);
     }

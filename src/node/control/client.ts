@@ -6,6 +6,7 @@
 import { TandemError } from "../../common/errors.ts";
 import { controlRequestTimeoutMs } from "../../constants.ts";
 import { apiPrefix, isErrorBody } from "./http.ts";
+import type { StatusReport } from "./status.ts";
 
 export type ControlMethod = "GET" | "POST" | "DELETE";
 
@@ -47,5 +48,10 @@ export class ControlClient {
     if (isErrorBody(parsed)) throw new TandemError(parsed.error.code, parsed.error.message, parsed.error.details);
     if (!response.ok) throw new TandemError("internal", `the daemon answered ${response.status}`);
     return parsed as T;
+  }
+
+  /** The node's status report (docs/status.schema.json). */
+  status(options: ControlRequestOptions = {}): Promise<StatusReport> {
+    return this.request<StatusReport>("GET", "/status", undefined, options);
   }
 }
