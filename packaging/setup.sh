@@ -2,7 +2,8 @@
 # Prepares a fresh Debian 12 machine to build, run and test Tandem:
 # the Debian packages the tests and benchmarks drive (QEMU, the NBD tools,
 # fio, nbdkit, a guest kernel and busybox for the lab guest, iproute2 for
-# network namespaces), then the npm packages, Bun among them.
+# network namespaces; tmux for the TUI's end-to-end test, lintian for the .deb, hyperfine for the
+# start-up figures), then the npm packages, Bun among them.
 # Safe to run again: every step is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ APT_PACKAGES=(
   busybox-static linux-image-amd64 cpio
   iproute2 iputils-ping nftables iptables
   sqlite3
+  tmux lintian hyperfine
 )
 
 missing=()

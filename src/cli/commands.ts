@@ -1,6 +1,6 @@
 // Every command, registered by main.ts and by the in-process CLI tests.
 import { Builtins, Cli } from "clipanion";
-import { tandemVersion } from "../node/daemon.ts";
+import { tandemVersion } from "../common/version.ts";
 import { EventsCommand } from "./commands/events.ts";
 import { ExportListCommand } from "./commands/export/list.ts";
 import { ExportRemoveCommand } from "./commands/export/remove.ts";

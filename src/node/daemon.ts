@@ -8,6 +8,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
+import { tandemVersion } from "../common/version.ts";
 import type { Logger } from "../common/log.ts";
 import { parseSize } from "../common/size.ts";
 import { shutdownDrainTimeoutMs, vhostQueuesMax } from "../constants.ts";
@@ -29,7 +30,7 @@ export type ReplicationFactory = (
   log: Logger,
 ) => Promise<ReplicationService & { start(): void; stop(): Promise<void>; onEvent(listener: (event: { level: EventRecord["level"]; kind: string; message: string }) => void): void }>;
 
-export const tandemVersion = "0.1.0";
+export { tandemVersion };
 
 export interface RunningNode {
   readonly config: NodeConfig;

@@ -4,8 +4,6 @@ import { Command, Option } from "clipanion";
 import { createLogger, isLogLevel } from "../../../common/log.ts";
 import { TandemError } from "../../../common/errors.ts";
 import { loadNodeConfig } from "../../../node/config.ts";
-import { startNode } from "../../../node/daemon.ts";
-import { createNodeReplication } from "../../../node/replica/replication.ts";
 import { TandemCommand } from "../../base.ts";
 
 export class NodeRunCommand extends TandemCommand {
@@ -30,6 +28,8 @@ export class NodeRunCommand extends TandemCommand {
     const level = this.logLevel ?? config.logLevel;
     if (!isLogLevel(level)) throw new TandemError("invalid_argument", `--log-level must be debug, info, warn or error`);
     const log = createLogger({ level, sink: (line) => this.context.stdout.write(line + "\n"), fields: { node: config.name } });
+    // Loaded here, not at the top: every other command (and --version) starts without the daemon.
+    const [{ startNode }, { createNodeReplication }] = await Promise.all([import("../../../node/daemon.ts"), import("../../../node/replica/replication.ts")]);
     const node = await startNode(config, log, createNodeReplication);
     const onSignal = (signal: string) => void node.stop(`signal ${signal}`);
     process.on("SIGTERM", () => onSignal("SIGTERM"));
