@@ -267,8 +267,6 @@ export const tuiRequestTimeoutMs = 800;
 export const tuiStaleAfterMs = 3_000;
 /** Events the TUI keeps (and asks for) for its events pane. */
 export const tuiEventsKept = 50;
-/** Rates (IO, resync) are averaged over snapshots at most this far apart; older ones start afresh. */
-export const tuiRateWindowMs = 10_000;
 /** copy-out compares source and target checksums in chunks of this size. */
 export const copyOutChecksumChunkBytes = 4 * MiB;
 assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");

@@ -16,6 +16,7 @@ import { LabStatusCommand } from "./commands/lab/status.ts";
 import { LabUpCommand } from "./commands/lab/up.ts";
 import { NodeRunCommand } from "./commands/node/run.ts";
 import { StatusCommand } from "./commands/status.ts";
+import { TuiCommand } from "./commands/tui.ts";
 import { VolumeCreateCommand } from "./commands/volume/create.ts";
 import { VolumeDeleteCommand } from "./commands/volume/delete.ts";
 import { VolumeListCommand } from "./commands/volume/list.ts";
@@ -43,6 +44,7 @@ export const commands = [
   LabRelayCommand,
   VerifyCommand,
   VolumeResolveCommand,
+  TuiCommand,
 ];
 
 export function createCli(): Cli {

@@ -30,6 +30,7 @@ import {
 } from "../../src/node/export/vhost/protocol.ts";
 import { BlkFeatureBit, BlkRequestType } from "../../src/node/export/vhost/blk.ts";
 import { queueAreaBytes } from "../../src/node/export/vhost/virtqueue.ts";
+import { until } from "./until.ts";
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -65,15 +66,7 @@ export interface FrontEndOptions {
   sealed?: boolean;
 }
 
-export async function until<T>(what: string, check: () => T | undefined | false, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(1);
-  }
-}
+export { until };
 
 export class TestQueue {
   readonly kickFd = eventFdCreate();
