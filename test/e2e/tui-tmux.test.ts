@@ -1,0 +1,106 @@
+// The real `tandem tui` in a terminal: tmux runs it at 80x24 with NO_COLOR against node a of a
+// two-node lab, the test sends keys and reads the screen with capture-pane. It shows the pair
+// healthy; `?` lists the keys; after `tandem lab cut` the link is DOWN and the node DEGRADED, and
+// the failover screen explains why a failover from a is not possible; after `lab heal` it is back.
+// With the daemon frozen (SIGSTOP, a hung daemon) the screen keeps answering keys and marks the data
+// STALE with its age, and turns live again on SIGCONT. `q` quits. Every wait polls the screen with
+// a deadline; the lab and the tmux server are ours and are stopped by the test.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { runCli, tandemCommand } from "../helpers/daemon.ts";
+import { waitLabSynced } from "../helpers/lab.ts";
+
+const tmuxServer = `tandem-tui-${process.pid}`;
+const hasTmux = Bun.which("tmux") !== null;
+
+function tmux(args: string[]): { code: number; stdout: string } {
+  const result = Bun.spawnSync(["tmux", "-L", tmuxServer, "-f", "/dev/null", ...args], { timeout: 10_000 });
+  return { code: result.exitCode ?? -1, stdout: result.stdout.toString() };
+}
+
+const screen = () => tmux(["capture-pane", "-p", "-t", "tui"]).stdout;
+
+/** Wait until the screen shows every one of `texts`; fail with the last screen. */
+async function waitScreen(texts: string[], timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < deadline) {
+    last = screen();
+    if (texts.every((text) => last.includes(text))) return last;
+    await Bun.sleep(50);
+  }
+  throw new Error(`the screen did not show ${JSON.stringify(texts)} within ${timeoutMs} ms:\n${last}`);
+}
+
+const quote = (word: string) => `'${word.replaceAll("'", "'\\''")}'`;
+
+describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
+  let dir: string;
+  const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
+
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-tui-"));
+    const up = await lab(["up"]);
+    if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
+    await waitLabSynced(dir, "demo", 60_000);
+    const command = [...tandemCommand, "tui", "--socket", path.join(dir, "a", "control.sock")].map(quote).join(" ");
+    const started = tmux(["new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", `NO_COLOR=1 exec ${command}`]);
+    if (started.code !== 0) throw new Error("tmux could not start the tui");
+  }, 120_000);
+
+  afterAll(async () => {
+    const pid = Number(fs.readFileSync(path.join(dir, "a", "node.pid"), "utf8"));
+    if (pid > 0) process.kill(pid, "SIGCONT");
+    tmux(["kill-server"]);
+    await lab(["down"]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("healthy pair, the keys, a cut link, the failover screen, a healed link", async () => {
+    const healthy = await waitScreen(["TANDEM node a  HEALTHY", "link UP", "> demo", "synced", "quorum not configured"]);
+    expect(healthy.split("\n").every((line) => line.length <= 80)).toBe(true);
+    expect(healthy).not.toContain("\u001b");
+
+    tmux(["send-keys", "-t", "tui", "?"]);
+    await waitScreen(["KEYS", "failover screen for the selected volume"]);
+    tmux(["send-keys", "-t", "tui", "?"]);
+    await waitScreen(["> demo"]);
+
+    expect((await lab(["cut"])).code).toBe(0);
+    const cut = await waitScreen(["DEGRADED", "link DOWN", "! replication link to b is down", "demo: writes, but peer b unreachable"]);
+    expect(cut).toContain("? keys  up/down select  f failover");
+
+    tmux(["send-keys", "-t", "tui", "f"]);
+    await waitScreen(["Failover of demo is not possible now:", "b is unreachable from a"]);
+    tmux(["send-keys", "-t", "tui", "Enter"]);
+    await waitScreen(["> demo", "EVENTS"]);
+
+    expect((await lab(["heal"])).code).toBe(0);
+    await waitScreen(["HEALTHY", "link UP", "synced"], 60_000);
+  }, 180_000);
+
+  test("a hung daemon: the screen stays responsive and shows the data as STALE with its age; live again after", async () => {
+    const pid = Number(fs.readFileSync(path.join(dir, "a", "node.pid"), "utf8"));
+    process.kill(pid, "SIGSTOP");
+    try {
+      const stale = await waitScreen(["STALE: data", "! cannot reach the daemon"]);
+      expect(stale).toContain("> demo");
+      tmux(["send-keys", "-t", "tui", "?"]);
+      await waitScreen(["KEYS", "STALE: data"]);
+      tmux(["send-keys", "-t", "tui", "Escape"]);
+      await waitScreen(["> demo", "STALE: data"]);
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    await waitScreen(["HEALTHY  live"]);
+  }, 120_000);
+
+  test("q quits the dashboard", async () => {
+    tmux(["send-keys", "-t", "tui", "q"]);
+    const deadline = Date.now() + 10_000;
+    while (tmux(["has-session", "-t", "tui"]).code === 0 && Date.now() < deadline) await Bun.sleep(50);
+    expect(tmux(["has-session", "-t", "tui"]).code).not.toBe(0);
+  });
+});
