@@ -267,6 +267,10 @@ export const tuiRequestTimeoutMs = 800;
 export const tuiStaleAfterMs = 3_000;
 /** Events the TUI keeps (and asks for) for its events pane. */
 export const tuiEventsKept = 50;
+/** A CLI step with a spinner asks the daemon for its progress this often. */
+export const cliProgressPollIntervalMs = 250;
+/** `volume create --wait` gives up waiting for the initial sync after this long (the sync goes on). */
+export const cliInitialSyncWaitMsMax = 24 * 3600 * 1000;
 /** copy-out compares source and target checksums in chunks of this size. */
 export const copyOutChecksumChunkBytes = 4 * MiB;
 assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");

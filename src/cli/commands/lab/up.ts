@@ -2,7 +2,8 @@
 import { Command } from "clipanion";
 import { labUp, type LabInfo } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
-import { labDirOption, withSpinner } from "../../lab-common.ts";
+import { labDirOption } from "../../lab-common.ts";
+import { withSpinner } from "../../progress.ts";
 
 export class LabUpCommand extends TandemCommand {
   static override paths = [["lab", "up"]];
