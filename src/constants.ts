@@ -273,10 +273,17 @@ export const cliProgressPollIntervalMs = 250;
 export const cliInitialSyncWaitMsMax = 24 * 3600 * 1000;
 /** copy-out compares source and target checksums in chunks of this size. */
 export const copyOutChecksumChunkBytes = 4 * MiB;
+/** During a copy-out, the first write to each chunk of this size preserves its old bytes (copy-before-write). */
+export const copyOutPreserveChunkBytes = 64 * KiB;
+/** Chunks one copy-out may preserve (256 GiB written during the copy); past it the copy fails, IO goes on. */
+export const copyOutPreservedChunksMax = 4 * 1024 * 1024;
+/** A copy-out nobody reads from or asks about for this long is ended (a CLI that died mid-copy). */
+export const copyOutIdleTimeoutMs = 10 * 60_000;
 assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");
 assert(tuiStaleAfterMs > tuiPollIntervalMs + tuiRequestTimeoutMs, "one slow poll does not mark the data stale");
 assert(linkRttStaleAfterMs < pairingReconcileIntervalMs, "a describe that outlives its interval already shows as no round trip");
 assert(copyOutChecksumChunkBytes % volumeSizeAlignmentBytes === 0, "checksum chunks hold whole volume blocks");
+assert(copyOutPreserveChunkBytes % volumeSizeAlignmentBytes === 0 && copyOutPreserveChunkBytes <= requestBytesMax, "preserved chunks are whole volume blocks, one request each");
 
 // ---- Relations asserted at load ----
 assert(volumeSizeBytesMin >= requestBytesMax / 32, "smallest volume must hold a useful request");

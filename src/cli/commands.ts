@@ -17,6 +17,7 @@ import { LabUpCommand } from "./commands/lab/up.ts";
 import { NodeRunCommand } from "./commands/node/run.ts";
 import { StatusCommand } from "./commands/status.ts";
 import { TuiCommand } from "./commands/tui.ts";
+import { VolumeCopyOutCommand } from "./commands/volume/copy-out.ts";
 import { VolumeCreateCommand } from "./commands/volume/create.ts";
 import { VolumeDeleteCommand } from "./commands/volume/delete.ts";
 import { VolumeListCommand } from "./commands/volume/list.ts";
@@ -45,6 +46,7 @@ export const commands = [
   VerifyCommand,
   VolumeResolveCommand,
   TuiCommand,
+  VolumeCopyOutCommand,
 ];
 
 export function createCli(): Cli {

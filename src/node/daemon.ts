@@ -16,6 +16,7 @@ import type { NodeConfig } from "./config.ts";
 import { formatHostPort } from "./config.ts";
 import { type ControlRequest, type ControlServer, type Route, startControlServer } from "./control/server.ts";
 import { assessStatus, type ExportReport, type LinkReport, type StatusReport, statusSchemaVersion } from "./control/status.ts";
+import { CopyOuts } from "./copy-out.ts";
 import { startNbdServer, type NbdServer } from "./export/nbd/server.ts";
 import type { ExportSessionInfo } from "./export/types.ts";
 import { startVhostExport, type VhostExport, vhostSocketPathFor } from "./export/vhost/server.ts";
@@ -197,6 +198,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let volumes: VolumeManager | undefined;
   let nbd: NbdServer | undefined;
   let vhost: VhostExports | undefined;
+  let copyOuts: CopyOuts | undefined;
   let control: ControlServer | undefined;
   let paired: PairedVolumes | undefined;
   let replication: (ReplicationService & { start(): void; stop(): Promise<void> }) | undefined;
@@ -226,6 +228,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       await step("pairing", () => paired?.stop());
       await step("NBD server", () => nbd?.close({ drain: true }));
       await step("vhost exports", () => vhost?.closeAll());
+      await step("copy-outs", () => copyOuts?.endAll());
       await step("volumes", () => volumes?.closeAll());
       await step("replication", () => replication?.stop());
       await step("state", () => {
@@ -266,7 +269,10 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     await manager.openAll();
 
     fs.mkdirSync(path.dirname(config.nbdSocket), { recursive: true, mode: 0o750 });
-    nbd = await startNbdServer({ unixPath: config.nbdSocket, tcp: config.nbdTcp, exports: manager, log, memoryBudgetBytes: config.nbdMemoryBudgetBytes });
+    copyOuts = new CopyOuts(manager, config.dataDir, state, log.child("copy-out"));
+    const copyOutSessions = copyOuts;
+    copyOutSessions.startSweeper();
+    nbd = await startNbdServer({ unixPath: config.nbdSocket, tcp: config.nbdTcp, exports: copyOutSessions.resolver(manager), log, memoryBudgetBytes: config.nbdMemoryBudgetBytes });
     const nbdServer = nbd;
     await vhostExports.startRecorded();
     const service = replication;
@@ -373,11 +379,19 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         },
       },
       {
+        method: "POST",
+        path: "/volumes/:name/copy-out",
+        handler: ({ params }) => copyOutSessions.begin(params.name!),
+      },
+      { method: "GET", path: "/copy-outs/:id", handler: ({ params }) => copyOutSessions.info(params.id!) },
+      { method: "DELETE", path: "/copy-outs/:id", handler: ({ params }) => copyOutSessions.end(params.id!) },
+      {
         method: "DELETE",
         path: "/volumes/:name",
         handler: async ({ params, query }: ControlRequest) => {
           const name = params.name!;
           const force = query.get("force") === "true";
+          await copyOutSessions.endFor(name, force);
           if (pair) return { deleted: name, ...(await pair.deleteMirrored(name, force)) };
           await deleteLocal(name, force);
           return { deleted: name };

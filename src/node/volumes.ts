@@ -18,6 +18,7 @@ import { volumeCountMax, volumeNamePattern, volumeSizeAlignmentBytes, volumeSize
 import { describeFileType, FileLayer } from "./block/file.ts";
 import { GateLayer, type GateCounters, type GateState } from "./block/gate.ts";
 import type { BlockLayer } from "./block/layer.ts";
+import { PointInTimeLayer } from "./block/point-in-time.ts";
 import type { ExportHandle, ExportInfo, ExportResolver } from "./export/types.ts";
 import type { NodeState, VolumeRecord } from "./state.ts";
 
@@ -67,6 +68,8 @@ interface OpenVolume {
   record: VolumeRecord;
   file: FileLayer;
   gate: GateLayer;
+  /** Under the gate: holds a copy-out's point-in-time view (src/node/copy-out.ts). */
+  pointInTime: PointInTimeLayer;
   handles: Set<Handle>;
 }
 
@@ -214,7 +217,8 @@ export class VolumeManager implements ExportResolver {
         throw new TandemError("failed_precondition", `backing ${record.backing} is ${file.size()} bytes, smaller than the volume (${record.sizeBytes})`);
       }
       const top = await this.replication.open(record, file);
-      const entry: OpenVolume = { record, file, gate: new GateLayer(top), handles: new Set() };
+      const pointInTime = new PointInTimeLayer(top);
+      const entry: OpenVolume = { record, file, gate: new GateLayer(pointInTime), pointInTime, handles: new Set() };
       this.opened.set(record.name, entry);
       return entry;
     } catch (error) {
@@ -432,6 +436,12 @@ export class VolumeManager implements ExportResolver {
 
   record(name: string): VolumeRecord {
     return this.entry(name).record;
+  }
+
+  /** The gate and the point-in-time layer of a volume, for a copy-out to take its point. */
+  copyOutLayers(name: string): { gate: GateLayer; pointInTime: PointInTimeLayer } {
+    const entry = this.entry(name);
+    return { gate: entry.gate, pointInTime: entry.pointInTime };
   }
 
   names(): string[] {
