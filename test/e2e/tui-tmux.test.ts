@@ -7,10 +7,9 @@
 // a deadline; the lab and the tmux server are ours and are stopped by the test.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { runCli, tandemCommand } from "../helpers/daemon.ts";
-import { waitLabSynced } from "../helpers/lab.ts";
+import { tandemCommand } from "../helpers/daemon.ts";
+import { startLab, type TestLab } from "../helpers/lab.ts";
 
 const tmuxServer = `tandem-tui-${process.pid}`;
 const hasTmux = Bun.which("tmux") !== null;
@@ -37,14 +36,13 @@ async function waitScreen(texts: string[], timeoutMs = 30_000): Promise<string> 
 const quote = (word: string) => `'${word.replaceAll("'", "'\\''")}'`;
 
 describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
+  let testLab: TestLab;
   let dir: string;
-  const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
+  const lab = (args: string[]) => testLab.lab(args);
 
   beforeAll(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-tui-"));
-    const up = await lab(["up"]);
-    if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
-    await waitLabSynced(dir, "demo", 60_000);
+    testLab = await startLab("tandem-tui-");
+    dir = testLab.dir;
     const command = [...tandemCommand, "tui", "--socket", path.join(dir, "a", "control.sock")].map(quote).join(" ");
     const started = tmux(["new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", `NO_COLOR=1 exec ${command}`]);
     if (started.code !== 0) throw new Error("tmux could not start the tui");
@@ -54,8 +52,7 @@ describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
     const pid = Number(fs.readFileSync(path.join(dir, "a", "node.pid"), "utf8"));
     if (pid > 0) process.kill(pid, "SIGCONT");
     tmux(["kill-server"]);
-    await lab(["down"]);
-    fs.rmSync(dir, { recursive: true, force: true });
+    await testLab.stop();
   });
 
   test("healthy pair, the keys, a cut link, the failover screen, a healed link", async () => {

@@ -1,6 +1,9 @@
 // The two-node lab as the integration tests drive it: the CLI against one lab node, a volume's
 // replicas as `tandem volume list --json` reports them, a bounded wait until both nodes say
-// the volume is synced, and one until the pair has finished every pending create and delete.
+// the volume is synced, one until the pair has finished every pending create and delete, and a lab
+// in a temp directory that is up and synced.
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { ControlClient } from "../../src/node/control/client.ts";
 import { pairingReconcileIntervalMs, replicaHandshakeTimeoutMs, replicaReconnectDelayMsMax } from "../../src/constants.ts";
@@ -96,4 +99,29 @@ export async function waitLabSettled(dir: string, timeoutMs = labSettleTimeoutMs
     if (Date.now() > deadline) throw new Error(`the lab did not settle within ${timeoutMs} ms: ${JSON.stringify(last)}`);
     await Bun.sleep(100);
   }
+}
+
+export interface TestLab {
+  dir: string;
+  /** `tandem lab ARGS --dir DIR`. */
+  lab(args: string[]): Promise<CliResult>;
+  /** `lab down` and remove the directory. */
+  stop(): Promise<void>;
+}
+
+/** A lab in a fresh temp directory, up and with its demo volume synced. */
+export async function startLab(prefix: string): Promise<TestLab> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
+  const up = await lab(["up"]);
+  if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
+  await waitLabSynced(dir, "demo", 60_000);
+  return {
+    dir,
+    lab,
+    async stop() {
+      await lab(["down"]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -13,20 +13,11 @@ import path from "node:path";
 import type { CopyOutResult } from "../../src/node/copy-out-runner.ts";
 import { runCli, TestDaemon, tandemCommand } from "../helpers/daemon.ts";
 import { NbdClient } from "../helpers/nbd-client.ts";
+import { pattern } from "../helpers/pattern.ts";
 
 const MiB = 1024 * 1024;
 const volumeBytes = 32 * MiB;
 const hasTools = ["qemu-img", "qemu-nbd", "nbdcopy", "nbdkit"].every((tool) => Bun.which(tool) !== null);
-
-function pattern(seed: number, length: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  let x = seed * 2654435761;
-  for (let index = 0; index < length; index++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    bytes[index] = x >>> 24;
-  }
-  return bytes;
-}
 
 function readAll(uri: string): Uint8Array {
   const result = Bun.spawnSync(["nbdcopy", uri, "-"], { timeout: 60_000 });

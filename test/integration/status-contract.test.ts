@@ -3,12 +3,9 @@
 // tells healthy (0) from degraded (6) without parsing. The paired case is the two-node lab, cut
 // and healed through its relay; waits poll the CLI with deadlines.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import type { StatusReport } from "../../src/node/control/status.ts";
-import { runCli, TestDaemon } from "../helpers/daemon.ts";
-import { labCli, waitLabSynced } from "../helpers/lab.ts";
+import { TestDaemon } from "../helpers/daemon.ts";
+import { labCli, startLab, type TestLab, waitLabSynced } from "../helpers/lab.ts";
 import { assertStatusSchema } from "../helpers/status-schema.ts";
 
 async function statusOf(run: () => Promise<{ code: number; stdout: string }>): Promise<{ code: number; report: StatusReport }> {
@@ -41,18 +38,14 @@ describe("status contract: a standalone daemon", () => {
 });
 
 describe("status contract: the two-node lab", () => {
+  let testLab: TestLab;
   let dir: string;
-  const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
+  const lab = (args: string[]) => testLab.lab(args);
   beforeAll(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-status-"));
-    const up = await lab(["up"]);
-    if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
-    await waitLabSynced(dir, "demo", 60_000);
+    testLab = await startLab("tandem-status-");
+    dir = testLab.dir;
   });
-  afterAll(async () => {
-    await lab(["down"]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => testLab.stop());
 
   test("synced: both reports match the schema and are healthy; the secondary says it cannot write and where to go", async () => {
     const a = await statusOf(() => labCli(dir, ["status", "--json"], "a"));

@@ -6,24 +6,14 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { PassThrough } from "node:stream";
-import { createCli } from "../../src/cli/commands.ts";
 import { silentLogger } from "../../src/common/log.ts";
 import { type ControlServer, startControlServer } from "../../src/node/control/server.ts";
+import { runInProcess } from "../helpers/cli-in-process.ts";
 import { until } from "../helpers/until.ts";
 
-function stream(tty: boolean): PassThrough & { text: string } {
-  const out = Object.assign(new PassThrough(), { text: "" });
-  out.on("data", (chunk) => (out.text += chunk));
-  if (tty) Object.assign(out, { isTTY: true, columns: 100, rows: 40, cursorTo: () => true, moveCursor: () => true, clearLine: () => true });
-  return out;
-}
-
 async function run(args: string[], tty: boolean): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = stream(tty);
-  const stderr = stream(tty);
-  const code = await createCli().run(args, { stdin: process.stdin, stdout, stderr, env: process.env, colorDepth: 1 });
-  return { code, stdout: stdout.text, stderr: Bun.stripANSI(stderr.text) };
+  const result = await runInProcess(args, { tty });
+  return { ...result, stderr: Bun.stripANSI(result.stderr) };
 }
 
 const replica = (node: string, state: string, detail?: Record<string, unknown>) => ({ node, backing: "/b/v.img", role: node === "a" ? "primary" : "secondary", state, detail });

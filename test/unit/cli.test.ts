@@ -5,22 +5,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { PassThrough } from "node:stream";
-import { createCli } from "../../src/cli/commands.ts";
 import { TandemError } from "../../src/common/errors.ts";
 import { silentLogger } from "../../src/common/log.ts";
 import { type ControlServer, startControlServer } from "../../src/node/control/server.ts";
+import { runInProcess } from "../helpers/cli-in-process.ts";
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = "";
-  let err = "";
-  stdout.on("data", (chunk) => (out += chunk));
-  stderr.on("data", (chunk) => (err += chunk));
-  const code = await createCli().run(args, { stdin: process.stdin, stdout, stderr, env: process.env, colorDepth: 1 });
-  return { code, stdout: out, stderr: err };
-}
+const run = (args: string[]) => runInProcess(args);
 
 describe("CLI against a control API", () => {
   let dir: string;
