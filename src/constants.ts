@@ -279,6 +279,21 @@ export const copyOutPreserveChunkBytes = 64 * KiB;
 export const copyOutPreservedChunksMax = 4 * 1024 * 1024;
 /** A copy-out nobody reads from or asks about for this long is ended (a CLI that died mid-copy). */
 export const copyOutIdleTimeoutMs = 10 * 60_000;
+// Install preflight (src/node/install/preflight.ts)
+/** Smallest witness the preflight accepts (the lab's witness file is 1 MiB). */
+export const preflightWitnessBytesMin = 1 * MiB;
+/** Replication link round trip above which the preflight warns (a direct cable is well under). */
+export const preflightLinkRttMsWarn = 1;
+/** ... and fails: every mirrored write waits one round trip. */
+export const preflightLinkRttMsMax = 5;
+/** TCP handshakes the preflight times to the peer, and how long each may take. */
+export const preflightLinkRttProbes = 5;
+export const preflightLinkRttTimeoutMs = 2_000;
+/** An MTU under this on the replication interface is a warning. */
+export const preflightLinkMtuBytesMin = 1500;
+/** Clocks further apart than this fail the preflight (logs and events of both nodes must line up). */
+export const preflightClockSkewMsMax = 10_000;
+assert(preflightLinkRttMsWarn < preflightLinkRttMsMax, "the round-trip warning comes before the failure");
 assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");
 assert(tuiStaleAfterMs > tuiPollIntervalMs + tuiRequestTimeoutMs, "one slow poll does not mark the data stale");
 assert(linkRttStaleAfterMs < pairingReconcileIntervalMs, "a describe that outlives its interval already shows as no round trip");
