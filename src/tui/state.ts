@@ -115,7 +115,8 @@ function onKey(state: DashboardState, key: KeyName, char: string | undefined): D
     if (plan?.kind === "switchover") return key === "yes" ? { ...state, screen: { ...screen, step: "requested" } } : state;
     if (key === "backspace") return { ...state, screen: { ...screen, typed: screen.typed.slice(0, -1) } };
     if (key === "enter") return screen.typed === screen.volume ? { ...state, screen: { ...screen, step: "requested" } } : state;
-    const typedChar = key === "char" || key === "yes" || key === "quit" || key === "help" || key === "failover" || key === "refresh" ? char : undefined;
+    // Every printable key types itself here, whatever it means elsewhere (q, f, j, k...).
+    const typedChar = char !== undefined && char.length === 1 && char >= " " && char !== "\u007f" ? char : undefined;
     return typedChar && screen.typed.length < 64 ? { ...state, screen: { ...screen, typed: screen.typed + typedChar } } : state;
   }
   if (screen.kind === "help") return key === "escape" || key === "help" || key === "enter" ? { ...state, screen: { kind: "dashboard" } } : key === "quit" ? { ...state, screen: { kind: "quit" } } : state;

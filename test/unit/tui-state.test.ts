@@ -94,6 +94,22 @@ describe("keys", () => {
     expect(state.screen).toEqual({ kind: "failover", volume: "vm1", step: "requested", typed: "vm1" });
   });
 
+  test("a forced confirmation types every printable key, even those that are commands elsewhere", () => {
+    const cut = statusFixture({ node: "b", peer: "a", linkUp: false, volumes: [{ name: "jfq-kr", primary: "a", local: "synced" }] });
+    let state = keys(reduce(initialState("/s", t0), { kind: "snapshot", status: cut, events: [], atMs: t0 }), "failover", "enter");
+    state = steps(state, [
+      { kind: "key", key: "down", char: "j" },
+      { kind: "key", key: "failover", char: "f" },
+      { kind: "key", key: "quit", char: "q" },
+      { kind: "key", key: "char", char: "-" },
+      { kind: "key", key: "up", char: "k" },
+      { kind: "key", key: "refresh", char: "r" },
+      { kind: "key", key: "up", char: "" },
+      { kind: "key", key: "enter", char: "\r" },
+    ]);
+    expect(state.screen).toEqual({ kind: "failover", volume: "jfq-kr", step: "requested", typed: "jfq-kr" });
+  });
+
   test("when failover is impossible, Enter goes back to the dashboard instead of asking", () => {
     const standalone = statusFixture({ peer: null, volumes: [{ name: "vm1", local: "standalone" }] });
     const state = keys(reduce(initialState("/s", t0), { kind: "snapshot", status: standalone, events: [], atMs: t0 }), "failover", "enter");
