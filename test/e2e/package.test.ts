@@ -16,8 +16,8 @@ import { repositoryRoot } from "../helpers/daemon.ts";
 const deb = path.join(repositoryRoot, "dist", `tandem_${tandemVersion}_amd64.deb`);
 const hasSystemdAnalyze = Bun.which("systemd-analyze") !== null;
 
-function run(command: string[], timeoutMs = 60_000): { code: number; stdout: string; stderr: string } {
-  const result = Bun.spawnSync(command, { timeout: timeoutMs, env: { ...process.env, TMPDIR: os.tmpdir() } });
+function run(command: string[], timeoutMs = 60_000, env: Record<string, string> = {}): { code: number; stdout: string; stderr: string } {
+  const result = Bun.spawnSync(command, { timeout: timeoutMs, env: { ...process.env, TMPDIR: os.tmpdir(), ...env } });
   return { code: result.exitCode ?? -1, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
 }
 
@@ -30,7 +30,8 @@ describe("the Debian package in a clean root", () => {
   let root: string;
 
   beforeAll(() => {
-    const built = run([path.join(repositoryRoot, "packaging/deb.sh")], 300_000);
+    // REBUILD: package the binary of this tree, never one left in dist/ by an older build.
+    const built = run([path.join(repositoryRoot, "packaging/deb.sh")], 300_000, { REBUILD: "1" });
     if (built.code !== 0) throw new Error(`deb.sh failed:\n${built.stdout}${built.stderr}`);
     root = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-root-"));
     for (const directory of ["var/lib/dpkg/info", "var/lib/dpkg/updates", "proc", "tmp", "run"]) fs.mkdirSync(path.join(root, directory), { recursive: true });
