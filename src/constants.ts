@@ -277,6 +277,8 @@ export const copyOutChecksumChunkBytes = 4 * MiB;
 export const copyOutPreserveChunkBytes = 64 * KiB;
 /** Chunks one copy-out may preserve (256 GiB written during the copy); past it the copy fails, IO goes on. */
 export const copyOutPreservedChunksMax = 4 * 1024 * 1024;
+/** Taking a copy-out's point waits this long for requests in flight before giving up (and thawing). */
+export const copyOutPointDrainTimeoutMs = 10_000;
 /** A copy-out nobody reads from or asks about for this long is ended (a CLI that died mid-copy). */
 export const copyOutIdleTimeoutMs = 10 * 60_000;
 // Install preflight (src/node/install/preflight.ts)

@@ -5,16 +5,18 @@
 // Taking the point: the volume's gate freezes (new requests wait, clients see latency, not errors),
 // requests in flight below it finish, the stack is flushed, the point-in-time layer starts
 // preserving chunks before their first overwrite, and the gate thaws: every write completed before
-// the point is in the view, none after. The freeze lasts one flush. The side store is a sparse file
-// in the data directory, removed when the session ends: by the CLI, after copyOutIdleTimeoutMs with
-// no reader, at shutdown, or (left by a crash) at the next start. Copy-out runs on the volume's
-// primary: a secondary's data changes by replication below the layer, where no view can hold it.
+// the point is in the view, none after. The freeze lasts one flush; requests in flight get at most
+// copyOutPointDrainTimeoutMs to finish, past which no point is taken and IO resumes. The side store
+// is a sparse file in the data directory, removed when the session ends: by the CLI, after
+// copyOutIdleTimeoutMs with no reader, at shutdown, or (left by a crash) at the next start.
+// Copy-out runs on the volume's primary: a secondary's data changes by replication below the
+// layer, where no view can hold it.
 import fs from "node:fs";
 import path from "node:path";
 import { customAlphabet } from "nanoid";
 import { TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
-import { copyOutIdleTimeoutMs } from "../constants.ts";
+import { copyOutIdleTimeoutMs, copyOutPointDrainTimeoutMs } from "../constants.ts";
 import { FileLayer } from "./block/file.ts";
 import type { PointInTimeLayer } from "./block/point-in-time.ts";
 import type { ExportHandle, ExportInfo, ExportResolver } from "./export/types.ts";
@@ -103,7 +105,11 @@ export class CopyOuts {
     try {
       gate.freeze(`copy-out ${id}: taking the point`);
       try {
-        await gate.idle();
+        // A request that never completes below must not keep the volume frozen: give up instead.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const drained = await Promise.race([gate.idle().then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), copyOutPointDrainTimeoutMs)))]);
+        clearTimeout(timer);
+        if (!drained) throw new TandemError("unavailable", `IO on ${volume} did not drain within ${copyOutPointDrainTimeoutMs / 1000} s; no point was taken, try again`);
         if (pointInTime.capabilities().flush) await pointInTime.flush();
         pointInTime.begin(store);
         pointMs = Date.now();
