@@ -45,7 +45,7 @@ export function statusFixture(options: { node?: string; peer?: string | null; li
       nodes,
     };
   });
-  const assessed = assessStatus({ nodeName: node, peerName: peer, link, volumes: views, broken: [] });
+  const assessed = assessStatus({ nodeName: node, peerName: peer, link, volumes: views, pending: [], broken: [] });
   return {
     schemaVersion: statusSchemaVersion,
     timeMs: options.timeMs ?? fixtureTimeMs,
@@ -53,6 +53,7 @@ export function statusFixture(options: { node?: string; peer?: string | null; li
     quorum: { state: "not-configured" },
     node: { name: node, version: "0.1.0", pid: 1, uptimeMs: 3_600_000, dataDir: "/var/lib/tandem", config: "/etc/tandem/node.toml", controlSocket: "/run/tandem/control.sock", nbdSocket: "/run/tandem/nbd.sock", nbdTcp: null, peer: peer === null ? null : { name: peer, address: "10.99.0.2:7788" }, link },
     volumes: assessed.volumes,
+    pending: [],
     broken: [],
     exports: [],
     sessions: [],
