@@ -302,6 +302,47 @@ assert(linkRttStaleAfterMs < pairingReconcileIntervalMs, "a describe that outliv
 assert(copyOutChecksumChunkBytes % volumeSizeAlignmentBytes === 0, "checksum chunks hold whole volume blocks");
 assert(copyOutPreserveChunkBytes % volumeSizeAlignmentBytes === 0 && copyOutPreserveChunkBytes <= requestBytesMax, "preserved chunks are whole volume blocks, one request each");
 
+// ---- Witness quorum (src/quorum) ----
+// The witness disk's layout bounds and the lease's default timings (DESIGN.md §5). Times are in
+// milliseconds; the quorum core counts ticks of quorumTickMs and converts once (src/quorum/config.ts).
+/** One witness record: an aligned sector with its own CRC32C. 4 KiB covers 512-byte and 4Kn disks and O_DIRECT. */
+export const witnessRecordBytes = 4 * KiB;
+/** The area `tandem witness format` owns at the start of the path (the records use the first 18 sectors; the rest is reserved). */
+export const witnessAreaBytes = 128 * KiB;
+/** Bytes `tandem witness format` inspects at the start and at the end of a path for data it would destroy. */
+export const witnessProbeBytes = 1 * MiB;
+/** Volume ids a node lists in its slot; a node serving more lists this many and marks the list truncated. */
+export const witnessSlotVolumeIdsMax = 960;
+/** Longest node name a slot or a mailbox carries (UTF-8 bytes; node names are at most 31 characters). */
+export const witnessNodeNameBytesMax = 32;
+/** Period at which the driver ticks the quorum core: the resolution of every lease timeout. */
+export const quorumTickMs = 10;
+/** DESIGN.md §5 defaults: heartbeat 0.5 s, linkTimeout 1.5 s, headStart 1 s, selfFence 3 s, dead 5 s. */
+export const quorumHeartbeatIntervalMsDefault = 500;
+export const quorumLinkTimeoutMsDefault = replicaLinkTimeoutMs;
+export const quorumHeadStartMsDefault = 1_000;
+export const quorumSelfFenceTimeoutMsDefault = 3_000;
+export const quorumDeadTimeoutMsDefault = 5_000;
+/** The kernel watchdog fires this long after its last feed (whole seconds: WDIOC_SETTIMEOUT counts seconds). */
+export const quorumWatchdogTimeoutMsDefault = 3_000;
+/** Every witness read or write that has not completed in this time counts as failed (the witness is lost). */
+export const quorumIoTimeoutMsDefault = 500;
+/** ρ: the largest relative rate error of either node's monotonic clock the timing relations allow for. */
+export const quorumClockRateBoundDefault = 0.01;
+/** Largest ρ a config may claim: beyond it no sensible timeout satisfies the relations. */
+export const quorumClockRateBoundMax = 0.1;
+/** After a Disk Paxos ballot aborts (the other node's ballot is higher), wait up to this long (random) before the next. */
+export const quorumBallotBackoffMsMax = 200;
+/** Longest timeout a config may name: bounds tick counters and the operator's wait. */
+export const quorumTimeoutMsMax = 600_000;
+
+assert(witnessRecordBytes % directIoAlignmentBytes === 0 && witnessAreaBytes % directIoAlignmentBytes === 0, "witness records and area are O_DIRECT aligned");
+assert(18 * witnessRecordBytes <= witnessAreaBytes && witnessAreaBytes <= witnessProbeBytes, "the witness records fit the area, and format inspects at least the area");
+assert(116 + 4 * witnessSlotVolumeIdsMax <= witnessRecordBytes, "a slot's volume list fits one record");
+assert(quorumTickMs * 10 <= quorumHeartbeatIntervalMsDefault, "ticks are fine enough to time heartbeats");
+assert(quorumIoTimeoutMsDefault <= quorumHeartbeatIntervalMsDefault && quorumHeartbeatIntervalMsDefault < quorumSelfFenceTimeoutMsDefault, "default timings keep the lease relations (checked in full by src/quorum/config.ts)");
+assert(quorumBallotBackoffMsMax < quorumHeadStartMsDefault, "a retried ballot still fits well inside the head start");
+
 // ---- Relations asserted at load ----
 assert(volumeSizeBytesMin >= requestBytesMax / 32, "smallest volume must hold a useful request");
 assert(volumeSizeBytesMax <= Number.MAX_SAFE_INTEGER / 16, "volume offsets (and offset + length sums) must stay exact in a double");
