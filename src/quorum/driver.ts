@@ -1,0 +1,239 @@
+// The thin driver that runs the quorum core (lease.ts) against real interfaces: it turns clock
+// ticks, link and peer events, volume changes and witness IO completions into core events, feeds
+// them one at a time, and performs the actions the core returns, in order (CONVENTIONS.md §1). The
+// daemon and the simulator construct it with their own WitnessDisk, clock and host; it holds no
+// lease logic.
+//
+// Two rules live here because they are about the IO, not the lease:
+//  - Time catches up before every event. The core counts ticks of this node's monotonic clock; a
+//    process that was stopped (SIGSTOP, a long GC, a hung host) gets no timer callbacks while it is
+//    stopped, so before each event the driver feeds the ticks that elapsed on `clock.now()`. A node
+//    that wakes up after its lease ran out therefore sees that first, before any message or IO.
+//  - One witness IO at a time. A witness that hangs leaves its IO outstanding; while it is, every
+//    new IO fails at once ("busy") instead of queueing behind it, so a hung witness costs one stuck
+//    request, never a pile of them, and the core sees the witness as lost.
+// It also keeps the witness latency figures `status` shows.
+import type { Logger } from "../common/log.ts";
+import type { Grant } from "../replica/types.ts";
+import { quorumTickMs } from "../constants.ts";
+import type { QuorumMessage } from "./message.ts";
+import { type QuorumAction, QuorumCore, type QuorumCoreOptions, type QuorumEvent, type QuorumPersisted, type QuorumReport, type QuorumStatus, type QuorumVolume } from "./lease.ts";
+
+/** The witness disk, by sectors of witnessRecordBytes. Each call completes exactly once (maybe synchronously). */
+export interface WitnessDisk {
+  read(sector: number, count: number, done: (error: string | null, bytes?: Uint8Array) => void): void;
+  write(sector: number, bytes: Uint8Array, done: (error: string | null) => void): void;
+}
+
+/** This node's monotonic clock (ms, any origin) and a periodic timer on it. */
+export interface QuorumClock {
+  now(): number;
+  every(intervalMs: number, callback: () => void): { cancel(): void };
+}
+
+/** The node's side: what the core's decisions do. Every method is optional (a test may watch only some). */
+export interface QuorumHost {
+  grants?(changes: { volumeId: number; grant: Grant }[]): void;
+  promote?(volumeId: number, epoch: bigint): void;
+  demote?(volumeId: number, epoch: bigint): void;
+  persist?(state: QuorumPersisted): void;
+  sendPeer?(message: QuorumMessage): void;
+  dropLink?(reason: string): void;
+  feedWatchdog?(): void;
+  report?(report: QuorumReport): void;
+}
+
+export interface LatencyFigures {
+  count: number;
+  lastMs: number | null;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  maxMs: number | null;
+  failures: number;
+}
+
+const latencyWindow = 256;
+
+class LatencyRecorder {
+  private readonly samples: number[] = [];
+  private count = 0;
+  private failures = 0;
+  private last: number | null = null;
+
+  record(ms: number, failed: boolean): void {
+    this.count++;
+    if (failed) this.failures++;
+    this.last = ms;
+    this.samples.push(ms);
+    if (this.samples.length > latencyWindow) this.samples.shift();
+  }
+
+  figures(): LatencyFigures {
+    const sorted = [...this.samples].sort((a, b) => a - b);
+    const at = (q: number) => (sorted.length === 0 ? null : Number(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!.toFixed(3)));
+    return { count: this.count, lastMs: this.last === null ? null : Number(this.last.toFixed(3)), p50Ms: at(0.5), p99Ms: at(0.99), maxMs: sorted.length === 0 ? null : Number(sorted[sorted.length - 1]!.toFixed(3)), failures: this.failures };
+  }
+}
+
+export interface QuorumDriverOptions extends Omit<QuorumCoreOptions, "tickMs"> {
+  disk: WitnessDisk;
+  clock: QuorumClock;
+  host: QuorumHost;
+  tickMs?: number;
+  logger?: Logger;
+}
+
+export class QuorumDriver {
+  readonly core: QuorumCore;
+  private readonly tickMs: number;
+  private readonly events: QuorumEvent[] = [];
+  private draining = false;
+  private ticker: { cancel(): void } | undefined;
+  private startedAt = 0;
+  private ticksFed = 0;
+  private ioBusy: { io: number; sinceMs: number } | undefined;
+  private readonly reads = new LatencyRecorder();
+  private readonly writes = new LatencyRecorder();
+  private readonly requests = new Map<number, (error: string | null, result?: unknown) => void>();
+  private nextRequest = 1;
+  private stopped = false;
+
+  constructor(private readonly options: QuorumDriverOptions) {
+    this.tickMs = options.tickMs ?? quorumTickMs;
+    this.core = new QuorumCore({ ...options, tickMs: this.tickMs });
+  }
+
+  start(): void {
+    if (this.ticker || this.stopped) return;
+    this.startedAt = this.options.clock.now();
+    this.ticker = this.options.clock.every(this.tickMs, () => this.feed(undefined));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.ticker?.cancel();
+    this.ticker = undefined;
+  }
+
+  linkUp(): void {
+    this.feed({ kind: "linkUp" });
+  }
+
+  linkDown(reason: string): void {
+    this.feed({ kind: "linkDown", reason });
+  }
+
+  peerMessage(message: QuorumMessage): void {
+    this.feed({ kind: "peerMessage", message });
+  }
+
+  volumes(volumes: QuorumVolume[]): void {
+    this.feed({ kind: "volumes", volumes });
+  }
+
+  synced(synced: boolean): void {
+    this.feed({ kind: "synced", synced });
+  }
+
+  /** An operator's forced promotion; `done` with null when this node won, else why not. */
+  forcePromotion(done: (error: string | null, result?: unknown) => void): void {
+    const request = this.nextRequest++;
+    this.requests.set(request, done);
+    this.feed({ kind: "forcePromotion", request });
+  }
+
+  grant(volumeId: number): Grant {
+    return this.core.grant(volumeId);
+  }
+
+  status(): QuorumStatus & { latency: { read: LatencyFigures; write: LatencyFigures }; ioOutstandingMs: number | null } {
+    return { ...this.core.status(), latency: { read: this.reads.figures(), write: this.writes.figures() }, ioOutstandingMs: this.ioBusy ? this.options.clock.now() - this.ioBusy.sinceMs : null };
+  }
+
+  /** Feed the ticks that elapsed, then `event`; re-entrant calls are queued. */
+  private feed(event: QuorumEvent | undefined): void {
+    if (this.stopped) return;
+    if (event) this.events.push(event);
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      this.catchUp();
+      for (let next = this.events.shift(); next; next = this.events.shift()) {
+        this.run(this.core.handle(next));
+        this.catchUp();
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private catchUp(): void {
+    if (!this.ticker) return;
+    const due = Math.floor((this.options.clock.now() - this.startedAt) / this.tickMs) - this.ticksFed;
+    if (due <= 0) return;
+    this.ticksFed += due;
+    this.run(this.core.handle({ kind: "tick", count: due }));
+  }
+
+  private run(actions: QuorumAction[]): void {
+    const host = this.options.host;
+    for (const action of actions) {
+      switch (action.kind) {
+        case "witnessRead":
+          this.witnessIo(action.io, true, (done) => this.options.disk.read(action.sector, action.count, done));
+          break;
+        case "witnessWrite":
+          this.witnessIo(action.io, false, (done) => this.options.disk.write(action.sector, action.bytes, (error) => done(error)));
+          break;
+        case "sendPeer":
+          host.sendPeer?.(action.message);
+          break;
+        case "dropLink":
+          host.dropLink?.(action.reason);
+          break;
+        case "grants":
+          host.grants?.(action.grants);
+          break;
+        case "promote":
+          host.promote?.(action.volumeId, action.epoch);
+          break;
+        case "demote":
+          host.demote?.(action.volumeId, action.epoch);
+          break;
+        case "persist":
+          host.persist?.(action.state);
+          break;
+        case "feedWatchdog":
+          host.feedWatchdog?.();
+          break;
+        case "complete": {
+          const done = this.requests.get(action.request);
+          this.requests.delete(action.request);
+          done?.(action.error, action.result);
+          break;
+        }
+        case "report":
+          host.report?.(action.report);
+          break;
+      }
+    }
+  }
+
+  private witnessIo(io: number, read: boolean, start: (done: (error: string | null, bytes?: Uint8Array) => void) => void): void {
+    if (this.ioBusy) {
+      const outstandingMs = Math.round(this.options.clock.now() - this.ioBusy.sinceMs);
+      this.events.push({ kind: "witnessDone", io, error: `busy: the previous witness IO has not returned for ${outstandingMs} ms (the witness hangs)` });
+      return;
+    }
+    const sinceMs = this.options.clock.now();
+    this.ioBusy = { io, sinceMs };
+    let called = false;
+    start((error, bytes) => {
+      if (called) return;
+      called = true;
+      if (this.ioBusy?.io === io) this.ioBusy = undefined;
+      (read ? this.reads : this.writes).record(this.options.clock.now() - sinceMs, error !== null);
+      this.feed({ kind: "witnessDone", io, error, bytes });
+    });
+  }
+}
