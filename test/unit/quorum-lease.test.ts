@@ -1,0 +1,258 @@
+// Scripted scenarios of the lease (src/quorum/lease.ts through its driver), one per rule or per bug
+// the simulator found, on two nodes with manual clocks and an in-memory witness
+// (test/helpers/quorum-pair.ts). Each asserts what the nodes do — which volumes they may write, in
+// which epoch, what is on the witness, what they persist — and the times the failure table promises
+// (DESIGN.md §5), measured in simulated milliseconds.
+import { describe, expect, test } from "bun:test";
+import { defaultQuorumTiming } from "../../src/quorum/config.ts";
+import { LeaseMode } from "../../src/quorum/format.ts";
+import { type PairNode, QuorumPair } from "../helpers/quorum-pair.ts";
+
+const timing = defaultQuorumTiming;
+
+/** Start a pair, let it record SHARED (both in sync), and return it. */
+function sharedPair(options: ConstructorParameters<typeof QuorumPair>[0] = {}): QuorumPair {
+  const pair = new QuorumPair(options);
+  pair.start();
+  for (const node of pair.nodes) node.driver.synced(true);
+  pair.until("SHARED is recorded and both know it", () => pair.nodes.every((node) => node.driver.core.latestRecord.value.mode === LeaseMode.Shared && node.driver.core.latestRecord.value.holders.length === 2));
+  return pair;
+}
+
+const epochOf = (node: PairNode) => node.driver.core.latestRecord.value.epoch;
+
+describe("link cut with a healthy witness", () => {
+  test("both freeze at once; the node serving more volumes wins at once and resumes; the loser's volumes follow its fenced(epoch)", () => {
+    const pair = sharedPair({ primariesOnA: [1, 2], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    expect(a.writable()).toEqual([1, 2]);
+    expect(b.writable()).toEqual([3]);
+    pair.cut();
+    // Rule 2: the moment a node notices, it writes nothing.
+    pair.until("b notices the cut", () => b.driver.core.phaseName !== "connected");
+    expect(b.writable()).toEqual([]);
+    const resumedMs = pair.until("a owns a new epoch and writes its primaries again", () => a.driver.status().quorum === "solo" && a.writable().length === 2);
+    expect(resumedMs).toBeLessThanOrEqual(timing.linkTimeoutMs + timing.heartbeatIntervalMs + 100);
+    expect(a.report("won")[0]?.forced).toBe(false);
+    expect(b.report("won")).toEqual([]);
+    // The loser: outdated, persisted, its primaries given up, fenced(epoch) in its slot.
+    const epoch = epochOf(a);
+    pair.until("b knows it lost", () => b.driver.core.phaseName === "outdated");
+    expect(b.persisted.outdatedEpoch).toBe(epoch);
+    expect(b.roles.get(3)).toBe(false);
+    const promotedMs = pair.until("a promotes b's volume", () => a.writable().length === 3);
+    expect(pair.state().slots[1].newest?.record.fencedEpoch).toBe(epoch);
+    expect(a.report("promoted")[0]).toMatchObject({ epoch, volumes: [3], evidence: "fenced" });
+    expect(resumedMs + promotedMs).toBeLessThanOrEqual(timing.linkTimeoutMs + 3 * timing.heartbeatIntervalMs + 100);
+    expect(b.writable()).toEqual([]);
+    // The decided record on the witness says so.
+    const decided = pair.state().decided[0].newest?.record;
+    expect(decided?.value).toMatchObject({ mode: LeaseMode.Solo, owner: 0, holders: [0], forced: false, epoch });
+  });
+
+  test("the node serving fewer volumes proposes only after headStart", () => {
+    const pair = sharedPair({ primariesOnA: [1, 2], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    a.witness = "fail"; // a cannot win: b, the less preferred, must take over — but not at once
+    pair.cut();
+    const lostMs = pair.until("b notices the cut", () => b.driver.core.phaseName === "deciding");
+    const wonMs = pair.until("b wins", () => b.report("won").length === 1);
+    expect(wonMs).toBeGreaterThanOrEqual(timing.headStartMs - 10);
+    expect(wonMs).toBeLessThanOrEqual(timing.headStartMs + timing.heartbeatIntervalMs);
+    expect(lostMs).toBeLessThanOrEqual(timing.linkTimeoutMs + timing.heartbeatIntervalMs);
+  });
+});
+
+describe("rule 6: the witness alone", () => {
+  test("losing only the witness changes nothing while the link is up; status says the witness is unreachable", () => {
+    const pair = sharedPair();
+    const { a, b } = pair;
+    a.witness = b.witness = "fail";
+    pair.advance(20_000);
+    expect(a.writable()).toEqual([1, 2]);
+    expect(b.writable()).toEqual([3]);
+    const status = a.driver.status();
+    expect(status.quorum).toBe("shared");
+    expect(status.witness.reachable).toBe(false);
+    expect(status.witness.failure).toBe("EIO");
+  });
+
+  test("losing the link and the witness together freezes both and says no quorum", () => {
+    const pair = sharedPair();
+    const { a, b } = pair;
+    a.witness = b.witness = "fail";
+    pair.cut();
+    pair.advance(30_000);
+    expect(a.writable()).toEqual([]);
+    expect(b.writable()).toEqual([]);
+    for (const node of [a, b]) {
+      expect(node.driver.status().quorum).toBe("no-quorum");
+      expect(node.grants.get(1)).toMatchObject({ kind: "frozen" });
+    }
+    expect((a.grants.get(1) as { reason: string }).reason).toContain("no quorum");
+  });
+});
+
+describe("rules 4 and 7: the owner's lease", () => {
+  test("an owner whose heartbeat writes stall fences itself by selfFenceTimeout, and writes again only in a new epoch", () => {
+    const pair = sharedPair();
+    const { a } = pair;
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    const owned = epochOf(a);
+    a.witness = "fail";
+    const fencedMs = pair.until("a stops writing", () => a.writable().length === 0);
+    // From the start of its last good heartbeat (at most one interval before the failure) to the fence.
+    expect(fencedMs).toBeGreaterThanOrEqual(timing.selfFenceTimeoutMs - timing.heartbeatIntervalMs);
+    expect(fencedMs).toBeLessThanOrEqual(timing.selfFenceTimeoutMs + 50);
+    expect(a.driver.core.phaseName).toBe("selfFenced");
+    expect(a.grants.get(1)).toMatchObject({ kind: "frozen" });
+    a.witness = "ok";
+    pair.until("a writes again", () => a.writable().length > 0);
+    expect(epochOf(a)).toBe(owned + 1n);
+    expect(a.grants.get(1)).toEqual({ kind: "write", epoch: Number(owned + 1n) });
+  });
+
+  test("a stopped process that resumes after its lease ran out writes nothing in its old epoch, not even for one event", () => {
+    const pair = sharedPair();
+    const { a } = pair;
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    const owned = epochOf(a);
+    pair.stop(a);
+    pair.advance(timing.selfFenceTimeoutMs + 500);
+    const logged = a.grantLog.length;
+    pair.resume(a);
+    // The first thing it does is freeze everything; it may write again only in an epoch it wins anew.
+    const after = a.grantLog.slice(logged);
+    expect(after.slice(0, 2).map((change) => change.grant.kind)).toEqual(["frozen", "frozen"]);
+    expect(a.report("selfFenced").length).toBe(1);
+    for (const change of after) if (change.grant.kind === "write") expect(BigInt(change.grant.epoch)).toBeGreaterThan(owned);
+  });
+
+  test("the watchdog is fed while the lease holds and never while the owner serves past it", () => {
+    const pair = sharedPair();
+    const { a } = pair;
+    pair.advance(5_000);
+    expect(a.watchdogFeeds).toBeGreaterThanOrEqual(9);
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    a.witness = "fail";
+    pair.until("a fences itself", () => a.writable().length === 0);
+    // Every feed of the interval was given while a's lease still held.
+    const feedsWhileServing = a.watchdogFeeds;
+    pair.advance(2_000);
+    expect(a.watchdogFeeds).toBeGreaterThan(feedsWhileServing); // frozen, it serves nothing: the machine need not be reset
+  });
+});
+
+describe("rule 5 and forced promotion", () => {
+  test("a forced promotion is refused while the peer heartbeats, and wins once the peer has been still for deadTimeout", () => {
+    const pair = sharedPair({ primariesOnA: [1, 2, 3], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    pair.until("b knows it is outdated", () => b.driver.core.phaseName === "outdated");
+    let answer: string | null | undefined;
+    b.driver.forcePromotion((error) => (answer = error));
+    expect(answer).toContain("not provably fenced");
+    pair.stop(a); // a dies (and never comes back in this test)
+    pair.advance(timing.deadTimeoutMs + timing.heartbeatIntervalMs * 2);
+    answer = undefined;
+    b.driver.forcePromotion((error) => (answer = error));
+    pair.until("the forced ballot finishes", () => answer !== undefined);
+    expect(answer).toBeNull();
+    expect(b.driver.core.latestRecord.value).toMatchObject({ mode: LeaseMode.Solo, owner: 1, forced: true });
+    pair.until("b writes every volume", () => b.writable().length === 3);
+    expect(b.report("promoted")[0]?.evidence).toBe("heartbeat still");
+  });
+
+  test("stillness proves nothing while a connection is up, even one still in its handshake", () => {
+    // Found by the simulator (seed 240): the peer had finished its side of a handshake and wrote as
+    // connected while this node, not yet connected, counted the peer's still heartbeat as death.
+    const pair = sharedPair({ primariesOnA: [1, 2], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    b.witness = "fail";
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    pair.stop(b);
+    // Connection attempts that never complete their handshake keep resetting the count.
+    for (let attempt = 0; attempt < 12; attempt++) {
+      a.driver.linkUp();
+      pair.advance(1_000);
+    }
+    expect(a.report("promoted")).toEqual([]);
+    // Once the link stays down, the full deadTimeout from the last attempt is needed.
+    const promotedMs = pair.until("a promotes b's volume", () => a.writable().length === 3);
+    expect(promotedMs).toBeGreaterThanOrEqual(timing.deadTimeoutMs - 1_000 - timing.linkTimeoutMs);
+    expect(a.report("promoted")[0]?.evidence).toBe("heartbeat still");
+  });
+});
+
+describe("stale messages", () => {
+  test("messages that waited while a process was stopped do not pass for the peer's current state", () => {
+    // Found by the simulator (seed 194): a stopped node resumed, read the peer's old messages on a
+    // new connection, believed itself connected in the old epoch and wrote beside the new owner.
+    const pair = sharedPair({ primariesOnA: [1, 2, 3], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    pair.stop(a);
+    pair.until("b drops the silent link", () => !pair.linkUp);
+    pair.connect(); // the peer redials; the stopped node's kernel accepts the connection
+    pair.advance(600); // b says hello (still in the old epoch) on the new connection
+    pair.until("b owns a new epoch and writes a's volumes", () => b.writable().length === 3, timing.deadTimeoutMs + 5_000);
+    const logged = a.grantLog.length;
+    // A real witness read takes a while: the queued messages are handled before it answers.
+    a.witness = "hang";
+    pair.resume(a);
+    pair.advance(2_000);
+    a.witness = "ok";
+    for (const release of a.hungIo.splice(0)) release();
+    pair.advance(1_000);
+    // Not one write grant, not even while a works through the queued messages.
+    expect(a.grantLog.slice(logged).filter((change) => change.grant.kind === "write")).toEqual([]);
+    expect(a.writable()).toEqual([]);
+    expect(a.driver.core.latestRecord.value).toMatchObject({ mode: LeaseMode.Solo, owner: 1 });
+  });
+});
+
+describe("rule 3 and cold start", () => {
+  test("after both lost power, the node that does not hold the latest data waits for the one that does, and says so", () => {
+    const pair = sharedPair();
+    const { a, b } = pair;
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    pair.until("b knows it is outdated", () => b.driver.core.phaseName === "outdated");
+    // Both lose power; only b comes back.
+    for (const node of [a, b]) node.driver.stop();
+    pair.stop(a);
+    b.start();
+    pair.advance(20_000);
+    expect(b.writable()).toEqual([]);
+    expect(b.report("won")).toEqual([]);
+    const status = b.driver.status();
+    expect(status.quorum).toBe("frozen");
+    expect(status.reason).toContain("waiting for a, the only node with the latest data");
+    expect(status.nextSafeAction).toContain("tandem failover --force");
+  });
+});
+
+describe("a hung witness", () => {
+  test("IO past its deadline counts as failed, later IO is refused as busy at once, and the witness comes back when the stuck IO returns", () => {
+    const pair = sharedPair();
+    const { a } = pair;
+    a.witness = "hang";
+    const lostMs = pair.until("a counts the witness as lost", () => !a.driver.status().witness.reachable);
+    expect(lostMs).toBeLessThanOrEqual(timing.heartbeatIntervalMs + timing.ioTimeoutMs + 20);
+    expect(a.report("witness").find((report) => !report.reachable)?.reason).toBe(`no answer within ${timing.ioTimeoutMs} ms`);
+    pair.advance(timing.heartbeatIntervalMs * 2);
+    const status = a.driver.status();
+    expect(status.witness.failure).toContain("busy: the previous witness IO has not returned");
+    expect(status.ioOutstandingMs).toBeGreaterThan(timing.ioTimeoutMs);
+    expect(a.hungIo.length).toBe(1); // one stuck request, never a pile of them
+    expect(a.writable()).toEqual([1, 2]); // the link is up: nothing stops (rule 6)
+    a.witness = "ok";
+    for (const release of a.hungIo.splice(0)) release();
+    pair.until("the witness is reachable again", () => a.driver.status().witness.reachable);
+    expect(a.driver.status().latency.write.count + a.driver.status().latency.read.count).toBeGreaterThan(10);
+  });
+});
