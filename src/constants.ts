@@ -311,6 +311,8 @@ export const witnessRecordBytes = 4 * KiB;
 export const witnessAreaBytes = 128 * KiB;
 /** Bytes `tandem witness format` inspects at the start and at the end of a path for data it would destroy. */
 export const witnessProbeBytes = 1 * MiB;
+/** One IO of `tandem witness format|show` on a path may take this long before the command reports the witness hung. */
+export const witnessCommandIoTimeoutMs = 10_000;
 /** Volume ids a node lists in its slot; a node serving more lists this many and marks the list truncated. */
 export const witnessSlotVolumeIdsMax = 960;
 /** Longest node name a slot or a mailbox carries (UTF-8 bytes; node names are at most 31 characters). */

@@ -22,6 +22,8 @@ import { VolumeCreateCommand } from "./commands/volume/create.ts";
 import { VolumeDeleteCommand } from "./commands/volume/delete.ts";
 import { VolumeListCommand } from "./commands/volume/list.ts";
 import { VolumeResizeCommand } from "./commands/volume/resize.ts";
+import { WitnessFormatCommand } from "./commands/witness/format.ts";
+import { WitnessShowCommand } from "./commands/witness/show.ts";
 
 export const commands = [
   NodeRunCommand,
@@ -47,6 +49,8 @@ export const commands = [
   VolumeResolveCommand,
   TuiCommand,
   VolumeCopyOutCommand,
+  WitnessFormatCommand,
+  WitnessShowCommand,
 ];
 
 export function createCli(): Cli {

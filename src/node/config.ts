@@ -12,6 +12,7 @@ import { TandemError } from "../common/errors.ts";
 import { isLogLevel, type LogLevel } from "../common/log.ts";
 import { parseSize } from "../common/size.ts";
 import { nbdMemoryBudgetBytesDefault, nbdMemoryBudgetBytesMin, replicaResyncRateBytesPerSecondDefault, replicaSecretBytesMax, replicaSecretBytesMin, unixSocketPathBytesMax } from "../constants.ts";
+import { parseWatchdogConfig, parseWitnessConfig, type WatchdogConfig, type WitnessConfig } from "../quorum/config.ts";
 
 /** Where the CLI finds the daemon when neither --socket nor TANDEM_SOCKET says otherwise. */
 export const defaultControlSocketPath = "/run/tandem/control.sock";
@@ -58,6 +59,10 @@ export interface NodeConfig {
   peer: PeerConfig | undefined;
   /** The witness disk or file (used by the quorum; recorded now so a lab can name it). */
   witnessPath: string | undefined;
+  /** `[witness]`: the path and the lease's timings (src/quorum/config.ts parses and checks them, unknown keys included). */
+  witness: WitnessConfig | undefined;
+  /** `watchdog`: auto | required | off, and the device. */
+  watchdog: WatchdogConfig;
   /** The file this came from, for status. */
   source: string;
 }
@@ -104,12 +109,11 @@ function flag(source: string, raw: Raw, field: string, prefix: string): boolean 
 
 /** The keys each table may hold; anything else is a mistake (a typo would otherwise be ignored). */
 const knownFields = {
-  "": ["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness"],
+  "": ["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness", "watchdog"],
   "nbd.": ["socket", "tcp", "memoryBudget"],
   "vhost.": ["socketDir", "socketGroup", "allowAnyPath"],
   "log.": ["level"],
   "peer.": ["name", "connect", "address", "listen", "secretFile", "clusterId", "resyncRate"],
-  "witness.": ["path"],
 } as const;
 
 function refuseUnknown(source: string, raw: Raw, prefix: keyof typeof knownFields): void {
@@ -201,9 +205,10 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
   const level = log.level ?? "info";
   if (!isLogLevel(level)) fail(source, "log.level", "must be debug, info, warn or error");
 
-  const witness = table(source, top, "witness");
-  if (witness) refuseUnknown(source, witness, "witness.");
-  const witnessPath = witness ? resolve(text(source, witness, "path", "witness.") ?? fail(source, "witness.path", "is required")) : undefined;
+  const witnessTable = table(source, top, "witness");
+  const witness = witnessTable ? parseWitnessConfig(witnessTable, source, resolve) : undefined;
+  const witnessPath = witness?.path;
+  const watchdog = parseWatchdogConfig(top.watchdog, source);
 
   let peer: PeerConfig | undefined;
   const peerRaw = table(source, top, "peer");
@@ -240,7 +245,7 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
     peer = { name: peerName, connect, address, listen, secret, clusterId, resyncRateBytesPerSecond };
   }
 
-  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, nbdMemoryBudgetBytes, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, source };
+  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, nbdMemoryBudgetBytes, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, witness, watchdog, source };
 }
 
 /** Read and parse a config file: JSON when it ends in .json, TOML otherwise. */

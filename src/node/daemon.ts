@@ -24,6 +24,7 @@ import { lockDataDir } from "./node-lock.ts";
 import { PairedVolumes, type ReplicationService } from "./pairing.ts";
 import { type EventRecord, NodeState, type VhostExportRecord } from "./state.ts";
 import { VolumeManager } from "./volumes.ts";
+import { WitnessService } from "./witness.ts";
 
 /** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
 export type ReplicationFactory = (
@@ -202,6 +203,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let control: ControlServer | undefined;
   let paired: PairedVolumes | undefined;
   let replication: (ReplicationService & { start(): void; stop(): Promise<void> }) | undefined;
+  let witness: WitnessService | undefined;
   let resolveStopped!: (outcome: { clean: boolean }) => void;
   const stopped = new Promise<{ clean: boolean }>((resolve) => (resolveStopped = resolve));
   let stopping: Promise<void> | undefined;
@@ -231,6 +233,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       await step("copy-outs", () => copyOuts?.endAll());
       await step("volumes", () => volumes?.closeAll());
       await step("replication", () => replication?.stop());
+      await step("witness", () => witness?.stop());
       await step("state", () => {
         state?.addEvent("info", "node-stopped", null, `node stopped: ${reason}`);
         state?.close();
@@ -246,6 +249,9 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   try {
     state = new NodeState(path.join(config.dataDir, "state.db"));
     const nodeState = state;
+    witness = WitnessService.start(config, log.child("witness"));
+    const witnessService = witness;
+    const requireWitness = () => witnessService ?? fail404("this node has no witness configured ([witness] path in the config)");
     volumes = new VolumeManager({ nodeName: config.name, dataDir: config.dataDir, state, log });
     const manager = volumes;
     if (config.peer) {
@@ -319,6 +325,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         ...vhostExports.list(),
       ],
       sessions: [...nbdServer.sessions(), ...vhostExports.sessions()],
+      witness: witnessService?.status() ?? null,
     });
 
     const routes: Route[] = [
@@ -397,6 +404,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
           return { deleted: name };
         },
       },
+      { method: "GET", path: "/witness", handler: () => requireWitness().view() },
+      { method: "GET", path: "/witness/identity", handler: () => requireWitness().identity() },
       { method: "GET", path: "/exports", handler: () => ({ exports: status().exports, sessions: status().sessions }) },
       {
         method: "POST",
@@ -438,4 +447,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
 
 function fail(message: string): never {
   throw new TandemError("invalid_argument", message);
+}
+
+function fail404(message: string): never {
+  throw new TandemError("not_found", message);
 }

@@ -42,7 +42,18 @@ self.onmessage = (event) => {
   if (request.op === "close") { dropFd(); postMessage({ closed: true }); return; }
   try {
     ensureOpen();
-    if (request.op === "read") {
+    if (request.op === "size") {
+      // A block device's stat says 0 bytes: its size is in sysfs (512-byte units), by major:minor.
+      const stat = fs.fstatSync(fd);
+      let size = stat.size;
+      if (stat.isBlockDevice()) {
+        const rdev = Number(stat.rdev);
+        const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+        const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff);
+        size = Number(fs.readFileSync("/sys/dev/block/" + major + ":" + minor + "/size", "utf8").trim()) * 512;
+      }
+      postMessage({ id: request.id, ok: true, size, blockDevice: stat.isBlockDevice() });
+    } else if (request.op === "read") {
       const target = aligned(request.length);
       let done = 0;
       while (done < request.length) {
@@ -68,7 +79,7 @@ self.onmessage = (event) => {
 };
 `;
 
-type Pending = (error: string | null, bytes?: Uint8Array) => void;
+type Pending = (error: string | null, bytes?: Uint8Array, size?: { size: number; blockDevice: boolean }) => void;
 
 export class DirectWitnessDisk implements WitnessDisk {
   private readonly worker: Worker;
@@ -82,7 +93,7 @@ export class DirectWitnessDisk implements WitnessDisk {
     this.worker.unref();
     let loaded = false;
     this.worker.onmessage = (event: MessageEvent) => {
-      const reply = event.data as { id?: number; ok?: boolean; bytes?: ArrayBuffer; error?: string; closed?: boolean };
+      const reply = event.data as { id?: number; ok?: boolean; bytes?: ArrayBuffer; error?: string; closed?: boolean; size?: number; blockDevice?: boolean };
       if (!loaded) {
         loaded = true; // the worker loads its source from the Blob URL asynchronously: revoke it only once it runs
         URL.revokeObjectURL(url);
@@ -90,7 +101,7 @@ export class DirectWitnessDisk implements WitnessDisk {
       if (reply.closed) return;
       const done = this.pending.get(reply.id!);
       this.pending.delete(reply.id!);
-      done?.(reply.ok ? null : (reply.error ?? "EIO"), reply.bytes ? new Uint8Array(reply.bytes) : undefined);
+      done?.(reply.ok ? null : (reply.error ?? "EIO"), reply.bytes ? new Uint8Array(reply.bytes) : undefined, reply.size === undefined ? undefined : { size: reply.size, blockDevice: reply.blockDevice ?? false });
     };
     this.worker.onerror = (event) => {
       // The worker cannot run at all (a broken build): every request fails; the quorum sees a lost witness.
@@ -113,6 +124,13 @@ export class DirectWitnessDisk implements WitnessDisk {
     this.pending.set(id, (error) => done(error));
     const copy = bytes.slice().buffer;
     this.worker.postMessage({ op: "write", id, offset: sector * witnessRecordBytes, bytes: copy }, [copy]);
+  }
+
+  /** The size of the path in bytes (sysfs for a block device), and whether it is a block device. */
+  size(done: (error: string | null, size?: { size: number; blockDevice: boolean }) => void): void {
+    const id = this.nextId++;
+    this.pending.set(id, (error, _bytes, size) => done(error, size));
+    this.worker.postMessage({ op: "size", id });
   }
 
   /** Requests still waiting for the worker (a hung witness keeps one here). */

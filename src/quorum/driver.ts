@@ -54,7 +54,7 @@ export interface LatencyFigures {
 
 const latencyWindow = 256;
 
-class LatencyRecorder {
+export class LatencyRecorder {
   private readonly samples: number[] = [];
   private count = 0;
   private failures = 0;
