@@ -14,6 +14,8 @@ import { LabRelayCommand } from "./commands/lab/relay.ts";
 import { LabStartCommand } from "./commands/lab/start.ts";
 import { LabStatusCommand } from "./commands/lab/status.ts";
 import { LabUpCommand } from "./commands/lab/up.ts";
+import { LabPauseCommand, LabResumeCommand } from "./commands/lab/pause.ts";
+import { LabWitnessFailCommand, LabWitnessHangCommand, LabWitnessHealCommand } from "./commands/lab/witness.ts";
 import { NodeRunCommand } from "./commands/node/run.ts";
 import { StatusCommand } from "./commands/status.ts";
 import { TuiCommand } from "./commands/tui.ts";
@@ -45,6 +47,11 @@ export const commands = [
   LabHealCommand,
   LabDelayCommand,
   LabRelayCommand,
+  LabWitnessFailCommand,
+  LabWitnessHangCommand,
+  LabWitnessHealCommand,
+  LabPauseCommand,
+  LabResumeCommand,
   VerifyCommand,
   VolumeResolveCommand,
   TuiCommand,

@@ -98,7 +98,10 @@ export class DirectWitnessDisk implements WitnessDisk {
         loaded = true; // the worker loads its source from the Blob URL asynchronously: revoke it only once it runs
         URL.revokeObjectURL(url);
       }
-      if (reply.closed) return;
+      if (reply.closed) {
+        this.worker.terminate();
+        return;
+      }
       const done = this.pending.get(reply.id!);
       this.pending.delete(reply.id!);
       done?.(reply.ok ? null : (reply.error ?? "EIO"), reply.bytes ? new Uint8Array(reply.bytes) : undefined, reply.size === undefined ? undefined : { size: reply.size, blockDevice: reply.blockDevice ?? false });
@@ -139,15 +142,18 @@ export class DirectWitnessDisk implements WitnessDisk {
   }
 
   /**
-   * Stop the worker. A worker stuck in a hung IO cannot be interrupted; it is abandoned (the
-   * process exit ends it) and its requests are answered as failed now.
+   * Stop the worker. An idle one closes its descriptor first. One stuck in a hung IO cannot be
+   * interrupted: it is abandoned with its descriptor (closing that would block on the witness too;
+   * the process exit ends both), and its requests are answered as failed now.
    */
   close(): void {
+    const busy = this.pending.size > 0;
     for (const [id, done] of this.pending) {
       this.pending.delete(id);
       done("the witness disk was closed");
     }
-    this.worker.terminate();
+    if (busy) this.worker.terminate();
+    else this.worker.postMessage({ op: "close" });
   }
 }
 

@@ -11,6 +11,10 @@ import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
 import { ControlClient } from "../control/client.ts";
 import type { VolumeView } from "../volumes.ts";
+import { defaultQuorumTiming } from "../../quorum/config.ts";
+import { parseClusterId } from "../../quorum/format.ts";
+import { formatWitness } from "../../quorum/witness-io.ts";
+import { type LabWitnessState, labWitnessState, processStopped, startLabWitness, stopLabWitness } from "./witness.ts";
 
 export const labNodeNames = ["a", "b"] as const;
 export const labDemoVolume = "demo";
@@ -25,6 +29,8 @@ export interface LabNodeInfo {
   dataDir: string;
   pid: number | null;
   running: boolean;
+  /** Stopped by `tandem lab pause` (SIGSTOP). */
+  paused: boolean;
   log: string;
 }
 
@@ -32,6 +38,7 @@ export interface LabInfo {
   dir: string;
   nodes: LabNodeInfo[];
   volumes: { name: string; size: number }[];
+  witness: LabWitnessState;
 }
 
 interface LabFile {
@@ -123,6 +130,8 @@ function writeNodeConfig(dir: string, node: string, lab: LabFile): void {
       clusterId: fs.readFileSync(path.join(dir, "cluster.id"), "utf8").trim(),
     },
     witness: { path: "../witness.img" },
+    // Both nodes share this one machine: a kernel watchdog would reset the whole lab host.
+    watchdog: "off",
   };
   fs.writeFileSync(paths.config, JSON.stringify(config, null, 2) + "\n", { mode: 0o600 });
 }
@@ -180,6 +189,7 @@ export async function stopLabNode(dir: string, node: string, signal: "SIGTERM" |
     fs.rmSync(paths.pid, { force: true });
     return false;
   }
+  if (signal === "SIGTERM") process.kill(pid!, "SIGCONT"); // a paused node must run to drain
   process.kill(pid!, signal);
   const deadline = Date.now() + stopTimeoutMs;
   while (processAlive(pid!) && Date.now() < deadline) await Bun.sleep(25);
@@ -189,6 +199,16 @@ export async function stopLabNode(dir: string, node: string, signal: "SIGTERM" |
   }
   fs.rmSync(paths.pid, { force: true });
   return true;
+}
+
+/** Stop (SIGSTOP) or continue (SIGCONT) a lab node's daemon: a hung daemon, for drills. */
+export function signalLabNode(dir: string, node: string, signal: "SIGSTOP" | "SIGCONT"): { node: string; paused: boolean } {
+  const paths = nodePaths(path.resolve(dir), node);
+  if (!fs.existsSync(paths.config)) throw new TandemError("not_found", `the lab in ${dir} has no node ${node}`);
+  const pid = readPid(paths.pid);
+  if (!labProcessAlive(pid, paths.config)) throw new TandemError("failed_precondition", `node ${node} is not running; start it with tandem lab start ${node}`);
+  process.kill(pid!, signal);
+  return { node, paused: signal === "SIGSTOP" };
 }
 
 async function waitForLink(client: ControlClient): Promise<void> {
@@ -262,15 +282,15 @@ export async function labInfo(dir: string): Promise<LabInfo> {
     const paths = nodePaths(dir, node);
     const pid = readPid(paths.pid);
     const running = labProcessAlive(pid, paths.config);
-    return { name: node, control: paths.control, nbd: paths.nbd, dataDir: paths.dataDir, pid: running ? pid : null, running, log: paths.log };
+    return { name: node, control: paths.control, nbd: paths.nbd, dataDir: paths.dataDir, pid: running ? pid : null, running, paused: running && processStopped(pid!), log: paths.log };
   });
   let volumes: { name: string; size: number }[] = [];
-  const reachable = nodes.find((node) => node.running);
+  const reachable = nodes.find((node) => node.running && !node.paused);
   if (reachable) {
     const reply = await new ControlClient(reachable.control).request<{ volumes: VolumeView[] }>("GET", "/volumes");
     volumes = reply.volumes.map((volume) => ({ name: volume.name, size: volume.size }));
   }
-  return { dir, nodes, volumes };
+  return { dir, nodes, volumes, witness: labWitnessState(dir) };
 }
 
 /** Bring the lab up in `dir` (created if needed); idempotent: a running lab is left as it is. */
@@ -293,12 +313,18 @@ export async function labUp(dir: string, progress: (step: string) => void = () =
     crypto.getRandomValues(secret);
     fs.writeFileSync(path.join(dir, "pairing.secret"), secret, { mode: 0o600 });
     fs.writeFileSync(path.join(dir, "cluster.id"), Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("hex") + "\n");
-    // The witness the quorum will use: a small zeroed file both nodes name.
-    fs.writeFileSync(path.join(dir, "witness.img"), new Uint8Array(1024 * 1024), { mode: 0o600 });
     for (const node of lab.nodes) writeNodeConfig(dir, node, lab);
     fs.writeFileSync(labFile, JSON.stringify(lab, null, 2) + "\n");
   }
   const lab = readLab(dir);
+  // The witness both nodes name (DIR/witness.img), served so that drills can fail or hang it.
+  progress("starting the witness");
+  const witness = await startLabWitness(dir);
+  if (witness.created) {
+    progress("formatting the witness");
+    const clusterId = parseClusterId(fs.readFileSync(path.join(dir, "cluster.id"), "utf8").trim());
+    await formatWitness(path.join(dir, "witness.img"), { clusterId, timing: defaultQuorumTiming, force: false, nowMs: Date.now() });
+  }
   progress("starting the link relay");
   await startRelayProcess(dir);
   for (const node of lab.nodes) {
@@ -328,5 +354,7 @@ export async function labDown(dir: string, progress: (step: string) => void = ()
   }
   progress("stopping the link relay");
   if (await stopProcess(path.join(dir, "relay.pid"), "lab relay")) stopped.push("relay");
+  progress("stopping the witness");
+  if (await stopLabWitness(dir)) stopped.push("witness");
   return { dir, stopped };
 }

@@ -4,6 +4,7 @@ import { labUp, type LabInfo } from "../../../node/lab/lab.ts";
 import { TandemCommand } from "../../base.ts";
 import { labDirOption } from "../../lab-common.ts";
 import { withSpinner } from "../../progress.ts";
+import { renderLabWitness } from "./witness.ts";
 
 export class LabUpCommand extends TandemCommand {
   static override paths = [["lab", "up"]];
@@ -34,10 +35,11 @@ export class LabUpCommand extends TandemCommand {
 export function renderLab(info: LabInfo): string {
   const lines = [`lab in ${info.dir}`];
   for (const node of info.nodes) {
-    lines.push(`  node ${node.name}: ${node.running ? `running (pid ${node.pid})` : "stopped"}`);
+    lines.push(`  node ${node.name}: ${node.running ? `running (pid ${node.pid})${node.paused ? ", paused" : ""}` : "stopped"}`);
     lines.push(`    control ${node.control}`);
     lines.push(`    nbd     ${node.nbd}`);
   }
+  lines.push(`  ${renderLabWitness(info.witness)}`);
   for (const volume of info.volumes) lines.push(`  volume ${volume.name}: ${volume.size} bytes, nbd+unix:///${volume.name}?socket=${info.nodes[0]?.nbd}`);
   lines.push(`try: tandem status --socket ${info.nodes[0]?.control}`);
   return lines.join("\n");
