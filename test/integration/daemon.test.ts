@@ -268,7 +268,7 @@ describe("tandem lab", () => {
       expect(JSON.parse(status.stdout).node.name).toBe("a");
       const down = await runCli(["lab", "down", "--dir", dir, "--json"]);
       expect(down.code).toBe(0);
-      expect(JSON.parse(down.stdout).stopped).toEqual(["b", "a", "relay"]);
+      expect(JSON.parse(down.stdout).stopped).toEqual(["b", "a", "relay", "witness"]);
       expect((await runCli(["status", "--socket", info.nodes[0].control])).code).toBe(3);
     } finally {
       await runCli(["lab", "down", "--dir", dir]);

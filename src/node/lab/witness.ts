@@ -148,11 +148,14 @@ export async function startLabWitness(dir: string): Promise<{ created: boolean; 
   const child = spawn(which("qemu-storage-daemon")!, args, { detached: true, stdio: ["ignore", logFd, logFd], cwd: dir });
   fs.closeSync(logFd);
   if (child.pid === undefined) throw new TandemError("internal", "could not start qemu-storage-daemon for the lab witness");
+  // Watch the child itself: until it has exec'd, /proc/PID/cmdline still shows our own command line.
+  let exited = false;
+  child.on("exit", () => (exited = true));
   child.unref();
   fs.writeFileSync(files.pid, `${child.pid}\n`);
   const deadline = Date.now() + startTimeoutMs;
   while (!(fs.existsSync(files.qmp) && mounted(files.image))) {
-    if (!serverAlive(child.pid, dir)) {
+    if (exited) {
       const tail = fs.existsSync(files.log) ? fs.readFileSync(files.log, "utf8").trim().split("\n").slice(-3).join("\n") : "";
       throw new TandemError("failed_precondition", `qemu-storage-daemon exited while starting the lab witness; the end of ${files.log}:\n${tail}`);
     }
