@@ -562,6 +562,9 @@ export class QuorumCore {
     this.highestMbal = 0n;
     const value = record.value;
     if (value.holders.includes(this.me) && this.outdatedEpoch !== 0n) this.outdatedEpoch = 0n;
+    // SOLO(me), however it reached us (our ballot, the witness, the peer): the loser gives up its
+    // primaries when it learns it lost, so promoting them is ours to do (on fence evidence).
+    if (value.mode === LeaseMode.Solo && value.owner === this.me && [...this.volumes.values()].some((primary) => !primary)) this.pendingPromotion = value.epoch;
     this.persist();
     this.emit({ kind: "report", report: { kind: "decided", record, source } });
     this.ensureDecidedCopy();
@@ -704,11 +707,7 @@ export class QuorumCore {
     this.emit({ kind: "report", report: { kind: "won", epoch: value.epoch, forced: value.forced } });
     if (!this.connected()) this.setPhase({ kind: "owner", epoch: value.epoch, sinceTick: this.now }, `won epoch ${value.epoch} (${describeValue(value, this.names)})`);
     this.queue.push({ kind: "mailbox", epoch: value.epoch });
-    if ([...this.volumes.values()].some((primary) => !primary)) {
-      this.pendingPromotion = value.epoch;
-      this.persist();
-      if (this.bugs.promoteWithoutFence) this.promotePeerVolumes(value.epoch, "none");
-    }
+    if (this.pendingPromotion === value.epoch && this.bugs.promoteWithoutFence) this.promotePeerVolumes(value.epoch, "none");
   }
 
   private onForcePromotion(request: number): void {

@@ -25,6 +25,8 @@ export class PairNode {
   reports: QuorumReport[] = [];
   watchdogFeeds = 0;
   witness: "ok" | "fail" | "hang" = "ok";
+  /** Decides each IO's fate when set (overrides `witness`): for faults tied to a particular IO. */
+  ioFate: ((io: { kind: "read" | "write"; sector: number; bytes?: Uint8Array }) => "ok" | "fail" | "hang") | undefined;
   hungIo: (() => void)[] = [];
   running = true;
 
@@ -41,9 +43,10 @@ export class PairNode {
     this.timers = [];
     this.grants = new Map();
     const disk: WitnessDisk = {
-      read: (sector, count, done) => this.io(() => done(null, this.pair.area.slice(sector * witnessRecordBytes, (sector + count) * witnessRecordBytes)), () => done("EIO")),
+      read: (sector, count, done) => this.io({ kind: "read", sector }, () => done(null, this.pair.area.slice(sector * witnessRecordBytes, (sector + count) * witnessRecordBytes)), () => done("EIO")),
       write: (sector, bytes, done) =>
         this.io(
+          { kind: "write", sector, bytes },
           () => {
             this.pair.area.set(bytes, sector * witnessRecordBytes);
             done(null);
@@ -86,9 +89,10 @@ export class PairNode {
     this.driver.start();
   }
 
-  private io(succeed: () => void, fail: () => void): void {
-    if (this.witness === "fail") return fail();
-    if (this.witness === "hang") {
+  private io(io: { kind: "read" | "write"; sector: number; bytes?: Uint8Array }, succeed: () => void, fail: () => void): void {
+    const fate = this.ioFate ? this.ioFate(io) : this.witness;
+    if (fate === "fail") return fail();
+    if (fate === "hang") {
       this.hungIo.push(succeed);
       return;
     }

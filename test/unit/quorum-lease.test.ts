@@ -5,7 +5,7 @@
 // (DESIGN.md §5), measured in simulated milliseconds.
 import { describe, expect, test } from "bun:test";
 import { defaultQuorumTiming } from "../../src/quorum/config.ts";
-import { LeaseMode } from "../../src/quorum/format.ts";
+import { encodePaxosBlock, LeaseMode, witnessLayout } from "../../src/quorum/format.ts";
 import { type PairNode, QuorumPair } from "../helpers/quorum-pair.ts";
 
 const timing = defaultQuorumTiming;
@@ -20,6 +20,12 @@ function sharedPair(options: ConstructorParameters<typeof QuorumPair>[0] = {}): 
 }
 
 const epochOf = (node: PairNode) => node.driver.core.latestRecord.value.epoch;
+
+/** Whether an encoded Paxos block sector carries an accepted value (a phase-2 write): byte 72 of the record. */
+function decodePaxosValueSet(sector: Uint8Array): boolean {
+  void encodePaxosBlock;
+  return sector[72] === 1;
+}
 
 describe("link cut with a healthy witness", () => {
   test("both freeze at once; the node serving more volumes wins at once and resumes; the loser's volumes follow its fenced(epoch)", () => {
@@ -165,6 +171,38 @@ describe("rule 5 and forced promotion", () => {
     expect(b.driver.core.latestRecord.value).toMatchObject({ mode: LeaseMode.Solo, owner: 1, forced: true });
     pair.until("b writes every volume", () => b.writable().length === 3);
     expect(b.report("promoted")[0]?.evidence).toBe("heartbeat still");
+  });
+
+  test("a winner that learns its win from the witness (its own commit's answer was lost) still promotes the loser's volumes", () => {
+    // Found by the simulator (seed 1977): a's phase-2 write landed, the read that would have told a
+    // it committed failed; b adopted a's value and committed it; a learned SOLO(a) from the witness
+    // only, never took on the promotion, and b's demoted volumes were left without a primary.
+    const pair = sharedPair({ primariesOnA: [1], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    b.witness = "fail"; // b cannot propose yet; a proposes after its head start
+    let phase2Written = false;
+    a.ioFate = (io) => {
+      if (io.kind === "write" && io.sector >= witnessLayout.paxos(0) && io.sector <= witnessLayout.paxos(0) + 1 && io.bytes && decodePaxosValueSet(io.bytes)) {
+        phase2Written = true;
+        return "ok";
+      }
+      return phase2Written ? "fail" : "ok";
+    };
+    pair.cut();
+    pair.until("a's phase-2 write lands", () => phase2Written);
+    pair.advance(200);
+    expect(a.report("won")).toEqual([]); // a does not know it won
+    b.witness = "ok";
+    pair.until("b adopts a's value and loses", () => b.driver.core.phaseName === "outdated");
+    expect(b.driver.core.latestRecord.value).toMatchObject({ mode: LeaseMode.Solo, owner: 0 });
+    expect([...b.roles.values()]).toEqual([false, false, false]);
+    // The link returns while a's witness still fails: a is connected before it can run another ballot.
+    pair.connect();
+    pair.until("a is connected", () => a.driver.core.phaseName === "connected");
+    a.ioFate = undefined;
+    pair.until("every volume has a writer again", () => a.writable().length + b.writable().length === 3, 20_000);
+    expect(a.writable()).toEqual([1, 2, 3]);
+    expect(a.report("won")).toEqual([]); // it never won a ballot of its own in this process
   });
 
   test("stillness proves nothing while a connection is up, even one still in its handshake", () => {
