@@ -296,7 +296,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         schemaVersion: statusSchemaVersion,
         timeMs: Date.now(),
         health: assessed.health,
-        quorum: { state: "not-configured" },
+        quorum: witnessService ? { state: "not-configured", witness: witnessService.status() } : { state: "not-configured" },
         ...base,
         exports: base.exports as ExportReport[],
         node: { ...base.node, link },
@@ -325,7 +325,6 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         ...vhostExports.list(),
       ],
       sessions: [...nbdServer.sessions(), ...vhostExports.sessions()],
-      witness: witnessService?.status() ?? null,
     });
 
     const routes: Route[] = [

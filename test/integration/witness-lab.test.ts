@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ControlClient } from "../../src/cli/client.ts";
+import { ControlClient } from "../../src/node/control/client.ts";
 import { defaultQuorumTiming } from "../../src/quorum/config.ts";
 import { DirectWitnessDisk } from "../../src/quorum/disk.ts";
 import { witnessLayout } from "../../src/quorum/format.ts";
@@ -33,8 +33,8 @@ interface WitnessStatusJson {
 }
 
 async function witnessOf(node: string): Promise<WitnessStatusJson> {
-  const reply = await new ControlClient(path.join(dir, node, "control.sock")).request<{ witness: WitnessStatusJson }>("GET", "/status");
-  return reply.witness;
+  const reply = await new ControlClient(path.join(dir, node, "control.sock")).request<{ quorum: { witness: WitnessStatusJson } }>("GET", "/status");
+  return reply.quorum.witness;
 }
 
 function readOnce(disk: DirectWitnessDisk): Promise<{ error: string | null; ms: number }> {

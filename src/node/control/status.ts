@@ -8,6 +8,7 @@
 import type { ExportSessionInfo } from "../export/types.ts";
 import type { PendingVolume } from "../intents.ts";
 import type { VolumeView } from "../volumes.ts";
+import type { WitnessStatus } from "../witness.ts";
 
 /** Bumped only when a field changes meaning or disappears; added fields keep the version. */
 export const statusSchemaVersion = 1;
@@ -32,8 +33,11 @@ export interface LinkReport {
   [more: string]: unknown;
 }
 
-/** The witness quorum's view; only "not-configured" exists until the quorum is built. */
-export type QuorumReport = { state: "not-configured" };
+/**
+ * The witness quorum's view; only "not-configured" exists until the lease governs writes. A node
+ * whose config names a witness already reports what it sees of it in `witness`.
+ */
+export type QuorumReport = { state: "not-configured"; witness?: WitnessStatus };
 
 export interface VolumeAccess {
   /** Whether this node accepts writes to the volume now. */

@@ -7,7 +7,7 @@ import { defaultQuorumTiming, type QuorumTiming } from "../../../quorum/config.t
 import { parseClusterId } from "../../../quorum/format.ts";
 import { formatWitness, type FormatResult } from "../../../quorum/witness-io.ts";
 import { TandemCommand } from "../../base.ts";
-import { withSpinner } from "../../lab-common.ts";
+import { withSpinner } from "../../progress.ts";
 
 export class WitnessFormatCommand extends TandemCommand {
   static override paths = [["witness", "format"]];
