@@ -100,6 +100,10 @@ export function App({ socket, source, color, width, height, now = Date.now }: Ap
 /** Run the dashboard on this terminal until the operator quits. */
 export async function runDashboard(options: { socket: string; color: boolean }): Promise<void> {
   const client = new ControlClient(options.socket, { timeoutMs: tuiRequestTimeoutMs });
-  const instance = render(<App socket={options.socket} source={controlSource(client)} color={options.color} />, { exitOnCtrlC: true, patchConsole: false, alternateScreen: true });
+  // Interactive is decided by the terminal alone: Ink would otherwise treat any environment with
+  // CI set (a provisioning job, a CI runner driving a real pty) as non-interactive and draw nothing
+  // until exit, leaving the operator a blank screen.
+  const interactive = Boolean(process.stdout.isTTY);
+  const instance = render(<App socket={options.socket} source={controlSource(client)} color={options.color} />, { exitOnCtrlC: true, patchConsole: false, alternateScreen: true, interactive });
   await instance.waitUntilExit();
 }

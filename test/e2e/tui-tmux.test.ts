@@ -1,5 +1,6 @@
 // The real `tandem tui` in a terminal: tmux runs it at 80x24 with NO_COLOR against node a of a
-// two-node lab, the test sends keys and reads the screen with capture-pane. It shows the pair
+// two-node lab (with CI=true set, as on a CI runner or in a provisioning job: the dashboard
+// must still draw on a terminal), the test sends keys and reads the screen with capture-pane. It shows the pair
 // healthy; `?` lists the keys; after `tandem lab cut` the link is DOWN and the node DEGRADED, and
 // the failover screen explains why a failover from a is not possible; after `lab heal` it is back.
 // With the daemon frozen (SIGSTOP, a hung daemon) the screen keeps answering keys and marks the data
@@ -44,7 +45,7 @@ describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
     testLab = await startLab("tandem-tui-");
     dir = testLab.dir;
     const command = [...tandemCommand, "tui", "--socket", path.join(dir, "a", "control.sock")].map(quote).join(" ");
-    const started = tmux(["new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", `NO_COLOR=1 exec ${command}`]);
+    const started = tmux(["new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", `NO_COLOR=1 CI=true exec ${command}`]);
     if (started.code !== 0) throw new Error("tmux could not start the tui");
   }, 120_000);
 
