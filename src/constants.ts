@@ -295,7 +295,33 @@ export const preflightLinkRttTimeoutMs = 2_000;
 export const preflightLinkMtuBytesMin = 1500;
 /** Clocks further apart than this fail the preflight (logs and events of both nodes must line up). */
 export const preflightClockSkewMsMax = 10_000;
+// Install: the pairing exchange and the steps (src/node/install/)
+/** Characters of a pairing code: digits and capitals without 0 O 1 I L U, which people misread or mistype. */
+export const pairingCodeAlphabet = "23456789ABCDEFGHJKMNPQRSTVWXYZ";
+/** Characters in a pairing code: 30^8 (39 bits) against pairingAttemptsMax online guesses per code. */
+export const pairingCodeLength = 8;
+/** A code is accepted for this long after it is shown, then the listener stops. */
+export const pairingCodeLifetimeMs = 15 * 60_000;
+/** Exchanges a code may fail (each tests one guess of the code) before it is burnt. */
+export const pairingAttemptsMax = 5;
+/** Largest pairing message (a frame's JSON); the largest real one is under 1 KiB. */
+export const pairingMessageBytesMax = 4 * KiB;
+/** A whole exchange (five messages over one connection) must finish within this. */
+export const pairingSessionTimeoutMs = 10_000;
+/** Connections the pairing listener holds at once; a newer one evicts the oldest that has sent nothing yet. */
+export const pairingSessionsMax = 4;
+/** The replication port when an address names none. */
+export const installReplicationPortDefault = 7788;
+/** The install waits this long for the daemon it started to answer on its control socket. */
+export const installDaemonStartTimeoutMs = 30_000;
+/** ... and this long for the replication link to come up with the new secret. */
+export const installLinkUpTimeoutMs = 60_000;
+/** The node that does not format the witness waits this long to see its peer's format. */
+export const installWitnessWaitMs = 120_000;
 assert(preflightLinkRttMsWarn < preflightLinkRttMsMax, "the round-trip warning comes before the failure");
+assert(pairingCodeAlphabet.length ** pairingCodeLength / pairingAttemptsMax > 1e11, "guessing a pairing code online stays hopeless");
+assert(pairingSessionTimeoutMs < pairingCodeLifetimeMs, "an exchange fits in a code's life");
+assert(installLinkUpTimeoutMs >= 2 * (replicaReconnectDelayMsMax + 2 * replicaHandshakeTimeoutMs), "the install waits for the link through two redials");
 assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");
 assert(tuiStaleAfterMs > tuiPollIntervalMs + tuiRequestTimeoutMs, "one slow poll does not mark the data stale");
 assert(linkRttStaleAfterMs < pairingReconcileIntervalMs, "a describe that outlives its interval already shows as no round trip");

@@ -24,7 +24,11 @@ import {
 } from "../../src/node/install/cpace.ts";
 
 const hex = (text: string) => Uint8Array.from(Buffer.from(text.replace(/\s+/g, ""), "hex"));
-const toHex = (bytes: Uint8Array | null) => (bytes ? Buffer.from(bytes).toString("hex") : null);
+function toHex(bytes: Uint8Array): string;
+function toHex(bytes: Uint8Array | null): string | null;
+function toHex(bytes: Uint8Array | null): string | null {
+  return bytes ? Buffer.from(bytes).toString("hex") : null;
+}
 const ascii = (text: string) => new TextEncoder().encode(text);
 
 // Inputs of the draft's X25519 / SHA-512 vector.
