@@ -223,7 +223,8 @@ export type ResponderAction =
   | { kind: "close"; session: number; reason: string }
   /** An exchange that reached the reply ended without confirming: one guess of the code was spent. */
   | { kind: "attempt-failed"; session: number; reason: string; attemptsLeft: number }
-  | { kind: "paired"; result: PairingResult }
+  /** `session`: the connection the pairing was made on. */
+  | { kind: "paired"; session: number; result: PairingResult }
   | { kind: "failed"; code: PairingFailureCode; reason: string };
 
 type ResponderSession =
@@ -245,7 +246,7 @@ export class PairingResponder {
   private readonly prs: Uint8Array;
   private readonly sessions = new Map<number, ResponderSession>();
   private attemptsLeftCount: number;
-  private outcomeValue: { kind: "paired"; result: PairingResult } | { kind: "failed"; code: PairingFailureCode; reason: string } | undefined;
+  private outcomeValue: { kind: "paired"; session: number; result: PairingResult } | { kind: "failed"; code: PairingFailureCode; reason: string } | undefined;
   readonly expiresAtMs: number;
 
   constructor(private readonly options: ResponderOptions) {
@@ -368,7 +369,7 @@ export class PairingResponder {
     const done: ResponderAction = { kind: "send", session, message: { type: "done", verdict: verdictText, verdictTag: toHex(verdictTag(current.keys.verdictKey, "responder", verdictText)) } };
     if (!judged.ok) return [done, { kind: "close", session, reason: "refused" }, ...this.finish({ kind: "failed", code: "refused", reason: judged.reason })];
     const offset = verdictI.clockOffsetMs === null ? null : -verdictI.clockOffsetMs;
-    return [done, { kind: "close", session, reason: "paired" }, ...this.finish({ kind: "paired", result: result(current.keys, current.offerR, current.offerI, otherEnd(judged.initiatorConnect), offset) }, session)];
+    return [done, { kind: "close", session, reason: "paired" }, ...this.finish({ kind: "paired", session, result: result(current.keys, current.offerR, current.offerI, otherEnd(judged.initiatorConnect), offset) }, session)];
   }
 }
 
