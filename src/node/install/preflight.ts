@@ -67,7 +67,7 @@ export interface PreflightFacts {
   clockOffsetMs: number | null;
 }
 
-function median(values: number[]): number {
+export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)]!;
 }
@@ -218,10 +218,9 @@ export interface GatherOptions {
   mountsFile?: string;
 }
 
-export async function gatherFacts(options: GatherOptions): Promise<PreflightFacts> {
-  const devDir = options.devDir ?? "/dev";
-  const link = options.peer ? await tcpRoundTrips(options.peer.host, options.peer.port, preflightLinkRttProbes, preflightLinkRttTimeoutMs) : { samplesMs: [], error: "no peer address given" };
-  const linkInterface = options.peer ? routeInterface(options.peer.host) : null;
+/** The interface that routes to `host` and its MTU (null when unknown). */
+export function linkInterfaceFacts(host: string): { linkInterface: string | null; linkMtuBytes: number | null } {
+  const linkInterface = routeInterface(host);
   let linkMtuBytes: number | null = null;
   if (linkInterface) {
     try {
@@ -230,6 +229,13 @@ export async function gatherFacts(options: GatherOptions): Promise<PreflightFact
       linkMtuBytes = null;
     }
   }
+  return { linkInterface, linkMtuBytes };
+}
+
+export async function gatherFacts(options: GatherOptions): Promise<PreflightFacts> {
+  const devDir = options.devDir ?? "/dev";
+  const link = options.peer ? await tcpRoundTrips(options.peer.host, options.peer.port, preflightLinkRttProbes, preflightLinkRttTimeoutMs) : { samplesMs: [], error: "no peer address given" };
+  const { linkInterface, linkMtuBytes } = options.peer ? linkInterfaceFacts(options.peer.host) : { linkInterface: null, linkMtuBytes: null };
   let mounts = "";
   try {
     mounts = fs.readFileSync(options.mountsFile ?? "/proc/mounts", "utf8");

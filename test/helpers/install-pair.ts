@@ -1,0 +1,87 @@
+// Two fresh node directories for tests of `tandem install`, laid out as the lab lays out its nodes
+// (DIR/a, DIR/b: config, data, sockets) but empty: no config, no secret, no cluster. A shared 1 MiB
+// witness file, free loopback ports for each node's replication address, and a systemctl stand-in
+// per node (fake-systemctl.ts) that starts the real daemon when the install enables the unit.
+// `cleanup` stops those daemons (by pid) and removes the directory.
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { writeFakeSystemctl, type FakeSystemctl } from "./fake-systemctl.ts";
+
+export interface InstallNode {
+  name: string;
+  dir: string;
+  config: string;
+  dataDir: string;
+  controlSocket: string;
+  port: number;
+  listen: string;
+  systemctl: FakeSystemctl;
+  /** Environment for a `tandem install` of this node. */
+  env: Record<string, string>;
+}
+
+export interface InstallPair {
+  dir: string;
+  witness: string;
+  a: InstallNode;
+  b: InstallNode;
+  cleanup(): Promise<void>;
+}
+
+/** Free loopback ports (bound by the kernel's choice, then released). */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: count }, () => new Promise<net.Server>((resolve) => {
+      const server = net.createServer();
+      server.listen({ host: "127.0.0.1", port: 0 }, () => resolve(server));
+    })),
+  );
+  const ports = servers.map((server) => (server.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
+}
+
+export async function installPair(prefix = "tandem-install-"): Promise<InstallPair> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const witness = path.join(dir, "witness.img");
+  fs.writeFileSync(witness, new Uint8Array(1024 * 1024), { mode: 0o600 });
+  const ports = await freePorts(2);
+  const node = (name: string, port: number): InstallNode => {
+    const base = path.join(dir, name);
+    fs.mkdirSync(base, { recursive: true, mode: 0o700 });
+    const config = path.join(base, "node.toml");
+    const systemctl = writeFakeSystemctl(base, config);
+    return { name, dir: base, config, dataDir: path.join(base, "data"), controlSocket: path.join(base, "data", "control.sock"), port, listen: `127.0.0.1:${port}`, systemctl, env: { TANDEM_SYSTEMCTL: systemctl.program } };
+  };
+  const a = node("a", ports[0]!);
+  const b = node("b", ports[1]!);
+  return {
+    dir,
+    witness,
+    a,
+    b,
+    async cleanup() {
+      await Promise.all([a.systemctl.stop(), b.systemctl.stop()]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Wait until something accepts TCP connections on 127.0.0.1:port (the pairing listener is up). */
+export async function waitListening(port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const socket = net.connect({ host: "127.0.0.1", port }, () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.on("error", () => resolve(false));
+    });
+    if (up) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
+    await Bun.sleep(50);
+  }
+}
