@@ -2,6 +2,7 @@
 import { Builtins, Cli } from "clipanion";
 import { tandemVersion } from "../common/version.ts";
 import { EventsCommand } from "./commands/events.ts";
+import { InstallCommand } from "./commands/install.ts";
 import { ExportListCommand } from "./commands/export/list.ts";
 import { ExportRemoveCommand } from "./commands/export/remove.ts";
 import { ExportVhostCommand } from "./commands/export/vhost.ts";
@@ -58,6 +59,7 @@ export const commands = [
   VolumeCopyOutCommand,
   WitnessFormatCommand,
   WitnessShowCommand,
+  InstallCommand,
 ];
 
 export function createCli(): Cli {

@@ -16,7 +16,7 @@ export interface Segment {
 
 export type Line = Segment[];
 
-const plain = (text: string, tone?: Tone): Line => [{ text, tone }];
+export const plain = (text: string, tone?: Tone): Line => [{ text, tone }];
 
 export function formatRate(bytesPerSecond: number): string {
   if (bytesPerSecond < 1) return "0";
@@ -98,7 +98,7 @@ function volumeLine(volume: VolumeReport, selected: boolean, state: DashboardSta
   ];
 }
 
-function wrap(text: string, width: number, indent = ""): string[] {
+export function wrap(text: string, width: number, indent = ""): string[] {
   const lines: string[] = [];
   let current = indent;
   for (const word of text.split(/\s+/)) {

@@ -4,7 +4,7 @@ import { Box, Text } from "ink";
 import type { DashboardState } from "./state.ts";
 import { type Line, screenLines, type Tone } from "./lines.ts";
 
-const toneStyle: Record<Tone, { color?: string; bold?: boolean; dimColor?: boolean }> = {
+export const toneStyle: Record<Tone, { color?: string; bold?: boolean; dimColor?: boolean }> = {
   good: { color: "green" },
   warn: { color: "yellow" },
   bad: { color: "red", bold: true },
@@ -12,7 +12,7 @@ const toneStyle: Record<Tone, { color?: string; bold?: boolean; dimColor?: boole
   title: { bold: true },
 };
 
-function LineView({ line, color }: { line: Line; color: boolean }) {
+export function LineView({ line, color }: { line: Line; color: boolean }) {
   if (line.length === 0) return <Text> </Text>;
   return (
     <Text wrap="truncate">
