@@ -312,6 +312,8 @@ export const pairingSessionTimeoutMs = 10_000;
 export const pairingSessionsMax = 4;
 /** The replication port when an address names none. */
 export const installReplicationPortDefault = 7788;
+/** The node that types the code waits this long for the other node's installer to listen (both may start at once). */
+export const installPeerWaitMs = 5 * 60_000;
 /** The install waits this long for the daemon it started to answer on its control socket. */
 export const installDaemonStartTimeoutMs = 30_000;
 /** ... and this long for the replication link to come up with the new secret. */

@@ -68,20 +68,3 @@ export async function installPair(prefix = "tandem-install-"): Promise<InstallPa
     },
   };
 }
-
-/** Wait until something accepts TCP connections on 127.0.0.1:port (the pairing listener is up). */
-export async function waitListening(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const up = await new Promise<boolean>((resolve) => {
-      const socket = net.connect({ host: "127.0.0.1", port }, () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.on("error", () => resolve(false));
-    });
-    if (up) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
-    await Bun.sleep(50);
-  }
-}

@@ -1,5 +1,6 @@
 // `tandem install --yes` on two fresh node directories, as an installer script runs it: node a shows
-// a code (given by the script) and waits on its replication address, node b dials it with the code.
+// a code (given by the script) and waits on its replication address, node b (started at the same
+// moment) waits for a's installer to listen, then dials it with the code.
 // Then the steps past the witness with the real daemons, started by the service step through a
 // systemctl stand-in (this machine has no systemd). What it proves:
 //  - the preflight passes on this machine; both nodes pair over TCP: the same secret file (0600),
@@ -17,7 +18,7 @@ import path from "node:path";
 import { loadNodeConfig } from "../../src/node/config.ts";
 import { defaultEnvironment, type InstallReport, type InstallSettings, type InstallUi, runInstall, type StepResult } from "../../src/node/install/steps.ts";
 import { runCli, tandemCommand } from "../helpers/daemon.ts";
-import { installPair, type InstallNode, type InstallPair, waitListening } from "../helpers/install-pair.ts";
+import { installPair, type InstallNode, type InstallPair } from "../helpers/install-pair.ts";
 import { waitLabSynced } from "../helpers/lab.ts";
 
 const code = "K7QM-3XPA";
@@ -61,10 +62,8 @@ describe("tandem install --yes on two fresh nodes", () => {
   });
 
   test("preflight and pairing on both; the witness step stops the install on this build", async () => {
-    const a = installInBackground(pair, pair.a, []);
-    await waitListening(pair.a.port, 30_000);
-    const b = await installInBackground(pair, pair.b, ["--peer", pair.a.listen, "--volume", "vm1", "--size", "64M"]);
-    const resultA = await a;
+    // Both start at once, as a script on each node would: b waits for a's installer to listen.
+    const [resultA, b] = await Promise.all([installInBackground(pair, pair.a, []), installInBackground(pair, pair.b, ["--peer", pair.a.listen, "--volume", "vm1", "--size", "64M"])]);
     for (const result of [resultA, b]) {
       expect(statuses(result.report)).toEqual({ preflight: "done", pairing: "done", witness: "failed", service: "skipped", link: "skipped", volume: "skipped" });
       expect(result.code).toBe(1);

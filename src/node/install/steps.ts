@@ -21,7 +21,7 @@ import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
 import { formatSize } from "../../common/size.ts";
 import { tandemVersion } from "../../common/version.ts";
-import { installDaemonStartTimeoutMs, installLinkUpTimeoutMs, installReplicationPortDefault, installWitnessWaitMs, pairingCodeLifetimeMs } from "../../constants.ts";
+import { installDaemonStartTimeoutMs, installLinkUpTimeoutMs, installPeerWaitMs, installReplicationPortDefault, installWitnessWaitMs, pairingCodeLifetimeMs, preflightLinkRttTimeoutMs } from "../../constants.ts";
 import { formatHostPort, type HostPort, type NodeConfig } from "../config.ts";
 import { ControlClient } from "../control/client.ts";
 import type { StatusReport } from "../control/status.ts";
@@ -29,7 +29,7 @@ import type { VolumeView } from "../volumes.ts";
 import { defaultDataDir, type ExistingConfig, packagedNodeName, type RawConfig, readExistingConfig, writePairedConfig } from "./config-file.ts";
 import { dialForPairing, listenForPairing, newPairingCode } from "./pairing-driver.ts";
 import { formatPairingCode, normalizePairingCode, type OfferBase, PairingError, type PairingFailureCode, type PairingResult } from "./pairing-exchange.ts";
-import { assessPreflight, gatherFacts, type GatherOptions, linkInterfaceFacts, median, type PreflightCheck, type PreflightFacts } from "./preflight.ts";
+import { assessPreflight, gatherFacts, type GatherOptions, linkInterfaceFacts, median, type PreflightCheck, type PreflightFacts, tcpRoundTrips } from "./preflight.ts";
 import { gatherServiceFacts, planService, runServiceCommands, type ServiceFacts } from "./service.ts";
 import { type WitnessFormatter, witnessFormatter } from "./witness.ts";
 
@@ -163,6 +163,16 @@ async function preflightStep(context: InstallContext): Promise<StepResult> {
   const paired = context.existing.config?.peer;
   const witnessPath = settings.witness ? path.resolve(settings.witness) : (context.existing.config?.witnessPath ?? null);
   const dialing = !paired && settings.peer ? { host: settings.peer.hostname, port: settings.peer.port } : null;
+  if (dialing) {
+    // The other node's installer may not be listening yet: wait for it (both installs may start at once).
+    const deadline = environment.now() + installPeerWaitMs;
+    for (;;) {
+      const probe = await tcpRoundTrips(dialing.host, dialing.port, 1, preflightLinkRttTimeoutMs);
+      if (probe.samplesMs.length > 0 || environment.now() > deadline) break;
+      ui.progress("preflight", `waiting for the other node's installer at ${formatHostPort(settings.peer!)} (start tandem install there: it shows the code): ${probe.error}`);
+      await pause(environment.signal, 1_000);
+    }
+  }
   ui.progress("preflight", dialing ? `checking this machine and the round trip to ${formatHostPort(settings.peer!)}` : "checking this machine");
   const facts = await environment.gather({ witnessPath, peer: dialing });
   context.facts = facts;

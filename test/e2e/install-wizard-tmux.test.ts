@@ -1,0 +1,111 @@
+// The install wizard for real, in two terminals: tmux runs `tandem install` for node a and node b
+// (80x24, NO_COLOR) on two fresh node directories. On a the test types the answers (name, witness,
+// "show a code", the replication address), accepts the preflight's warnings, and reads the pairing
+// code off a's screen; on b (told --peer) it accepts the warnings and types that code. Both screens
+// then show pairing done and the witness step stopping the install on this build; the two configs
+// hold the same secret and cluster id. Every wait polls a screen with a deadline; the tmux server
+// and anything the installs started are ours and are stopped by the test.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { loadNodeConfig } from "../../src/node/config.ts";
+import { tandemCommand } from "../helpers/daemon.ts";
+import { installPair, type InstallPair } from "../helpers/install-pair.ts";
+
+const tmuxServer = `tandem-install-${process.pid}`;
+const hasTmux = Bun.which("tmux") !== null;
+
+function tmux(args: string[]): { code: number; stdout: string } {
+  const result = Bun.spawnSync(["tmux", "-L", tmuxServer, "-f", "/dev/null", ...args], { timeout: 10_000 });
+  return { code: result.exitCode ?? -1, stdout: result.stdout.toString() };
+}
+
+const screen = (session: string) => tmux(["capture-pane", "-p", "-t", session]).stdout;
+const send = (session: string, ...keys: string[]) => tmux(["send-keys", "-t", session, ...keys]);
+/** Literal text (not key names), as typed. */
+const type = (session: string, text: string) => tmux(["send-keys", "-t", session, "-l", text]);
+
+async function waitScreen(session: string, texts: string[], timeoutMs = 60_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < deadline) {
+    last = screen(session);
+    if (texts.every((text) => last.includes(text))) return last;
+    await Bun.sleep(50);
+  }
+  throw new Error(`${session}'s screen did not show ${JSON.stringify(texts)} within ${timeoutMs} ms:\n${last}`);
+}
+
+const quote = (word: string) => `'${word.replaceAll("'", "'\\''")}'`;
+
+describe.skipIf(!hasTmux)("tandem install's wizard in two terminals", () => {
+  let pair: InstallPair;
+
+  beforeAll(async () => {
+    pair = await installPair("tandem-wizard-");
+  });
+
+  afterAll(async () => {
+    tmux(["kill-server"]);
+    await pair?.cleanup();
+  });
+
+  function start(session: string, args: string[], env: Record<string, string>): void {
+    const command = [...tandemCommand, "install", ...args].map(quote).join(" ");
+    const environment = Object.entries({ ...env, NO_COLOR: "1" }).map(([key, value]) => `${key}=${quote(value)}`).join(" ");
+    const started = tmux(["new-session", "-d", "-s", session, "-x", "80", "-y", "24", `${environment} ${command}; sleep 600`]);
+    if (started.code !== 0) throw new Error(`tmux could not start ${session}`);
+  }
+
+  test("a shows a code, b types it: both pair, and both stop at the witness on this build", async () => {
+    start("a", ["--config", pair.a.config, "--data-dir", pair.a.dataDir], pair.a.env);
+    start("b", ["--config", pair.b.config, "--data-dir", pair.b.dataDir, "--name", "b", "--witness", pair.witness, "--peer", pair.a.listen, "--listen", pair.b.listen], pair.b.env);
+
+    // a: every question typed in the wizard.
+    await waitScreen("a", ["TANDEM INSTALL", "This node's name", "  > "]);
+    for (let erase = 0; erase < 40; erase++) send("a", "BSpace");
+    type("a", "a");
+    await waitScreen("a", ["  > a_"]);
+    send("a", "Enter");
+    await waitScreen("a", ["The witness disk"]);
+    type("a", pair.witness);
+    await waitScreen("a", [`${pair.witness.slice(-20)}_`]);
+    send("a", "Enter");
+    await waitScreen("a", ["s: show a code here"]);
+    type("a", "s");
+    await waitScreen("a", ["This node's replication address"]);
+    type("a", pair.a.listen);
+    await waitScreen("a", [`${pair.a.listen}_`]);
+    send("a", "Enter");
+    await waitScreen("a", ["Go on anyway?", "warn watchdog"]);
+    type("a", "y");
+    const shown = await waitScreen("a", ["PAIRING CODE   "]);
+    const code = /PAIRING CODE\s+([2-9A-Z]{4}-[2-9A-Z]{4})/.exec(shown)?.[1];
+    expect(code).toBeDefined();
+    expect(shown).toContain(`give this node's address`);
+    expect(shown.split("\n").every((line) => line.length <= 80)).toBe(true);
+
+    // b: the preflight (its round trip to a's waiting installer), the warnings, then the code.
+    await waitScreen("b", ["Go on anyway?"]);
+    type("b", "y");
+    await waitScreen("b", ["Type the pairing code the other node shows", "XXXX-XXXX_"]);
+    type("b", code!.toLowerCase());
+    await waitScreen("b", [`${code!.toLowerCase()}_`]);
+    send("b", "Enter");
+
+    for (const [session, peer] of [["a", "b"], ["b", "a"]] as const) {
+      const stopped = await waitScreen(session, ["STOPPED at witness:", "cannot format a witness"]);
+      expect(stopped).toMatch(new RegExp(` done +Pairing +paired with ${peer}`));
+      expect(stopped).toMatch(/ skipped +Service +not run: the witness step failed/);
+      expect(stopped).not.toContain("\u001b");
+    }
+    const configA = loadNodeConfig(pair.a.config);
+    const configB = loadNodeConfig(pair.b.config);
+    expect(Buffer.from(configA.peer!.secret).equals(Buffer.from(configB.peer!.secret))).toBe(true);
+    expect(Buffer.from(configA.peer!.clusterId).equals(Buffer.from(configB.peer!.clusterId))).toBe(true);
+    expect([configA.name, configA.peer!.connect, configB.name, configB.peer!.connect]).toEqual(["a", "accept", "b", "dial"]);
+
+    // Enter leaves the wizard; the report stays on the terminal.
+    send("a", "Enter");
+    const after = await waitScreen("a", ["the install stopped; run tandem install again"]);
+    expect(after).toMatch(/done +Pairing: paired with b/);
+  }, 180_000);
+});
