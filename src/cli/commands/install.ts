@@ -8,10 +8,9 @@ import ora, { type Ora } from "ora";
 import { parseSize } from "../../common/size.ts";
 import { installReplicationPortDefault, volumeNamePattern, volumeSizeAlignmentBytes, volumeSizeBytesMin } from "../../constants.ts";
 import { type HostPort, parseHostPort } from "../../node/config.ts";
-import { newPairingCode } from "../../node/install/pairing-driver.ts";
-import { formatPairingCode, normalizePairingCode } from "../../node/install/pairing-exchange.ts";
+import { formatPairingCode, normalizePairingCode } from "../../node/install/pairing-code.ts";
 import type { PreflightCheck } from "../../node/install/preflight.ts";
-import { defaultEnvironment, type InstallReport, type InstallSettings, type InstallUi, runInstall, type StepResult, stepTitles } from "../../node/install/steps.ts";
+import { type InstallReport, type InstallSettings, type InstallUi, type StepResult, stepTitles } from "../../node/install/report.ts";
 import { exitCodes, TandemCommand } from "../base.ts";
 import { spinnerEnabled } from "../progress.ts";
 
@@ -132,6 +131,7 @@ export class InstallCommand extends TandemCommand {
 
   async run(): Promise<number> {
     if (this.newCode) {
+      const { newPairingCode } = await import("../../node/install/pairing-driver.ts");
       const code = formatPairingCode(newPairingCode());
       this.output({ code }, () => code);
       return exitCodes.ok;
@@ -147,6 +147,8 @@ export class InstallCommand extends TandemCommand {
       if (report) this.context.stdout.write(report.steps.map(renderStep).join("\n") + "\n" + renderReport(report) + "\n");
       return report?.ok ? exitCodes.ok : exitCodes.failed;
     }
+    // Loaded here, not at the top: every other command starts without the install's modules.
+    const { defaultEnvironment, runInstall } = await import("../../node/install/steps.ts");
     const report = await runInstall(settings, this.scriptedUi(), defaultEnvironment());
     if (this.json) this.context.stdout.write(JSON.stringify(report, null, 2) + "\n");
     else this.context.stdout.write(renderReport(report) + "\n");

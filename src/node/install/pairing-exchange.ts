@@ -25,9 +25,12 @@
 // the first exchange that confirms (one use), and allows `attemptsMax` exchanges that reach the
 // reply without confirming, because each such exchange let the other end test one guess of the code.
 import { hkdfSync, createHmac } from "node:crypto";
-import { pairingAttemptsMax, pairingCodeAlphabet, pairingCodeLength, pairingCodeLifetimeMs, preflightClockSkewMsMax } from "../../constants.ts";
+import { pairingAttemptsMax, pairingCodeLifetimeMs, preflightClockSkewMsMax } from "../../constants.ts";
 import { calculateGenerator, concat, confirmationKey, confirmationTag, cpaceScalarBytes, cpaceShare, intermediateSessionKey, tagsEqual, transcriptIr, x25519 } from "./cpace.ts";
+import { normalizePairingCode, type PairingFailureCode } from "./pairing-code.ts";
 import { type PairingMessage, pairingProtocol, pairingProtocolVersion, type RefusalCode } from "./pairing-wire.ts";
+
+export { formatPairingCode, normalizePairingCode, PairingError, type PairingFailureCode } from "./pairing-code.ts";
 
 const encoder = new TextEncoder();
 /** CPace's channel identifier: this protocol and its version. */
@@ -73,35 +76,6 @@ export interface PairingResult {
   peer: { name: string; listen: string; connect: LinkEnd; offer: PairingOffer };
   /** This node's clock minus the peer's (ms), as the initiator measured it over the exchange. */
   clockOffsetMs: number | null;
-}
-
-export type PairingFailureCode = "invalid-code" | "wrong-code" | RefusalCode | "refused" | "protocol" | "closed" | "timeout";
-
-export class PairingError extends Error {
-  override name = "PairingError";
-  constructor(
-    readonly code: PairingFailureCode,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-// ---- the code
-
-/** The code as typed (any case, spaces or dashes) → its canonical form, or a PairingError. */
-export function normalizePairingCode(text: string): string {
-  const code = text.toUpperCase().replace(/[\s-]/g, "");
-  const wrong = [...code].filter((char) => !pairingCodeAlphabet.includes(char));
-  if (wrong.length > 0) throw new PairingError("invalid-code", `a pairing code has no ${[...new Set(wrong)].join(" ")}: it is ${pairingCodeLength} of ${pairingCodeAlphabet}`);
-  if (code.length !== pairingCodeLength) throw new PairingError("invalid-code", `a pairing code has ${pairingCodeLength} characters, this one ${code.length}`);
-  return code;
-}
-
-/** ABCD-EFGH: easier to read out and type. */
-export function formatPairingCode(code: string): string {
-  const half = Math.ceil(code.length / 2);
-  return `${code.slice(0, half)}-${code.slice(half)}`;
 }
 
 // ---- judging the two offers (both sides run this on the same authenticated data)

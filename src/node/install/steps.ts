@@ -22,7 +22,7 @@ import { TandemError } from "../../common/errors.ts";
 import { formatSize } from "../../common/size.ts";
 import { tandemVersion } from "../../common/version.ts";
 import { installDaemonStartTimeoutMs, installLinkUpTimeoutMs, installPeerWaitMs, installReplicationPortDefault, installWitnessWaitMs, pairingCodeLifetimeMs, preflightLinkRttTimeoutMs } from "../../constants.ts";
-import { formatHostPort, type HostPort, type NodeConfig } from "../config.ts";
+import { formatHostPort, type NodeConfig } from "../config.ts";
 import { ControlClient } from "../control/client.ts";
 import type { StatusReport } from "../control/status.ts";
 import type { VolumeView } from "../volumes.ts";
@@ -31,65 +31,10 @@ import { dialForPairing, listenForPairing, newPairingCode } from "./pairing-driv
 import { formatPairingCode, normalizePairingCode, type OfferBase, PairingError, type PairingFailureCode, type PairingResult } from "./pairing-exchange.ts";
 import { assessPreflight, gatherFacts, type GatherOptions, linkInterfaceFacts, median, type PreflightCheck, type PreflightFacts, tcpRoundTrips } from "./preflight.ts";
 import { gatherServiceFacts, planService, runServiceCommands, type ServiceFacts } from "./service.ts";
+import { type InstallReport, type InstallSettings, type InstallUi, type StepId, type StepResult, stepOrder, stepTitles } from "./report.ts";
 import { type WitnessFormatter, witnessFormatter } from "./witness.ts";
 
-export const stepOrder = ["preflight", "pairing", "witness", "service", "link", "volume"] as const;
-export type StepId = (typeof stepOrder)[number];
-
-export const stepTitles: Record<StepId, string> = {
-  preflight: "Preflight checks",
-  pairing: "Pairing",
-  witness: "Witness",
-  service: "Service",
-  link: "Replication link",
-  volume: "First volume",
-};
-
-export type StepStatus = "done" | "already-done" | "skipped" | "failed";
-
-export interface StepResult {
-  id: StepId;
-  status: StepStatus;
-  /** What the step did or found, in one or two sentences. */
-  detail: string;
-  /** For failed and skipped steps: what to do. */
-  fix?: string;
-  /** Preflight verdicts (the preflight step, and the ones pairing judges). */
-  checks?: PreflightCheck[];
-}
-
-export interface InstallSettings {
-  /** The node config to write (absolute). */
-  configPath: string;
-  name?: string;
-  dataDir?: string;
-  /** This node's replication address. */
-  listen?: HostPort;
-  /** The other node's installer (this node types the code and dials it); absent: this node shows the code. */
-  peer?: HostPort;
-  code?: string;
-  connect?: "dial" | "accept";
-  witness?: string;
-  volume?: { name: string; sizeBytes: number };
-  /** The daemon's control socket, when not the config's. */
-  socket?: string;
-}
-
-/** How the install talks to the operator. Optional questions are asked only by the wizard. */
-export interface InstallUi {
-  stepStarted(id: StepId): void;
-  stepFinished(result: StepResult): void;
-  progress(id: StepId, text: string): void;
-  /** The code this node shows, until it is used or expires. */
-  showCode(info: { code: string; expiresAtMs: number; listen: string }): void;
-  attemptFailed(info: { remote: string; reason: string; attemptsLeft: number }): void;
-  /** The code the other node shows; null gives up. `error` says why the last one failed. */
-  askCode?(error: string | undefined): Promise<string | null>;
-  /** Go on despite these warnings? */
-  confirmWarnings?(checks: PreflightCheck[]): Promise<boolean>;
-  /** The first volume, or null for none. */
-  askVolume?(): Promise<{ name: string; sizeBytes: number } | null>;
-}
+export { type InstallReport, type InstallSettings, type InstallUi, type StepId, type StepResult, type StepStatus, stepOrder, stepTitles } from "./report.ts";
 
 export interface InstallEnvironment {
   env: Record<string, string | undefined>;
@@ -104,12 +49,6 @@ export function defaultEnvironment(signal?: AbortSignal): InstallEnvironment {
   return { env: process.env, witnessFormatter, gather: gatherFacts, serviceFacts: gatherServiceFacts, now: Date.now, signal };
 }
 
-export interface InstallReport {
-  ok: boolean;
-  node: string | null;
-  config: string;
-  steps: StepResult[];
-}
 
 interface InstallContext {
   settings: InstallSettings;
