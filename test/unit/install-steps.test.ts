@@ -91,6 +91,7 @@ describe("addresses and names", () => {
     expect(parseAddress("[fd00::2]", "--peer")).toEqual({ hostname: "fd00::2", port: 7788 });
     expect(parseAddress("fd00::2", "--peer")).toEqual({ hostname: "fd00::2", port: 7788 });
     expect(() => parseAddress("10.99.0.1:99999", "--peer")).toThrow("is not HOST:PORT");
+    for (const wildcard of ["0.0.0.0", "0.0.0.0:7788", "::", "[::]:7788"]) expect(() => parseAddress(wildcard, "--listen")).toThrow("means every address of a machine");
   });
   test("node names from host names", () => {
     expect(nodeNameFromHost("Edge-Box-07.shop.example")).toBe("edge-box-07");

@@ -41,7 +41,9 @@ describe("the questions", () => {
     state = keys(state, "s");
     expect(state.shows).toBe(true);
     expect(state.prompt).toMatchObject({ field: "listen" });
-    state = keys(state, "10.99.0.1:99999", "\r");
+    state = keys(state, "0.0.0.0", "\r");
+    expect(state.prompt).toMatchObject({ field: "listen", error: expect.stringContaining("every address of a machine") });
+    state = keys(state, ...Array(7).fill("\u007f"), "10.99.0.1:99999", "\r");
     expect(state.prompt).toMatchObject({ field: "listen", error: "port 99999 is out of range" });
     state = keys(state, ...Array(6).fill("\u007f"), "\r");
     expect(state.settings.listen).toEqual({ hostname: "10.99.0.1", port: 7788 });

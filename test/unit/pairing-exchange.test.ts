@@ -290,6 +290,7 @@ describe("bad pairs are refused by both sides", () => {
   test("the same name on both nodes", () => refused(exchange(responder(), initiator({ offer: { ...offerB, name: "a" } }), 1), "both nodes are named a"));
   test("different witness disks", () => refused(exchange(responder(), initiator({ offer: { ...offerB, witnessId: "wwn-0x5000c500ffffffff" } }), 1), "different witness disks"));
   test("clocks a minute apart", () => refused(exchange(responder(), initiator(), 1, { skewMs: 60_000 }), "60.0 s apart"));
+  test("a replication address the peer cannot dial (every address)", () => refused(exchange(responder({ offer: { ...offerA, listen: "0.0.0.0:7788" } }), initiator(), 1), "a's replication address 0.0.0.0:7788 is every address"));
 });
 
 describe("wire codec", () => {

@@ -8,7 +8,7 @@ import ora, { type Ora } from "ora";
 import { parseSize } from "../../common/size.ts";
 import { installReplicationPortDefault, volumeNamePattern, volumeSizeAlignmentBytes, volumeSizeBytesMin } from "../../constants.ts";
 import { type HostPort, parseHostPort } from "../../node/config.ts";
-import { formatPairingCode, normalizePairingCode } from "../../node/install/pairing-code.ts";
+import { formatPairingCode, isWildcardHost, normalizePairingCode } from "../../node/install/pairing-code.ts";
 import type { PreflightCheck } from "../../node/install/preflight.ts";
 import { type InstallReport, type InstallSettings, type InstallUi, type StepResult, stepTitles } from "../../node/install/report.ts";
 import { exitCodes, TandemCommand } from "../base.ts";
@@ -21,11 +21,14 @@ export function parseAddress(text: string, option: string): HostPort {
   let withPort = text;
   if (/^\[[^\]]*\]$/.test(text) || !text.includes(":")) withPort = `${text}:${installReplicationPortDefault}`;
   else if (/^[0-9a-fA-F]*:[0-9a-fA-F:]*$/.test(text) && text.split(":").length > 2) withPort = `[${text}]:${installReplicationPortDefault}`;
+  let address: HostPort;
   try {
-    return parseHostPort(withPort, option);
+    address = parseHostPort(withPort, option);
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+  if (isWildcardHost(address.hostname)) throw new UsageError(`${option}: ${text} means every address of a machine; give the node's own address on the replication link`);
+  return address;
 }
 
 const statusWord: Record<StepResult["status"], string> = { done: "done", "already-done": "already done", skipped: "skipped", failed: "FAILED" };
@@ -144,8 +147,12 @@ export class InstallCommand extends TandemCommand {
       const { runInstallWizard } = await import("../../tui/install/run.tsx");
       const noColor = process.env.NO_COLOR !== undefined && process.env.NO_COLOR !== "";
       const report = await runInstallWizard({ settings, color: !noColor });
-      if (report) this.context.stdout.write(report.steps.map(renderStep).join("\n") + "\n" + renderReport(report) + "\n");
-      return report?.ok ? exitCodes.ok : exitCodes.failed;
+      if (!report) {
+        this.context.stderr.write("tandem: the install was cancelled; run tandem install again to go on (what is done is kept)\n");
+        return exitCodes.failed;
+      }
+      this.context.stdout.write(report.steps.map(renderStep).join("\n") + "\n" + renderReport(report) + "\n");
+      return report.ok ? exitCodes.ok : exitCodes.failed;
     }
     // Loaded here, not at the top: every other command starts without the install's modules.
     const { defaultEnvironment, runInstall } = await import("../../node/install/steps.ts");

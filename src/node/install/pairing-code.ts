@@ -1,6 +1,7 @@
-// The pairing code as people see and type it: 8 characters of an unambiguous alphabet, shown as
-// ABCD-EFGH, typed in any case with or without the dash; and the named error every pairing failure
-// is. Separate from the exchange so the CLI can check a typed code without loading the cryptography.
+// What people type for a pairing: the code, 8 characters of an unambiguous alphabet, shown as
+// ABCD-EFGH, typed in any case with or without the dash; the replication addresses, which must name
+// a node, not "any address"; and the named error every pairing failure is. Separate from the
+// exchange so the CLI can check what was typed without loading the cryptography.
 import { pairingCodeAlphabet, pairingCodeLength } from "../../constants.ts";
 import type { RefusalCode } from "./pairing-wire.ts";
 
@@ -29,4 +30,12 @@ export function normalizePairingCode(text: string): string {
 export function formatPairingCode(code: string): string {
   const half = Math.ceil(code.length / 2);
   return `${code.slice(0, half)}-${code.slice(half)}`;
+}
+
+/**
+ * 0.0.0.0 or :: — "every address of this machine": a node can listen there, but its peer cannot
+ * dial it, and each node's replication address is the one its peer dials.
+ */
+export function isWildcardHost(hostname: string): boolean {
+  return /^(0\.0\.0\.0|\[?::0*\]?|\[?0*:0*:0*:0*:0*:0*:0*:0*\]?)$/.test(hostname);
 }

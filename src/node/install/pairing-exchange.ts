@@ -27,7 +27,7 @@
 import { hkdfSync, createHmac } from "node:crypto";
 import { pairingAttemptsMax, pairingCodeLifetimeMs, preflightClockSkewMsMax } from "../../constants.ts";
 import { calculateGenerator, concat, confirmationKey, confirmationTag, cpaceScalarBytes, cpaceShare, intermediateSessionKey, tagsEqual, transcriptIr, x25519 } from "./cpace.ts";
-import { normalizePairingCode, type PairingFailureCode } from "./pairing-code.ts";
+import { isWildcardHost, normalizePairingCode, type PairingFailureCode } from "./pairing-code.ts";
 import { type PairingMessage, pairingProtocol, pairingProtocolVersion, type RefusalCode } from "./pairing-wire.ts";
 
 export { formatPairingCode, normalizePairingCode, PairingError, type PairingFailureCode } from "./pairing-code.ts";
@@ -118,6 +118,10 @@ const otherEnd = (end: LinkEnd): LinkEnd => (end === "dial" ? "accept" : "dial")
  */
 export function judgePairing(initiator: PairingOffer, responder: PairingOffer, clockOffsetMs: number | null): { ok: true; initiatorConnect: LinkEnd } | { ok: false; reason: string } {
   if (initiator.name === responder.name) return { ok: false, reason: `both nodes are named ${initiator.name}: give each its own name (--name)` };
+  for (const offer of [initiator, responder]) {
+    const host = hostPortPattern.exec(offer.listen)![1]!;
+    if (isWildcardHost(host)) return { ok: false, reason: `${offer.name}'s replication address ${offer.listen} is every address of that machine: its peer cannot dial it; give its address on the replication link (--listen)` };
+  }
   let initiatorConnect: LinkEnd;
   if (initiator.connect && responder.connect) {
     if (initiator.connect === responder.connect) return { ok: false, reason: `both nodes were told to ${initiator.connect} (--connect): exactly one of them dials` };

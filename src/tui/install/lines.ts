@@ -51,9 +51,13 @@ function panel(state: WizardState, width: number): { lines: Line[]; keys: string
       lines.push(plain("Next: tandem status, tandem tui", "dim"));
     } else {
       lines.push(plain(`STOPPED at ${stepTitles[failed.id].toLowerCase()}:`, "bad"));
-      for (const text of wrap(failed.detail, width, "  ")) lines.push(plain(text, "bad"));
-      lines.push(...checkLines((failed.checks ?? []).filter((check) => check.status === "fail"), width));
-      if (failed.fix) for (const text of wrap(`-> ${failed.fix}`, width, "  ")) lines.push(plain(text));
+      // Failed checks carry their own detail and fix; other failures have one of each.
+      const failedChecks = (failed.checks ?? []).filter((check) => check.status === "fail");
+      if (failedChecks.length > 0) lines.push(...checkLines(failedChecks, width));
+      else {
+        for (const text of wrap(failed.detail, width, "  ")) lines.push(plain(text, "bad"));
+        if (failed.fix) for (const text of wrap(`-> ${failed.fix}`, width, "  ")) lines.push(plain(text));
+      }
       lines.push(plain("Run tandem install again once it is fixed: what is done is kept.", "dim"));
     }
     return { lines, keys: "Enter exit" };

@@ -6,7 +6,7 @@
 // takes answers out (`answer`, which it hands to the waiting step and then acknowledges).
 import { parseSize } from "../../common/size.ts";
 import { installReplicationPortDefault, volumeNamePattern, volumeSizeAlignmentBytes, volumeSizeBytesMin } from "../../constants.ts";
-import { normalizePairingCode } from "../../node/install/pairing-exchange.ts";
+import { isWildcardHost, normalizePairingCode } from "../../node/install/pairing-code.ts";
 import type { PreflightCheck } from "../../node/install/preflight.ts";
 import { type InstallReport, type InstallSettings, type StepId, type StepResult, stepOrder } from "../../node/install/steps.ts";
 
@@ -74,7 +74,9 @@ export function parseWizardAddress(text: string): { hostname: string; port: numb
   if (!match) return `"${trimmed}" is not HOST or HOST:PORT`;
   const port = match[2] === undefined ? installReplicationPortDefault : Number(match[2]);
   if (port < 1 || port > 65535) return `port ${port} is out of range`;
-  return { hostname: match[1]!.replace(/^\[|\]$/g, ""), port };
+  const hostname = match[1]!.replace(/^\[|\]$/g, "");
+  if (isWildcardHost(hostname)) return `${hostname} means every address of a machine: give the node's own address on the replication link`;
+  return { hostname, port };
 }
 
 function fieldPrompt(field: FieldId, value = ""): Prompt {
