@@ -4,7 +4,7 @@ import { Box, Text } from "ink";
 import type { DashboardState } from "./state.ts";
 import { type Line, screenLines, type Tone } from "./lines.ts";
 
-export const toneStyle: Record<Tone, { color?: string; bold?: boolean; dimColor?: boolean }> = {
+const toneStyle: Record<Tone, { color?: string; bold?: boolean; dimColor?: boolean }> = {
   good: { color: "green" },
   warn: { color: "yellow" },
   bad: { color: "red", bold: true },
@@ -12,7 +12,7 @@ export const toneStyle: Record<Tone, { color?: string; bold?: boolean; dimColor?
   title: { bold: true },
 };
 
-export function LineView({ line, color }: { line: Line; color: boolean }) {
+function LineView({ line, color }: { line: Line; color: boolean }) {
   if (line.length === 0) return <Text> </Text>;
   return (
     <Text wrap="truncate">
@@ -32,8 +32,8 @@ export interface ScreenProps {
   color: boolean;
 }
 
-export function Screen({ state, width, height, color }: ScreenProps) {
-  const lines = screenLines(state, width, height);
+/** A screen of lines at a fixed size (the dashboard's, the install wizard's). */
+export function LinesView({ lines, width, height, color }: { lines: Line[]; width: number; height: number; color: boolean }) {
   return (
     <Box flexDirection="column" width={width} height={height} overflow="hidden">
       {lines.map((line, index) => (
@@ -41,4 +41,8 @@ export function Screen({ state, width, height, color }: ScreenProps) {
       ))}
     </Box>
   );
+}
+
+export function Screen({ state, width, height, color }: ScreenProps) {
+  return <LinesView lines={screenLines(state, width, height)} width={width} height={height} color={color} />;
 }

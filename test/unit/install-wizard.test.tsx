@@ -113,6 +113,20 @@ function scriptedRun() {
   return { run, ui: () => ui, settings: () => settings, finish: (report: InstallReport) => finish(report) };
 }
 
+type App = ReturnType<typeof render>;
+
+/** Type `text` into the App and wait until the screen shows `shows` (what was typed, by default). */
+async function typeIn(app: App, text: string, shows = `${text}_`): Promise<void> {
+  app.stdin.write(text);
+  await until(`"${text}" typed`, () => app.lastFrame()?.includes(shows));
+}
+
+/** Press Enter and wait for the next screen to show `shows`. */
+async function enter(app: App, shows: string): Promise<string> {
+  app.stdin.write("\r");
+  return until(`after Enter: ${shows}`, () => (app.lastFrame()?.includes(shows) ? app.lastFrame() : undefined));
+}
+
 const fits = (frame: string) => {
   const lines = frame.split("\n");
   expect(lines.length).toBeLessThanOrEqual(24);
@@ -130,19 +144,13 @@ describe("the wizard rendered at 80x24", () => {
     await until("the name question", () => app.lastFrame()?.includes("This node's name"));
     fits(app.lastFrame()!);
     expect(app.lastFrame()).toContain("  > edge-07_");
-    for (const chunk of ["\u007f", "\u007f", "\u007f", "\u007f", "\u007f", "\u007f", "\u007f"]) app.stdin.write(chunk);
-    app.stdin.write("a");
-    await until("the name typed", () => app.lastFrame()?.includes("  > a_"));
-    app.stdin.write("\r");
-    await until("the witness question", () => app.lastFrame()?.includes("The witness disk"));
-    app.stdin.write("/dev/disk/by-id/wwn-0x5000c500a1b2c3d4");
-    await until("the witness typed", () => app.lastFrame()?.includes("wwn-0x5000c500a1b2c3d4_"));
-    app.stdin.write("\r");
-    await until("the role question", () => app.lastFrame()?.includes("s: show a code here"));
-    app.stdin.write("s");
-    await until("the listen question", () => app.lastFrame()?.includes("This node's replication address"));
-    app.stdin.write("10.99.0.1");
-    await until("the address typed", () => app.lastFrame()?.includes("10.99.0.1_"));
+    for (let erase = 0; erase < 7; erase++) app.stdin.write("\u007f");
+    await typeIn(app, "a", "  > a_");
+    await enter(app, "The witness disk");
+    await typeIn(app, "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4");
+    await enter(app, "s: show a code here");
+    await typeIn(app, "s", "This node's replication address");
+    await typeIn(app, "10.99.0.1");
     app.stdin.write("\r");
     const ui = await until("the run started", () => script.ui());
     expect(script.settings()).toMatchObject({ name: "a", witness: "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4", listen: { hostname: "10.99.0.1", port: 7788 } });
@@ -188,26 +196,21 @@ describe("the wizard rendered at 80x24", () => {
     const first = ui.askCode!(undefined);
     await until("the code prompt", () => app.lastFrame()?.includes("Type the pairing code the other node shows"));
     expect(app.lastFrame()).toContain("  > XXXX-XXXX_");
-    app.stdin.write("K7QM-3XPB");
-    await until("typed", () => app.lastFrame()?.includes("K7QM-3XPB_"));
+    await typeIn(app, "K7QM-3XPB");
     app.stdin.write("\r");
     expect(await first).toBe("K7QM3XPB");
     const second = ui.askCode!("the code does not match the one the other node shows (or another machine answers at that address): check the code and try again");
     await until("asked again with the reason", () => app.lastFrame()?.includes("the code does not match the one the other node shows"));
     expect(app.lastFrame()).toContain("  > XXXX-XXXX_");
-    app.stdin.write("k7qm3xpa");
-    await until("typed again", () => app.lastFrame()?.includes("k7qm3xpa_"));
+    await typeIn(app, "k7qm3xpa");
     app.stdin.write("\r");
     expect(await second).toBe("K7QM3XPA");
 
     const volume = ui.askVolume!();
     await until("the volume name", () => app.lastFrame()?.includes("First volume: its name"));
-    app.stdin.write("vm1");
-    await until("the name typed", () => app.lastFrame()?.includes("vm1_"));
-    app.stdin.write("\r");
-    await until("the size", () => app.lastFrame()?.includes("Size of vm1"));
-    app.stdin.write("100G");
-    await until("the size typed", () => app.lastFrame()?.includes("100G_"));
+    await typeIn(app, "vm1");
+    await enter(app, "Size of vm1");
+    await typeIn(app, "100G");
     app.stdin.write("\r");
     expect(await volume).toEqual({ name: "vm1", sizeBytes: 100 * 2 ** 30 });
 

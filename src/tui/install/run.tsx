@@ -3,11 +3,11 @@
 // every step event into an action and every question into a prompt whose answer comes back through
 // the reducer. The steps (the only IO) come in as `run`, so component tests drive the screens with a
 // scripted run and no network.
-import { Box, render, type Key, useApp, useInput } from "ink";
+import { render, type Key, useApp, useInput } from "ink";
 import { useEffect, useReducer, useRef } from "react";
 import { readExistingConfig } from "../../node/install/config-file.ts";
 import { defaultEnvironment, defaultNodeName, type InstallReport, type InstallSettings, type InstallUi, runInstall } from "../../node/install/steps.ts";
-import { LineView } from "../screens.tsx";
+import { LinesView } from "../screens.tsx";
 import { wizardLines } from "./lines.ts";
 import { type Answer, initialWizardState, type KeyName, reduce, type WizardState } from "./state.ts";
 
@@ -84,14 +84,7 @@ export function WizardApp({ initial, run, color, width, height, now = Date.now, 
 
   useInput((input, key) => dispatch({ kind: "key", key: wizardKey(input, key), char: input }));
 
-  const lines = wizardLines(state, width, height);
-  return (
-    <Box flexDirection="column" width={width} height={height} overflow="hidden">
-      {lines.map((line, index) => (
-        <LineView key={index} line={line} color={color} />
-      ))}
-    </Box>
-  );
+  return <LinesView lines={wizardLines(state, width, height)} width={width} height={height} color={color} />;
 }
 
 /** Run the wizard on this terminal; the report, or undefined when the operator quit before the end. */
