@@ -2,13 +2,17 @@
 // with a fresh code and dialers typing codes. The right code pairs both ends with the same secret;
 // a wrong code is refused on the dialer and reported on the listener, which keeps listening; the
 // preflight's round-trip probes (connect, close) and garbage bytes cost the code nothing and do not
-// disturb it; a dialer that reaches no listener says so. Each test's listener ends with its promise.
+// disturb it; silent connections opened during an exchange do not push it out; a dialer that
+// reaches no listener says so. Each test's listener ends with its promise.
 import { describe, expect, test } from "bun:test";
 import net from "node:net";
 import type { HostPort } from "../../src/node/config.ts";
 import { dialForPairing, listenForPairing, newPairingCode } from "../../src/node/install/pairing-driver.ts";
-import { formatPairingCode, type OfferBase, PairingError } from "../../src/node/install/pairing-exchange.ts";
-import { pairingAttemptsMax, pairingCodeAlphabet, pairingCodeLength } from "../../src/constants.ts";
+import { randomBytes } from "node:crypto";
+import { formatPairingCode, type OfferBase, PairingError, PairingInitiator } from "../../src/node/install/pairing-exchange.ts";
+import { encodePairingMessage, PairingFramer, type PairingMessage } from "../../src/node/install/pairing-wire.ts";
+import { until } from "../helpers/until.ts";
+import { pairingAttemptsMax, pairingCodeAlphabet, pairingCodeLength, pairingSessionsMax } from "../../src/constants.ts";
 
 const offerA: OfferBase = { name: "a", listen: "127.0.0.1:7788", connect: null, witnessId: null, witnessPath: null, linkRttMs: null, version: "0.1.0" };
 const offerB = { name: "b", listen: null, connect: null, witnessId: null, witnessPath: null, linkRttMs: 0.1, version: "0.1.0" };
@@ -73,6 +77,39 @@ describe("pairing over loopback", () => {
     expect(theirs.remoteAddress).toBe("127.0.0.1");
     expect(listener.failures).toEqual([expect.objectContaining({ attemptsLeft: pairingAttemptsMax - 1, reason: expect.stringContaining("closed") })]);
     expect(Math.abs(theirs.result.clockOffsetMs!)).toBeLessThan(1_000);
+  });
+
+  test("connections opened without a word during an exchange evict each other, not the exchange", async () => {
+    const code = newPairingCode();
+    const listener = await listening(code);
+    // An initiator driven by hand, so the test can hold it between its share and its confirm.
+    const initiator = new PairingInitiator({ code, offer: { ...offerB, listen: "127.0.0.1:7788" }, random: (bytes) => new Uint8Array(randomBytes(bytes)) });
+    const socket = net.connect({ host: "127.0.0.1", port: listener.address.port });
+    const framer = new PairingFramer();
+    const inbox: PairingMessage[] = [];
+    socket.on("data", (chunk: Buffer) => inbox.push(...framer.push(new Uint8Array(chunk))));
+    const next = async () => until("a message from the listener", () => inbox.shift(), 5_000);
+    const step = (message: PairingMessage) => {
+      for (const action of initiator.received(message, Date.now())) if (action.kind === "send") socket.write(encodePairingMessage(action.message));
+    };
+    step(await next()); // hello → share
+    const reply = await next();
+    expect(reply.type).toBe("reply");
+    // Now a crowd of silent connections, more than the listener holds.
+    const idle = await Promise.all(
+      Array.from({ length: pairingSessionsMax + 2 }, () => new Promise<net.Socket>((resolve) => {
+        const other = net.connect({ host: "127.0.0.1", port: listener.address.port }, () => resolve(other));
+        other.on("error", () => {});
+        other.resume();
+      })),
+    );
+    step(reply); // reply → confirm
+    const done = await next();
+    expect(done.type).toBe("done");
+    const outcome = initiator.received(done, Date.now());
+    expect(outcome[0]?.kind).toBe("paired");
+    expect((await listener.result).result.peer.name).toBe("b");
+    for (const other of [socket, ...idle]) other.destroy();
   });
 
   test("the listener stops after pairing: a second dial finds nobody", async () => {

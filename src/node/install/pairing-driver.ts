@@ -3,7 +3,7 @@
 // node where the code is typed). The protocol is the pure core in pairing-exchange.ts; this file
 // only moves its messages over TCP, gives it the clock and the random source, and enforces the
 // bounds: pairingSessionTimeoutMs per connection, pairingSessionsMax connections at once (a newer
-// one evicts the oldest), a frame size limit in the codec. Malformed input closes that connection
+// one evicts the oldest silent one), a frame size limit in the codec. Malformed input closes that connection
 // only. Codes are made here with nanoid from an unambiguous alphabet.
 import net from "node:net";
 import { randomBytes } from "node:crypto";
@@ -44,7 +44,7 @@ export function listenForPairing(options: ListenOptions): Promise<ListenResult> 
   const now = options.now ?? Date.now;
   const core = new PairingResponder({ code: options.code, offer: options.offer, startedMs: now(), lifetimeMs: options.lifetimeMs, random });
   return new Promise<ListenResult>((resolve, reject) => {
-    const sockets = new Map<number, { socket: net.Socket; remote: string; timer: ReturnType<typeof setTimeout> }>();
+    const sockets = new Map<number, { socket: net.Socket; remote: string; timer: ReturnType<typeof setTimeout>; spoke: boolean }>();
     let nextSession = 1;
     let settled = false;
     let ticker: ReturnType<typeof setInterval> | undefined;
@@ -103,9 +103,10 @@ export function listenForPairing(options: ListenOptions): Promise<ListenResult> 
       if (settled) return void socket.destroy();
       const session = nextSession++;
       const remote = socket.remoteAddress ?? "?";
-      // Bounded: the oldest connection makes room for a newer one.
+      // Bounded: the oldest connection that has not sent anything yet makes room for a newer one
+      // (so a flood of idle connections cannot push out an exchange under way), else the oldest.
       if (sockets.size >= pairingSessionsMax) {
-        const [oldest] = sockets.keys();
+        const oldest = [...sockets.entries()].find(([, entry]) => !entry.spoke)?.[0] ?? sockets.keys().next().value;
         if (oldest !== undefined) {
           const evicted = sockets.get(oldest)!;
           clearTimeout(evicted.timer);
@@ -120,11 +121,13 @@ export function listenForPairing(options: ListenOptions): Promise<ListenResult> 
         socket.destroy();
         apply(core.disconnected(session, `no complete exchange within ${pairingSessionTimeoutMs / 1000} s`));
       }, pairingSessionTimeoutMs);
-      sockets.set(session, { socket, remote, timer });
+      const entry = { socket, remote, timer, spoke: false };
+      sockets.set(session, entry);
       remotes.set(session, remote);
       const framer = new PairingFramer();
       socket.on("data", (chunk: Buffer) => {
         if (!sockets.has(session)) return;
+        entry.spoke = true;
         let messages;
         try {
           messages = framer.push(new Uint8Array(chunk));
