@@ -245,19 +245,19 @@ async function witnessStep(context: InstallContext): Promise<StepResult> {
     return failed("witness", `${found}, but this build of tandem cannot format a witness: the quorum's witness format is not part of it yet`, "the install stops here, before the daemon starts; run tandem install again with a build that has tandem witness format (the steps done so far are kept)");
   }
   const peer = config.peer!;
-  const content = await formatter.inspect(witnessPath, peer.clusterId);
+  const content = await formatter.inspect(config);
   if (content.kind === "ours") return { id: "witness", status: "already-done", detail: `${witnessPath} holds this pair's witness (${content.detail})` };
   if (content.kind !== "blank") return failed("witness", `${witnessPath} holds ${content.detail}`, `check that it is the shared witness disk; to overwrite it: tandem witness format --force ${witnessPath}`);
   // One node formats: the one that accepts the link. The other waits to see its format.
   if (peer.connect === "accept") {
-    const formatted = await formatter.format(witnessPath, peer.clusterId, (text) => context.ui.progress("witness", text));
+    const formatted = await formatter.format(config, (text) => context.ui.progress("witness", text));
     return { id: "witness", status: "done", detail: `formatted ${witnessPath} for this pair: ${formatted.detail}` };
   }
   const deadline = context.environment.now() + installWitnessWaitMs;
   context.ui.progress("witness", `waiting for ${peer.name} to format ${witnessPath}`);
   for (;;) {
     await pause(context.environment.signal, 500);
-    const seen = await formatter.inspect(witnessPath, peer.clusterId);
+    const seen = await formatter.inspect(config);
     if (seen.kind === "ours") return { id: "witness", status: "done", detail: `${peer.name} formatted ${witnessPath} for this pair (${seen.detail})` };
     if (seen.kind !== "blank") return failed("witness", `${witnessPath} holds ${seen.detail}`, "check that both nodes name the same shared witness disk");
     if (context.environment.now() > deadline) return failed("witness", `${peer.name} has not formatted ${witnessPath} within ${installWitnessWaitMs / 1000} s`, `see tandem install on ${peer.name}; then run tandem install here again`);
