@@ -29,7 +29,7 @@ import type { VolumeView } from "../volumes.ts";
 import { defaultDataDir, type ExistingConfig, packagedNodeName, type RawConfig, readExistingConfig, writePairedConfig } from "./config-file.ts";
 import { dialForPairing, listenForPairing, newPairingCode } from "./pairing-driver.ts";
 import { formatPairingCode, normalizePairingCode, type OfferBase, PairingError, type PairingFailureCode, type PairingResult } from "./pairing-exchange.ts";
-import { assessPreflight, gatherFacts, type GatherOptions, linkInterfaceFacts, median, type PreflightCheck, type PreflightFacts, tcpRoundTrips } from "./preflight.ts";
+import { assessPreflight, gatherFacts, type GatherOptions, linkInterfaceFacts, linkRoundTripMs, type PreflightCheck, type PreflightFacts, tcpRoundTrips } from "./preflight.ts";
 import { gatherServiceFacts, planService, runServiceCommands, type ServiceFacts } from "./service.ts";
 import { type InstallReport, type InstallSettings, type InstallUi, type StepId, type StepResult, stepOrder, stepTitles } from "./report.ts";
 import { type WitnessFormatter, witnessFormatter } from "./witness.ts";
@@ -164,7 +164,7 @@ async function pairingStep(context: InstallContext): Promise<StepResult> {
     connect: settings.connect ?? null,
     witnessId: facts?.witness?.byId ?? null,
     witnessPath: witnessPath ?? null,
-    linkRttMs: facts && facts.linkRttMs.length > 0 ? median(facts.linkRttMs) : null,
+    linkRttMs: facts && facts.linkRttMs.length > 0 ? linkRoundTripMs(facts.linkRttMs) : null,
     version: tandemVersion,
   };
   let result: PairingResult;
