@@ -320,9 +320,12 @@ export const installDaemonStartTimeoutMs = 30_000;
 export const installLinkUpTimeoutMs = 60_000;
 /** The node that does not format the witness waits this long to see its peer's format. */
 export const installWitnessWaitMs = 120_000;
+/** ... reading the witness this often while it waits (each read is one 128 KiB O_DIRECT read). */
+export const installWitnessPollMs = 500;
 assert(preflightLinkRttMsWarn < preflightLinkRttMsMax, "the round-trip warning comes before the failure");
 assert(pairingCodeAlphabet.length ** pairingCodeLength / pairingAttemptsMax > 1e11, "guessing a pairing code online stays hopeless");
 assert(pairingSessionTimeoutMs < pairingCodeLifetimeMs, "an exchange fits in a code's life");
+assert(installWitnessPollMs * 10 <= installWitnessWaitMs, "the witness wait reads the witness many times before it gives up");
 assert(installLinkUpTimeoutMs >= 2 * (replicaReconnectDelayMsMax + 2 * replicaHandshakeTimeoutMs), "the install waits for the link through two redials");
 assert(tuiRequestTimeoutMs < tuiPollIntervalMs, "a TUI request ends before the next poll starts, so polls never pile up");
 assert(tuiStaleAfterMs > tuiPollIntervalMs + tuiRequestTimeoutMs, "one slow poll does not mark the data stale");

@@ -21,7 +21,7 @@ import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
 import { formatSize } from "../../common/size.ts";
 import { tandemVersion } from "../../common/version.ts";
-import { installDaemonStartTimeoutMs, installLinkUpTimeoutMs, installPeerWaitMs, installReplicationPortDefault, installWitnessWaitMs, pairingCodeLifetimeMs, preflightLinkRttTimeoutMs } from "../../constants.ts";
+import { installDaemonStartTimeoutMs, installLinkUpTimeoutMs, installPeerWaitMs, installReplicationPortDefault, installWitnessPollMs, installWitnessWaitMs, pairingCodeLifetimeMs, preflightLinkRttTimeoutMs } from "../../constants.ts";
 import { formatHostPort, type NodeConfig } from "../config.ts";
 import { ControlClient } from "../control/client.ts";
 import type { StatusReport } from "../control/status.ts";
@@ -32,13 +32,13 @@ import { formatPairingCode, normalizePairingCode, type OfferBase, PairingError, 
 import { assessPreflight, gatherFacts, type GatherOptions, linkInterfaceFacts, linkRoundTripMs, type PreflightCheck, type PreflightFacts, tcpRoundTrips } from "./preflight.ts";
 import { gatherServiceFacts, planService, runServiceCommands, type ServiceFacts } from "./service.ts";
 import { type InstallReport, type InstallSettings, type InstallUi, type StepId, type StepResult, stepOrder, stepTitles } from "./report.ts";
-import { type WitnessFormatter, witnessFormatter } from "./witness.ts";
+import { type WitnessContent, type WitnessFormatter, witnessFormatter, WitnessHoldsData } from "./witness.ts";
 
 export { type InstallReport, type InstallSettings, type InstallUi, type StepId, type StepResult, type StepStatus, stepOrder, stepTitles } from "./report.ts";
 
 export interface InstallEnvironment {
   env: Record<string, string | undefined>;
-  witnessFormatter: WitnessFormatter | undefined;
+  witnessFormatter: WitnessFormatter;
   gather: (options: GatherOptions) => Promise<PreflightFacts>;
   serviceFacts: (env: Record<string, string | undefined>) => ServiceFacts;
   now: () => number;
@@ -234,33 +234,52 @@ async function pairingStep(context: InstallContext): Promise<StepResult> {
 
 // ---- witness
 
+/** What the witness path holds; a path that does not exist is a failure with its fix, not an error. */
+async function inspectWitness(context: InstallContext, witnessPath: string): Promise<WitnessContent | StepResult> {
+  try {
+    return await context.environment.witnessFormatter.inspect(context.config!);
+  } catch (error) {
+    if (error instanceof TandemError && error.code === "not_found") return failed("witness", `${witnessPath} does not exist`, `name the shared witness disk (/dev/disk/by-id/...) with --witness, or for a file witness create it on the shared storage first (truncate -s 1M ${witnessPath}), then run tandem install again`);
+    if (error instanceof TandemError && error.code === "io_error") return failed("witness", error.message, `check the witness disk and this node's way to it (tandem witness show ${witnessPath} reads it), then run tandem install again`);
+    throw error;
+  }
+}
+
 async function witnessStep(context: InstallContext): Promise<StepResult> {
   const config = context.config!;
   const witnessPath = config.witnessPath;
   if (!witnessPath) return failed("witness", "no witness is named", "name the shared witness disk with --witness /dev/disk/by-id/... and run tandem install again");
-  const formatter = context.environment.witnessFormatter;
-  if (!formatter) {
-    const seen = context.facts?.witness;
-    const found = seen && seen.path === witnessPath && seen.reachable ? `${witnessPath} is reachable (${formatSize(seen.sizeBytes)})` : `${witnessPath} is named`;
-    return failed("witness", `${found}, but this build of tandem cannot format a witness: the quorum's witness format is not part of it yet`, "the install stops here, before the daemon starts; run tandem install again with a build that has tandem witness format (the steps done so far are kept)");
-  }
   const peer = config.peer!;
-  const content = await formatter.inspect(config);
+  const cluster = Buffer.from(peer.clusterId).toString("hex");
+  const overwrite = `check that ${witnessPath} is the shared witness disk of this pair, not a disk in use; to format it anyway (destroying what it holds): tandem witness format --force --cluster ${cluster} ${witnessPath}, then run tandem install again`;
+  /** Anything but blank or this pair's witness stops the install: it never overwrites by itself. */
+  const refuse = (content: Exclude<WitnessContent, { kind: "blank" | "ours" }>): StepResult =>
+    content.kind === "other-timings"
+      ? failed("witness", `${witnessPath} holds ${content.detail}`, `give both nodes the [witness] timings it was formatted with (tandem witness show ${witnessPath}), or, while no volume is in use, format it again: tandem witness format --force --cluster ${cluster} ${witnessPath}`)
+      : failed("witness", `${witnessPath} holds ${content.detail}`, overwrite);
+  const content = await inspectWitness(context, witnessPath);
+  if ("id" in content) return content;
   if (content.kind === "ours") return { id: "witness", status: "already-done", detail: `${witnessPath} holds this pair's witness (${content.detail})` };
-  if (content.kind !== "blank") return failed("witness", `${witnessPath} holds ${content.detail}`, `check that it is the shared witness disk; to overwrite it: tandem witness format --force ${witnessPath}`);
+  if (content.kind !== "blank") return refuse(content);
   // One node formats: the one that accepts the link. The other waits to see its format.
   if (peer.connect === "accept") {
-    const formatted = await formatter.format(config, (text) => context.ui.progress("witness", text));
-    return { id: "witness", status: "done", detail: `formatted ${witnessPath} for this pair: ${formatted.detail}` };
+    try {
+      const formatted = await context.environment.witnessFormatter.format(config, (text) => context.ui.progress("witness", text));
+      return { id: "witness", status: "done", detail: `formatted ${witnessPath} for this pair (cluster ${cluster}): ${formatted.detail}` };
+    } catch (error) {
+      if (error instanceof WitnessHoldsData) return failed("witness", error.message, overwrite);
+      throw error;
+    }
   }
   const deadline = context.environment.now() + installWitnessWaitMs;
   context.ui.progress("witness", `waiting for ${peer.name} to format ${witnessPath}`);
   for (;;) {
-    await pause(context.environment.signal, 500);
-    const seen = await formatter.inspect(config);
+    await pause(context.environment.signal, installWitnessPollMs);
+    const seen = await inspectWitness(context, witnessPath);
+    if ("id" in seen) return seen;
     if (seen.kind === "ours") return { id: "witness", status: "done", detail: `${peer.name} formatted ${witnessPath} for this pair (${seen.detail})` };
-    if (seen.kind !== "blank") return failed("witness", `${witnessPath} holds ${seen.detail}`, "check that both nodes name the same shared witness disk");
-    if (context.environment.now() > deadline) return failed("witness", `${peer.name} has not formatted ${witnessPath} within ${installWitnessWaitMs / 1000} s`, `see tandem install on ${peer.name}; then run tandem install here again`);
+    if (seen.kind !== "blank") return refuse(seen);
+    if (context.environment.now() > deadline) return failed("witness", `${peer.name} has not formatted ${witnessPath} within ${installWitnessWaitMs / 1000} s`, `see tandem install on ${peer.name} (it formats the witness; both nodes must name the same shared disk); then run tandem install here again`);
   }
 }
 
