@@ -171,13 +171,13 @@ describe("the wizard rendered at 80x24", () => {
 
     ui.stepFinished(result("pairing", "done", "paired with b (10.99.0.2:7788); this node accepts b's connection"));
     await until("the code gone", () => !app.lastFrame()?.includes("PAIRING CODE"));
-    const witness = result("witness", "failed", "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4 is reachable (64 MiB), but this build of tandem cannot format a witness", { fix: "the install stops here, before the daemon starts" });
+    const witness = result("witness", "failed", "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4 holds the witness of another cluster (ffeeddccbbaa99887766554433221100)", { fix: "check that it is the shared witness disk of this pair, then run tandem install again" });
     ui.stepFinished(witness);
     script.finish({ ok: false, node: "a", config: base.configPath, steps: [result("preflight", "done", "x"), result("pairing", "done", "y"), witness, result("service", "skipped", "not run: the witness step failed")] });
     const stopped = await until("the outcome", () => (app.lastFrame()?.includes("STOPPED at witness:") ? app.lastFrame() : undefined));
     fits(stopped);
     expect(stopped).toContain(" FAILED   Witness");
-    expect(stopped).toContain("-> the install stops here, before the daemon starts");
+    expect(stopped).toContain("-> check that it is the shared witness disk of this pair, then run tandem");
     expect(stopped).toContain("Enter exit");
   });
 
