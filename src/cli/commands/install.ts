@@ -64,8 +64,10 @@ export class InstallCommand extends TandemCommand {
 
       Steps, in order: preflight (witness reachable and the same disk on both nodes, watchdog, free
       disks, the link's round trip and MTU, clocks), pairing (writes the config: [peer], [witness]),
-      witness (formats the shared disk once), service (systemctl enable --now tandem; skipped where
-      systemd does not run), link (the daemons connect with the new secret), the first volume.
+      witness (formats the shared disk once, with tandem witness format's code; a disk holding
+      anything but zeros or this pair's witness stops the install untouched), service (systemctl
+      enable --now tandem; skipped where systemd does not run), link (the daemons connect with the
+      new secret), the first volume.
       The first failure stops the install; running it again is safe and says what is already done.
 
       Without --yes it is a wizard in the terminal and asks for what the flags do not say. With
