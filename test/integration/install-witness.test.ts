@@ -8,7 +8,8 @@
 //    area (a GPT's backup header near the end) and this pair's witness formatted with other timings
 //    each fail the step with the fix, and the file is left byte for byte as it was; the fix's own
 //    command (tandem witness format --force --cluster ...) makes the next run already done;
-//  - a path that does not exist fails with how to create it;
+//  - a path that does not exist fails with how to create it; a paired node asked for another
+//    witness than its config names is refused at the pairing step (nothing is formatted);
 //  - the lab's witness (qemu-storage-daemon serving a FUSE file, where this machine has both) is
 //    formatted by a and seen by b the same way; while it fails every IO (EIO), the step fails with
 //    the IO error and a fix instead of pretending it is blank.
@@ -141,6 +142,19 @@ describe("the install's witness step on a file witness", () => {
     const result = await witnessStep(pair.a);
     expect(result).toMatchObject({ status: "failed", detail: `${pair.witness} does not exist` });
     expect(result.fix).toContain(`truncate -s 1M ${pair.witness}`);
+  });
+
+  test("a paired node asked for another witness than its config's: the pairing step refuses instead of formatting the old one", async () => {
+    const pair = pairOn();
+    const other = path.join(path.dirname(pair.witness), "other.img");
+    fs.writeFileSync(other, new Uint8Array(1024 * 1024));
+    const report = await runInstall({ configPath: pair.a, witness: other }, recordingUi(), defaultEnvironment(), ["pairing", "witness"]);
+    expect(report.steps[0]).toMatchObject({ id: "pairing", status: "failed", detail: `this node is already paired with the witness ${pair.witness}, not ${other}` });
+    expect(report.steps[0]!.fix).toContain("[witness]");
+    expect(report.steps[1]).toMatchObject({ id: "witness", status: "skipped" });
+    expect((await show(pair.witness)).cluster).toBeNull();
+    // The same path, named again: already done.
+    expect((await runInstall({ configPath: pair.a, witness: pair.witness }, recordingUi(), defaultEnvironment(), ["pairing"])).steps[0]!.status).toBe("already-done");
   });
 
   test.skipIf(!fuseWitnessAvailable())("the lab's FUSE witness: a formats, b sees it; a witness failing every IO fails the step with the fix", async () => {

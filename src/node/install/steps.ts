@@ -150,6 +150,10 @@ async function pairingStep(context: InstallContext): Promise<StepResult> {
     if (settings.peer && formatHostPort(settings.peer) !== formatHostPort(paired.address)) {
       return failed("pairing", `this node is already paired with ${paired.name} at ${formatHostPort(paired.address)}, not ${formatHostPort(settings.peer)}`, `to pair it with another node, remove the [peer] table from ${existing.path} first (docs/install.md)`);
     }
+    const witness = existing.config!.witnessPath;
+    if (settings.witness && witness && path.resolve(settings.witness) !== witness) {
+      return failed("pairing", `this node is already paired with the witness ${witness}, not ${path.resolve(settings.witness)}`, `to move the pair to another witness disk, change [witness] path in ${existing.path} on both nodes, restart both daemons and format it (tandem witness format)`);
+    }
     context.config = existing.config;
     return { id: "pairing", status: "already-done", detail: `paired with ${paired.name} (${formatHostPort(paired.address)}); ${describeEnd(paired.connect, paired.name)}; cluster ${Buffer.from(paired.clusterId).toString("hex")}` };
   }
