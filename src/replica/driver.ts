@@ -303,6 +303,8 @@ export class ReplicaDriver implements PeerTransportHandler {
       case "verifyMismatch":
       case "linkDown":
         return logger.warn(kind, fields);
+      case "ignored":
+        return logger.debug(kind, fields);
       default:
         return logger.info(kind, fields);
     }

@@ -21,7 +21,7 @@ import { type ConnectRole, Handshake, type HandshakeStep, type LinkSession, type
 import type { LoadedMetadata } from "./metadata-format.ts";
 import { ReportLimiter } from "./report-limiter.ts";
 import type { CoreAction, CoreEvent, RemoteAddress, ReplicaReport, VolumeStatus } from "./types.ts";
-import { VolumeCore, type VolumeHost } from "./volume.ts";
+import { VolumeCore, type VolumeHost } from "./volume/core.ts";
 import { clusterIdBytes, DecodeError, decodeMessage, encodeMessage, type Frame, Framer, type Message, MessageType, WireStatus } from "./wire.ts";
 import { replicaNonceBytes } from "../constants.ts";
 

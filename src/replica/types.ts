@@ -142,4 +142,6 @@ export type ReplicaReport =
   | { kind: "volumeUnknownOnPeer"; volumeId: number }
   | { kind: "ioError"; volumeId: number; what: string; error: IoError }
   | { kind: "verifyMismatch"; volumeId: number; offset: number; length: number; repaired: boolean }
+  /** A stale message or completion was ignored by the named check (for the debug log). */
+  | { kind: "ignored"; volumeId: number; check: string; reason: string }
   | { kind: "notice"; volumeId?: number; message: string };

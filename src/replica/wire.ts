@@ -113,6 +113,8 @@ export const enum DecisionKind {
   NoGoodData = 4,
   /** The sender's volume state differs in a way that forbids replication (size, granule). */
   Mismatch = 5,
+  /** Both nodes hold the write grant: IO waits until one is demoted. */
+  DualPrimary = 6,
 }
 
 /** A run of set bits in a dirty bitmap: [start, start + length) in bit indexes. */
@@ -770,7 +772,7 @@ export function decodeMessage(frame: Frame): Message {
       const followerHelloSeq = reader.u32("follower hello seq");
       const round = reader.u32("round");
       const kind = reader.u8("kind");
-      if (kind > DecisionKind.Mismatch) throw new DecodeError(`unknown decision ${kind}`);
+      if (kind > DecisionKind.DualPrimary) throw new DecodeError(`unknown decision ${kind}`);
       const deciderIsSource = reader.bool("deciderIsSource");
       const deciderLeads = reader.bool("deciderLeads");
       const full = reader.bool("full");

@@ -187,9 +187,9 @@ export class SimDisk {
         this.applyPartially(this.visible, { offset, bytes: write.source.slice() });
         // The sectors that landed sit in the cache like any write: the range as it now reads.
         this.cache.push({ offset, bytes: this.visible.slice(offset, offset + length), sequence });
-        return done(this.random.chance(this.faults.noSpaceShare ?? 0) ? "ENOSPC" : "EIO");
+        return done((this.faults.noSpaceShare ?? 0) > 0 && this.random.chance(this.faults.noSpaceShare ?? 0) ? "ENOSPC" : "EIO");
       }
-      if (trim && this.random.chance(this.faults.trimKeepsDataProbability ?? 0)) {
+      if (trim && (this.faults.trimKeepsDataProbability ?? 0) > 0 && this.random.chance(this.faults.trimKeepsDataProbability ?? 0)) {
         // Advisory TRIM: the backing kept the data.
         this.counters.trimsKept++;
         return done(null);

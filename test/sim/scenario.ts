@@ -251,7 +251,7 @@ export class Scenario {
       linkChanged: (up) => node.authority.linkChanged(up),
     };
     const driver = new ReplicaDriver({
-      identity: { nodeId: name, peerNodeId: peerOf(name), clusterId: new Uint8Array(16).fill(7), secret: new TextEncoder().encode("scenario secret") },
+      identity: { nodeId: name, peerNodeId: peerOf(name), clusterId: new Uint8Array(16).fill(7), secret: new TextEncoder().encode("scenario secret"), connect: name === "a" ? "dial" : "accept" },
       transport: this.network.endpoint(name, incarnation),
       clock,
       random: this.random.fork(`${name}-${incarnation}`),

@@ -1,0 +1,138 @@
+// The lifecycle of a volume on this node: open (recover after an unclean stop, persist "not clean"
+// before any IO), serve, close (let the work in flight finish, make every completed write durable
+// on both nodes, persist "clean"). The state is one tagged union (state.ts) changed only through
+// `move`, which checks the table of allowed transitions.
+import type { LoadedMetadata } from "../metadata-format.ts";
+import type { IoError } from "../types.ts";
+import { MessageType } from "../wire.ts";
+import type { Parts } from "./context.ts";
+import { checkTransition, type Lifecycle, lifecycleTransitions } from "./state.ts";
+
+export class VolumeLifecycle {
+  state: Lifecycle = { kind: "opening", retry: false };
+  /** "Not clean" is on disk: IO may flow (stays true through the close). */
+  private opened = false;
+  private findings: string[] = [];
+  private recovered = 0;
+
+  constructor(private readonly v: Parts) {}
+
+  private move(next: Lifecycle): void {
+    checkTransition("volume lifecycle", lifecycleTransitions, this.state.kind, next.kind);
+    this.state = next;
+  }
+
+  /** The volume takes part in IO and negotiation (opened, and not yet past the start of its close). */
+  get serving(): boolean {
+    return this.opened && (this.state.kind === "open" || this.state.kind === "closing");
+  }
+
+  /** Past the point where the close stops handling the peer's messages. */
+  get shutDown(): boolean {
+    return this.state.kind === "flushingForClose" || this.state.kind === "recordingClose" || this.state.kind === "closed";
+  }
+
+  get isOpened(): boolean {
+    return this.opened;
+  }
+
+  /** New client requests are refused (a close is under way or done). */
+  get refusesRequests(): boolean {
+    return this.state.kind !== "opening" && this.state.kind !== "open";
+  }
+
+  /** Recover after an unclean stop, then persist "not clean" before any IO. */
+  open(loaded: LoadedMetadata): void {
+    const context = this.v.context;
+    let recovered = 0;
+    if (!loaded.superblock.cleanShutdown && loaded.activityLog) {
+      for (const extent of loaded.activityLog.extents) {
+        const start = Math.floor((extent * loaded.activityLog.extentBytes) / context.granuleBytes);
+        const end = Math.min(context.layout.bitCount, Math.ceil(((extent + 1) * loaded.activityLog.extentBytes) / context.granuleBytes));
+        if (start < end) {
+          context.bitmap.setRange(start, end);
+          recovered++;
+        }
+      }
+    }
+    this.findings = loaded.findings;
+    this.recovered = recovered;
+    context.superblock.cleanShutdown = false;
+    this.v.persistence.persist({ superblock: true, pages: true }, { kind: "open" });
+  }
+
+  /** The "not clean" record is persisted (or failed: the next tick tries again). */
+  persisted(error: IoError | null): void {
+    if (error) {
+      if (this.state.kind === "opening" && !this.state.retry) this.v.context.report({ kind: "ioError", volumeId: this.v.context.volumeId, what: "marking the volume in use at open (retrying)", error });
+      if (this.state.kind === "opening") this.move({ kind: "opening", retry: true });
+      return;
+    }
+    this.opened = true;
+    if (this.state.kind === "opening") this.move({ kind: "open" });
+    this.v.context.report({ kind: "volumeOpened", volumeId: this.v.context.volumeId, findings: this.findings, recoveredExtents: this.recovered });
+    this.v.negotiation.opened();
+    this.v.writes.pump();
+  }
+
+  tick(): void {
+    if (this.state.kind === "opening" && this.state.retry && !this.v.persistence.busy) {
+      this.move({ kind: "opening", retry: false });
+      this.v.persistence.persist({ superblock: true, pages: true }, { kind: "open" });
+    }
+  }
+
+  close(request: number): void {
+    if (this.state.kind !== "opening" && this.state.kind !== "open") {
+      this.v.context.emit({ kind: "complete", request, error: "ESHUTDOWN", message: "volume is already closing" });
+      return;
+    }
+    this.move({ kind: "closing", request }); // from opening too: the open record finishes first
+    this.v.writes.failQueuedClientOps("ESHUTDOWN", "volume is closing");
+    this.tryFinish();
+  }
+
+  /** Move the close on once nothing is in flight. */
+  tryFinish(): void {
+    const state = this.state;
+    if (state.kind !== "closing") return;
+    const v = this.v;
+    if (v.writes.running.size > 0 || v.persistence.busy || v.persistence.activityBusy || v.resync.chunksInFlight() > 0 || v.verify.busy) return;
+    this.move({ kind: "flushingForClose", request: state.request });
+    // Make every completed write durable here and on the peer before calling the close clean.
+    v.context.issue({ kind: "storageFlush", volumeId: v.context.volumeId, io: 0 }, { kind: "closeFlush" });
+  }
+
+  /** The local flush of the close is done. */
+  flushed(_error: IoError | null): void {
+    const v = this.v;
+    if (v.negotiation.mirroring() && v.writes.transferLog.size > 0) v.writes.barrier({ kind: "close" });
+    else {
+      v.writes.markTransferLogDirty();
+      this.record();
+    }
+  }
+
+  /** The close's barrier on the peer is answered (or lost). */
+  barrierDone(): void {
+    this.record();
+  }
+
+  private record(): void {
+    const state = this.state;
+    if (state.kind !== "flushingForClose") return;
+    this.move({ kind: "recordingClose", request: state.request });
+    this.v.context.superblock.cleanShutdown = true;
+    this.v.persistence.persist({ superblock: true, pages: true }, { kind: "close" });
+  }
+
+  /** The clean shutdown is persisted (or not): the close is complete. */
+  recorded(error: IoError | null): void {
+    const state = this.state;
+    if (state.kind !== "recordingClose") return;
+    const context = this.v.context;
+    if (this.v.negotiation.linkUp) context.send({ type: MessageType.VolumeClosed, volumeId: context.volumeId, requestId: 0 });
+    this.move({ kind: "closed" });
+    context.emit({ kind: "complete", request: state.request, error, message: error ? "could not mark the volume clean" : undefined });
+  }
+}
