@@ -64,6 +64,8 @@ export class VolumeContext {
   readonly ignored = new Map<IgnoreCheck, number>();
   private nextIo = 1;
   private nextRequest = 1;
+  /** Requests with a lower id belong to an ended peer session: a late answer to one is ignored. */
+  private retiredBelow = 1;
 
   constructor(
     readonly host: VolumeHost,
@@ -130,6 +132,22 @@ export class VolumeContext {
   /** A fresh id for a request to the peer. */
   requestId(): number {
     return this.nextRequest++;
+  }
+
+  /**
+   * The peer stopped serving our requests (the link dropped, or it closed the volume): take every
+   * pending request out of the table; answers that still come for them are stale.
+   */
+  retireRequests(): PendingRequest[] {
+    const requests = [...this.requests.values()];
+    this.requests.clear();
+    this.retiredBelow = this.nextRequest;
+    return requests;
+  }
+
+  /** Whether a request id belongs to an ended peer session (rather than never existing). */
+  retired(requestId: number): boolean {
+    return requestId < this.retiredBelow;
   }
 
   /** Remember a request sent to the peer until its answer (or the link's loss). */

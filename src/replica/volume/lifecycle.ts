@@ -4,7 +4,6 @@
 // `move`, which checks the table of allowed transitions.
 import type { LoadedMetadata } from "../metadata-format.ts";
 import type { IoError } from "../types.ts";
-import { MessageType } from "../wire.ts";
 import type { Parts } from "./context.ts";
 import { checkTransition, type Lifecycle, lifecycleTransitions } from "./state.ts";
 
@@ -27,9 +26,14 @@ export class VolumeLifecycle {
     return this.opened && (this.state.kind === "open" || this.state.kind === "closing");
   }
 
-  /** Past the point where the close stops handling the peer's messages. */
-  get shutDown(): boolean {
-    return this.state.kind === "flushingForClose" || this.state.kind === "recordingClose" || this.state.kind === "closed";
+  /** A close is under way or done: the peer's requests are no longer served, only its answers. */
+  get leaving(): boolean {
+    return this.state.kind !== "opening" && this.state.kind !== "open";
+  }
+
+  /** Closed: nothing more happens for this volume. */
+  get closed(): boolean {
+    return this.state.kind === "closed";
   }
 
   get isOpened(): boolean {
@@ -38,7 +42,7 @@ export class VolumeLifecycle {
 
   /** New client requests are refused (a close is under way or done). */
   get refusesRequests(): boolean {
-    return this.state.kind !== "opening" && this.state.kind !== "open";
+    return this.leaving;
   }
 
   /** Recover after an unclean stop, then persist "not clean" before any IO. */
@@ -83,12 +87,15 @@ export class VolumeLifecycle {
   }
 
   close(request: number): void {
-    if (this.state.kind !== "opening" && this.state.kind !== "open") {
+    if (this.leaving) {
       this.v.context.emit({ kind: "complete", request, error: "ESHUTDOWN", message: "volume is already closing" });
       return;
     }
     this.move({ kind: "closing", request }); // from opening too: the open record finishes first
     this.v.writes.failQueuedClientOps("ESHUTDOWN", "volume is closing");
+    // The peer stops sending for this volume now, and treats what it sent and we did not answer
+    // as not reaching us; what it already sent is answered or ignored, never left hanging.
+    this.v.negotiation.leave();
     this.tryFinish();
   }
 
@@ -97,23 +104,31 @@ export class VolumeLifecycle {
     const state = this.state;
     if (state.kind !== "closing") return;
     const v = this.v;
-    if (v.writes.running.size > 0 || v.persistence.busy || v.persistence.activityBusy || v.resync.chunksInFlight() > 0 || v.verify.busy) return;
-    this.move({ kind: "flushingForClose", request: state.request });
+    const context = v.context;
+    if (v.writes.running.size > 0 || v.writes.queue.length > 0 || context.io.size > 0 || context.requests.size > 0 || v.persistence.busy || v.persistence.activityBusy) return;
+    this.move({ kind: "flushingForClose", request: state.request, localFlushFailed: false });
     // Make every completed write durable here and on the peer before calling the close clean.
-    v.context.issue({ kind: "storageFlush", volumeId: v.context.volumeId, io: 0 }, { kind: "closeFlush" });
+    context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "closeFlush" });
   }
 
   /** The local flush of the close is done. */
-  flushed(_error: IoError | null): void {
+  flushed(error: IoError | null): void {
+    const state = this.state;
+    if (state.kind !== "flushingForClose") return;
     const v = this.v;
-    if (v.negotiation.mirroring() && v.writes.transferLog.size > 0) v.writes.barrier({ kind: "close" });
+    if (error) {
+      state.localFlushFailed = true;
+      v.context.report({ kind: "ioError", volumeId: v.context.volumeId, what: "flushing the volume at close (its activity log will be replayed at the next open)", error });
+    }
+    // The peer still answers a flush of what it acknowledged, even after our notice.
+    if (v.negotiation.linkUp && v.writes.transferLog.size > 0) v.writes.barrier({ kind: "close" });
     else {
       v.writes.markTransferLogDirty();
       this.record();
     }
   }
 
-  /** The close's barrier on the peer is answered (or lost). */
+  /** The close's barrier on the peer is answered (or lost): what it did not cover is marked dirty. */
   barrierDone(): void {
     this.record();
   }
@@ -121,18 +136,18 @@ export class VolumeLifecycle {
   private record(): void {
     const state = this.state;
     if (state.kind !== "flushingForClose") return;
-    this.move({ kind: "recordingClose", request: state.request });
-    this.v.context.superblock.cleanShutdown = true;
+    const clean = !state.localFlushFailed;
+    this.move({ kind: "recordingClose", request: state.request, clean });
+    this.v.context.superblock.cleanShutdown = clean;
     this.v.persistence.persist({ superblock: true, pages: true }, { kind: "close" });
   }
 
-  /** The clean shutdown is persisted (or not): the close is complete. */
+  /** The shutdown is persisted (or not): the close is complete. */
   recorded(error: IoError | null): void {
     const state = this.state;
     if (state.kind !== "recordingClose") return;
-    const context = this.v.context;
-    if (this.v.negotiation.linkUp) context.send({ type: MessageType.VolumeClosed, volumeId: context.volumeId, requestId: 0 });
     this.move({ kind: "closed" });
-    context.emit({ kind: "complete", request: state.request, error, message: error ? "could not mark the volume clean" : undefined });
+    const message = error ? "could not record the close" : state.clean ? undefined : "a flush failed: the volume was not closed clean";
+    this.v.context.emit({ kind: "complete", request: state.request, error: error ?? (state.clean ? null : "EIO"), message });
   }
 }

@@ -154,6 +154,8 @@ export type PendingIo =
 /** Named reasons a message or completion is ignored as stale (counted and reported). */
 export type IgnoreCheck =
   | "ignoreAfterClose"
+  | "ignoreRequestWhileClosing"
+  | "ignoreAnswerToRetiredRequest"
   | "ignoreStaleDecision"
   | "ignoreStaleRound"
   | "ignoreAnswerOnOldLink"

@@ -104,6 +104,11 @@ export class Negotiation {
     this.linkUp = true;
     this.linkEpoch++;
     this.peerHello = undefined;
+    if (this.v.lifecycle.leaving) {
+      this.move({ kind: "absent", reason: "this node is closing the volume" });
+      this.sendNotice();
+      return;
+    }
     this.move({ kind: "negotiating", reason: "waiting for the peer's volume state" });
     if (this.v.lifecycle.isOpened) this.sendHello(true);
   }
@@ -115,14 +120,39 @@ export class Negotiation {
     this.linkEpoch++;
     this.peerHello = undefined;
     this.move({ kind: "down", reason: "the peer is not connected" });
-    v.writes.linkLost();
-    const requests = [...v.context.requests.values()];
-    v.context.requests.clear();
-    for (const request of requests) v.peer.lost(request);
-    v.resync.abort();
-    v.verify.abort("the link to the peer was lost");
-    for (const op of [...v.writes.running]) v.writes.finishWrite(op);
+    v.writes.peerStoppedServing();
+    // Writes from the peer that we had not acknowledged: the primary may not have them.
+    v.writes.peerRequestsDropped();
+    this.endPeerSession();
     v.writes.pump();
+  }
+
+  /**
+   * The peer no longer answers our requests (link lost, or it closed the volume): everything we
+   * asked of it is lost, the resync and verify stop, and writes waiting for it complete alone.
+   */
+  private endPeerSession(): void {
+    const v = this.v;
+    for (const request of v.context.retireRequests()) v.peer.lost(request);
+    v.resync.abort();
+    v.verify.abort(this.linkUp ? "the peer closed the volume" : "the link to the peer was lost");
+    for (const op of [...v.writes.running]) v.writes.finishWrite(op);
+  }
+
+  /** This node closes the volume: tell the peer to send nothing more for it. */
+  leave(): void {
+    const v = this.v;
+    v.resync.abort();
+    v.verify.abort("the volume is closing");
+    if (!this.linkUp) return;
+    this.peerHello = undefined;
+    this.move({ kind: "absent", reason: "this node is closing the volume" });
+    this.sendNotice();
+  }
+
+  private sendNotice(): void {
+    const context = this.v.context;
+    context.send({ type: MessageType.VolumeClosed, volumeId: context.volumeId, requestId: 0 });
   }
 
   /**
@@ -132,6 +162,7 @@ export class Negotiation {
    * a state we have left.
    */
   sendHello(redecide: boolean): void {
+    if (this.v.lifecycle.leaving) return; // the peer was told we are gone: nothing more to negotiate
     const persistence = this.v.persistence;
     if (persistence.generationPending) {
       // A new generation is being persisted: announce it once it is on disk, never before.
@@ -174,7 +205,7 @@ export class Negotiation {
 
   maybeDecide(): void {
     const v = this.v;
-    if (!this.isDecider || !this.linkUp || !v.lifecycle.isOpened || !this.peerHello || !this.decideWanted || v.lifecycle.shutDown) return;
+    if (!this.isDecider || !this.linkUp || !v.lifecycle.isOpened || !this.peerHello || !this.decideWanted || v.lifecycle.leaving) return;
     if (v.persistence.generationPending) return; // decide on generations that are on disk (called again after)
     this.decideWanted = false;
     const context = v.context;
@@ -342,14 +373,17 @@ export class Negotiation {
     this.apply(message.kind, message.round, resync ? !message.deciderIsSource : false, resync ? !message.deciderLeads : false, message.full, message.reason, message.byOperator);
   }
 
-  /** VolumeUnknown or VolumeClosed: the peer has no open replica of this volume. */
+  /**
+   * VolumeUnknown or VolumeClosed: the peer has no open replica of this volume (or is closing it).
+   * It answers nothing more we ask, so what we asked is lost; what it asked of us is still
+   * answered (a closing primary waits for its last writes and its final barrier).
+   */
   onPeerGone(message: Message): void {
     const v = this.v;
-    v.resync.abort();
-    v.verify.abort("the peer closed the volume");
-    v.writes.markTransferLogDirty();
-    this.peerHello = undefined;
     const unknown = message.type === MessageType.VolumeUnknown;
+    v.writes.peerStoppedServing();
+    this.endPeerSession();
+    this.peerHello = undefined;
     this.move({ kind: "absent", reason: unknown ? "the peer does not have this volume" : "the peer closed this volume" });
     if (unknown) v.context.report({ kind: "volumeUnknownOnPeer", volumeId: v.context.volumeId });
     v.writes.pump();

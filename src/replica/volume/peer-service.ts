@@ -24,7 +24,8 @@ export class PeerService {
   message(message: Message): void {
     const v = this.v;
     const context = v.context;
-    if (v.lifecycle.shutDown && message.type !== MessageType.VolumeHello) return context.ignore("ignoreAfterClose", `message type ${message.type} after the volume closed`);
+    if (v.lifecycle.closed) return context.ignore("ignoreAfterClose", `message type ${message.type} after the volume closed`);
+    if (v.lifecycle.leaving && !this.answersUs(message)) return context.ignore("ignoreRequestWhileClosing", `message type ${message.type} while the volume closes`);
     switch (message.type) {
       case MessageType.VolumeHello:
         return v.negotiation.onVolumeHello(message);
@@ -73,18 +74,46 @@ export class PeerService {
       case MessageType.VerifyReply:
       case MessageType.RepairAck: {
         const request = context.requests.get(message.requestId);
-        if (!request) return this.protocolError(`answer to unknown request ${message.requestId} (type ${message.type})`);
+        if (!request) return this.unknownRequest(message);
         context.requests.delete(message.requestId);
         return this.answer(request, message);
       }
       case MessageType.Nack: {
         const request = context.requests.get(message.requestId);
-        if (!request) return this.protocolError(`resend request for unknown request ${message.requestId}`);
+        if (!request) return this.unknownRequest(message);
         return this.resend(request);
       }
       default:
         return this.protocolError(`message type ${message.type} is not a volume message`);
     }
+  }
+
+  /** Whether a message answers something we asked (still handled while the volume closes). */
+  private answersUs(message: Message): boolean {
+    switch (message.type) {
+      case MessageType.WriteAck:
+      case MessageType.FlushAck:
+      case MessageType.ReadReply:
+      case MessageType.ResyncAck:
+      case MessageType.ResyncFlushAck:
+      case MessageType.VerifyReply:
+      case MessageType.RepairAck:
+      case MessageType.Nack:
+      case MessageType.VolumeUnknown:
+      case MessageType.VolumeClosed:
+        return true;
+      case MessageType.ResyncData:
+        return this.v.context.requests.has(message.requestId);
+      default:
+        return false;
+    }
+  }
+
+  /** An answer (or resend request) for a request we do not have: stale, or a protocol error. */
+  private unknownRequest(message: Message): void {
+    const context = this.v.context;
+    if (context.retired(message.requestId)) return context.ignore("ignoreAnswerToRetiredRequest", `message type ${message.type} for request ${message.requestId}, sent before the peer stopped serving us`);
+    this.protocolError(`answer to unknown request ${message.requestId} (type ${message.type})`);
   }
 
   /** A frame for this volume arrived with a payload that failed its checksum. */

@@ -22,12 +22,15 @@ export type Lifecycle =
   | { kind: "opening"; retry: boolean }
   /** Serving. */
   | { kind: "open" }
-  /** A close was asked for: no new client request is admitted; work in flight finishes. */
+  /**
+   * A close was asked for: the peer was told to send nothing more for this volume; no client
+   * request is admitted; IO and requests in flight finish (the peer's answers still count).
+   */
   | { kind: "closing"; request: number }
   /** Nothing is in flight: every completed write is being made durable here and on the peer. */
-  | { kind: "flushingForClose"; request: number }
-  /** The clean shutdown is being persisted. */
-  | { kind: "recordingClose"; request: number }
+  | { kind: "flushingForClose"; request: number; localFlushFailed: boolean }
+  /** The shutdown is being persisted: clean unless a flush failed (then the activity log replays). */
+  | { kind: "recordingClose"; request: number; clean: boolean }
   /** Done: the node core may detach the volume. */
   | { kind: "closed" };
 

@@ -506,8 +506,8 @@ export class WritePath {
 
   // ---------------------------------------------------------------- link loss
 
-  /** The link dropped: what was in flight to or from the peer may differ now. */
-  linkLost(): void {
+  /** The peer stopped answering our requests: what we sent it may not have reached it. */
+  peerStoppedServing(): void {
     // Writes in flight to the peer were never acknowledged: their regions may differ now.
     for (const op of this.running) {
       if (op.peerPending) {
@@ -518,7 +518,10 @@ export class WritePath {
     }
     // Writes the peer acknowledged but never confirmed durable may vanish if it crashed.
     this.markTransferLogDirty();
-    // Writes from the peer that we had not acknowledged: the primary may not have them.
+  }
+
+  /** The link dropped: the peer's writes we had not answered may be missing on the primary. */
+  peerRequestsDropped(): void {
     for (const op of this.incoming.values()) this.markDirty(op.offset, op.length);
     this.incoming.clear();
     this.queue = this.queue.filter((op) => op.source === "client");
@@ -573,7 +576,7 @@ export class WritePath {
   lost(request: Extract<PendingRequest, { kind: "write" | "read" | "barrier" }>): void {
     switch (request.kind) {
       case "write":
-        return; // linkLost handles every running write
+        return; // peerStoppedServing handles every running write
       case "read": {
         const op = request.op;
         if (this.localValid(op.offset, op.length)) {
@@ -583,7 +586,7 @@ export class WritePath {
         return;
       }
       case "barrier":
-        // markTransferLogDirty (called first on link loss) has marked `covered` already.
+        // peerStoppedServing (called first) has marked `covered` already.
         return this.barrierLost(request.purpose);
     }
   }
