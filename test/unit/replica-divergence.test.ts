@@ -65,7 +65,7 @@ describe("closing a volume", () => {
     expectConverged(scenario);
   });
 
-  test.failing("a close whose barrier fails on the peer marks the region dirty", () => {
+  test("a close whose barrier fails on the peer marks the region dirty", () => {
     const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
     scenario.waitSynced();
     scenario.complete(scenario.write("a", 4));
@@ -175,7 +175,7 @@ describe("client buffers and backings", () => {
     expect(scenario.blockValue("a", 6)).toBe(write.tag);
   });
 
-  test.failing("a failed barrier that drops cached writes (Linux) on the secondary is resynced to it", () => {
+  test("a failed barrier that drops cached writes (Linux) on the secondary is resynced to it", () => {
     const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
     scenario.waitSynced();
     const write = scenario.complete(scenario.write("a", 6));

@@ -424,13 +424,19 @@ export class WritePath {
       for (const barrier of barriers) barrier.covered = new Set();
       return;
     }
-    const bitCount = context.layout.bitCount;
-    const mark = (granules: Set<number>) => {
-      for (const granule of granules) context.bitmap.setRange(granule, Math.min(granule + 1, bitCount));
-    };
-    mark(this.transferLog);
-    for (const barrier of barriers) mark(barrier.covered);
+    this.markGranulesDirty(this.transferLog);
+    for (const barrier of barriers) this.markGranulesDirty(barrier.covered);
     this.transferLog = new Set();
+  }
+
+  private markGranulesDirty(granules: Set<number>): void {
+    const context = this.v.context;
+    const bitCount = context.layout.bitCount;
+    for (const granule of granules) {
+      if (granule >= bitCount) continue;
+      context.bitmap.setRange(granule, granule + 1);
+      this.v.resync.remarked(granule, granule + 1);
+    }
   }
 
   /** Mark a byte range as possibly different from the peer. */
@@ -565,7 +571,11 @@ export class WritePath {
       case "barrier": {
         if (message.type !== MessageType.FlushAck) return this.v.peer.protocolError("expected FlushAck");
         if (message.status !== WireStatus.Ok) {
-          for (const granule of request.covered) this.transferLog.add(granule);
+          // A flush that failed may have dropped what it covered from the peer's cache (Linux
+          // marks the pages clean), and a later flush would succeed without it: those regions
+          // differ on the peer from now on, whatever a later barrier says.
+          this.markGranulesDirty(request.covered);
+          this.v.negotiation.requestRedecide();
           return this.barrierDone(request.purpose, false);
         }
         return this.barrierDone(request.purpose, true);
