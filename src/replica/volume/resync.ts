@@ -445,7 +445,9 @@ export class ResyncEngine {
     else if (round.stage.kind !== "completing") return this.v.context.ignore("ignoreResyncMessageInWrongStage", `the end of resync round ${round.round} in stage ${round.stage.kind}`);
     const context = this.v.context;
     const superblock = context.superblock;
-    context.bitmap.clearRange(0, context.bitmap.bitCount);
+    // The work list is empty here: the leader completes only then, and the follower's copy was
+    // cleared by the leader's progress. A bit set now was marked after the last chunk (a write that
+    // failed on one side, say) and must survive the end of the resync: it is copied next.
     if (round.localIsSource) {
       if (superblock.generations.current === noGeneration) {
         // Two new replicas: the source names the first generation both will share.
@@ -485,6 +487,7 @@ export class ResyncEngine {
     this.v.negotiation.resyncFinished();
     context.report({ kind: "synced", volumeId: context.volumeId, current: formatGeneration(context.generations.current), asTarget: !round.localIsSource });
     this.v.negotiation.afterResync();
+    if (context.bitmap.setCount > 0) this.v.negotiation.requestRedecide();
     this.v.writes.pump();
   }
 
