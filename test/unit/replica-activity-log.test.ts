@@ -33,3 +33,13 @@ test("acquiring a cold extent is a bug", () => {
   const log = new ActivityLog(1024, 2);
   expect(() => log.acquire(0, 1)).toThrow(/hot before a write/);
 });
+
+test("a failed transaction leaves only what both the old and the planned log cover hot", () => {
+  const log = new ActivityLog(1024, 2, [0, 1], 4);
+  const plan = log.plan([2])!; // evicts 0 (least recently used)
+  expect(plan).toEqual({ add: [2], evict: [0] });
+  log.failed(plan, 5);
+  expect(log.extents).toEqual([1]); // 0 may be gone from the log on disk, 2 never reached it
+  expect(log.missing(0, 1)).toEqual([0]);
+  expect(log.sequence).toBe(5); // the next transaction never reuses the failed one's slot
+});

@@ -77,7 +77,7 @@ describe("closing a volume", () => {
 });
 
 describe("activity log", () => {
-  test.failing("a transaction that fails but reached the disk does not leave its evicted extent hot", () => {
+  test("a transaction that fails but reached the disk does not leave its evicted extent hot", () => {
     // 64 blocks, extents of 4 blocks, 4 extents in the log.
     const scenario = new Scenario({ blocks: 64 });
     scenario.waitSynced();

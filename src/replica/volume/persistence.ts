@@ -221,7 +221,10 @@ export class Persistence {
   }
 
   private activityCommitted(plan: ActivityLogPlan, sequence: number, error: IoError | null): void {
-    if (error) return this.activityFailed(plan, error);
+    if (error) {
+      this.v.context.activityLog.failed(plan, sequence);
+      return this.activityFailed(plan, error);
+    }
     this.v.context.activityLog.commit(plan, sequence);
     for (const extent of plan.evict) this.evicting.delete(extent);
     this.activityBusy = false;
