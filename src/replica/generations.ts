@@ -108,11 +108,21 @@ export function finishAsSource(generations: Generations, historyLength: number):
   return { current: generations.current, bitmapBase: noGeneration, history: pushHistory(generations.history, generations.bitmapBase, historyLength) };
 }
 
+/**
+ * A resync target begins to take the source's data: it records the source's generation, so that
+ * after an interruption the two are related and the resync continues from the remaining bitmaps
+ * (a new disk, whose own generation is none, would otherwise look unrelated and start over).
+ */
+export function startAsTarget(generations: Generations, sourceCurrent: bigint, historyLength: number): Generations {
+  if (sourceCurrent === noGeneration || sourceCurrent === generations.current) return generations;
+  return { ...generations, history: pushHistory(generations.history, sourceCurrent, historyLength) };
+}
+
 /** The target finished a resync: it now holds the source's generation. */
 export function finishAsTarget(generations: Generations, sourceCurrent: bigint, historyLength: number): Generations {
   let history = pushHistory(generations.history, generations.bitmapBase, historyLength);
   if (generations.current !== sourceCurrent) history = pushHistory(history, generations.current, historyLength);
-  return { current: sourceCurrent, bitmapBase: noGeneration, history };
+  return { current: sourceCurrent, bitmapBase: noGeneration, history: history.filter((id) => id !== sourceCurrent) };
 }
 
 export function formatGeneration(id: bigint): string {

@@ -98,7 +98,7 @@ describe("activity log", () => {
 });
 
 describe("resync progress", () => {
-  test.failing("a full resync to a new disk resumes where it stopped after the link drops", () => {
+  test("a full resync to a new disk resumes where it stopped after the link drops", () => {
     const scenario = new Scenario({ blocks: 64, format: { b: "new" }, config: { resyncRateBytesPerTick: 2 * blockBytes, resyncCheckpointChunks: 1 } });
     scenario.runUntil(() => {
       const resync = scenario.status("b")?.resync;

@@ -5,7 +5,7 @@
 // checkpoints with a flush of the target and clears the copied bits on both sides, so a resync
 // resumes where it stopped; finally the source records the end and the target adopts the source's
 // generation. One round is one ResyncRound (state.ts) whose stage changes only through the table.
-import { finishAsSource, finishAsTarget, formatGeneration, noGeneration } from "../generations.ts";
+import { finishAsSource, finishAsTarget, formatGeneration, noGeneration, startAsTarget } from "../generations.ts";
 import type { IoError, ResyncStatus } from "../types.ts";
 import { DataState, type Message, MessageType, type ResyncDataMessage, WireStatus } from "../wire.ts";
 import { replicaBitmapRunsPerMessageMax, replicaGenerationHistoryLength } from "../../constants.ts";
@@ -86,7 +86,11 @@ export class ResyncEngine {
     } else bitmap.setRuns(round.stage.peerRuns);
     moveResync(round, { kind: "persisting", pending: round.localIsSource ? 2 : 1, failure: null });
     round.bitsTotal = bitmap.setCount;
-    if (!round.localIsSource) context.superblock.dataState = DataState.Inconsistent;
+    if (!round.localIsSource) {
+      context.superblock.dataState = DataState.Inconsistent;
+      const sourceCurrent = this.v.negotiation.peerHello?.generations.current ?? noGeneration;
+      context.superblock.generations = startAsTarget(context.superblock.generations, sourceCurrent, replicaGenerationHistoryLength);
+    }
     context.superblock.resync = { active: true, target: !round.localIsSource, bitsTotal: round.bitsTotal, bitsDone: 0 };
     // The source's copy of what it is about to send may still sit in its volatile cache (writes it
     // received as a secondary, an earlier resync): were it to crash after the target made that copy
