@@ -114,7 +114,7 @@ describe("resync progress", () => {
 });
 
 describe("verify", () => {
-  test.failing("a verify repair is durable on the peer before it counts as repaired", () => {
+  test("a verify repair is durable on the peer before it counts as repaired", () => {
     const scenario = new Scenario();
     scenario.waitSynced();
     // Block 9 was never written (the activity log does not cover it): bit rot on b's medium.

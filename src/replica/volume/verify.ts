@@ -136,10 +136,7 @@ export class Verifier {
     }
     if (message.type !== MessageType.RepairAck) return peer.protocolError("expected RepairAck");
     const ok = message.status === WireStatus.Ok;
-    if (ok) {
-      run.repaired++;
-      this.v.writes.transferLogAdd(extent.offset, extent.length);
-    }
+    if (ok) run.repaired++;
     context.report({ kind: "verifyMismatch", volumeId: context.volumeId, offset: extent.offset, length: extent.length, repaired: ok });
     this.finishExtent(run, extent, true);
   }
@@ -175,7 +172,9 @@ export class Verifier {
       context.send({ type: MessageType.RepairAck, volumeId: context.volumeId, requestId: message.requestId, status: WireStatus.Refused });
       return;
     }
-    context.issue({ kind: "storageWrite", volumeId: context.volumeId, io: 0, offset: message.offset, data: message.data, fua: false }, { kind: "repairWrite", requestId: message.requestId, linkEpoch: this.v.negotiation.linkEpoch });
+    // Durable before it is acknowledged: nothing else (no bitmap bit, no transfer log that survives
+    // a power loss of both nodes) would remember that this region was repaired.
+    context.issue({ kind: "storageWrite", volumeId: context.volumeId, io: 0, offset: message.offset, data: message.data, fua: true }, { kind: "repairWrite", requestId: message.requestId, linkEpoch: this.v.negotiation.linkEpoch });
   }
 
   repairWritten(pending: Extract<PendingIo, { kind: "repairWrite" }>, error: IoError | null): void {
