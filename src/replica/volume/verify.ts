@@ -16,6 +16,11 @@ type VerifyRequest = Extract<PendingRequest, { kind: "verify" | "repair" }>;
 export class Verifier {
   run: VerifyRun | undefined;
   private rounds = 0;
+  /**
+   * Bytes verify may read now: its own budget, refilled every tick at the resync rate, so it
+   * neither floods the disks nor starves while client IO runs (one extent is in flight at most).
+   */
+  private tokens = 0;
 
   constructor(private readonly v: Parts) {}
 
@@ -34,6 +39,7 @@ export class Verifier {
     const extentsTotal = Math.ceil(context.sizeBytes / context.config.verifyExtentBytes);
     const run: VerifyRun = { request, repair, round: ++this.rounds, cursor: 0, stage: { kind: "flushing" }, extentsTotal, extentsDone: 0, mismatches: [], mismatchCount: 0, repaired: 0 };
     this.run = run;
+    this.tokens = context.config.resyncRateBytesPerTick;
     // Repairs copy from here: make this side's data durable first (see the resync's source flush).
     context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "verifyFlush", run });
   }
@@ -57,7 +63,10 @@ export class Verifier {
   }
 
   tick(): void {
-    if (this.run && !this.busy) this.pump();
+    if (!this.run) return;
+    const config = this.v.context.config;
+    this.tokens = Math.min(this.tokens + config.resyncRateBytesPerTick, Math.max(config.resyncRateBytesPerTick, config.verifyExtentBytes) * 2);
+    if (!this.busy) this.pump();
   }
 
   pump(): void {
@@ -71,10 +80,11 @@ export class Verifier {
       return;
     }
     if (!v.negotiation.mirroring() || v.resync.round) return this.abort("the replicas are no longer in sync");
-    if (v.resync.tokens <= 0 && v.writes.running.size > 0) return; // client IO first; retried on the next tick
+    if (this.tokens <= 0) return; // over budget: the next tick refills
     const offset = run.cursor;
     const length = Math.min(context.config.verifyExtentBytes, context.sizeBytes - offset);
     if (context.ranges.conflicts(offset, offset + length)) return;
+    this.tokens -= length;
     run.stage = { kind: "comparing" };
     const extent: VerifyExtent = { offset, length, rangeId: context.ranges.hold(offset, offset + length, "verify"), data: new Uint8Array(length), localCrc: 0 };
     context.issue({ kind: "storageRead", volumeId: context.volumeId, io: 0, offset, target: extent.data }, { kind: "verifyRead", run, extent });
