@@ -53,7 +53,10 @@ export class WritePath {
       request,
       offset,
       length,
-      data: fields.data,
+      // One copy at admission: a guest may change its buffer while the write is in flight (virtio
+      // has no stable pages), and the local disk and the peer read it at different times. From
+      // here on both take their bytes from this copy, which nothing changes.
+      data: fields.data?.slice(),
       target: fields.target,
       fua: fields.fua === true,
       noHole: fields.noHole === true,
