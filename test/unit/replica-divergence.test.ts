@@ -186,7 +186,7 @@ describe("client buffers and backings", () => {
     expect(scenario.blockValue("b", 6)).toBe(write.tag);
   });
 
-  test.failing("TRIM on a backing that keeps the data leaves both replicas with the same bytes", () => {
+  test("TRIM on a backing that keeps the data leaves both replicas with the same bytes", () => {
     const scenario = new Scenario();
     scenario.disk("b").faults.trimKeepsDataProbability = 1;
     scenario.waitSynced();

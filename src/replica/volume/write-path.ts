@@ -47,9 +47,13 @@ export class WritePath {
       context.emit({ kind: "complete", request, error: "EIO", message: "too many queued operations on this volume" });
       return;
     }
+    // TRIM is advisory on some backings (a device without discard, a filesystem that cannot punch
+    // holes keeps the data), so a trim replicated as such could leave the replicas different. It is
+    // done as a zero that may punch holes: the same bytes on both sides, space freed where it can be.
+    const trim = kind === "trim";
     this.queue.push({
       source: "client",
-      kind,
+      kind: trim ? "zero" : kind,
       request,
       offset,
       length,
@@ -59,7 +63,7 @@ export class WritePath {
       data: fields.data?.slice(),
       target: fields.target,
       fua: fields.fua === true,
-      noHole: fields.noHole === true,
+      noHole: !trim && fields.noHole === true,
       localDone: false,
       localError: null,
       peerPending: false,
@@ -468,13 +472,13 @@ export class WritePath {
     }
     const op: PeerOp = {
       source: "peer",
-      kind: message.type === MessageType.Write ? "write" : message.type === MessageType.Trim ? "trim" : "zero",
+      kind: message.type === MessageType.Write ? "write" : "zero", // a trim is done as a zero (see clientRequest)
       requestId: message.requestId,
       offset: message.offset,
       length,
       data: message.type === MessageType.Write ? message.data : undefined,
       fua: message.fua,
-      noHole: message.type === MessageType.Write ? false : message.noHole,
+      noHole: message.type === MessageType.Zero ? message.noHole : false,
       zero: false,
       round: 0,
       linkEpoch: this.v.negotiation.linkEpoch,
