@@ -115,6 +115,11 @@ export const enum DecisionKind {
   Mismatch = 5,
   /** Both nodes hold the write grant: IO waits until one is demoted. */
   DualPrimary = 6,
+  /**
+   * The generations say the node that holds the write grant (and complete data) should become
+   * the resync target: refused, since that needs a decision it can check or an operator.
+   */
+  PrimaryWouldBeTarget = 7,
 }
 
 /** A run of set bits in a dirty bitmap: [start, start + length) in bit indexes. */
@@ -772,7 +777,7 @@ export function decodeMessage(frame: Frame): Message {
       const followerHelloSeq = reader.u32("follower hello seq");
       const round = reader.u32("round");
       const kind = reader.u8("kind");
-      if (kind > DecisionKind.DualPrimary) throw new DecodeError(`unknown decision ${kind}`);
+      if (kind > DecisionKind.PrimaryWouldBeTarget) throw new DecodeError(`unknown decision ${kind}`);
       const deciderIsSource = reader.bool("deciderIsSource");
       const deciderLeads = reader.bool("deciderLeads");
       const full = reader.bool("full");

@@ -158,7 +158,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   const oracle = new Oracle(nodeNames);
   const checkers = new Checkers(oracle);
   const timeline: string[] = [];
-  const stats: Record<string, number> = { writesAcked: 0, writesAlone: 0, writesFailed: 0, reads: 0, flushes: 0, crashes: 0, resyncs: 0, splitBrains: 0, decisions: 0, intrusions: 0, verifies: 0 };
+  const stats: Record<string, number> = { writesAcked: 0, writesAlone: 0, writesFailed: 0, reads: 0, flushes: 0, crashes: 0, resyncs: 0, splitBrains: 0, servingTargetsRefused: 0, decisions: 0, intrusions: 0, verifies: 0 };
   const note = (line: string) => {
     if (options.trace) timeline.push(`${(scheduler.now / 1000).toFixed(1).padStart(9)} ms  ${line}`);
   };
@@ -257,6 +257,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (node.name < peerOf(node.name)) checkers.checkDecision(report.volumeId, report.decision, report.byOperator, node.name, scheduler.now);
       if (report.decision === "resync") stats.resyncs!++;
       if (report.decision === "splitBrain") stats.splitBrains!++;
+      if (report.decision === "primaryWouldBeTarget") stats.servingTargetsRefused!++;
     } else if (report.kind === "synced") {
       note(`${node.name} v${report.volumeId} synced at ${report.current}`);
       oracle.synced(report.volumeId, node.name, report.asTarget);
@@ -670,6 +671,26 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
             note(`oracle: ${discarded} writes made alone by ${victim} are discarded`);
           }
         });
+      });
+      return;
+    }
+    const servingTarget = nodeNames.find((name, index) => statuses[index]?.refusal === "primaryWouldBeTarget" && isPrimary(name, volumeId));
+    if (servingTarget && primaries.length === 1 && linkUp("a") && linkUp("b")) {
+      // The peer holds newer data but the primary serves IO: the operator either demotes the
+      // primary (it takes the peer's data) or keeps the primary's data (the peer's is discarded).
+      resolving.set(volumeId, scheduler.now);
+      const other = peerOf(servingTarget);
+      if (operatorRandom.chance(0.5)) {
+        note(`operator: ${other} holds newer data of v${volumeId}: demoting ${servingTarget}`);
+        setRole(servingTarget, volumeId, false);
+        return;
+      }
+      nodes.get(servingTarget)!.driver!.resolveSplitBrain(volumeId, "local", (error) => {
+        note(`operator: keep ${servingTarget}'s data of v${volumeId} over ${other}'s: ${error ? error.message : "accepted"}`);
+        if (!error) {
+          const discarded = oracle.discard(volumeId, other);
+          note(`oracle: ${discarded} writes made alone by ${other} are discarded`);
+        }
       });
       return;
     }

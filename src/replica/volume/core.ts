@@ -179,6 +179,7 @@ export class VolumeCore implements Parts {
       role: grant.kind === "write" ? "primary" : grant.kind === "frozen" ? "frozen" : "secondary",
       epoch: grant.kind === "write" ? grant.epoch : undefined,
       sync,
+      refusal: phase.kind === "refused" ? phase.refusal : undefined,
       reason: phase.reason,
       dataState: context.dataState === DataState.New ? "new" : context.dataState === DataState.Consistent ? "consistent" : "inconsistent",
       current: formatGeneration(context.generations.current),

@@ -19,7 +19,11 @@ const decisionNames: Record<DecisionKind, string> = {
   [DecisionKind.NoGoodData]: "noGoodData",
   [DecisionKind.Mismatch]: "mismatch",
   [DecisionKind.DualPrimary]: "dualPrimary",
+  [DecisionKind.PrimaryWouldBeTarget]: "primaryWouldBeTarget",
 };
+
+/** Refusals an operator ends by choosing whose data survives (`resolveSplitBrain`). */
+const resolvable: ReadonlySet<Refusal> = new Set(["splitBrain", "unrelated", "primaryWouldBeTarget"]);
 
 export class Negotiation {
   phase: LinkPhase = { kind: "down", reason: "the peer is not connected" };
@@ -31,6 +35,10 @@ export class Negotiation {
   private helloSeq = 0;
   /** Seq of our last hello that asked for a decision: the decider answers it (or a later one). */
   private redecideHelloSeq = 0;
+  /** The state our last hello announced (a decision answers that state). */
+  private announced: { dataState: DataState; current: bigint; bitmapBase: bigint } | undefined;
+  /** A decision was dropped because our state had changed: the next hello asks again. */
+  private askAgain = false;
   private decideWanted = false;
   private decisionRounds = 0;
   private splitBrainKeeper: "local" | "peer" | undefined;
@@ -62,7 +70,8 @@ export class Negotiation {
     if (!this.linkUp) return true;
     if (this.phase.kind === "absent") return true;
     const refusal = this.refusal;
-    return refusal === "splitBrain" || refusal === "unrelated" || refusal === "mismatch";
+    // A primary refused as a resync target keeps serving its own data (and marks what it writes).
+    return refusal === "splitBrain" || refusal === "unrelated" || refusal === "mismatch" || refusal === "primaryWouldBeTarget";
   }
 
   /** Whether the peer can serve reads of a range we cannot. */
@@ -71,6 +80,11 @@ export class Negotiation {
     const round = this.v.resync.round;
     if (round) return round.localIsSource === false && round.stage.kind !== "exchange";
     return this.peerHello.dataState === DataState.Consistent;
+  }
+
+  /** A replica that serves IO: it holds the write grant and its data is complete. */
+  private servesIo(state: ReplicaState): boolean {
+    return state.mayWrite && state.dataState === DataState.Consistent;
   }
 
   ownState(): ReplicaState {
@@ -170,8 +184,11 @@ export class Negotiation {
       return;
     }
     const context = this.v.context;
+    redecide ||= this.askAgain;
+    this.askAgain = false;
     this.helloSeq++;
     if (redecide) this.redecideHelloSeq = this.helloSeq;
+    this.announced = { dataState: context.dataState, current: context.generations.current, bitmapBase: context.generations.bitmapBase };
     context.send({
       type: MessageType.VolumeHello,
       volumeId: context.volumeId,
@@ -219,20 +236,30 @@ export class Negotiation {
       return this.sendAndApply(peer.seq, DecisionKind.Mismatch, false, false, false, reason);
     }
     decision = decide(local, peerState);
-    if ((decision.kind === "splitBrain" || decision.kind === "unrelated") && this.splitBrainKeeper) {
+    // A replica that serves IO (it holds the write grant and has complete data) never becomes a
+    // resync target because of what the peer claims: only an operator decides that it loses.
+    const servingTarget = decision.kind === "resync" && this.servesIo(decision.source === "local" ? peerState : local);
+    if ((decision.kind === "splitBrain" || decision.kind === "unrelated" || servingTarget) && this.splitBrainKeeper) {
       const keeper = this.splitBrainKeeper;
       const victimMayWrite = keeper === "local" ? peer.mayWrite : local.mayWrite;
       if (victimMayWrite) {
         context.report({ kind: "notice", volumeId: context.volumeId, message: "split brain resolution waits: the node whose changes are discarded still holds the write grant (demote it first)" });
       } else {
-        const full = decision.kind === "unrelated" || decision.full;
-        decision = { kind: "resync", source: keeper, full, reason: `operator resolved the ${decision.kind === "splitBrain" ? "split brain" : "unrelated data"}: ${keeper === "local" ? context.host.nodeId : context.host.peerNodeId} keeps its data` };
+        const full = decision.kind === "unrelated" || (decision.kind !== "noGoodData" && decision.kind !== "inSync" && decision.full);
+        const what = decision.kind === "splitBrain" ? "split brain" : decision.kind === "unrelated" ? "unrelated data" : "newer data on the node that does not serve IO";
+        decision = { kind: "resync", source: keeper, full, reason: `operator resolved the ${what}: ${keeper === "local" ? context.host.nodeId : context.host.peerNodeId} keeps its data` };
         this.splitBrainKeeper = undefined;
         byOperator = true;
       }
     }
     if (decision.kind !== "splitBrain" && decision.kind !== "unrelated" && local.mayWrite && peer.mayWrite) {
       return this.sendAndApply(peer.seq, DecisionKind.DualPrimary, false, false, false, "both nodes hold the write grant for this volume: IO waits until one is demoted");
+    }
+    if (decision.kind === "resync" && !byOperator && this.servesIo(decision.source === "local" ? peerState : local)) {
+      const primary = decision.source === "local" ? context.host.peerNodeId : context.host.nodeId;
+      const other = decision.source === "local" ? context.host.nodeId : context.host.peerNodeId;
+      const reason = `${other} holds newer data (${decision.reason}), but ${primary} serves IO and is not resynced from what its peer claims: demote ${primary} to take ${other}'s data, or resolve keeping ${primary}'s`;
+      return this.sendAndApply(peer.seq, DecisionKind.PrimaryWouldBeTarget, false, false, decision.full, reason);
     }
     switch (decision.kind) {
       case "inSync":
@@ -308,6 +335,10 @@ export class Negotiation {
       case DecisionKind.DualPrimary:
         this.move({ kind: "refused", refusal: "dualPrimary", reason });
         break;
+      case DecisionKind.PrimaryWouldBeTarget:
+        this.move({ kind: "refused", refusal: "primaryWouldBeTarget", reason });
+        context.report({ kind: "notice", volumeId: context.volumeId, message: reason });
+        break;
     }
     v.writes.pump();
   }
@@ -325,7 +356,7 @@ export class Negotiation {
   resolveSplitBrain(request: number, keep: "local" | "peer"): void {
     const context = this.v.context;
     const refusal = this.refusal;
-    if (!this.linkUp || (refusal !== "splitBrain" && refusal !== "unrelated")) {
+    if (!this.linkUp || refusal === undefined || !resolvable.has(refusal)) {
       context.emit({ kind: "complete", request, error: "EINVAL", message: "the volume is not in split brain (or not connected to its peer)" });
       return;
     }
@@ -369,7 +400,22 @@ export class Negotiation {
       if (message.followerHelloSeq >= this.redecideHelloSeq) this.sendHello(true);
       return;
     }
+    const context = this.v.context;
+    const announced = this.announced;
+    if (announced && (announced.dataState !== context.dataState || announced.current !== context.generations.current || announced.bitmapBase !== context.generations.bitmapBase)) {
+      // It answers the state our last hello announced, which we have left since (the new one is
+      // being persisted and will be announced): ask again then.
+      context.ignore("ignoreStaleDecision", `decision ${message.round} answers a state we have left since hello ${message.followerHelloSeq}`);
+      this.askAgain = true;
+      return;
+    }
     const resync = message.kind === DecisionKind.Resync;
+    if (resync && message.deciderIsSource && this.servesIo(this.ownState())) {
+      // The decider would make this node, which serves IO with complete data, its resync target.
+      // An honest decider never does (it refuses the same way); this one's word is not enough.
+      const reason = `${this.v.context.host.peerNodeId}'s decision would make this node, which serves IO, a resync target (${message.reason}): refused`;
+      return this.apply(DecisionKind.PrimaryWouldBeTarget, message.round, false, false, message.full, reason, false);
+    }
     this.apply(message.kind, message.round, resync ? !message.deciderIsSource : false, resync ? !message.deciderLeads : false, message.full, message.reason, message.byOperator);
   }
 

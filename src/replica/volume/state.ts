@@ -6,7 +6,7 @@
 import { assert } from "../../common/assert.ts";
 import type { BitRun } from "../wire.ts";
 import type { Chunk } from "./model.ts";
-import type { IoError } from "../types.ts";
+import type { IoError, Refusal } from "../types.ts";
 
 /** A table of allowed transitions: for each state, the states it may move to. */
 export type TransitionTable<K extends string> = { readonly [From in K]: readonly K[] };
@@ -45,8 +45,8 @@ export const lifecycleTransitions: TransitionTable<Lifecycle["kind"]> = {
 
 // ---------------------------------------------------------------- link phase
 
-/** Why the two replicas do not replicate although the link is up. */
-export type Refusal = "splitBrain" | "unrelated" | "noGoodData" | "mismatch" | "dualPrimary";
+/** Why the two replicas do not replicate although the link is up (see types.ts). */
+export type { Refusal };
 
 export type LinkPhase =
   /** No link to the peer. */
