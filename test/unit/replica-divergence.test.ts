@@ -164,7 +164,7 @@ describe("client buffers and backings", () => {
     expect(scenario.blockValue("a", 3)).toBe(900); // what the buffer held when the write was submitted
   });
 
-  test.failing("a failed flush that drops cached writes (Linux) on the primary is repaired from the peer", () => {
+  test("a failed flush that drops cached writes (Linux) on the primary is repaired from the peer", () => {
     const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
     scenario.waitSynced();
     const write = scenario.complete(scenario.write("a", 6));

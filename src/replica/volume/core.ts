@@ -113,6 +113,7 @@ export class VolumeCore implements Parts {
   /** An IO completed: dispatch it by what it was for. */
   storageDone(io: number, error: IoError | null): void {
     const pending: PendingIo = this.context.completed(io);
+    this.writes.localFlushDone(pending, error);
     switch (pending.kind) {
       case "clientWrite":
         return this.writes.clientWriteDone(pending.op, error);
@@ -128,6 +129,8 @@ export class VolumeCore implements Parts {
         return this.persistence.evictionStep(pending.eviction, error);
       case "closeFlush":
         return this.lifecycle.flushed(error);
+      case "backgroundFlush":
+        return;
       case "peerFlush":
         return this.peer.flushed(pending, error);
       case "peerRead":

@@ -108,7 +108,7 @@ export class VolumeLifecycle {
     if (v.writes.running.size > 0 || v.writes.queue.length > 0 || context.io.size > 0 || context.requests.size > 0 || v.persistence.busy || v.persistence.activityBusy) return;
     this.move({ kind: "flushingForClose", request: state.request, localFlushFailed: false });
     // Make every completed write durable here and on the peer before calling the close clean.
-    context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "closeFlush" });
+    this.v.writes.flushLocal({ kind: "closeFlush" });
   }
 
   /** The local flush of the close is done. */

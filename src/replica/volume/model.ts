@@ -115,7 +115,9 @@ export type PersistWaiter =
   | { kind: "inSync" }
   | { kind: "resyncStart"; round: ResyncRound }
   | { kind: "resyncEnd"; round: ResyncRound; then: ResyncEndThen }
-  | { kind: "close" };
+  | { kind: "close" }
+  /** Regions a failed local flush may have dropped are marked, and the replica inconsistent. */
+  | { kind: "lostWrites" };
 
 /** What follows a persisted end of resync on this side. */
 export type ResyncEndThen = "announce" | "acknowledge" | "nothing";
@@ -137,6 +139,8 @@ export type PendingIo =
   | { kind: "clientFlush"; op: ClientOp }
   | { kind: "metadata"; job: PersistJob; pages: number[]; superblockSequence: number | undefined }
   | { kind: "closeFlush" }
+  /** Local writes not yet covered by a flush reached their bound. */
+  | { kind: "backgroundFlush" }
   | { kind: "evictionFlush"; eviction: Eviction }
   | { kind: "peerWrite"; op: PeerOp }
   | { kind: "peerFlush"; requestId: number; linkEpoch: number; round: number | undefined }

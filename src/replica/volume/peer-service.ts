@@ -41,7 +41,7 @@ export class PeerService {
       case MessageType.Zero:
         return v.writes.peerWrite(message);
       case MessageType.Flush:
-        context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "peerFlush", requestId: message.requestId, linkEpoch: v.negotiation.linkEpoch, round: undefined });
+        this.v.writes.flushLocal({ kind: "peerFlush", requestId: message.requestId, linkEpoch: v.negotiation.linkEpoch, round: undefined });
         return;
       case MessageType.ReadRequest: {
         if (message.offset + message.length > context.sizeBytes || !v.writes.localValid(message.offset, message.length)) {

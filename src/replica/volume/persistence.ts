@@ -106,6 +106,9 @@ export class Persistence {
         return v.resync.endPersisted(waiter.round, waiter.then, error);
       case "close":
         return v.lifecycle.recorded(error);
+      case "lostWrites":
+        if (!error) v.negotiation.requestRedecide();
+        return;
     }
   }
 
@@ -203,7 +206,7 @@ export class Persistence {
       eviction.pending++;
       writes.barrier({ kind: "eviction", eviction });
     }
-    context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "evictionFlush", eviction });
+    this.v.writes.flushLocal({ kind: "evictionFlush", eviction });
   }
 
   /** One of the flushes an eviction waits for is done. */

@@ -98,7 +98,7 @@ export class ResyncEngine {
     // makes its data durable first; what it writes afterwards is covered by the activity log or the
     // primary's transfer log as usual.
     this.v.persistence.persist({ superblock: true, pages: true }, { kind: "resyncStart", round });
-    if (round.localIsSource) context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "sourceFlush", round });
+    if (round.localIsSource) this.v.writes.flushLocal({ kind: "sourceFlush", round });
     this.v.writes.pump();
   }
 
@@ -197,7 +197,7 @@ export class ResyncEngine {
         for (const run of message.runs) round!.bitsDone += run.length;
         return;
       case MessageType.ResyncFlush:
-        context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "peerFlush", requestId: message.requestId, linkEpoch: this.v.negotiation.linkEpoch, round: message.round });
+        this.v.writes.flushLocal({ kind: "peerFlush", requestId: message.requestId, linkEpoch: this.v.negotiation.linkEpoch, round: message.round });
         return;
       case MessageType.ResyncRequest: {
         // We are the source of a resync the peer (the primary) leads: read and send.
@@ -384,7 +384,7 @@ export class ResyncEngine {
       context.expect(request);
       context.send(this.requestMessage(request));
     } else {
-      context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "checkpointFlush", round, checkpoint });
+      this.v.writes.flushLocal({ kind: "checkpointFlush", round, checkpoint });
     }
   }
 

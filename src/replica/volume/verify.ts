@@ -41,7 +41,7 @@ export class Verifier {
     this.run = run;
     this.tokens = context.config.resyncRateBytesPerTick;
     // Repairs copy from here: make this side's data durable first (see the resync's source flush).
-    context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "verifyFlush", run });
+    this.v.writes.flushLocal({ kind: "verifyFlush", run });
   }
 
   flushed(run: VerifyRun, error: IoError | null): void {

@@ -28,6 +28,10 @@ export class WritePath {
   /** Granules of writes the peer acknowledged but has not confirmed durable. */
   transferLog = new Set<number>();
   private lastBarrierTick = 0;
+  /** Granules this node wrote (not FUA) since the last local flush began. */
+  private localUnflushed = new Set<number>();
+  /** Local flushes in flight and the granules each covers. */
+  private readonly localFlushes = new Map<PendingIo, Set<number>>();
 
   constructor(private readonly v: Parts) {}
 
@@ -228,7 +232,50 @@ export class WritePath {
   clientWriteDone(op: ClientOp, error: IoError | null): void {
     op.localDone = true;
     op.localError = error;
+    if (!op.fua) this.wroteLocally(op.offset, op.length);
     this.finishWrite(op);
+  }
+
+  // ---------------------------------------------------------------- local flushes (Linux semantics)
+
+  /** A local write completed: it is durable only once a flush that began after it succeeds. */
+  private wroteLocally(offset: number, length: number): void {
+    const { first, last } = this.v.context.granules(offset, length);
+    for (let granule = first; granule < last; granule++) this.localUnflushed.add(granule);
+    if (this.localUnflushed.size >= this.v.context.config.transferLogGranulesMax) this.flushLocal({ kind: "backgroundFlush" });
+  }
+
+  /** Flush this node's storage; the record says who waits for it. */
+  flushLocal(pending: PendingIo): void {
+    const context = this.v.context;
+    this.localFlushes.set(pending, this.localUnflushed);
+    this.localUnflushed = new Set();
+    context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, pending);
+  }
+
+  /**
+   * A local flush finished. On Linux a failed flush may drop the writes it covered from the page
+   * cache (marked clean, never written) and a later flush succeeds without them: every region
+   * written since the last good flush may hold old data now. With the peer holding them (mirrored,
+   * complete data there) this replica becomes a resync target for those regions, so they come back
+   * from the peer; reads of them go to the peer meanwhile. Alone, nothing has them: say so.
+   */
+  localFlushDone(pending: PendingIo, error: IoError | null): void {
+    const covered = this.localFlushes.get(pending);
+    if (covered === undefined) return;
+    this.localFlushes.delete(pending);
+    if (!error) return;
+    const context = this.v.context;
+    const lost = new Set([...covered, ...this.localUnflushed]);
+    if (lost.size === 0) return;
+    this.localUnflushed = new Set();
+    this.markGranulesDirty(lost);
+    const negotiation = this.v.negotiation;
+    const peerHas = negotiation.mirroring() && negotiation.peerHello?.dataState === DataState.Consistent;
+    context.report({ kind: "ioError", volumeId: context.volumeId, what: `a local flush failed: ${lost.size} regions written since the last good flush may be lost here${peerHas ? ", and are taken back from the peer" : ""}`, error });
+    if (!peerHas || context.dataState !== DataState.Consistent) return;
+    context.superblock.dataState = DataState.Inconsistent;
+    this.v.persistence.persist({ superblock: true, pages: true }, { kind: "lostWrites" });
   }
 
   finishWrite(op: ClientOp): void {
@@ -341,7 +388,7 @@ export class WritePath {
     const mirror = context.mayWrite && this.v.negotiation.mirroring();
     op.peerPending = mirror;
     op.mirrored = mirror;
-    context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, { kind: "clientFlush", op });
+    this.flushLocal({ kind: "clientFlush", op });
     if (mirror) this.barrier({ kind: "clientFlush", op });
     return "started";
   }
