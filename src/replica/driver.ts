@@ -169,6 +169,11 @@ export class ReplicaDriver implements PeerTransportHandler {
     return this.core.volumeStatus(volumeId);
   }
 
+  /** A volume's IO and peer requests in flight, by kind. */
+  inFlight(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
+    return this.core.volumePending(volumeId);
+  }
+
   link(): LinkStatus {
     return this.core.linkStatus();
   }

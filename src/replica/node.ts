@@ -160,6 +160,11 @@ export class NodeCore {
     return this.volumes.get(volumeId)?.status();
   }
 
+  /** A volume's IO and peer requests in flight, by kind (for tests and diagnostics). */
+  volumePending(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
+    return this.volumes.get(volumeId)?.pending();
+  }
+
   linkStatus(): LinkStatus {
     const session = this.active?.state.kind === "established" ? this.active.state.session : undefined;
     return {

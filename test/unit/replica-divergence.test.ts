@@ -4,6 +4,7 @@
 // when the core breaks it: after the schedule the pair must converge with both replicas holding the
 // same bytes, the clients told the truth, and no request left hanging.
 import { describe, expect, test } from "bun:test";
+import { metadataLayout } from "../../src/replica/metadata-format.ts";
 import { MessageType } from "../../src/replica/wire.ts";
 import { blockBytes } from "../sim/oracle.ts";
 import { Scenario } from "../sim/scenario.ts";
@@ -72,6 +73,35 @@ describe("closing a volume", () => {
     scenario.disk("b").inject({ op: "flush", error: "EIO" });
     scenario.complete(scenario.closeVolume("a", 1), 1000);
     scenario.complete(scenario.openVolume("a", 1));
+    expectConverged(scenario);
+  });
+});
+
+describe("what a failed flush leaves behind", () => {
+  test("writes a failed flush dropped while no other replica held them are written again, so a power loss keeps what reads returned", () => {
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true } });
+    scenario.waitSynced();
+    scenario.crash("b"); // a writes alone from here
+    const write = scenario.complete(scenario.write("a", 6));
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    expect(scenario.complete(scenario.flush("a")).error?.code).toBe("EIO");
+    scenario.runFor(50); // the dropped region is read back and written again
+    expect(scenario.complete(scenario.flush("a")).error).toBeNull();
+    scenario.crash("a");
+    expect(scenario.blockValue("a", 6)).toBe(write.tag);
+  });
+
+  test("a close whose bitmap cannot be written does not record the volume clean", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.crash("b");
+    scenario.complete(scenario.write("a", 1)); // alone: its bit is set
+    const bitmapOffset = metadataLayout(scenario.blocks * blockBytes, blockBytes).bitmapOffset;
+    scenario.metadataDisk("a").inject({ op: "write", offset: bitmapOffset, length: 4096, error: "EIO" });
+    expect(scenario.complete(scenario.closeVolume("a", 1)).error).not.toBeNull();
+    scenario.complete(scenario.openVolume("a", 1));
+    expect(scenario.status("a")?.dirtyBytes).toBeGreaterThan(0); // recovered from the activity log
+    scenario.start("b");
     expectConverged(scenario);
   });
 });
@@ -194,5 +224,41 @@ describe("client buffers and backings", () => {
     const trim = scenario.complete(scenario.trim("a", 7));
     expect(trim.error).toBeNull();
     expectConverged(scenario);
+  });
+});
+
+describe("resync sources", () => {
+  test("a resync source makes what it copies durable first: data it held as a secondary survives its crash", () => {
+    // No periodic barrier: what b receives as the secondary stays in its cache.
+    const scenario = new Scenario({ blocks: 64, config: { barrierIntervalTicks: 100_000 } });
+    scenario.waitSynced();
+    const mirrored = scenario.complete(scenario.write("a", 5));
+    // The link is cut, the roles switch (a demoted, b promoted), b writes alone.
+    scenario.network.cut(60_000_000);
+    scenario.runUntil(() => !scenario.linkUp("a") && !scenario.linkUp("b"), "both nodes see the link down");
+    scenario.setRole("a", 1, false);
+    scenario.setRole("b", 1, true);
+    scenario.complete(scenario.write("b", 40));
+    scenario.network.heal();
+    // b resyncs a (from b's cache, where block 5 still sits), then loses power.
+    scenario.waitSynced();
+    scenario.crash("b");
+    scenario.start("b");
+    expectConverged(scenario);
+    expect([scenario.blockValue("a", 5), scenario.blockValue("b", 5)]).toEqual([mirrored.tag, mirrored.tag]);
+  });
+});
+
+describe("a primary that is a resync target", () => {
+  test("its writes are durable on the source before they count, so the source's crash cannot undo them", () => {
+    // b serves IO while its own replica is an interrupted resync target; a is the source.
+    const scenario = new Scenario({ primary: "b", format: { b: "interruptedTarget" }, config: { resyncRateBytesPerTick: 4096 } });
+    scenario.runUntil(() => scenario.status("b")?.sync === "resyncing", "the resync runs");
+    const write = scenario.complete(scenario.write("b", 12));
+    expect({ error: write.error, mirrored: write.info?.mirrored }).toEqual({ error: null, mirrored: true });
+    scenario.crash("a"); // its cache is gone
+    scenario.start("a");
+    expectConverged(scenario);
+    expect([scenario.blockValue("a", 12), scenario.blockValue("b", 12)]).toEqual([write.tag, write.tag]);
   });
 });

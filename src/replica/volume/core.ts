@@ -153,6 +153,10 @@ export class VolumeCore implements Parts {
         return this.verify.answerReadDone(pending, error);
       case "repairWrite":
         return this.verify.repairWritten(pending, error);
+      case "rewriteRead":
+        return this.writes.rewriteRead(pending, error);
+      case "rewriteWrite":
+        return this.writes.rewritten(pending, error);
     }
   }
 

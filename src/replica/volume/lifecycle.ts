@@ -105,7 +105,7 @@ export class VolumeLifecycle {
     if (state.kind !== "closing") return;
     const v = this.v;
     const context = v.context;
-    if (v.writes.running.size > 0 || v.writes.queue.length > 0 || context.io.size > 0 || context.requests.size > 0 || v.persistence.busy || v.persistence.activityBusy) return;
+    if (v.writes.running.size > 0 || v.writes.queue.length > 0 || v.writes.rewritesPending || context.io.size > 0 || context.requests.size > 0 || v.persistence.busy || v.persistence.activityBusy) return;
     this.move({ kind: "flushingForClose", request: state.request, localFlushFailed: false });
     // Make every completed write durable here and on the peer before calling the close clean.
     this.v.writes.flushLocal({ kind: "closeFlush" });
@@ -138,7 +138,17 @@ export class VolumeLifecycle {
     if (state.kind !== "flushingForClose") return;
     const clean = !state.localFlushFailed;
     this.move({ kind: "recordingClose", request: state.request, clean });
-    this.v.context.superblock.cleanShutdown = clean;
+    // The dirty bitmap first: "clean" promises it is complete on disk (no activity-log replay at
+    // the next open), so it is written only once the pages are durable.
+    this.v.persistence.persist({ superblock: false, pages: true }, { kind: "closePages" });
+  }
+
+  /** The bitmap is durable (or not): record the shutdown. */
+  pagesRecorded(error: IoError | null): void {
+    const state = this.state;
+    if (state.kind !== "recordingClose") return;
+    if (error || !state.clean) return this.recorded(error);
+    this.v.context.superblock.cleanShutdown = true;
     this.v.persistence.persist({ superblock: true, pages: true }, { kind: "close" });
   }
 

@@ -81,7 +81,8 @@ export interface Eviction {
 
 /** A request this node sent the peer and waits to have answered. */
 export type PendingRequest =
-  | { kind: "write"; requestId: number; op: ClientOp }
+  /** `peerFua`: the peer makes it durable before answering (the client asked, or we are a resync target). */
+  | { kind: "write"; requestId: number; op: ClientOp; peerFua: boolean }
   | { kind: "read"; requestId: number; op: ClientOp }
   | { kind: "barrier"; requestId: number; covered: Set<number>; purpose: BarrierPurpose }
   | { kind: "resyncPush"; requestId: number; round: ResyncRound; chunk: Chunk; data: Uint8Array; zero: boolean }
@@ -115,6 +116,7 @@ export type PersistWaiter =
   | { kind: "inSync" }
   | { kind: "resyncStart"; round: ResyncRound }
   | { kind: "resyncEnd"; round: ResyncRound; then: ResyncEndThen }
+  | { kind: "closePages" }
   | { kind: "close" }
   /** Regions a failed local flush may have dropped are marked, and the replica inconsistent. */
   | { kind: "lostWrites" };
@@ -152,6 +154,8 @@ export type PendingIo =
   | { kind: "checkpointFlush"; round: ResyncRound; checkpoint: Checkpoint }
   | { kind: "verifyFlush"; run: VerifyRun }
   | { kind: "verifyRead"; run: VerifyRun; extent: VerifyExtent }
+  | { kind: "rewriteRead"; offset: number; data: Uint8Array; rangeId: number }
+  | { kind: "rewriteWrite"; offset: number; length: number; rangeId: number }
   | { kind: "verifyAnswerRead"; requestId: number; round: number; offset: number; linkEpoch: number; data: Uint8Array }
   | { kind: "repairWrite"; requestId: number; linkEpoch: number };
 

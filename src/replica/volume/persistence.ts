@@ -104,6 +104,8 @@ export class Persistence {
         return v.resync.workListPersisted(waiter.round, error);
       case "resyncEnd":
         return v.resync.endPersisted(waiter.round, waiter.then, error);
+      case "closePages":
+        return v.lifecycle.pagesRecorded(error);
       case "close":
         return v.lifecycle.recorded(error);
       case "lostWrites":

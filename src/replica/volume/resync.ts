@@ -84,10 +84,11 @@ export class ResyncEngine {
         bitmap.setRuns(round.stage.peerRuns);
       }
     } else bitmap.setRuns(round.stage.peerRuns);
-    moveResync(round, { kind: "persisting", pending: round.localIsSource ? 2 : 1, failure: null });
+    const sourceFlush = round.localIsSource && !context.config.bugs.skipSourceFlush;
+    moveResync(round, { kind: "persisting", pending: sourceFlush ? 2 : 1, failure: null });
     round.bitsTotal = bitmap.setCount;
     if (!round.localIsSource) {
-      context.superblock.dataState = DataState.Inconsistent;
+      if (!context.config.bugs.targetStaysConsistent) context.superblock.dataState = DataState.Inconsistent;
       const sourceCurrent = this.v.negotiation.peerHello?.generations.current ?? noGeneration;
       context.superblock.generations = startAsTarget(context.superblock.generations, sourceCurrent, replicaGenerationHistoryLength);
     }
@@ -98,7 +99,7 @@ export class ResyncEngine {
     // makes its data durable first; what it writes afterwards is covered by the activity log or the
     // primary's transfer log as usual.
     this.v.persistence.persist({ superblock: true, pages: true }, { kind: "resyncStart", round });
-    if (round.localIsSource) this.v.writes.flushLocal({ kind: "sourceFlush", round });
+    if (sourceFlush) this.v.writes.flushLocal({ kind: "sourceFlush", round });
     this.v.writes.pump();
   }
 
@@ -365,6 +366,7 @@ export class ResyncEngine {
   chunkWritten(pending: Extract<PendingIo, { kind: "chunkWrite" }>, error: IoError | null): void {
     const context = this.v.context;
     if (error) context.report({ kind: "ioError", volumeId: context.volumeId, what: `resync write at ${pending.chunk.offset}`, error });
+    else this.v.writes.wroteLocally(pending.chunk.offset, pending.chunk.length);
     this.chunkFinished(pending.round, pending.chunk, error === null);
   }
 
@@ -470,7 +472,12 @@ export class ResyncEngine {
 
   endPersisted(round: ResyncRound, then: ResyncEndThen, error: IoError | null): void {
     const context = this.v.context;
-    if (this.round !== round) return context.ignore("ignoreCompletionOfAbortedWork", `the end of resync round ${round.round} was recorded after it was aborted`);
+    if (this.round !== round) {
+      // The link dropped while the end was being recorded: it is recorded all the same (the data
+      // is complete and the generations say so), so say it, though the next decision comes first.
+      if (!error) context.report({ kind: "synced", volumeId: context.volumeId, current: formatGeneration(context.generations.current), asTarget: !round.localIsSource });
+      return context.ignore("ignoreCompletionOfAbortedWork", `the end of resync round ${round.round} was recorded after it was aborted`);
+    }
     if (error) {
       context.report({ kind: "ioError", volumeId: context.volumeId, what: "recording the end of the resync", error });
       if (round.stage.kind === "completing") moveResync(round, { kind: "running", pass: round.stage.pass });
@@ -530,7 +537,10 @@ export class ResyncEngine {
       case "resyncFlush":
         if (message.type !== MessageType.ResyncFlushAck) return peer.protocolError("expected ResyncFlushAck");
         if (message.status === WireStatus.Ok) this.checkpointCleared(request.round, request.checkpoint);
-        else this.checkpointFailed(request.round);
+        else {
+          this.v.writes.peerFlushFailed(new Set());
+          this.checkpointFailed(request.round);
+        }
         return;
     }
   }

@@ -61,7 +61,7 @@ export type LinkPhase =
   | { kind: "refused"; refusal: Refusal; reason: string };
 
 export const linkPhaseTransitions: TransitionTable<LinkPhase["kind"]> = {
-  down: ["negotiating"],
+  down: ["negotiating", "absent"], // absent: the link comes up while this node closes the volume
   negotiating: ["down", "negotiating", "replicating", "refused", "absent"],
   replicating: ["down", "replicating", "refused", "absent"],
   refused: ["down", "replicating", "refused", "absent"],

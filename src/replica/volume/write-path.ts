@@ -32,6 +32,18 @@ export class WritePath {
   private localUnflushed = new Set<number>();
   /** Local flushes in flight and the granules each covers. */
   private readonly localFlushes = new Map<PendingIo, Set<number>>();
+  /**
+   * A local flush failed and may have dropped acknowledged writes: the next client FLUSH reports
+   * it (EIO), as Linux reports a writeback error once — a later flush that succeeds must not
+   * vouch for writes an earlier one lost.
+   */
+  private flushErrorToReport = false;
+  /**
+   * Granules a failed flush may have dropped while no other replica held them: each is read back
+   * and written again, so that what reads return here becomes durable by a later flush.
+   */
+  private rewrites: number[] = [];
+  private rewriting = false;
 
   constructor(private readonly v: Parts) {}
 
@@ -64,7 +76,7 @@ export class WritePath {
       // One copy at admission: a guest may change its buffer while the write is in flight (virtio
       // has no stable pages), and the local disk and the peer read it at different times. From
       // here on both take their bytes from this copy, which nothing changes.
-      data: fields.data?.slice(),
+      data: context.config.bugs.shareClientBuffer ? fields.data : fields.data?.slice(),
       target: fields.target,
       fua: fields.fua === true,
       noHole: !trim && fields.noHole === true,
@@ -143,6 +155,7 @@ export class WritePath {
     }
     this.queue = remaining;
     if (activityWanted.length > 0) this.v.persistence.activityTransaction(activityWanted, activityProtected);
+    this.pumpRewrites();
     this.v.lifecycle.tryFinish();
   }
 
@@ -223,7 +236,11 @@ export class WritePath {
     }
     op.mirrored = true;
     op.peerPending = true;
-    const request: PendingRequest = { kind: "write", requestId: context.requestId(), op };
+    // A resync target that writes (a primary whose own data is incomplete) cannot take back from the
+    // peer a write the peer lost in a crash: a resync would copy the peer's older data over it. So
+    // the peer makes each such write durable before it answers.
+    const peerFua = op.fua || context.dataState !== DataState.Consistent;
+    const request: PendingRequest = { kind: "write", requestId: context.requestId(), op, peerFua };
     context.expect(request);
     context.send(this.requestMessage(request));
   }
@@ -239,7 +256,7 @@ export class WritePath {
   // ---------------------------------------------------------------- local flushes (Linux semantics)
 
   /** A local write completed: it is durable only once a flush that began after it succeeds. */
-  private wroteLocally(offset: number, length: number): void {
+  wroteLocally(offset: number, length: number): void {
     const { first, last } = this.v.context.granules(offset, length);
     for (let granule = first; granule < last; granule++) this.localUnflushed.add(granule);
     if (this.localUnflushed.size >= this.v.context.config.transferLogGranulesMax) this.flushLocal({ kind: "backgroundFlush" });
@@ -269,13 +286,87 @@ export class WritePath {
     const lost = new Set([...covered, ...this.localUnflushed]);
     if (lost.size === 0) return;
     this.localUnflushed = new Set();
+    this.flushErrorToReport = true;
     this.markGranulesDirty(lost);
+    // Writes whose local part was among the dropped and that still wait for the peer: their
+    // client is told they failed (never that they succeeded with the local copy gone).
+    for (const op of this.running) {
+      if (!op.localDone || op.localError) continue;
+      const { first, last } = context.granules(op.offset, op.length);
+      for (let granule = first; granule < last; granule++) {
+        if (lost.has(granule)) {
+          op.localError = error;
+          break;
+        }
+      }
+    }
     const negotiation = this.v.negotiation;
-    const peerHas = negotiation.mirroring() && negotiation.peerHello?.dataState === DataState.Consistent;
+    // The peer holds them when we replicate with it and its data is complete (not while it is the
+    // target of a resync from here: then nothing else has them). Only the primary takes them back
+    // (it becomes a target for them); a secondary's marks join the next resync from the primary.
+    // So the two never both turn inconsistent when both lose the same writes.
+    const round = this.v.resync.round;
+    const peerHas = context.mayWrite && negotiation.linkUp && negotiation.phase.kind === "replicating" && negotiation.peerHello?.dataState === DataState.Consistent && (round === undefined || !round.localIsSource);
     context.report({ kind: "ioError", volumeId: context.volumeId, what: `a local flush failed: ${lost.size} regions written since the last good flush may be lost here${peerHas ? ", and are taken back from the peer" : ""}`, error });
-    if (!peerHas || context.dataState !== DataState.Consistent) return;
+    if (!peerHas || context.dataState !== DataState.Consistent) {
+      // Nothing else holds them: the pages may still read back here but will never reach the
+      // disk by themselves. Write them again (a target's regions come back from its source).
+      if (context.dataState === DataState.Consistent) this.rewrites.push(...[...lost].sort((x, y) => x - y));
+      this.pumpRewrites();
+      return negotiation.requestRedecide();
+    }
     context.superblock.dataState = DataState.Inconsistent;
     this.v.persistence.persist({ superblock: true, pages: true }, { kind: "lostWrites" });
+  }
+
+  /** Rewrites are pending or running (a close waits for them). */
+  get rewritesPending(): boolean {
+    return this.rewriting || this.rewrites.length > 0;
+  }
+
+  private pumpRewrites(): void {
+    const context = this.v.context;
+    if (this.rewriting || this.rewrites.length === 0 || !this.v.lifecycle.serving) return;
+    const granule = this.rewrites[0]!;
+    const offset = granule * context.granuleBytes;
+    const length = Math.min(context.granuleBytes, context.sizeBytes - offset);
+    if (context.ranges.conflicts(offset, offset + length)) return; // after the IO there
+    this.rewrites.shift();
+    this.rewriting = true;
+    const data = new Uint8Array(length);
+    const rangeId = context.ranges.hold(offset, offset + length, "rewrite");
+    context.issue({ kind: "storageRead", volumeId: context.volumeId, io: 0, offset, target: data }, { kind: "rewriteRead", offset, data, rangeId });
+  }
+
+  rewriteRead(pending: Extract<PendingIo, { kind: "rewriteRead" }>, error: IoError | null): void {
+    const context = this.v.context;
+    if (error) {
+      context.report({ kind: "ioError", volumeId: context.volumeId, what: `reading back a region a failed flush may have dropped, at ${pending.offset}`, error });
+      context.ranges.release(pending.rangeId);
+      this.rewriting = false;
+      return this.pump();
+    }
+    context.issue({ kind: "storageWrite", volumeId: context.volumeId, io: 0, offset: pending.offset, data: pending.data, fua: false }, { kind: "rewriteWrite", offset: pending.offset, length: pending.data.length, rangeId: pending.rangeId });
+  }
+
+  rewritten(pending: Extract<PendingIo, { kind: "rewriteWrite" }>, error: IoError | null): void {
+    const context = this.v.context;
+    context.ranges.release(pending.rangeId);
+    this.rewriting = false;
+    if (!error) this.wroteLocally(pending.offset, pending.length);
+    else context.report({ kind: "ioError", volumeId: context.volumeId, what: `writing again a region a failed flush may have dropped, at ${pending.offset}`, error });
+    this.pump();
+  }
+
+  /**
+   * The peer's flush failed: on Linux it may have dropped everything it had not yet made durable,
+   * and its next flush succeeds without it. Every write it acknowledged since its last good flush —
+   * the transfer log and what barriers in flight cover — is dirty now.
+   */
+  peerFlushFailed(covered: Set<number>): void {
+    this.markGranulesDirty(covered);
+    this.markTransferLogDirty();
+    this.v.negotiation.requestRedecide();
   }
 
   finishWrite(op: ClientOp): void {
@@ -402,7 +493,14 @@ export class WritePath {
   private finishFlush(op: ClientOp): void {
     if (!op.localDone || op.peerPending) return;
     const context = this.v.context;
-    if (op.localError || op.peerError) return this.completeClient(op, op.localError ?? "EIO", op.localError ? "local flush failed" : "the peer failed to flush");
+    if (op.localError || op.peerError) {
+      if (op.localError) this.flushErrorToReport = false; // this client is told now
+      return this.completeClient(op, op.localError ?? "EIO", op.localError ? "local flush failed" : "the peer failed to flush");
+    }
+    if (this.flushErrorToReport) {
+      this.flushErrorToReport = false;
+      return this.completeClient(op, "EIO", "an earlier flush of this volume failed: writes made since the flush before it may be lost here");
+    }
     if (context.mayWrite && (!op.mirrored || op.peerLost) && context.bitmap.setCount > 0 && context.dataState === DataState.Consistent) {
       // Durable here only: the peer lacks data we promise is durable, so this is a new generation.
       this.v.persistence.ensureAlone({ kind: "flush", op });
@@ -479,7 +577,7 @@ export class WritePath {
       return;
     }
     this.markGranulesDirty(this.transferLog);
-    for (const barrier of barriers) this.markGranulesDirty(barrier.covered);
+    if (!context.config.bugs.barrierDropsCovered) for (const barrier of barriers) this.markGranulesDirty(barrier.covered);
     this.transferLog = new Set();
   }
 
@@ -556,6 +654,7 @@ export class WritePath {
   peerWriteDone(op: PeerOp, error: IoError | null): void {
     const context = this.v.context;
     context.ranges.release(op.rangeId);
+    if (!error && !op.fua) this.wroteLocally(op.offset, op.length);
     if (op.kind === "resync") this.v.resync.pushedChunkWritten(op, error);
     else if (op.linkEpoch === this.v.negotiation.linkEpoch) {
       this.incoming.delete(op.requestId);
@@ -595,8 +694,8 @@ export class WritePath {
     switch (request.kind) {
       case "write": {
         const op = request.op;
-        if (op.kind === "write") return { type: MessageType.Write, volumeId, requestId, offset: op.offset, fua: op.fua, data: op.data! };
-        return { type: op.kind === "trim" ? MessageType.Trim : MessageType.Zero, volumeId, requestId, offset: op.offset, length: op.length, fua: op.fua, noHole: op.noHole };
+        if (op.kind === "write") return { type: MessageType.Write, volumeId, requestId, offset: op.offset, fua: request.peerFua, data: op.data! };
+        return { type: op.kind === "trim" ? MessageType.Trim : MessageType.Zero, volumeId, requestId, offset: op.offset, length: op.length, fua: request.peerFua, noHole: op.noHole };
       }
       case "read":
         return { type: MessageType.ReadRequest, volumeId, requestId, offset: request.op.offset, length: request.op.length };
@@ -612,7 +711,7 @@ export class WritePath {
         const op = request.op;
         op.peerPending = false;
         if (message.status !== WireStatus.Ok) op.peerError = true;
-        else if (!op.fua) this.transferLogAdd(op.offset, op.length);
+        else if (!request.peerFua) this.transferLogAdd(op.offset, op.length);
         return this.finishWrite(op);
       }
       case "read": {
@@ -628,8 +727,7 @@ export class WritePath {
           // A flush that failed may have dropped what it covered from the peer's cache (Linux
           // marks the pages clean), and a later flush would succeed without it: those regions
           // differ on the peer from now on, whatever a later barrier says.
-          this.markGranulesDirty(request.covered);
-          this.v.negotiation.requestRedecide();
+          this.peerFlushFailed(request.covered);
           return this.barrierDone(request.purpose, false);
         }
         return this.barrierDone(request.purpose, true);
