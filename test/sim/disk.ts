@@ -73,6 +73,8 @@ export class SimDisk {
   private incarnation = 0;
   /** Errors are switched off for the final convergence phase. */
   errorsEnabled = true;
+  /** Told when a failed flush dropped cached writes (the simulator's checkers note the data loss). */
+  onDropped: (() => void) | undefined;
   readonly counters = { reads: 0, writes: 0, flushes: 0, errors: 0, torn: 0, dropped: 0, trimsKept: 0 };
 
   constructor(
@@ -259,6 +261,7 @@ export class SimDisk {
       this.counters.dropped++;
       if (this.faults.flushFailureEvicts) this.visible.set(this.durable.subarray(entry.offset, entry.offset + entry.bytes.length), entry.offset);
     }
+    if (this.cache.length !== kept.length) this.onDropped?.();
     this.cache = kept;
     // A newer cached write over an evicted range still reads back.
     if (this.faults.flushFailureEvicts) for (const entry of kept) this.visible.set(entry.bytes, entry.offset);

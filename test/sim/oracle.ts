@@ -84,6 +84,12 @@ export class Oracle {
   private readonly syncedFlags = new Map<number, Set<string>>();
   /** Nodes that acknowledged writes in each (volume, epoch). */
   readonly epochWriters = new Map<string, Set<string>>();
+  /**
+   * The last moment data could legitimately vanish from what a reader sees: a crash, a forced
+   * promotion, an operator discarding a side's writes, a disk replaced, a failed flush dropping
+   * cached writes (Linux). A read must see every write acknowledged before it and after this.
+   */
+  disturbedUs = 0;
   private nextId = 1;
 
   constructor(readonly nodes: [string, string]) {}
@@ -166,9 +172,20 @@ export class Oracle {
   flushCompleted(volumeId: number, node: string, covered: WriteRecord[], nowUs: number, mirrored: boolean): void {
     const set = this.unflushed.get(`${node}:${volumeId}`);
     for (const record of covered) {
+      // Gone from the set: made durable by another flush already, or lost before this one ended.
+      if (!set?.has(record)) continue;
       this.makeDurable(record, nowUs, !mirrored && record.mirrored === true);
-      set?.delete(record);
+      set.delete(record);
     }
+  }
+
+  /**
+   * A failed flush on `node` dropped its cached writes of this volume (Linux): like a crash of the
+   * cache, what was acknowledged and not yet durable there is no longer promised to a later flush
+   * (the first flush after it fails; the node may take them back from its peer).
+   */
+  cacheDropped(volumeId: number, node: string): void {
+    this.unflushed.get(`${node}:${volumeId}`)?.clear();
   }
 
   /**
@@ -197,6 +214,46 @@ export class Oracle {
       this.forcedSinceSync.get(volumeId)!.clear();
       flags.clear();
     }
+  }
+
+  disturb(nowUs: number): void {
+    this.disturbedUs = Math.max(this.disturbedUs, nowUs);
+  }
+
+  /**
+   * Data a node holds before the run (a backing imported with its data): written by `node`,
+   * durable there, and promised to both replicas once they are in sync.
+   */
+  preload(volumeId: number, node: string, blocks: number[]): WriteRecord[] {
+    return blocks.map((block) => {
+      const record = this.submitWrite(volumeId, node, block, 1, false, false, 0);
+      record.ackedUs = 0;
+      record.ok = true;
+      record.mirrored = true;
+      record.epoch = 1;
+      record.durable = true;
+      record.durableUs = 0;
+      return record;
+    });
+  }
+
+  /**
+   * Read-after-write: the values a read of `block` on `node` submitted at `submittedUs` may return,
+   * or undefined when nothing binds it. The newest write acknowledged before the read (on this
+   * node, or mirrored), with no disturbance since, or anything submitted after it.
+   */
+  readAfterWrite(volumeId: number, node: string, block: number, submittedUs: number): { newestAcked: WriteRecord; values: Set<number> } | undefined {
+    const history = this.history(volumeId, block);
+    for (let position = history.length - 1; position >= 0; position--) {
+      const record = history[position]!;
+      if (record.ok !== true || record.ackedUs === undefined || record.ackedUs >= submittedUs) continue;
+      if (record.ackedUs < this.disturbedUs || record.discarded) return undefined;
+      if (record.node !== node && record.mirrored !== true) continue;
+      const values = new Set<number>();
+      for (let later = position; later < history.length; later++) values.add(history[later]!.zero ? 0 : history[later]!.id);
+      return { newestAcked: record, values };
+    }
+    return undefined;
   }
 
   /** The operator forced `node` to primary while its peer was unreachable. */
