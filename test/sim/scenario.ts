@@ -26,10 +26,19 @@ export const peerOf = (name: NodeName): NodeName => (name === "a" ? "b" : "a");
 
 /**
  * How a node's replica of a volume starts: in sync with the other ("shared"), a new disk, a
- * generation of its own, or the target of a resync from the shared generation that was interrupted
- * before it copied anything ("interruptedTarget": inconsistent, every region dirty).
+ * generation of its own, the target of a resync from the shared generation that was interrupted
+ * before it copied anything ("interruptedTarget": inconsistent, every region dirty), or any
+ * metadata state spelled out (generations, data state, dirty blocks).
  */
-export type FormatChoice = "shared" | "new" | "interruptedTarget" | { generation: bigint };
+export type FormatChoice =
+  | "shared"
+  | "new"
+  | "interruptedTarget"
+  | { generation: bigint }
+  | { current: bigint; bitmapBase?: bigint; history?: bigint[]; dataState?: "new" | "consistent" | "inconsistent"; dirty?: number[] | "all" };
+
+/** The generation "shared" replicas start from. */
+export const sharedGeneration = 0x5ce7a7105ce7a710n;
 
 export interface ScenarioOptions {
   volumes?: number[];
@@ -78,7 +87,7 @@ interface ScenarioNode {
   open: Set<number>;
 }
 
-const initialGeneration = 0x5ce7a7105ce7a710n;
+const initialGeneration = sharedGeneration;
 
 export class Scenario {
   readonly scheduler = new Scheduler(5_000_000);
@@ -148,12 +157,15 @@ export class Scenario {
         const metaLatency = options.metadataLatencyUs ?? 200;
         const meta = new SimDisk(`${name}.v${volumeId}.meta`, layout.totalBytes, this.scheduler, this.random.fork(`${name}${volumeId}m`), { ...faults, latencyUsMin: metaLatency, latencyUsMax: metaLatency, tearBytes: 512 });
         const choice = options.format?.[name] ?? "shared";
-        const generation = choice === "shared" || choice === "interruptedTarget" ? initialGeneration : choice === "new" ? undefined : choice.generation;
+        const spelled = typeof choice === "object" && "current" in choice ? choice : choice === "interruptedTarget" ? { current: initialGeneration, dataState: "inconsistent" as const, dirty: "all" as const } : undefined;
+        const generation = choice === "shared" || choice === "interruptedTarget" ? initialGeneration : choice === "new" ? undefined : "generation" in choice ? choice.generation : choice.current || undefined;
         const writes = formatMetadata({ volumeId, sizeBytes, granuleBytes: blockBytes, activityLogExtentBytes: this.config.activityLogExtentBytes, initialGeneration: generation });
-        if (choice === "interruptedTarget") {
+        if (spelled) {
           const bitmap = new DirtyBitmap(layout.bitCount);
-          bitmap.setAll();
+          if (spelled.dirty === "all") bitmap.setAll();
+          else for (const block of spelled.dirty ?? []) bitmap.setRange(block, block + 1);
           for (let page = 0; page < layout.pageCount; page++) writes.push(bitmapPageWrite(layout, bitmap, page));
+          const dataState = spelled.dataState === "new" ? DataState.New : spelled.dataState === "inconsistent" ? DataState.Inconsistent : DataState.Consistent;
           writes.push(
             superblockWrite({
               sequence: 2,
@@ -161,10 +173,10 @@ export class Scenario {
               sizeBytes,
               granuleBytes: blockBytes,
               activityLogExtentBytes: this.config.activityLogExtentBytes,
-              dataState: DataState.Inconsistent,
+              dataState,
               cleanShutdown: true,
-              generations: { current: initialGeneration, bitmapBase: 0n, history: [] },
-              resync: { active: true, target: true, bitsTotal: layout.bitCount, bitsDone: 0 },
+              generations: { current: spelled.current, bitmapBase: spelled.bitmapBase ?? 0n, history: spelled.history ?? [] },
+              resync: { active: dataState === DataState.Inconsistent, target: dataState === DataState.Inconsistent, bitsTotal: bitmap.setCount, bitsDone: 0 },
             }),
           );
         }

@@ -140,12 +140,13 @@ export class Persistence {
   /** Make sure this node is on a generation of its own before it completes anything alone. */
   ensureAlone(waiter: AloneWaiter): void {
     const context = this.v.context;
-    if (context.generations.bitmapBase !== noGeneration) return this.aloneDone(waiter, null);
-    if (context.dataState !== DataState.Consistent) return this.aloneDone(waiter, "EIO"); // only complete data may go on alone
+    // A generation being persisted is already in memory: wait for the disk, never answer early.
     if (this.starting) {
       this.starting.waiters.push(waiter);
       return;
     }
+    if (context.generations.bitmapBase !== noGeneration) return this.aloneDone(waiter, null);
+    if (context.dataState !== DataState.Consistent) return this.aloneDone(waiter, "EIO"); // only complete data may go on alone
     const before = context.superblock.generations;
     const after = startAlone(before, context.host.randomId(), replicaGenerationHistoryLength);
     this.starting = { before, after, waiters: [waiter], helloDeferred: false, redecide: false };
