@@ -1068,7 +1068,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
             if (!node.alive) return `${name}: down`;
             const state = node.driver!.status(volumeId);
             const link = node.driver!.link();
-            return `${name}: ${isPrimary(name, volumeId) ? "primary" : "secondary"}, link ${link.state}${link.lastError ? ` (${link.lastError})` : ""}, ${state ? `${state.sync} (${state.reason}), data ${state.dataState}, dirty ${state.dirtyBytes} B, in flight ${state.writesInFlight}, queued ${state.queued}${state.resync ? `, resync ${state.resync.direction} ${state.resync.bitsRemaining}/${state.resync.bitsTotal}` : ""}` : "no volume"}`;
+            const pending = node.driver!.inFlight(volumeId);
+            const work = pending ? JSON.stringify({ ...pending.io, ...pending.requests }) : "{}";
+            return `${name}: ${isPrimary(name, volumeId) ? "primary" : "secondary"}, link ${link.state}${link.lastError ? ` (${link.lastError})` : ""}, ${state ? `${state.sync} (${state.reason}), data ${state.dataState}, dirty ${state.dirtyBytes} B, in flight ${state.writesInFlight}, queued ${state.queued}${state.resync ? `, resync ${state.resync.direction} ${state.resync.bitsRemaining}/${state.resync.bitsTotal}` : ""}, pending ${work}` : "no volume"}`;
           })
           .join("; "),
       )

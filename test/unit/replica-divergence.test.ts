@@ -43,6 +43,22 @@ describe("closing a volume", () => {
     expectConverged(scenario);
   });
 
+  test("a write queued behind one the peer's close ends is not sent to the closing peer", () => {
+    // a wrote alone while b was down (it is on a generation of its own, so a write it completes
+    // alone completes at once), and a slow resync to b still runs when b closes the volume.
+    const scenario = new Scenario({ networkLatencyUs: 500, blocks: 64, config: { resyncRateBytesPerTick: 1 } });
+    scenario.waitSynced();
+    scenario.crash("b");
+    for (const block of [2, 30, 40, 50]) scenario.complete(scenario.write("a", block));
+    scenario.start("b");
+    scenario.runUntil(() => scenario.status("a")?.sync === "resyncing", "the resync runs");
+    // The second write overlaps the first: it waits for it, and starts when the first ends.
+    const writes = [scenario.write("a", 2), scenario.write("a", 2)];
+    scenario.closeVolume("b", 1);
+    scenario.runUntil(() => writes.every((write) => write.done), "both writes answered", 2000);
+    expect(writes.map((write) => write.error ?? null)).toEqual([null, null]);
+  });
+
   test("the primary's close completes after a write in the last barrier interval", () => {
     const scenario = new Scenario();
     scenario.waitSynced();

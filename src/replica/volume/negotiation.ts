@@ -427,10 +427,11 @@ export class Negotiation {
   onPeerGone(message: Message): void {
     const v = this.v;
     const unknown = message.type === MessageType.VolumeUnknown;
-    v.writes.peerStoppedServing();
-    this.endPeerSession();
+    // The phase changes first: what completes below must not start new writes towards the peer.
     this.peerHello = undefined;
     this.move({ kind: "absent", reason: unknown ? "the peer does not have this volume" : "the peer closed this volume" });
+    v.writes.peerStoppedServing();
+    this.endPeerSession();
     if (unknown) v.context.report({ kind: "volumeUnknownOnPeer", volumeId: v.context.volumeId });
     v.writes.pump();
   }
