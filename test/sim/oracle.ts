@@ -286,6 +286,9 @@ export class Oracle {
     const durableAlone = this.durableAloneSinceSync.get(volumeId)!.get(victim)!;
     for (const record of durableAlone) record.discarded = true;
     durableAlone.length = 0;
+    // What the victim acknowledged and had not made durable may be missing on the keeper (which
+    // may have lost it in a crash): no later flush on the victim vouches for it.
+    this.unflushed.get(`${victim}:${volumeId}`)?.clear();
     return count;
   }
 

@@ -492,6 +492,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     stats.crashes!++;
     note(`${node.name} crashes (${why})`);
     oracle.disturb(scheduler.now);
+    if (verifyOn?.name === node.name) {
+      // The operator's verify died with its node: its answer never comes.
+      verifyBusy = false;
+      verifyOn = undefined;
+    }
     node.gate?.close();
     node.alive = false;
     node.driver = undefined;
@@ -660,6 +665,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   let promotions = 0;
   let switchoverBusy = false;
   let verifyBusy = false;
+  /** The node (and incarnation) running the operator's verify: its death ends the verify too. */
+  let verifyOn: { name: string; incarnation: number } | undefined;
   let replaced = false;
   const resolving = new Map<number, number>();
 
@@ -953,6 +960,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const name = primaries[0]!;
     if (status(name, volumeId)?.sync !== "synced") return done();
     verifyBusy = true;
+    verifyOn = { name, incarnation: nodes.get(name)!.incarnation };
     stats.verifies!++;
     const other = peerOf(name);
     const rotSnapshot = new Set(rotted.get(volumeId)!);
@@ -960,6 +968,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     note(`operator: verify v${volumeId} on ${name}${repair ? " with repair" : ""}`);
     nodes.get(name)!.driver!.verify(volumeId, repair, (error, result) => {
       verifyBusy = false;
+      verifyOn = undefined;
       note(`verify v${volumeId}: ${error ? error.message : "done"}; ${result ? `${result.mismatchCount} differing, ${result.repaired} repaired` : ""}`);
       if (result) {
         for (const mismatch of result.mismatches) {
