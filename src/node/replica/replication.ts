@@ -12,7 +12,7 @@ import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitm
 import { StaticWriteAuthority } from "../../replica/authority.ts";
 import { defaultReplicaConfig } from "../../replica/config.ts";
 import { ReplicaDriver } from "../../replica/driver.ts";
-import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "../../replica/io.ts";
+import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "./io-adapters.ts";
 import { granuleBytesFor, metadataLayout } from "../../replica/metadata-format.ts";
 import type { ReplicaReport } from "../../replica/types.ts";
 import { FileLayer } from "../block/file.ts";
