@@ -1,3 +1,4 @@
+import { DataState, type Generations } from "./model.ts";
 // Generation identifiers and the resync decision (DESIGN.md §4). Each replica of a volume carries
 //   current     - the generation its data belongs to (0 = a new disk that was never written);
 //   bitmapBase  - the generation it shared with the peer when it started writing alone (0 = it has
@@ -10,13 +11,7 @@
 // both sides' states and symmetric by construction: decide(a, b) mirrors decide(b, a), so both nodes
 // reach the same verdict from the same two states. The update rules below are the only ways a
 // generation changes; the volume core persists each result before acting on it.
-import { DataState } from "./wire.ts";
 
-export interface Generations {
-  current: bigint;
-  bitmapBase: bigint;
-  history: bigint[];
-}
 
 export interface ReplicaState {
   nodeId: string;

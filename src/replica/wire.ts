@@ -14,6 +14,7 @@
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
 // then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
+import { type BitRun, DataState, DecisionKind, type Generations } from "./model.ts";
 
 export const frameMagic = 0x314d4454; // "TDM1" read as little endian
 export const frameHeaderBytes = 32;
@@ -96,43 +97,9 @@ export const enum WireStatus {
   Refused = 3,
 }
 
-export const enum DataState {
-  /** Never written: a new or replaced disk. */
-  New = 0,
-  /** A complete replica of some generation. */
-  Consistent = 1,
-  /** A resync target that has not finished: only the peer holds good data for its dirty regions. */
-  Inconsistent = 2,
-}
 
-export const enum DecisionKind {
-  InSync = 0,
-  Resync = 1,
-  SplitBrain = 2,
-  Unrelated = 3,
-  NoGoodData = 4,
-  /** The sender's volume state differs in a way that forbids replication (size, granule). */
-  Mismatch = 5,
-  /** Both nodes hold the write grant: IO waits until one is demoted. */
-  DualPrimary = 6,
-  /**
-   * The generations say the node that holds the write grant (and complete data) should become
-   * the resync target: refused, since that needs a decision it can check or an operator.
-   */
-  PrimaryWouldBeTarget = 7,
-}
 
-/** A run of set bits in a dirty bitmap: [start, start + length) in bit indexes. */
-export interface BitRun {
-  start: number;
-  length: number;
-}
 
-export interface GenerationsWire {
-  current: bigint;
-  bitmapBase: bigint;
-  history: bigint[];
-}
 
 interface Base {
   volumeId: number;
@@ -189,7 +156,7 @@ export interface VolumeHelloMessage extends Base {
   seq: number;
   sizeBytes: number;
   granuleBytes: number;
-  generations: GenerationsWire;
+  generations: Generations;
   dataState: DataState;
   mayWrite: boolean;
   bitsSet: number;

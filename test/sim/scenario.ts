@@ -13,12 +13,13 @@ import type { Clock, WriteAuthority } from "../../src/replica/io.ts";
 import { DirtyBitmap } from "../../src/replica/bitmap.ts";
 import { bitmapPageWrite, formatMetadata, metadataLayout, superblockWrite } from "../../src/replica/metadata-format.ts";
 import type { ReplicaReport, VolumeStatus } from "../../src/replica/types.ts";
-import { DataState, DecodeError, decodeMessage, Framer, type Message, MessageType } from "../../src/replica/wire.ts";
+import { DecodeError, decodeMessage, Framer, type Message, MessageType } from "../../src/replica/wire.ts";
 import { type DiskFaults, SimDisk } from "./disk.ts";
 import { SimNetwork } from "./network.ts";
 import { blockBytes, fillBlock, identifyBlock } from "./oracle.ts";
 import { SimRandom } from "./random.ts";
 import { Scheduler } from "./scheduler.ts";
+import { DataState } from "../../src/replica/model.ts";
 
 export type NodeName = "a" | "b";
 export const nodeNames: readonly NodeName[] = ["a", "b"];

@@ -3,7 +3,7 @@
 // nodes always agree), and the generation update rules that feed it (start alone, finish a resync).
 import { describe, expect, test } from "bun:test";
 import { decide, type Decision, finishAsSource, finishAsTarget, type ReplicaState, startAlone, startAsTarget } from "../../src/replica/generations.ts";
-import { DataState } from "../../src/replica/wire.ts";
+import { DataState } from "../../src/replica/model.ts";
 
 const G = (n: number) => BigInt(n);
 function state(nodeId: string, current: number, bitmapBase = 0, history: number[] = [], options: Partial<ReplicaState> = {}): ReplicaState {

@@ -6,8 +6,9 @@ import { defaultReplicaConfig } from "../../src/replica/config.ts";
 import { formatMetadata, loadMetadata, metadataLayout } from "../../src/replica/metadata-format.ts";
 import type { CoreAction } from "../../src/replica/types.ts";
 import { VolumeCore, type VolumeHost } from "../../src/replica/volume/core.ts";
-import { DataState, DecisionKind, type Message, MessageType } from "../../src/replica/wire.ts";
+import { type Message, MessageType } from "../../src/replica/wire.ts";
 import { Scenario } from "../sim/scenario.ts";
+import { DataState, DecisionKind } from "../../src/replica/model.ts";
 
 describe("what a peer claims", () => {
   /** b is forced to primary while the link is cut, writes alone, and is demoted: a never stopped serving. */

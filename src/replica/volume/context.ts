@@ -11,7 +11,7 @@ import type { ReplicaConfig } from "../config.ts";
 import { type LoadedMetadata, type MetadataLayout, metadataLayout, type Superblock } from "../metadata-format.ts";
 import { RangeTable } from "../range-table.ts";
 import type { CoreAction, Grant, ReplicaReport } from "../types.ts";
-import type { DataState, Message } from "../wire.ts";
+import type { Message } from "../wire.ts";
 import type { VolumeLifecycle } from "./lifecycle.ts";
 import type { IgnoreCheck, PendingIo, PendingRequest } from "./model.ts";
 import type { Negotiation } from "./negotiation.ts";
@@ -20,6 +20,7 @@ import type { Persistence } from "./persistence.ts";
 import type { ResyncEngine } from "./resync.ts";
 import type { Verifier } from "./verify.ts";
 import type { WritePath } from "./write-path.ts";
+import type { DataState } from "../model.ts";
 
 /** What a volume core needs from the node core that hosts it. */
 export interface VolumeHost {

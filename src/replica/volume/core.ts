@@ -12,7 +12,7 @@
 // State is explicit (state.ts) and work in flight is data (model.ts): this class only routes.
 import type { LoadedMetadata } from "../metadata-format.ts";
 import type { Grant, IoError, VolumeStatus } from "../types.ts";
-import { DataState, type Message } from "../wire.ts";
+import { type Message } from "../wire.ts";
 import { formatGeneration } from "../generations.ts";
 import { type Parts, VolumeContext, type VolumeHost } from "./context.ts";
 import { VolumeLifecycle } from "./lifecycle.ts";
@@ -23,6 +23,7 @@ import { Persistence } from "./persistence.ts";
 import { ResyncEngine } from "./resync.ts";
 import { Verifier } from "./verify.ts";
 import { WritePath } from "./write-path.ts";
+import { DataState } from "../model.ts";
 
 export type { VolumeHost } from "./context.ts";
 

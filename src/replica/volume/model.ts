@@ -4,8 +4,8 @@
 // that owns it, and a request can be sent again from its record alone. Nothing here acts.
 import type { ActivityLogPlan } from "../activity-log.ts";
 import type { IoError } from "../types.ts";
-import type { BitRun } from "../wire.ts";
 import type { ResyncRound, VerifyRun } from "./state.ts";
+import type { BitRun } from "../model.ts";
 
 export type OpKind = "read" | "write" | "trim" | "zero" | "flush";
 

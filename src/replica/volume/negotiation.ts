@@ -6,10 +6,11 @@
 import { assert, unreachable } from "../../common/assert.ts";
 import { type Decision, decide, finishAsSource, formatGeneration, noGeneration, type ReplicaState } from "../generations.ts";
 import type { Grant } from "../types.ts";
-import { DataState, DecisionKind, type Message, MessageType, type VolumeDecisionMessage, type VolumeHelloMessage } from "../wire.ts";
+import { type Message, MessageType, type VolumeDecisionMessage, type VolumeHelloMessage } from "../wire.ts";
 import { replicaGenerationHistoryLength } from "../../constants.ts";
 import type { Parts } from "./context.ts";
 import { checkTransition, type LinkPhase, linkPhaseTransitions, type Refusal } from "./state.ts";
+import { DataState, DecisionKind } from "../model.ts";
 
 const decisionNames: Record<DecisionKind, string> = {
   [DecisionKind.InSync]: "inSync",

@@ -5,14 +5,14 @@
 // when it is durable. Also here: starting a generation of our own before anything completes
 // without the peer, and the activity-log transactions that make extents hot (evicting the least
 // recently used only once every completed write is durable on both nodes).
-import { formatGeneration, noGeneration, startAlone, type Generations } from "../generations.ts";
+import { formatGeneration, noGeneration, startAlone } from "../generations.ts";
 import { activityLogWrite, bitmapPageWrite, type MetadataWrite, superblockWrite } from "../metadata-format.ts";
 import type { ActivityLogPlan } from "../activity-log.ts";
 import type { IoError } from "../types.ts";
-import { DataState } from "../wire.ts";
 import { replicaGenerationHistoryLength } from "../../constants.ts";
 import type { Parts } from "./context.ts";
 import type { AloneWaiter, Eviction, PendingIo, PersistJob, PersistWaiter } from "./model.ts";
+import { DataState, type Generations } from "../model.ts";
 
 interface GenerationStart {
   before: Generations;

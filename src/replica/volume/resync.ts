@@ -7,12 +7,13 @@
 // generation. One round is one ResyncRound (state.ts) whose stage changes only through the table.
 import { finishAsSource, finishAsTarget, formatGeneration, noGeneration, startAsTarget } from "../generations.ts";
 import type { IoError, ResyncStatus } from "../types.ts";
-import { DataState, type Message, MessageType, type ResyncDataMessage, WireStatus } from "../wire.ts";
+import { type Message, MessageType, type ResyncDataMessage, WireStatus } from "../wire.ts";
 import { replicaBitmapRunsPerMessageMax, replicaGenerationHistoryLength } from "../../constants.ts";
 import type { Parts } from "./context.ts";
 import type { Checkpoint, Chunk, PeerOp, PendingIo, PendingRequest, ResyncEndThen } from "./model.ts";
 import { moveResync, newPass, passOf, type ResyncRound } from "./state.ts";
 import { errorToStatus } from "./write-path.ts";
+import { DataState } from "../model.ts";
 
 export function isAllZero(bytes: Uint8Array): boolean {
   const words = bytes.byteOffset % 4 === 0 && bytes.length % 4 === 0 ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) : undefined;

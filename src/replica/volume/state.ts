@@ -4,9 +4,9 @@
 // its variant; each changes only through `transition`, which checks the move against the table of
 // allowed next states below. A move not in a table is a bug (an assertion, never a silent change).
 import { assert } from "../../common/assert.ts";
-import type { BitRun } from "../wire.ts";
 import type { Chunk } from "./model.ts";
 import type { IoError, Refusal } from "../types.ts";
+import type { BitRun } from "../model.ts";
 
 /** A table of allowed transitions: for each state, the states it may move to. */
 export type TransitionTable<K extends string> = { readonly [From in K]: readonly K[] };

@@ -9,9 +9,10 @@
 import { assert } from "../../common/assert.ts";
 import { noGeneration } from "../generations.ts";
 import type { IoError } from "../types.ts";
-import { DataState, type Message, MessageType, WireStatus } from "../wire.ts";
+import { type Message, MessageType, WireStatus } from "../wire.ts";
 import type { Parts } from "./context.ts";
 import type { BarrierPurpose, ClientOp, OpKind, PeerOp, PendingIo, PendingRequest, QueuedOp } from "./model.ts";
+import { DataState } from "../model.ts";
 
 export function errorToStatus(error: IoError | null): WireStatus {
   if (error === null) return WireStatus.Ok;
