@@ -120,7 +120,7 @@ export class Checkers {
     }
     if (decision === "splitBrain") {
       const started = this.oracle.generationSinceSync.get(volumeId)!;
-      if (started.size < 2) this.fail("correctness", "split brain detected", `volume ${volumeId}: ${node} declared split brain at ${ms(nowUs)} but only ${[...started].join(", ") || "no node"} started (or was asked to write without the peer and could have started) a generation of its own since the last sync`);
+      if (started.size < 2) this.fail("correctness", "split brain detected", `volume ${volumeId}: ${node} declared split brain at ${ms(nowUs)} but only ${[...started.keys()].join(", ") || "no node"} started (or was asked to write without the peer and could have started) a generation of its own since the last sync`);
     }
   }
 

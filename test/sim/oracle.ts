@@ -78,10 +78,14 @@ export class Oracle {
   readonly aloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
   /** Mirrored writes made durable by a flush without the peer since the last sync, per volume and node. */
   private readonly durableAloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
-  readonly generationSinceSync = new Map<number, Set<string>>();
+  /** Nodes that started (or may have started) a generation of their own since the last sync, and when. */
+  readonly generationSinceSync = new Map<number, Map<string, number>>();
   /** Nodes an operator forced to primary without their peer since the last sync, per volume. */
-  private readonly forcedSinceSync = new Map<number, Set<string>>();
-  private readonly syncedFlags = new Map<number, Set<string>>();
+  private readonly forcedSinceSync = new Map<number, Map<string, number>>();
+  /** Nodes that reported being in sync since the last write made alone, and when. */
+  private readonly syncedFlags = new Map<number, Map<string, number>>();
+  /** When a source last reported the end of a resync (the sync point its target's report refers to). */
+  private readonly sourceSyncedUs = new Map<number, number>();
   /** Nodes that acknowledged writes in each (volume, epoch). */
   readonly epochWriters = new Map<string, Set<string>>();
   /**
@@ -98,9 +102,9 @@ export class Oracle {
     this.histories.set(volumeId, Array.from({ length: blocks }, () => []));
     this.aloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
     this.durableAloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
-    this.generationSinceSync.set(volumeId, new Set());
-    this.forcedSinceSync.set(volumeId, new Set());
-    this.syncedFlags.set(volumeId, new Set());
+    this.generationSinceSync.set(volumeId, new Map());
+    this.forcedSinceSync.set(volumeId, new Map());
+    this.syncedFlags.set(volumeId, new Map());
   }
 
   submitWrite(volumeId: number, node: string, firstBlock: number, blockCount: number, zero: boolean, fua: boolean, nowUs: number): WriteRecord {
@@ -201,19 +205,29 @@ export class Oracle {
    * A node reported being in sync. A resync target holds everything the source had when it reports
    * (the source may still die before recording its side); otherwise both must have reported.
    */
-  synced(volumeId: number, node: string, asTarget: boolean): void {
+  synced(volumeId: number, node: string, asTarget: boolean, nowUs: number): void {
     const flags = this.syncedFlags.get(volumeId)!;
-    flags.add(node);
-    if (asTarget || flags.size === this.nodes.length) {
-      for (const list of this.aloneSinceSync.get(volumeId)!.values()) list.length = 0;
-      for (const list of this.durableAloneSinceSync.get(volumeId)!.values()) {
-        for (const record of list) record.durableAlone = false; // the resync put them on both
-        list.length = 0;
-      }
-      this.generationSinceSync.get(volumeId)!.clear();
-      this.forcedSinceSync.get(volumeId)!.clear();
-      flags.clear();
+    flags.set(node, nowUs);
+    if (!asTarget) this.sourceSyncedUs.set(volumeId, nowUs);
+    if (!asTarget && flags.size < this.nodes.length) return;
+    // The sync point: the first report of the pair (a target holds what its source had when the
+    // source recorded the end). What happened after it, before the last report, is not covered.
+    const cutoff = asTarget ? Math.min(this.sourceSyncedUs.get(volumeId) ?? nowUs, ...flags.values()) : Math.min(...flags.values());
+    for (const list of this.aloneSinceSync.get(volumeId)!.values()) {
+      const kept = list.filter((record) => (record.ackedUs ?? 0) > cutoff);
+      list.length = 0;
+      list.push(...kept);
     }
+    for (const list of this.durableAloneSinceSync.get(volumeId)!.values()) {
+      const kept = list.filter((record) => (record.durableUs ?? 0) > cutoff);
+      for (const record of list) if (!kept.includes(record)) record.durableAlone = false; // the resync put them on both
+      list.length = 0;
+      list.push(...kept);
+    }
+    for (const since of [this.generationSinceSync.get(volumeId)!, this.forcedSinceSync.get(volumeId)!]) {
+      for (const [name, atUs] of [...since]) if (atUs <= cutoff) since.delete(name);
+    }
+    flags.clear();
   }
 
   disturb(nowUs: number): void {
@@ -257,8 +271,8 @@ export class Oracle {
   }
 
   /** The operator forced `node` to primary while its peer was unreachable. */
-  forcedPrimary(volumeId: number, node: string): void {
-    this.forcedSinceSync.get(volumeId)!.add(node);
+  forcedPrimary(volumeId: number, node: string, nowUs: number): void {
+    this.forcedSinceSync.get(volumeId)!.set(node, nowUs);
   }
 
   /**
@@ -269,8 +283,8 @@ export class Oracle {
     return this.forcedSinceSync.get(volumeId)!.has(node) || this.generationSinceSync.get(volumeId)!.has(node);
   }
 
-  generationStarted(volumeId: number, node: string): void {
-    this.generationSinceSync.get(volumeId)!.add(node);
+  generationStarted(volumeId: number, node: string, nowUs: number): void {
+    this.generationSinceSync.get(volumeId)!.set(node, nowUs);
     this.syncedFlags.get(volumeId)!.clear();
   }
 

@@ -359,11 +359,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (report.decision === "primaryWouldBeTarget") stats.servingTargetsRefused!++;
     } else if (report.kind === "synced") {
       note(`${node.name} v${report.volumeId} synced at ${report.current}`);
-      oracle.synced(report.volumeId, node.name, report.asTarget);
+      oracle.synced(report.volumeId, node.name, report.asTarget, scheduler.now);
       if (report.asTarget) checkers.resyncOver(report.volumeId, node.name);
     } else if (report.kind === "generationStarted") {
       note(`${node.name} v${report.volumeId} new generation ${report.current} (base ${report.base})`);
-      oracle.generationStarted(report.volumeId, node.name);
+      oracle.generationStarted(report.volumeId, node.name, scheduler.now);
     } else if (report.kind === "verifyMismatch") {
       // A repaired extent holds the same bytes on both sides from now on (rot later is new rot).
       if (report.repaired) for (let block = Math.floor(report.offset / blockBytes); block < Math.ceil((report.offset + report.length) / blockBytes); block++) rotted.get(report.volumeId)!.delete(block);
@@ -371,7 +371,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     } else if (report.kind === "linkDown") {
       // Writes in flight to the peer now complete alone: this node may start a generation of its
       // own (and crash before it says so).
-      for (const volumeId of volumeIds) if (workload.writing(node.name, volumeId)) oracle.generationStarted(volumeId, node.name);
+      for (const volumeId of volumeIds) if (workload.writing(node.name, volumeId)) oracle.generationStarted(volumeId, node.name, scheduler.now);
       if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "connectionRefused") {
       stats.intrusions!++;
@@ -445,7 +445,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     node.closing.add(volumeId);
     note(`operator: close v${volumeId} on ${node.name}`);
     // The peer's writes in flight to this node now complete alone (it may start a generation).
-    if (workload.writing(peerOf(node.name), volumeId)) oracle.generationStarted(volumeId, peerOf(node.name));
+    if (workload.writing(peerOf(node.name), volumeId)) oracle.generationStarted(volumeId, peerOf(node.name), scheduler.now);
     node.gate!.enter(() =>
       driver.closeVolume(volumeId, (error) => {
         if (node.driver !== driver) return;
@@ -622,7 +622,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       const fua = workloadRandom.chance(mix.fuaRate);
       // A write to a node that is not in sync may make it start a generation of its own (even if it
       // crashes before saying so): the split-brain checker must not call that spurious.
-      if (status(name, volumeId)?.sync !== "synced") oracle.generationStarted(volumeId, name);
+      if (status(name, volumeId)?.sync !== "synced") oracle.generationStarted(volumeId, name, scheduler.now);
       const record = oracle.submitWrite(volumeId, name, blocks[0]!, blocks.length, zero, fua, scheduler.now);
       track(blocks);
       const done = (error: BlockError | null, info: { mirrored: boolean | undefined; epoch: number | undefined }) => {
@@ -768,7 +768,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
               watched.set(key, resync.bitsRemaining);
             }
           }
-          if (scheduler.now < deadline) scheduler.after(200, poll);
+          if (scheduler.now < deadline) scheduler.after(1000, poll);
         };
         poll();
         return;
@@ -862,7 +862,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         if (ready()) note(`fault aimed at ${node.name} while ${target === "writes" ? "mirrored writes" : `a ${target}`} is in flight`);
         return act();
       }
-      scheduler.after(100, poll);
+      scheduler.after(500, poll);
     };
     poll();
   };
@@ -919,7 +919,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         const from = primaries[0]!;
         note(`operator: the link is down; moving v${volumeId} from ${from} to ${peerOf(from)}`);
         stats.flips!++;
-        oracle.forcedPrimary(volumeId, peerOf(from));
+        oracle.forcedPrimary(volumeId, peerOf(from), scheduler.now);
         oracle.disturb(scheduler.now);
         setRole(from, volumeId, false);
         setRole(peerOf(from), volumeId, true);
@@ -931,7 +931,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (state && state.dataState === "consistent") {
         promotions++;
         note(`operator: a is unreachable from b; forcing b to primary of v${volumeId}`);
-        oracle.forcedPrimary(volumeId, "b");
+        oracle.forcedPrimary(volumeId, "b", scheduler.now);
         oracle.disturb(scheduler.now);
         setRole("b", volumeId, true);
       }
