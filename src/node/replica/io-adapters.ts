@@ -4,6 +4,7 @@
 import { BlockError, type BlockErrorCode } from "../../common/errors.ts";
 import type { BlockStorage, Clock, IoCallback, MetadataStore, Random } from "../../replica/io.ts";
 import type { IoError } from "../../replica/types.ts";
+import { emulating } from "../block/emulate.ts";
 import type { BlockLayer } from "../block/layer.ts";
 
 function ioErrorOf(error: unknown): IoError {
@@ -22,17 +23,18 @@ function settle(promise: Promise<void>, done: IoCallback): void {
 
 /** A volume's BlockLayer stack below the mirror (file or device layer) as BlockStorage. */
 export class BlockLayerStorage implements BlockStorage {
-  constructor(private readonly layer: BlockLayer) {}
+  /** FUA, zeroes and trims as the core asks them, whatever the layer offers (emulate.ts). */
+  private readonly layer: BlockLayer;
+  constructor(layer: BlockLayer) {
+    this.layer = emulating(layer);
+  }
   read(offset: number, target: Uint8Array, done: IoCallback): void {
     settle(this.layer.read(offset, target), done);
   }
   write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void {
-    const capabilities = this.layer.capabilities();
-    if (!fua || capabilities.fua) return settle(this.layer.write(offset, data, { fua }), done);
-    settle(this.layer.write(offset, data).then(() => (capabilities.flush ? this.layer.flush() : undefined)), done);
+    settle(this.layer.write(offset, data, { fua }), done);
   }
   flush(done: IoCallback): void {
-    if (!this.layer.capabilities().flush) return done(null);
     settle(this.layer.flush(), done);
   }
   trim(offset: number, length: number, fua: boolean, done: IoCallback): void {
