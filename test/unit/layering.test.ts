@@ -18,7 +18,8 @@ const root = path.resolve(import.meta.dir, "../..");
 /** The pure cores, relative to the repository. */
 const corePatterns: RegExp[] = [
   /^src\/replica\//, // the cores, their driver and the IO interfaces (the adapters live in src/node/replica/)
-  /^src\/quorum\/(?!(.*[-/])?(driver|io)\.ts$)/, // the quorum's disk driver is the cores' edge
+  // The quorum's edge is not core: its driver, the witness disk on its Worker, the watchdog device.
+  /^src\/quorum\/(?!(.*[-/])?(driver|io|disk|watchdog)\.ts$)/,
   /^src\/node\/export\/nbd\/(codec|protocol|session|budget|scheduler)\.ts$/,
   /^src\/node\/export\/vhost\/(protocol|virtqueue|blk|inflight|memory)\.ts$/,
   // Interfaces the codecs and sessions share with the daemon (types and pure helpers only).
