@@ -147,7 +147,11 @@ export class WritePath {
         for (let extent = first; extent <= last; extent++) extents.push(extent);
         const evicting = this.v.persistence.evicting;
         const union = new Set([...activityWanted, ...extents.filter((extent) => activityLog.missing(extent * activityLog.extentBytes, 1).length > 0 || evicting.has(extent))]);
-        if (union.size + activityProtected.size > this.v.context.config.activityLogExtentsMax && activityWanted.length > 0) activityFull = true;
+        // After the transaction, every extent of every write it serves must be hot at once: the
+        // protected set (which includes the wanted extents) is what has to fit, not the wanted ones
+        // plus a partial count. The first write always goes in (it fits alone, extents ≤ capacity).
+        const protectedAfter = new Set([...activityProtected, ...extents]);
+        if (protectedAfter.size > this.v.context.config.activityLogExtentsMax && activityWanted.length > 0) activityFull = true;
         else {
           activityWanted.splice(0, activityWanted.length, ...union);
           for (const extent of extents) activityProtected.add(extent);
