@@ -298,6 +298,40 @@ export class SimDisk {
     this.visible = this.durable.slice();
   }
 
+  /** Writes completed so far: a mark for `cachedOnlyHereDurableOn`. */
+  get writesCompleted(): number {
+    return this.completions;
+  }
+
+  /**
+   * Whether some `unit`-sized block, written here by a cached write `which` selects (by its place
+   * in `writesCompleted`), reads back here only from the cache (its bytes on the medium differ)
+   * while `other` made those very bytes durable since its medium held `otherBefore`: a crash here
+   * may lose what a copy elsewhere already made durable.
+   */
+  cachedOnlyHereCopiedTo(other: SimDisk, otherBefore: Uint8Array, unit: number, which: (sequence: number) => boolean): boolean {
+    for (const entry of this.cache) {
+      if (!which(entry.sequence)) continue;
+      const first = Math.floor(entry.offset / unit);
+      const last = Math.ceil((entry.offset + entry.bytes.length) / unit);
+      for (let block = first; block < last; block++) {
+        const start = block * unit;
+        const end = Math.min(start + unit, this.visible.length);
+        let volatile = false;
+        let copied = true;
+        let changed = false;
+        for (let index = start; index < end && copied; index++) {
+          const byte = this.visible[index]!;
+          if (byte !== this.durable[index]) volatile = true;
+          if (byte !== other.durable[index]) copied = false;
+          if (byte !== otherBefore[index]) changed = true;
+        }
+        if (volatile && copied && changed) return true;
+      }
+    }
+    return false;
+  }
+
   /** Silent corruption of a range on the medium (bit rot), for verify to find. */
   rot(offset: number, length: number): void {
     for (let index = offset; index < offset + length; index++) {

@@ -81,7 +81,7 @@ export interface FaultMix {
   stalls: boolean;
   /** TRIM may leave the data in place (advisory). */
   trimAdvisory: boolean;
-  /** Crashes aim at a moment something is in flight (a barrier, a resync, mirrored writes). */
+  /** Crashes aim at a moment something is in flight (a barrier, a resync, mirrored writes), and at a resync source that copies what only its cache holds. */
   aimedCrashes: boolean;
   /** The chaos pauses now and then: once the pair converges, the replicas must be identical. */
   pauses: number;
@@ -357,6 +357,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (report.decision === "resync" && node.name === "b" && report.sourceIsLocal) stats.resyncsFromB!++;
       if (report.decision === "splitBrain") stats.splitBrains!++;
       if (report.decision === "primaryWouldBeTarget") stats.servingTargetsRefused!++;
+    } else if (report.kind === "resyncStarted") {
+      if (report.sourceIsLocal) resyncSourceMarks.set(`${node.name}:${report.volumeId}`, { written: node.disks.get(report.volumeId)!.data.writesCompleted, peerDurable: nodes.get(peerOf(node.name))!.disks.get(report.volumeId)!.data.durable.slice() });
+      else resyncSourceMarks.delete(`${node.name}:${report.volumeId}`);
+      if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "synced") {
       note(`${node.name} v${report.volumeId} synced at ${report.current}`);
       oracle.synced(report.volumeId, node.name, report.asTarget, scheduler.now);
@@ -523,6 +527,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const node = nodes.get(name)!;
     const epoch = primary ? (epochs.get(volumeId)! + 1) : (node.authority.role(volumeId)?.epoch ?? 1);
     if (primary) epochs.set(volumeId, epoch);
+    if (primary !== isPrimary(name, volumeId)) {
+      const marks = roleMarks.get(`${name}:${volumeId}`) ?? {};
+      marks[primary ? "promoted" : "demoted"] = node.disks.get(volumeId)!.data.writesCompleted;
+      roleMarks.set(`${name}:${volumeId}`, marks);
+    }
     note(`operator: ${name} becomes ${primary ? `primary of v${volumeId} in epoch ${epoch}` : `secondary of v${volumeId}`}`);
     node.authority.setRole(volumeId, { primary, epoch });
   };
@@ -530,6 +539,13 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   // ---------------------------------------------------------------- workload
 
   const workloadRandom = random.fork("workload");
+  // After a failover the VM still has to boot on its new node: it writes (and flushes) only after
+  // a while, and the link may come back before that. Meanwhile the new primary's cache still holds
+  // what it received as the secondary (a resync from it copies data it has not flushed).
+  const bootRandom = random.fork("boot");
+  /** Per node and volume, when the VM a failover moved there starts writing. */
+  const vmStarts = new Map<string, number>();
+  const vmBoots = (name: string, volumeId: number) => vmStarts.set(`${name}:${volumeId}`, scheduler.now + bootRandom.range(20_000, 400_000));
   const workload = {
     stopped: false,
     outstanding: new Map<number, Outstanding>(),
@@ -563,7 +579,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       return undefined;
     },
     issue(volumeId: number): void {
-      const writers = nodeNames.filter((name) => nodes.get(name)!.alive && isPrimary(name, volumeId));
+      const writers = nodeNames.filter((name) => nodes.get(name)!.alive && isPrimary(name, volumeId) && (vmStarts.get(`${name}:${volumeId}`) ?? 0) <= scheduler.now);
       if (writers.length === 0) return;
       const name = workloadRandom.pick(writers);
       const node = nodes.get(name)!;
@@ -668,6 +684,12 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   /** The node (and incarnation) running the operator's verify: its death ends the verify too. */
   let verifyOn: { name: string; incarnation: number } | undefined;
   let replaced = false;
+  /** An aimed crash of a resync source is waiting for its moment. */
+  let sourceAimed = false;
+  /** Per node and volume, when it last began a resync as the source: its data disk's write count and its peer's medium. */
+  const resyncSourceMarks = new Map<string, { written: number; peerDurable: Uint8Array }>();
+  /** Per node and volume, the data disk's write count when the node last became its primary and last stopped being it. */
+  const roleMarks = new Map<string, { promoted?: number; demoted?: number }>();
   const resolving = new Map<number, number>();
 
   const restartLater = (node: SimNode, delayUs: number) => scheduler.after(delayUs, () => startNode(node));
@@ -743,36 +765,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         });
         return;
       }
-      case "crash-source": {
-        // The source of a resync, right after the target made copied regions durable and both
-        // cleared them: what the source copied must have been durable there first.
-        const restartUs = faultRandom.range(20_000, 300_000);
-        const deadline = scheduler.now + 1_000_000;
-        const watched = new Map<string, number>();
-        const poll = () => {
-          if (faultsStopped) return;
-          for (const name of nodeNames) {
-            const node = nodes.get(name)!;
-            if (!node.alive) continue;
-            for (const volumeId of volumeIds) {
-              const resync = node.driver!.status(volumeId)?.resync;
-              if (resync?.direction !== "source") continue;
-              const key = `${name}:${volumeId}`;
-              const before = watched.get(key);
-              if (before !== undefined && resync.bitsRemaining < before) {
-                note(`fault aimed at ${name}, the source of a resync, after a checkpoint`);
-                crashNode(node, "fault");
-                restartLater(node, restartUs);
-                return;
-              }
-              watched.set(key, resync.bitsRemaining);
-            }
-          }
-          if (scheduler.now < deadline) scheduler.after(1000, poll);
-        };
-        poll();
+      case "crash-source":
+        aimAtSource(faultRandom.range(20_000, 300_000));
         return;
-      }
       case "power": {
         const restarts = nodeNames.map(() => faultRandom.range(20_000, 300_000));
         aimed(nodes.get(faultRandom.pick(nodeNames))!, () => {
@@ -835,6 +830,50 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         return;
       }
     }
+  };
+
+  /**
+   * A crash of the source of a resync, right after a checkpoint (the target made copied regions
+   * durable and both cleared them) while the target holds on its medium a region the source holds
+   * only in its cache, written there before the resync began and while this node was not the
+   * primary (so its activity log does not cover it): what the source copies must have been durable
+   * there first, or its crash loses it and nothing marks it. The moment comes only when a
+   * former secondary, its cache not yet flushed, becomes a resync source (a failover while the link
+   * is down, say), so the aim waits for it until the chaos ends; one aim at a time.
+   */
+  const aimAtSource = (restartUs: number) => {
+    if (sourceAimed) return;
+    sourceAimed = true;
+    const remaining = new Map<string, number>();
+    const poll = () => {
+      if (faultsStopped) return;
+      for (const name of nodeNames) {
+        const node = nodes.get(name)!;
+        const peer = nodes.get(peerOf(name))!;
+        if (!node.alive || !peer.alive) continue;
+        for (const volumeId of volumeIds) {
+          const key = `${name}:${volumeId}`;
+          const began = resyncSourceMarks.get(key);
+          const resync = node.driver!.status(volumeId)?.resync;
+          if (!began || resync?.direction !== "source") continue;
+          const before = remaining.get(key);
+          remaining.set(key, resync.bitsRemaining);
+          if (before === undefined || resync.bitsRemaining >= before) continue;
+          // Written during its last spell as the secondary (up to now if it still is).
+          const demoted = roleMarks.get(key)?.demoted ?? 0;
+          const promoted = isPrimary(name, volumeId) ? (roleMarks.get(key)?.promoted ?? 0) : Infinity;
+          const unprotected = (sequence: number) => sequence <= began.written && sequence > demoted && sequence <= promoted;
+          if (!node.disks.get(volumeId)!.data.cachedOnlyHereCopiedTo(peer.disks.get(volumeId)!.data, began.peerDurable, blockBytes, unprotected)) continue;
+          note(`fault aimed at ${name}, the source of a resync, while ${peerOf(name)} holds durably what ${name} holds only in its cache`);
+          sourceAimed = false;
+          crashNode(node, "fault");
+          restartLater(node, restartUs);
+          return;
+        }
+      }
+      scheduler.after(1000, poll);
+    };
+    poll();
   };
 
   /**
@@ -923,6 +962,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         oracle.disturb(scheduler.now);
         setRole(from, volumeId, false);
         setRole(peerOf(from), volumeId, true);
+        vmBoots(peerOf(from), volumeId);
       }
     }
     if (mix.forcedPromotion && promotions < 2 && b.alive && !isPrimary("b", volumeIds[0]!) && !linkUp("b") && operatorRandom.chance(0.2)) {
@@ -934,6 +974,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         oracle.forcedPrimary(volumeId, "b", scheduler.now);
         oracle.disturb(scheduler.now);
         setRole("b", volumeId, true);
+        vmBoots("b", volumeId);
       }
     }
     if (mix.switchover && !switchoverBusy && operatorRandom.chance(0.1)) {
@@ -1140,6 +1181,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     for (const node of nodes.values()) startNode(node);
     const chaosEnd = mix.chaosMs * 1000;
     workload.loop();
+    // A crash of a resync source waits for its moment from the start (it comes rarely).
+    if (mix.aimedCrashes && mix.crashes !== "none") aimAtSource(faultRandom.fork("source").range(20_000, 300_000));
     faultLoop(chaosEnd);
     operatorLoop(false, chaosEnd);
     for (let index = 0; index < mix.pauses; index++) scheduler.at(faultRandom.range(Math.round(chaosEnd / 4), chaosEnd), () => pause(chaosEnd));
