@@ -10,6 +10,8 @@ import os from "node:os";
 import path from "node:path";
 import { runCli } from "../helpers/daemon.ts";
 import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
+import { runBounded } from "../helpers/run.ts";
+import { eventually } from "../helpers/until.ts";
 
 const MiB = 1024 * 1024;
 const volume = "stop";
@@ -63,7 +65,7 @@ function stopRecord(node: string): { clean: boolean | undefined; timedOut: boole
 }
 
 function fio(seconds: number) {
-  const child = Bun.spawn(
+  return runBounded(
     [
       "fio",
       "--name=lifecycle",
@@ -80,14 +82,8 @@ function fio(seconds: number) {
       "--verify_fatal=1",
       "--output-format=json",
     ],
-    { stdout: "pipe", stderr: "pipe", cwd: dir },
-  );
-  const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
-  return (async () => {
-    const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-    clearTimeout(timer);
-    return { code, stdout, stderr };
-  })();
+    { timeoutMs: 120_000, cwd: dir },
+  ).done;
 }
 
 async function verifyReplicas(): Promise<{ mismatchCount: number; complete: boolean }> {
@@ -98,14 +94,12 @@ async function verifyReplicas(): Promise<{ mismatchCount: number; complete: bool
 
 /** Wait until fio has written something (a node's status shows writes flowing), bounded. */
 async function waitForClientWrites(): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    const state = await labVolume(dir, volume, "a");
-    const detail = state?.nodes[0]?.detail as { activityLogExtents?: number } | undefined;
-    if ((detail?.activityLogExtents ?? 0) > 0) return;
-    await Bun.sleep(50);
-  }
-  throw new Error("fio never started writing");
+  await eventually(
+    "fio to start writing",
+    async () => (((await labVolume(dir, volume, "a"))?.nodes[0]?.detail as { activityLogExtents?: number } | undefined)?.activityLogExtents ?? 0) > 0,
+    30_000,
+    50,
+  );
 }
 
 describe("stopping a lab daemon gracefully under a verifying client", () => {
