@@ -19,6 +19,7 @@ import path from "node:path";
 import { TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
 import { linkRttStaleAfterMs, pairingReconcileIntervalMs, volumeIdMax } from "../constants.ts";
+import type { VolumeStatus } from "../replica/types.ts";
 import type { BlockLayer } from "./block/layer.ts";
 import type { FileLayer } from "./block/file.ts";
 import { type PairSnapshot, type PendingVolume, pendingVolumes, planReconcile, type ReconcileStep } from "./intents.ts";
@@ -30,7 +31,7 @@ export interface ReplicationService {
   formatVolume(volumeId: number, metadataPath: string, sizeBytes: number, initialGeneration: bigint | undefined): Promise<void>;
   openVolume(volumeId: number, local: BlockLayer, metadataPath: string, role: { primary: boolean; epoch: number }): Promise<BlockLayer>;
   closeVolume(volumeId: number): Promise<void>;
-  status(volumeId: number): Record<string, unknown> | undefined;
+  status(volumeId: number): VolumeStatus | undefined;
   link(): Record<string, unknown>;
   /** Called (from the replication driver) each time the link to the peer comes up. */
   onLinkUp(listener: () => void): void;
@@ -157,7 +158,7 @@ export class PairedVolumes implements VolumeReplication {
     const status = this.service.status(record.id);
     const connected = this.connected();
     const localState = stateName(status);
-    const resync = status?.resync as { bytesRemaining: number; bytesCopied: number; rateBytesPerSecond: number; etaSeconds?: number; direction: string } | undefined;
+    const resync = status?.resync;
     const detail: Record<string, unknown> = { ...status };
     if (resync) {
       const total = resync.bytesCopied + resync.bytesRemaining;
@@ -604,7 +605,7 @@ export class PairedVolumes implements VolumeReplication {
   }
 }
 
-function stateName(status: Record<string, unknown> | undefined): string {
+function stateName(status: VolumeStatus | undefined): string {
   if (!status) return "unknown";
   switch (status.sync) {
     case "splitBrain":
@@ -612,6 +613,6 @@ function stateName(status: Record<string, unknown> | undefined): string {
     case "degraded":
       return status.dataState === "inconsistent" ? "outdated" : "degraded";
     default:
-      return String(status.sync);
+      return status.sync;
   }
 }

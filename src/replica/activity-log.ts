@@ -107,6 +107,20 @@ export class ActivityLog {
     return plan.evict.every((extent) => this.hot.get(extent)?.references === 0) && plan.add.length + this.hot.size - plan.evict.length <= this.capacity;
   }
 
+  /**
+   * A transaction failed, yet its record may have reached the disk (EIO after the write landed):
+   * the log on disk is either the old set or the planned one. Only what both cover stays hot: the
+   * evicted extents leave (a write there needs a new transaction), the added ones never came. The
+   * transaction's sequence is used up, so a retry never overwrites a record that may be the newest.
+   */
+  failed(plan: ActivityLogPlan, sequence: number): void {
+    for (const extent of plan.evict) {
+      assert(this.hot.get(extent)?.references === 0, "evicted extents are idle");
+      this.hot.delete(extent);
+    }
+    this.sequence = Math.max(this.sequence, sequence);
+  }
+
   /** Apply a transaction once it is durable. */
   commit(plan: ActivityLogPlan, sequence: number): void {
     for (const extent of plan.evict) {

@@ -5,7 +5,7 @@
 // each page keeps its count of set bits, so scans skip clean pages, and a dirty flag, so writeback
 // writes only pages that changed. Pure data structure: persistence is the caller's.
 import { assert } from "../common/assert.ts";
-import type { BitRun } from "./wire.ts";
+import type { BitRun } from "./model.ts";
 
 /** Bits in one bitmap page: a 4 KiB metadata slot minus its 16-byte header. */
 export const bitmapPageWords = (4096 - 16) / 4;

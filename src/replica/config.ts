@@ -44,6 +44,14 @@ export interface ReplicaBugs {
   forgetTransferLog?: boolean;
   /** Resync only the source's dirty regions instead of the union of both sides'. */
   skipDirtyUnion?: boolean;
+  /** The resync source does not make its data durable before the target copies it. */
+  skipSourceFlush?: boolean;
+  /** The resync target is not marked inconsistent while it holds half-copied data. */
+  targetStaysConsistent?: boolean;
+  /** When the peer stops answering, a barrier in flight forgets the writes it covered. */
+  barrierDropsCovered?: boolean;
+  /** A client write's buffer is used as it is, not copied at admission. */
+  shareClientBuffer?: boolean;
 }
 
 export interface ReplicaConfig {

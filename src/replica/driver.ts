@@ -169,6 +169,11 @@ export class ReplicaDriver implements PeerTransportHandler {
     return this.core.volumeStatus(volumeId);
   }
 
+  /** A volume's IO and peer requests in flight, by kind. */
+  inFlight(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
+    return this.core.volumePending(volumeId);
+  }
+
   link(): LinkStatus {
     return this.core.linkStatus();
   }
@@ -303,6 +308,8 @@ export class ReplicaDriver implements PeerTransportHandler {
       case "verifyMismatch":
       case "linkDown":
         return logger.warn(kind, fields);
+      case "ignored":
+        return logger.debug(kind, fields);
       default:
         return logger.info(kind, fields);
     }

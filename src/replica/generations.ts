@@ -1,3 +1,4 @@
+import { DataState, type Generations } from "./model.ts";
 // Generation identifiers and the resync decision (DESIGN.md §4). Each replica of a volume carries
 //   current     - the generation its data belongs to (0 = a new disk that was never written);
 //   bitmapBase  - the generation it shared with the peer when it started writing alone (0 = it has
@@ -10,13 +11,7 @@
 // both sides' states and symmetric by construction: decide(a, b) mirrors decide(b, a), so both nodes
 // reach the same verdict from the same two states. The update rules below are the only ways a
 // generation changes; the volume core persists each result before acting on it.
-import { DataState } from "./wire.ts";
 
-export interface Generations {
-  current: bigint;
-  bitmapBase: bigint;
-  history: bigint[];
-}
 
 export interface ReplicaState {
   nodeId: string;
@@ -108,11 +103,21 @@ export function finishAsSource(generations: Generations, historyLength: number):
   return { current: generations.current, bitmapBase: noGeneration, history: pushHistory(generations.history, generations.bitmapBase, historyLength) };
 }
 
+/**
+ * A resync target begins to take the source's data: it records the source's generation, so that
+ * after an interruption the two are related and the resync continues from the remaining bitmaps
+ * (a new disk, whose own generation is none, would otherwise look unrelated and start over).
+ */
+export function startAsTarget(generations: Generations, sourceCurrent: bigint, historyLength: number): Generations {
+  if (sourceCurrent === noGeneration || sourceCurrent === generations.current) return generations;
+  return { ...generations, history: pushHistory(generations.history, sourceCurrent, historyLength) };
+}
+
 /** The target finished a resync: it now holds the source's generation. */
 export function finishAsTarget(generations: Generations, sourceCurrent: bigint, historyLength: number): Generations {
   let history = pushHistory(generations.history, generations.bitmapBase, historyLength);
   if (generations.current !== sourceCurrent) history = pushHistory(history, generations.current, historyLength);
-  return { current: sourceCurrent, bitmapBase: noGeneration, history };
+  return { current: sourceCurrent, bitmapBase: noGeneration, history: history.filter((id) => id !== sourceCurrent) };
 }
 
 export function formatGeneration(id: bigint): string {

@@ -1,10 +1,8 @@
-// The narrow interfaces the replica driver performs its IO through, and their production adapters.
-// The same ReplicaDriver runs in the daemon (with the adapters below and a TCP PeerTransport) and in
+// The narrow interfaces the replica driver performs its IO through. The same ReplicaDriver runs in
+// the daemon (with the adapters of src/node/replica/io-adapters.ts and a TCP PeerTransport) and in
 // the simulator (test/sim/, whose fakes implement the same interfaces with scheduled faults). All
 // calls are callback-based: a callback may run synchronously or later, exactly once, and the driver
 // copes with both. docs/replication.md states each contract.
-import { BlockError, type BlockErrorCode } from "../common/errors.ts";
-import type { BlockLayer } from "../node/block/layer.ts";
 import type { Grant, IoError, RemoteAddress } from "./types.ts";
 
 export type IoCallback = (error: IoError | null) => void;
@@ -78,76 +76,3 @@ export interface WriteAuthority {
   subscribe(listener: (volumeId: number) => void): () => void;
   linkChanged(up: boolean): void;
 }
-
-function ioErrorOf(error: unknown): IoError {
-  if (error instanceof BlockError) return error.code;
-  const code = (error as { code?: string })?.code;
-  const known: BlockErrorCode[] = ["EIO", "ENOSPC", "EINVAL", "EPERM", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN"];
-  return known.includes(code as BlockErrorCode) ? (code as BlockErrorCode) : "EIO";
-}
-
-function settle(promise: Promise<void>, done: IoCallback): void {
-  promise.then(
-    () => done(null),
-    (error) => done(ioErrorOf(error)),
-  );
-}
-
-/** A volume's BlockLayer stack below the mirror (file or device layer) as BlockStorage. */
-export class BlockLayerStorage implements BlockStorage {
-  constructor(private readonly layer: BlockLayer) {}
-  read(offset: number, target: Uint8Array, done: IoCallback): void {
-    settle(this.layer.read(offset, target), done);
-  }
-  write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void {
-    const capabilities = this.layer.capabilities();
-    if (!fua || capabilities.fua) return settle(this.layer.write(offset, data, { fua }), done);
-    settle(this.layer.write(offset, data).then(() => (capabilities.flush ? this.layer.flush() : undefined)), done);
-  }
-  flush(done: IoCallback): void {
-    if (!this.layer.capabilities().flush) return done(null);
-    settle(this.layer.flush(), done);
-  }
-  trim(offset: number, length: number, fua: boolean, done: IoCallback): void {
-    settle(this.layer.trim(offset, length, { fua }), done);
-  }
-  zero(offset: number, length: number, fua: boolean, noHole: boolean, done: IoCallback): void {
-    settle(this.layer.zero(offset, length, { fua, noHole }), done);
-  }
-}
-
-/** A metadata area kept in a BlockLayer (a small FileLayer next to the volume's backing file). */
-export class BlockLayerMetadataStore implements MetadataStore {
-  constructor(private readonly layer: BlockLayer) {}
-  sizeBytes(): number {
-    return this.layer.size();
-  }
-  read(offset: number, length: number, done: (error: IoError | null, bytes: Uint8Array | undefined) => void): void {
-    const target = new Uint8Array(length);
-    this.layer.read(offset, target).then(
-      () => done(null, target),
-      (error) => done(ioErrorOf(error), undefined),
-    );
-  }
-  write(offset: number, bytes: Uint8Array, done: IoCallback): void {
-    settle(this.layer.write(offset, bytes), done);
-  }
-  flush(done: IoCallback): void {
-    settle(this.layer.flush(), done);
-  }
-}
-
-/** The process clock. */
-export const systemClock: Clock = {
-  every(intervalMs, callback) {
-    const timer = setInterval(callback, intervalMs);
-    return { cancel: () => clearInterval(timer) };
-  },
-};
-
-/** The operating system's random source. */
-export const systemRandom: Random = {
-  fill(bytes) {
-    crypto.getRandomValues(bytes);
-  },
-};

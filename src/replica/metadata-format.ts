@@ -12,8 +12,8 @@
 import { assert } from "../common/assert.ts";
 import { bitmapPageBits, bitmapPageWords, DirtyBitmap } from "./bitmap.ts";
 import { checksum } from "./checksum.ts";
-import type { Generations } from "./generations.ts";
-import { DataState, DecodeError } from "./wire.ts";
+import { DecodeError } from "./wire.ts";
+import { DataState, type Generations } from "./model.ts";
 
 export const metadataSlotBytes = 4096;
 export const metadataFormatVersion = 1;

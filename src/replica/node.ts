@@ -21,7 +21,7 @@ import { type ConnectRole, Handshake, type HandshakeStep, type LinkSession, type
 import type { LoadedMetadata } from "./metadata-format.ts";
 import { ReportLimiter } from "./report-limiter.ts";
 import type { CoreAction, CoreEvent, RemoteAddress, ReplicaReport, VolumeStatus } from "./types.ts";
-import { VolumeCore, type VolumeHost } from "./volume.ts";
+import { VolumeCore, type VolumeHost } from "./volume/core.ts";
 import { clusterIdBytes, DecodeError, decodeMessage, encodeMessage, type Frame, Framer, type Message, MessageType, WireStatus } from "./wire.ts";
 import { replicaNonceBytes } from "../constants.ts";
 
@@ -158,6 +158,11 @@ export class NodeCore {
 
   volumeStatus(volumeId: number): VolumeStatus | undefined {
     return this.volumes.get(volumeId)?.status();
+  }
+
+  /** A volume's IO and peer requests in flight, by kind (for tests and diagnostics). */
+  volumePending(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
+    return this.volumes.get(volumeId)?.pending();
   }
 
   linkStatus(): LinkStatus {

@@ -5,7 +5,7 @@
 // is bounded by the in-flight limits, so a scan is cheaper than a tree. Pure bookkeeping.
 import { assert } from "../common/assert.ts";
 
-export type RangeOwner = "client" | "peer" | "resync" | "verify";
+export type RangeOwner = "client" | "peer" | "resync" | "verify" | "rewrite";
 
 interface HeldRange {
   id: number;

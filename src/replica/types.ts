@@ -77,6 +77,21 @@ export type SyncState =
   /** The replicas cannot be reconciled automatically (unrelated data, no good data, size mismatch). */
   | "refused";
 
+/** Why two connected replicas do not replicate. */
+export type Refusal =
+  /** Both wrote alone since they last agreed: an operator chooses whose data survives. */
+  | "splitBrain"
+  /** The replicas share no generation: an operator chooses. */
+  | "unrelated"
+  /** Neither holds complete data (new, or an interrupted resync target). */
+  | "noGoodData"
+  /** Geometry differs (size, granule). */
+  | "mismatch"
+  /** Both hold the write grant: IO waits until one is demoted. */
+  | "dualPrimary"
+  /** The peer holds newer data, but this side serves IO: demote it, or resolve keeping its data. */
+  | "primaryWouldBeTarget";
+
 export interface ResyncStatus {
   direction: "source" | "target";
   leader: boolean;
@@ -101,6 +116,8 @@ export interface VolumeStatus {
   role: "primary" | "secondary" | "frozen";
   epoch: number | undefined;
   sync: SyncState;
+  /** Why the replicas do not replicate, when `sync` is "refused" or "splitBrain". */
+  refusal: Refusal | undefined;
   reason: string;
   dataState: "new" | "consistent" | "inconsistent";
   current: string;
@@ -142,4 +159,6 @@ export type ReplicaReport =
   | { kind: "volumeUnknownOnPeer"; volumeId: number }
   | { kind: "ioError"; volumeId: number; what: string; error: IoError }
   | { kind: "verifyMismatch"; volumeId: number; offset: number; length: number; repaired: boolean }
+  /** A stale message or completion was ignored by the named check (for the debug log). */
+  | { kind: "ignored"; volumeId: number; check: string; reason: string }
   | { kind: "notice"; volumeId?: number; message: string };

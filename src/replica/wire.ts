@@ -14,450 +14,34 @@
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
 // then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
+import { type BitRun, DataState, DecisionKind, type Generations } from "./model.ts";
+import { FieldReader, FieldWriter, textEncoder, wireStatus, writeText } from "./wire-fields.ts";
+import {
+  admissionBytesMax,
+  type Base,
+  clusterIdBytes,
+  DecodeError,
+  type Frame,
+  FrameFlags,
+  frameHeaderBytes,
+  frameMagic,
+  frameTagBytes,
+  type HelloMessage,
+  LinkRole,
+  macBytes,
+  type Message,
+  MessageType,
+  NEED_MORE,
+  type NeedMore,
+  nodeIdBytesMax,
+  peerPayloadBytesMax,
+  protocolVersionMax,
+  protocolVersionMin,
+  reasonBytesMax,
+  WireStatus,
+} from "./messages.ts";
 
-export const frameMagic = 0x314d4454; // "TDM1" read as little endian
-export const frameHeaderBytes = 32;
-/** Bytes of the tag an authenticated frame carries after its payload (AES-256-GCM's tag). */
-export const frameTagBytes = 16;
-
-/** Bits of the frame header's flags byte. */
-export const enum FrameFlags {
-  /** A tag of frameTagBytes follows the payload (every frame after the handshake). */
-  Tagged = 1,
-}
-
-/** The protocol versions this build speaks. A newer node offers a wider range and both pick the
- * highest common version (see negotiateVersion); messages added later are only sent when agreed.
- * Version 1 had a handshake that could be reflected (each side proved itself to anyone who sent a
- * Hello) and unauthenticated frames: it is not spoken any more, so a version-1 node is refused. */
-export const protocolVersionMin = 2;
-export const protocolVersionMax = 2;
-
-/** Largest control-plane payload (PeerRequest / PeerReply) between the daemons. */
-export const peerPayloadBytesMax = 1024 * 1024;
-
-export const NEED_MORE = Symbol("need more bytes");
-export type NeedMore = typeof NEED_MORE;
-
-export class DecodeError extends Error {
-  override name = "DecodeError";
-}
-
-export const enum MessageType {
-  // Link: authentication and liveness.
-  Hello = 1,
-  Auth = 2,
-  Ping = 3,
-  Pong = 4,
-  Goodbye = 5,
-  /** Control plane between the daemons (create a replica, describe volumes): opaque payloads. */
-  PeerRequest = 8,
-  PeerReply = 9,
-  // Volume negotiation and resync control.
-  VolumeHello = 16,
-  VolumeDecision = 17,
-  VolumeUnknown = 18,
-  VolumeClosed = 19,
-  BitmapRuns = 20,
-  BitmapDone = 21,
-  ResyncReady = 22,
-  ResyncProgress = 23,
-  ResyncComplete = 24,
-  ResyncCompleteAck = 25,
-  SplitBrainResolve = 26,
-  // The mirrored data path.
-  Write = 32,
-  Trim = 33,
-  Zero = 34,
-  WriteAck = 35,
-  Flush = 36,
-  FlushAck = 37,
-  Nack = 38,
-  ReadRequest = 39,
-  ReadReply = 40,
-  // Resync data.
-  ResyncRequest = 48,
-  ResyncData = 49,
-  ResyncAck = 50,
-  ResyncFlush = 51,
-  ResyncFlushAck = 52,
-  // Online verify.
-  VerifyRequest = 56,
-  VerifyReply = 57,
-  RepairData = 58,
-  RepairAck = 59,
-}
-
-/** Outcome codes carried by acks; anything but Ok means the operation failed on the sender's side. */
-export const enum WireStatus {
-  Ok = 0,
-  IoError = 1,
-  NoSpace = 2,
-  Refused = 3,
-}
-
-export const enum DataState {
-  /** Never written: a new or replaced disk. */
-  New = 0,
-  /** A complete replica of some generation. */
-  Consistent = 1,
-  /** A resync target that has not finished: only the peer holds good data for its dirty regions. */
-  Inconsistent = 2,
-}
-
-export const enum DecisionKind {
-  InSync = 0,
-  Resync = 1,
-  SplitBrain = 2,
-  Unrelated = 3,
-  NoGoodData = 4,
-  /** The sender's volume state differs in a way that forbids replication (size, granule). */
-  Mismatch = 5,
-}
-
-/** A run of set bits in a dirty bitmap: [start, start + length) in bit indexes. */
-export interface BitRun {
-  start: number;
-  length: number;
-}
-
-export interface GenerationsWire {
-  current: bigint;
-  bitmapBase: bigint;
-  history: bigint[];
-}
-
-interface Base {
-  volumeId: number;
-  requestId: number;
-}
-
-/** Which end of the link a Hello comes from (the dial/accept role is fixed by configuration). */
-export const enum LinkRole {
-  Dialer = 1,
-  Acceptor = 2,
-}
-
-/** Bits of a Hello's flags byte. */
-export const enum HelloFlags {
-  /** The sender asks for frames without tags (benchmarks only; both Hellos must carry it). */
-  UntaggedFrames = 1,
-}
-
-export interface HelloMessage extends Base {
-  type: MessageType.Hello;
-  versionMin: number;
-  versionMax: number;
-  clusterId: Uint8Array;
-  nodeId: string;
-  nonce: Uint8Array;
-  role: LinkRole;
-  flags: number;
-  /** The dialer's admission tag over the fields above (auth.ts); empty in the acceptor's Hello. */
-  admission: Uint8Array;
-}
-export interface AuthMessage extends Base {
-  type: MessageType.Auth;
-  mac: Uint8Array;
-}
-export interface PingMessage extends Base {
-  type: MessageType.Ping | MessageType.Pong;
-}
-export interface GoodbyeMessage extends Base {
-  type: MessageType.Goodbye;
-  reason: string;
-}
-export interface PeerRequestMessage extends Base {
-  type: MessageType.PeerRequest;
-  payload: Uint8Array;
-}
-export interface PeerReplyMessage extends Base {
-  type: MessageType.PeerReply;
-  /** False: the receiving daemon could not handle the request (no handler); payload says why. */
-  ok: boolean;
-  payload: Uint8Array;
-}
-export interface VolumeHelloMessage extends Base {
-  type: MessageType.VolumeHello;
-  seq: number;
-  sizeBytes: number;
-  granuleBytes: number;
-  generations: GenerationsWire;
-  dataState: DataState;
-  mayWrite: boolean;
-  bitsSet: number;
-  /** The sender asks the deciding node for a new decision (false: it only reports its new state). */
-  redecide: boolean;
-}
-export interface VolumeDecisionMessage extends Base {
-  type: MessageType.VolumeDecision;
-  /** The follower hello the decision answers; a follower that has sent a newer one ignores it. */
-  followerHelloSeq: number;
-  round: number;
-  kind: DecisionKind;
-  /** Resync: whether the decider (sender) is the source. */
-  deciderIsSource: boolean;
-  /** Resync: whether the decider drives the chunks (holds the range locks). */
-  deciderLeads: boolean;
-  full: boolean;
-  /** The verdict applies an operator's split-brain resolution. */
-  byOperator: boolean;
-  reason: string;
-}
-export interface EmptyVolumeMessage extends Base {
-  type: MessageType.VolumeUnknown | MessageType.VolumeClosed | MessageType.Flush;
-}
-export interface BitmapRunsMessage extends Base {
-  type: MessageType.BitmapRuns | MessageType.ResyncProgress;
-  round: number;
-  runs: BitRun[];
-}
-export interface RoundMessage extends Base {
-  type: MessageType.BitmapDone | MessageType.ResyncReady | MessageType.ResyncFlush;
-  round: number;
-}
-export interface ResyncCompleteMessage extends Base {
-  type: MessageType.ResyncComplete | MessageType.ResyncCompleteAck;
-  round: number;
-  /** The source's current generation, which the target adopts. */
-  sourceCurrent: bigint;
-}
-export interface SplitBrainResolveMessage extends Base {
-  type: MessageType.SplitBrainResolve;
-  /** True when the sender keeps its data and the receiver's changes are discarded. */
-  senderKeeps: boolean;
-}
-export interface WriteMessage extends Base {
-  type: MessageType.Write;
-  offset: number;
-  fua: boolean;
-  data: Uint8Array;
-}
-export interface TrimMessage extends Base {
-  type: MessageType.Trim | MessageType.Zero;
-  offset: number;
-  length: number;
-  fua: boolean;
-  noHole: boolean;
-}
-export interface StatusMessage extends Base {
-  type: MessageType.WriteAck | MessageType.FlushAck | MessageType.RepairAck;
-  status: WireStatus;
-}
-export interface NackMessage extends Base {
-  type: MessageType.Nack;
-  /** Type of the frame whose payload failed its checksum. */
-  corruptType: number;
-}
-export interface ReadRequestMessage extends Base {
-  type: MessageType.ReadRequest;
-  offset: number;
-  length: number;
-}
-export interface ReadReplyMessage extends Base {
-  type: MessageType.ReadReply;
-  status: WireStatus;
-  data: Uint8Array;
-}
-export interface ResyncRequestMessage extends Base {
-  type: MessageType.ResyncRequest | MessageType.VerifyRequest;
-  round: number;
-  offset: number;
-  length: number;
-}
-export interface ResyncDataMessage extends Base {
-  type: MessageType.ResyncData | MessageType.RepairData;
-  round: number;
-  offset: number;
-  /** Length of the range; when `zero` is set the range reads as zeroes and `data` is empty. */
-  length: number;
-  zero: boolean;
-  status: WireStatus;
-  data: Uint8Array;
-}
-export interface ResyncAckMessage extends Base {
-  type: MessageType.ResyncAck | MessageType.ResyncFlushAck;
-  round: number;
-  offset: number;
-  status: WireStatus;
-}
-export interface VerifyReplyMessage extends Base {
-  type: MessageType.VerifyReply;
-  round: number;
-  offset: number;
-  status: WireStatus;
-  crc: number;
-}
-
-export type Message =
-  | HelloMessage
-  | AuthMessage
-  | PingMessage
-  | GoodbyeMessage
-  | PeerRequestMessage
-  | PeerReplyMessage
-  | VolumeHelloMessage
-  | VolumeDecisionMessage
-  | EmptyVolumeMessage
-  | BitmapRunsMessage
-  | RoundMessage
-  | ResyncCompleteMessage
-  | SplitBrainResolveMessage
-  | WriteMessage
-  | TrimMessage
-  | StatusMessage
-  | NackMessage
-  | ReadRequestMessage
-  | ReadReplyMessage
-  | ResyncRequestMessage
-  | ResyncDataMessage
-  | ResyncAckMessage
-  | VerifyReplyMessage;
-
-/** A frame whose header checked out; `payloadIntact` is false when the payload failed its CRC. */
-export interface Frame {
-  type: number;
-  volumeId: number;
-  requestId: number;
-  payload: Uint8Array;
-  payloadIntact: boolean;
-  /** The 32 header bytes as received (what a tag covers, with the payload). */
-  header: Uint8Array;
-  /** The tag after the payload when the frame is flagged Tagged. */
-  tag: Uint8Array | undefined;
-}
-
-export const nodeIdBytesMax = 64;
-export const clusterIdBytes = 16;
-export const macBytes = 32;
-/** Largest admission tag a Hello may carry (HMAC-SHA256 is 32 bytes). */
-const admissionBytesMax = 64;
-const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder("utf-8", { fatal: true });
-const reasonBytesMax = 512;
-
-// ---- field writer and reader ----
-
-class FieldWriter {
-  readonly bytes: Uint8Array;
-  private readonly view: DataView;
-  offset: number;
-  constructor(length: number, start: number) {
-    this.bytes = new Uint8Array(length);
-    this.view = new DataView(this.bytes.buffer);
-    this.offset = start;
-  }
-  u8(value: number): this {
-    this.view.setUint8(this.offset, value);
-    this.offset += 1;
-    return this;
-  }
-  u16(value: number): this {
-    this.view.setUint16(this.offset, value, true);
-    this.offset += 2;
-    return this;
-  }
-  u32(value: number): this {
-    this.view.setUint32(this.offset, value >>> 0, true);
-    this.offset += 4;
-    return this;
-  }
-  u64(value: number): this {
-    this.view.setUint32(this.offset, value % 0x100000000, true);
-    this.view.setUint32(this.offset + 4, Math.floor(value / 0x100000000), true);
-    this.offset += 8;
-    return this;
-  }
-  big64(value: bigint): this {
-    this.view.setBigUint64(this.offset, value, true);
-    this.offset += 8;
-    return this;
-  }
-  raw(value: Uint8Array): this {
-    this.bytes.set(value, this.offset);
-    this.offset += value.length;
-    return this;
-  }
-}
-
-class FieldReader {
-  private readonly view: DataView;
-  offset = 0;
-  constructor(private readonly bytes: Uint8Array) {
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  }
-  private need(count: number, what: string): void {
-    if (this.offset + count > this.bytes.length) throw new DecodeError(`payload too short for ${what}`);
-  }
-  u8(what: string): number {
-    this.need(1, what);
-    return this.view.getUint8(this.offset++);
-  }
-  u16(what: string): number {
-    this.need(2, what);
-    const value = this.view.getUint16(this.offset, true);
-    this.offset += 2;
-    return value;
-  }
-  u32(what: string): number {
-    this.need(4, what);
-    const value = this.view.getUint32(this.offset, true);
-    this.offset += 4;
-    return value;
-  }
-  u64(what: string): number {
-    this.need(8, what);
-    const low = this.view.getUint32(this.offset, true);
-    const high = this.view.getUint32(this.offset + 4, true);
-    this.offset += 8;
-    if (high >= 0x200000) throw new DecodeError(`${what} is beyond 2^53`);
-    return high * 0x100000000 + low;
-  }
-  big64(what: string): bigint {
-    this.need(8, what);
-    const value = this.view.getBigUint64(this.offset, true);
-    this.offset += 8;
-    return value;
-  }
-  bool(what: string): boolean {
-    const value = this.u8(what);
-    if (value > 1) throw new DecodeError(`${what} must be 0 or 1, got ${value}`);
-    return value === 1;
-  }
-  raw(count: number, what: string): Uint8Array {
-    this.need(count, what);
-    const value = this.bytes.subarray(this.offset, this.offset + count);
-    this.offset += count;
-    return value;
-  }
-  rest(): Uint8Array {
-    const value = this.bytes.subarray(this.offset);
-    this.offset = this.bytes.length;
-    return value;
-  }
-  text(maxBytes: number, what: string): string {
-    const length = this.u16(`${what} length`);
-    if (length > maxBytes) throw new DecodeError(`${what} is ${length} bytes, more than ${maxBytes}`);
-    try {
-      return textDecoder.decode(this.raw(length, what));
-    } catch (error) {
-      if (error instanceof DecodeError) throw error;
-      throw new DecodeError(`${what} is not valid UTF-8`);
-    }
-  }
-  end(what: string): void {
-    if (this.offset !== this.bytes.length) throw new DecodeError(`${this.bytes.length - this.offset} trailing bytes after ${what}`);
-  }
-}
-
-function writeText(writer: FieldWriter, encoded: Uint8Array): void {
-  writer.u16(encoded.length).raw(encoded);
-}
-
-function wireStatus(value: number): WireStatus {
-  if (value > WireStatus.Refused) throw new DecodeError(`unknown status ${value}`);
-  return value as WireStatus;
-}
+export * from "./messages.ts";
 
 // ---- frames ----
 
@@ -504,122 +88,264 @@ function fields(length: number): FieldWriter {
   return new FieldWriter(frameHeaderBytes + length, frameHeaderBytes);
 }
 
-function encodeRuns(writer: FieldWriter, round: number, runs: BitRun[]): void {
-  writer.u32(round).u32(runs.length);
-  for (const run of runs) writer.u64(run.start).u64(run.length);
+// ---- message layouts ----
+//
+// Each message's payload is described once, as the list of its fields in wire order; encodeMessage
+// and decodeMessage are derived from the description (the Hello of the handshake, whose decoding
+// depends on its version, keeps its own code below). Integers are little endian; u64 fields carry
+// at most 2^53; text is a u16 byte length then UTF-8; `data` is the rest of the payload, sent as its
+// own part (never copied) and received as a view; `payload` is the rest, copied.
+
+type Field =
+  | { kind: "u8" | "u16" | "u32" | "u64" | "big64" | "bool" | "status"; name: string; label: string }
+  | { kind: "enum"; name: string; label: string; max: number }
+  | { kind: "text"; name: string; label: string; bytesMax: number }
+  | { kind: "raw"; name: string; label: string; bytes: number }
+  | { kind: "generations"; name: string }
+  | { kind: "runs"; name: string }
+  | { kind: "payload"; name: string; label: string; bytesMax: number }
+  | { kind: "data"; name: string };
+
+interface Layout {
+  fields: Field[];
+  /** Semantic checks a decoded message must pass (beyond each field's own). */
+  check?(message: Record<string, unknown>): void;
+}
+
+const label = (name: string) => name.replace(/[A-Z]/g, (letter) => ` ${letter.toLowerCase()}`);
+const u8 = (name: string, what = label(name)): Field => ({ kind: "u8", name, label: what });
+const u32 = (name: string, what = label(name)): Field => ({ kind: "u32", name, label: what });
+const u64 = (name: string, what = label(name)): Field => ({ kind: "u64", name, label: what });
+const big64 = (name: string, what: string): Field => ({ kind: "big64", name, label: what });
+const bool = (name: string): Field => ({ kind: "bool", name, label: name });
+const status: Field = { kind: "status", name: "status", label: "status" };
+const round = u32("round");
+const offset = u64("offset");
+const length = u32("length");
+const reason: Field = { kind: "text", name: "reason", label: "reason", bytesMax: reasonBytesMax };
+const data: Field = { kind: "data", name: "data" };
+const nonEmpty = (what: string) => (message: Record<string, unknown>) => {
+  if (message.length === 0) throw new DecodeError(`empty ${what}`);
+};
+
+const layouts: Partial<Record<MessageType, Layout>> = {
+  [MessageType.Auth]: { fields: [{ kind: "raw", name: "mac", label: "mac", bytes: macBytes }] },
+  [MessageType.Ping]: { fields: [] },
+  [MessageType.Pong]: { fields: [] },
+  [MessageType.Goodbye]: { fields: [reason] },
+  [MessageType.PeerRequest]: { fields: [{ kind: "payload", name: "payload", label: "peer request", bytesMax: peerPayloadBytesMax }] },
+  [MessageType.PeerReply]: { fields: [bool("ok"), { kind: "payload", name: "payload", label: "peer reply", bytesMax: peerPayloadBytesMax }] },
+  [MessageType.VolumeHello]: {
+    fields: [u32("seq"), u64("sizeBytes", "size"), u32("granuleBytes", "granule"), { kind: "generations", name: "generations" }, { kind: "enum", name: "dataState", label: "data state", max: DataState.Inconsistent }, bool("mayWrite"), u64("bitsSet", "bits set"), bool("redecide")],
+  },
+  [MessageType.VolumeDecision]: {
+    fields: [u32("followerHelloSeq", "follower hello seq"), round, { kind: "enum", name: "kind", label: "decision", max: DecisionKind.PrimaryWouldBeTarget }, bool("deciderIsSource"), bool("deciderLeads"), bool("full"), bool("byOperator"), reason],
+  },
+  [MessageType.VolumeUnknown]: { fields: [] },
+  [MessageType.VolumeClosed]: { fields: [] },
+  [MessageType.BitmapRuns]: { fields: [round, { kind: "runs", name: "runs" }] },
+  [MessageType.BitmapDone]: { fields: [round] },
+  [MessageType.ResyncReady]: { fields: [round] },
+  [MessageType.ResyncProgress]: { fields: [round, { kind: "runs", name: "runs" }] },
+  [MessageType.ResyncComplete]: { fields: [round, big64("sourceCurrent", "source generation")] },
+  [MessageType.ResyncCompleteAck]: { fields: [round, big64("sourceCurrent", "source generation")] },
+  [MessageType.SplitBrainResolve]: { fields: [bool("senderKeeps")] },
+  [MessageType.Write]: {
+    fields: [offset, bool("fua"), data],
+    check: (message) => {
+      if ((message.data as Uint8Array).length === 0) throw new DecodeError("empty write");
+    },
+  },
+  [MessageType.Trim]: { fields: [offset, length, bool("fua"), bool("noHole")], check: nonEmpty("trim or zero") },
+  [MessageType.Zero]: { fields: [offset, length, bool("fua"), bool("noHole")], check: nonEmpty("trim or zero") },
+  [MessageType.WriteAck]: { fields: [status] },
+  [MessageType.Flush]: { fields: [] },
+  [MessageType.FlushAck]: { fields: [status] },
+  [MessageType.Nack]: { fields: [u8("corruptType", "corrupt type")] },
+  [MessageType.ReadRequest]: { fields: [offset, length], check: nonEmpty("read") },
+  [MessageType.ReadReply]: { fields: [status, data] },
+  [MessageType.ResyncRequest]: { fields: [round, offset, length], check: nonEmpty("range") },
+  [MessageType.ResyncData]: { fields: [round, offset, length, bool("zero"), status, data], check: resyncDataCheck },
+  [MessageType.ResyncAck]: { fields: [round, offset, status] },
+  [MessageType.ResyncFlush]: { fields: [round] },
+  [MessageType.ResyncFlushAck]: { fields: [round, offset, status] },
+  [MessageType.VerifyRequest]: { fields: [round, offset, length], check: nonEmpty("range") },
+  [MessageType.VerifyReply]: { fields: [round, offset, status, u32("crc")] },
+  [MessageType.RepairData]: { fields: [round, offset, length, bool("zero"), status, data], check: resyncDataCheck },
+  [MessageType.RepairAck]: { fields: [status] },
+};
+
+function resyncDataCheck(message: Record<string, unknown>): void {
+  const bytes = (message.data as Uint8Array).length;
+  if (message.length === 0) throw new DecodeError("empty resync data");
+  if (message.status === WireStatus.Ok && !message.zero && bytes !== message.length) throw new DecodeError(`resync data carries ${bytes} bytes for a ${message.length}-byte range`);
+  if ((message.zero || message.status !== WireStatus.Ok) && bytes !== 0) throw new DecodeError("zero or failed resync data carries bytes");
+}
+
+/** Bytes a field takes in the fixed part of the payload (a `data` field takes none there). */
+function fieldBytes(field: Field, value: unknown): number {
+  switch (field.kind) {
+    case "u8":
+    case "bool":
+    case "status":
+    case "enum":
+      return 1;
+    case "u16":
+      return 2;
+    case "u32":
+      return 4;
+    case "u64":
+    case "big64":
+      return 8;
+    case "text":
+      return 2 + Math.min(textEncoder.encode(value as string).length, field.bytesMax);
+    case "raw":
+      return field.bytes;
+    case "generations":
+      return 17 + (value as Generations).history.length * 8;
+    case "runs":
+      return 4 + (value as BitRun[]).length * 16;
+    case "payload":
+      return (value as Uint8Array).length;
+    case "data":
+      return 0;
+  }
+}
+
+function writeField(writer: FieldWriter, field: Field, value: unknown): void {
+  switch (field.kind) {
+    case "u8":
+    case "status":
+    case "enum":
+      writer.u8(value as number);
+      return;
+    case "bool":
+      writer.u8(value ? 1 : 0);
+      return;
+    case "u16":
+      writer.u16(value as number);
+      return;
+    case "u32":
+      writer.u32(value as number);
+      return;
+    case "u64":
+      writer.u64(value as number);
+      return;
+    case "big64":
+      writer.big64(value as bigint);
+      return;
+    case "text":
+      writeText(writer, textEncoder.encode(value as string).subarray(0, field.bytesMax));
+      return;
+    case "raw":
+      writer.raw(value as Uint8Array);
+      return;
+    case "generations": {
+      const generations = value as Generations;
+      writer.big64(generations.current).big64(generations.bitmapBase).u8(generations.history.length);
+      for (const generation of generations.history) writer.big64(generation);
+      return;
+    }
+    case "runs": {
+      const runs = value as BitRun[];
+      writer.u32(runs.length);
+      for (const run of runs) writer.u64(run.start).u64(run.length);
+      return;
+    }
+    case "payload": {
+      const payload = value as Uint8Array;
+      if (payload.length > field.bytesMax) throw new DecodeError(`${field.label} of ${payload.length} bytes`);
+      writer.raw(payload);
+      return;
+    }
+    case "data":
+      return;
+  }
+}
+
+function readField(reader: FieldReader, field: Field): unknown {
+  switch (field.kind) {
+    case "u8":
+      return reader.u8(field.label);
+    case "u16":
+      return reader.u16(field.label);
+    case "u32":
+      return reader.u32(field.label);
+    case "u64":
+      return reader.u64(field.label);
+    case "big64":
+      return reader.big64(field.label);
+    case "bool":
+      return reader.bool(field.label);
+    case "status":
+      return wireStatus(reader.u8(field.label));
+    case "enum": {
+      const value = reader.u8(field.label);
+      if (value > field.max) throw new DecodeError(`unknown ${field.label} ${value}`);
+      return value;
+    }
+    case "text":
+      return reader.text(field.bytesMax, field.label);
+    case "raw":
+      return reader.raw(field.bytes, field.label);
+    case "generations": {
+      const current = reader.big64("current generation");
+      const bitmapBase = reader.big64("bitmap base");
+      const historyLength = reader.u8("history length");
+      if (historyLength > 16) throw new DecodeError(`history of ${historyLength} generations`);
+      const history: bigint[] = [];
+      for (let index = 0; index < historyLength; index++) history.push(reader.big64("history generation"));
+      return { current, bitmapBase, history };
+    }
+    case "runs": {
+      const count = reader.u32("run count");
+      if (count * 16 !== reader.remaining) throw new DecodeError(`run count ${count} does not match the payload`);
+      const runs: BitRun[] = [];
+      for (let index = 0; index < count; index++) {
+        const start = reader.u64("run start");
+        const bits = reader.u64("run length");
+        if (bits === 0 || start + bits > 2 ** 52) throw new DecodeError(`bit run ${start}+${bits} is empty or out of range`);
+        runs.push({ start, length: bits });
+      }
+      return runs;
+    }
+    case "payload": {
+      const payload = reader.rest();
+      if (payload.length > field.bytesMax) throw new DecodeError(`${field.label} of ${payload.length} bytes`);
+      return payload.slice();
+    }
+    case "data":
+      return reader.rest();
+  }
 }
 
 /** Encode one message as frame parts (header+fields, then the data payload if any). */
 export function encodeMessage(message: Message): Uint8Array[] {
-  switch (message.type) {
-    case MessageType.Hello: {
-      const nodeId = textEncoder.encode(message.nodeId);
-      const writer = fields(4 + clusterIdBytes + 2 + nodeId.length + 1 + message.nonce.length + 3 + message.admission.length)
-        .u16(message.versionMin)
-        .u16(message.versionMax)
-        .raw(message.clusterId);
-      writeText(writer, nodeId);
-      writer.u8(message.nonce.length).raw(message.nonce);
-      writer.u8(message.role).u8(message.flags).u8(message.admission.length).raw(message.admission);
-      return frame(message.type, message, writer);
-    }
-    case MessageType.Auth:
-      return frame(message.type, message, fields(macBytes).raw(message.mac));
-    case MessageType.Ping:
-    case MessageType.Pong:
-    case MessageType.VolumeUnknown:
-    case MessageType.VolumeClosed:
-    case MessageType.Flush:
-      return frame(message.type, message, undefined);
-    case MessageType.PeerRequest:
-      if (message.payload.length > peerPayloadBytesMax) throw new DecodeError(`peer request of ${message.payload.length} bytes`);
-      return frame(message.type, message, fields(message.payload.length).raw(message.payload));
-    case MessageType.PeerReply:
-      if (message.payload.length > peerPayloadBytesMax) throw new DecodeError(`peer reply of ${message.payload.length} bytes`);
-      return frame(message.type, message, fields(1 + message.payload.length).u8(message.ok ? 1 : 0).raw(message.payload));
-    case MessageType.Goodbye: {
-      const reason = textEncoder.encode(message.reason).subarray(0, reasonBytesMax);
-      const writer = fields(2 + reason.length);
-      writeText(writer, reason);
-      return frame(message.type, message, writer);
-    }
-    case MessageType.VolumeHello: {
-      const history = message.generations.history;
-      const writer = fields(4 + 8 + 4 + 8 + 8 + 1 + history.length * 8 + 1 + 1 + 8 + 1)
-        .u32(message.seq)
-        .u64(message.sizeBytes)
-        .u32(message.granuleBytes)
-        .big64(message.generations.current)
-        .big64(message.generations.bitmapBase)
-        .u8(history.length);
-      for (const generation of history) writer.big64(generation);
-      writer.u8(message.dataState).u8(message.mayWrite ? 1 : 0).u64(message.bitsSet).u8(message.redecide ? 1 : 0);
-      return frame(message.type, message, writer);
-    }
-    case MessageType.VolumeDecision: {
-      const reason = textEncoder.encode(message.reason).subarray(0, reasonBytesMax);
-      const writer = fields(4 + 4 + 1 + 1 + 1 + 1 + 1 + 2 + reason.length)
-        .u32(message.followerHelloSeq)
-        .u32(message.round)
-        .u8(message.kind)
-        .u8(message.deciderIsSource ? 1 : 0)
-        .u8(message.deciderLeads ? 1 : 0)
-        .u8(message.full ? 1 : 0)
-        .u8(message.byOperator ? 1 : 0);
-      writeText(writer, reason);
-      return frame(message.type, message, writer);
-    }
-    case MessageType.BitmapRuns:
-    case MessageType.ResyncProgress: {
-      const writer = fields(8 + message.runs.length * 16);
-      encodeRuns(writer, message.round, message.runs);
-      return frame(message.type, message, writer);
-    }
-    case MessageType.BitmapDone:
-    case MessageType.ResyncReady:
-    case MessageType.ResyncFlush:
-      return frame(message.type, message, fields(4).u32(message.round));
-    case MessageType.ResyncComplete:
-    case MessageType.ResyncCompleteAck:
-      return frame(message.type, message, fields(12).u32(message.round).big64(message.sourceCurrent));
-    case MessageType.SplitBrainResolve:
-      return frame(message.type, message, fields(1).u8(message.senderKeeps ? 1 : 0));
-    case MessageType.Write:
-      return frame(message.type, message, fields(9).u64(message.offset).u8(message.fua ? 1 : 0), message.data);
-    case MessageType.Trim:
-    case MessageType.Zero:
-      return frame(
-        message.type,
-        message,
-        fields(14).u64(message.offset).u32(message.length).u8(message.fua ? 1 : 0).u8(message.noHole ? 1 : 0),
-      );
-    case MessageType.WriteAck:
-    case MessageType.FlushAck:
-    case MessageType.RepairAck:
-      return frame(message.type, message, fields(1).u8(message.status));
-    case MessageType.Nack:
-      return frame(message.type, message, fields(1).u8(message.corruptType));
-    case MessageType.ReadRequest:
-      return frame(message.type, message, fields(12).u64(message.offset).u32(message.length));
-    case MessageType.ReadReply:
-      return frame(message.type, message, fields(1).u8(message.status), message.data);
-    case MessageType.ResyncRequest:
-    case MessageType.VerifyRequest:
-      return frame(message.type, message, fields(16).u32(message.round).u64(message.offset).u32(message.length));
-    case MessageType.ResyncData:
-    case MessageType.RepairData:
-      return frame(
-        message.type,
-        message,
-        fields(18).u32(message.round).u64(message.offset).u32(message.length).u8(message.zero ? 1 : 0).u8(message.status),
-        message.data,
-      );
-    case MessageType.ResyncAck:
-    case MessageType.ResyncFlushAck:
-      return frame(message.type, message, fields(13).u32(message.round).u64(message.offset).u8(message.status));
-    case MessageType.VerifyReply:
-      return frame(message.type, message, fields(17).u32(message.round).u64(message.offset).u8(message.status).u32(message.crc));
+  if (message.type === MessageType.Hello) return encodeHello(message);
+  const layout = layouts[message.type];
+  if (!layout) throw new DecodeError(`no layout for message type ${message.type}`);
+  const values = message as unknown as Record<string, unknown>;
+  let size = 0;
+  for (const field of layout.fields) size += fieldBytes(field, values[field.name]);
+  const writer = fields(size);
+  let payload: Uint8Array | undefined;
+  for (const field of layout.fields) {
+    if (field.kind === "data") payload = values[field.name] as Uint8Array;
+    else writeField(writer, field, values[field.name]);
   }
+  return frame(message.type, message, size > 0 ? writer : undefined, payload);
+}
+
+function encodeHello(message: HelloMessage): Uint8Array[] {
+  const nodeId = textEncoder.encode(message.nodeId);
+  const writer = fields(4 + clusterIdBytes + 2 + nodeId.length + 1 + message.nonce.length + 3 + message.admission.length)
+    .u16(message.versionMin)
+    .u16(message.versionMax)
+    .raw(message.clusterId);
+  writeText(writer, nodeId);
+  writer.u8(message.nonce.length).raw(message.nonce);
+  writer.u8(message.role).u8(message.flags).u8(message.admission.length).raw(message.admission);
+  return frame(message.type, message, writer);
 }
 
 /** Concatenate frame parts (tests and transports without vectored writes). */
@@ -677,213 +403,41 @@ function frameSize(bytes: Uint8Array, offset: number): number {
   return frameHeaderBytes + view.getUint32(12, true) + (view.getUint8(5) & FrameFlags.Tagged ? frameTagBytes : 0);
 }
 
-function decodeRuns(reader: FieldReader, bitsMax: number): { round: number; runs: BitRun[] } {
-  const round = reader.u32("round");
-  const count = reader.u32("run count");
-  if (count * 16 !== reader.rest().length) throw new DecodeError(`run count ${count} does not match the payload`);
-  reader.offset -= count * 16;
-  const runs: BitRun[] = [];
-  for (let index = 0; index < count; index++) {
-    const start = reader.u64("run start");
-    const length = reader.u64("run length");
-    if (length === 0 || start + length > bitsMax) throw new DecodeError(`bit run ${start}+${length} is empty or out of range`);
-    runs.push({ start, length });
-  }
-  return { round, runs };
-}
-
 /** Decode a frame's payload into a message. The payload must be intact (checked by the caller). */
 export function decodeMessage(frame: Frame): Message {
+  if (frame.type === MessageType.Hello) return decodeHello(frame);
+  const layout = layouts[frame.type as MessageType];
+  if (!layout) throw new DecodeError(`unknown message type ${frame.type}`);
+  const reader = new FieldReader(frame.payload);
+  const message: Record<string, unknown> = { type: frame.type, volumeId: frame.volumeId, requestId: frame.requestId };
+  for (const field of layout.fields) message[field.name] = readField(reader, field);
+  reader.end(`message type ${frame.type}`);
+  layout.check?.(message);
+  return message as unknown as Message;
+}
+
+function decodeHello(frame: Frame): HelloMessage {
   const base = { volumeId: frame.volumeId, requestId: frame.requestId };
   const reader = new FieldReader(frame.payload);
-  const type = frame.type;
-  switch (type) {
-    case MessageType.Hello: {
-      const versionMin = reader.u16("versionMin");
-      const versionMax = reader.u16("versionMax");
-      const clusterId = reader.raw(clusterIdBytes, "cluster id");
-      const nodeId = reader.text(nodeIdBytesMax, "node id");
-      const nonceLength = reader.u8("nonce length");
-      if (nonceLength < 16) throw new DecodeError(`nonce of ${nonceLength} bytes is too short`);
-      const nonce = reader.raw(nonceLength, "nonce");
-      if (versionMin === 0 || versionMin > versionMax) throw new DecodeError(`bad version range ${versionMin}..${versionMax}`);
-      // A version-1 Hello ends here; say so plainly rather than "payload too short".
-      if (versionMax < 2 && reader.offset === frame.payload.length) throw new DecodeError(`a protocol ${versionMin}..${versionMax} Hello; this node speaks ${protocolVersionMin}..${protocolVersionMax} (upgrade the peer)`);
-      const role = reader.u8("role");
-      if (role !== LinkRole.Dialer && role !== LinkRole.Acceptor) throw new DecodeError(`unknown link role ${role}`);
-      const flags = reader.u8("flags");
-      const admissionLength = reader.u8("admission length");
-      if (admissionLength > admissionBytesMax) throw new DecodeError(`admission tag of ${admissionLength} bytes`);
-      const admission = reader.raw(admissionLength, "admission tag");
-      // A Hello may grow in later versions: trailing bytes are the newer peer's, and ignored.
-      return { type, ...base, versionMin, versionMax, clusterId, nodeId, nonce, role: role as LinkRole, flags, admission };
-    }
-    case MessageType.Auth: {
-      const mac = reader.raw(macBytes, "mac");
-      reader.end("Auth");
-      return { type, ...base, mac };
-    }
-    case MessageType.Ping:
-    case MessageType.Pong:
-      reader.end("Ping");
-      return { type, ...base };
-    case MessageType.VolumeUnknown:
-    case MessageType.VolumeClosed:
-    case MessageType.Flush:
-      reader.end("message");
-      return { type, ...base };
-    case MessageType.PeerRequest: {
-      const payload = reader.rest();
-      if (payload.length > peerPayloadBytesMax) throw new DecodeError(`peer request of ${payload.length} bytes`);
-      return { type, ...base, payload: payload.slice() };
-    }
-    case MessageType.PeerReply: {
-      const ok = reader.bool("ok");
-      const payload = reader.rest();
-      if (payload.length > peerPayloadBytesMax) throw new DecodeError(`peer reply of ${payload.length} bytes`);
-      return { type, ...base, ok, payload: payload.slice() };
-    }
-    case MessageType.Goodbye: {
-      const reason = reader.text(reasonBytesMax, "reason");
-      reader.end("Goodbye");
-      return { type, ...base, reason };
-    }
-    case MessageType.VolumeHello: {
-      const seq = reader.u32("seq");
-      const sizeBytes = reader.u64("size");
-      const granuleBytes = reader.u32("granule");
-      const current = reader.big64("current generation");
-      const bitmapBase = reader.big64("bitmap base");
-      const historyLength = reader.u8("history length");
-      if (historyLength > 16) throw new DecodeError(`history of ${historyLength} generations`);
-      const history: bigint[] = [];
-      for (let index = 0; index < historyLength; index++) history.push(reader.big64("history generation"));
-      const dataState = reader.u8("data state");
-      if (dataState > DataState.Inconsistent) throw new DecodeError(`unknown data state ${dataState}`);
-      const mayWrite = reader.bool("mayWrite");
-      const bitsSet = reader.u64("bits set");
-      const redecide = reader.bool("redecide");
-      reader.end("VolumeHello");
-      return { type, ...base, seq, sizeBytes, granuleBytes, generations: { current, bitmapBase, history }, dataState, mayWrite, bitsSet, redecide };
-    }
-    case MessageType.VolumeDecision: {
-      const followerHelloSeq = reader.u32("follower hello seq");
-      const round = reader.u32("round");
-      const kind = reader.u8("kind");
-      if (kind > DecisionKind.Mismatch) throw new DecodeError(`unknown decision ${kind}`);
-      const deciderIsSource = reader.bool("deciderIsSource");
-      const deciderLeads = reader.bool("deciderLeads");
-      const full = reader.bool("full");
-      const byOperator = reader.bool("byOperator");
-      const reason = reader.text(reasonBytesMax, "reason");
-      reader.end("VolumeDecision");
-      return { type, ...base, followerHelloSeq, round, kind, deciderIsSource, deciderLeads, full, byOperator, reason };
-    }
-    case MessageType.BitmapRuns:
-    case MessageType.ResyncProgress: {
-      const { round, runs } = decodeRuns(reader, 2 ** 52);
-      return { type, ...base, round, runs };
-    }
-    case MessageType.BitmapDone:
-    case MessageType.ResyncReady:
-    case MessageType.ResyncFlush: {
-      const round = reader.u32("round");
-      reader.end("message");
-      return { type, ...base, round };
-    }
-    case MessageType.ResyncComplete:
-    case MessageType.ResyncCompleteAck: {
-      const round = reader.u32("round");
-      const sourceCurrent = reader.big64("source generation");
-      reader.end("ResyncComplete");
-      return { type, ...base, round, sourceCurrent };
-    }
-    case MessageType.SplitBrainResolve: {
-      const senderKeeps = reader.bool("senderKeeps");
-      reader.end("SplitBrainResolve");
-      return { type, ...base, senderKeeps };
-    }
-    case MessageType.Write: {
-      const offset = reader.u64("offset");
-      const fua = reader.bool("fua");
-      const data = reader.rest();
-      if (data.length === 0) throw new DecodeError("empty write");
-      return { type, ...base, offset, fua, data };
-    }
-    case MessageType.Trim:
-    case MessageType.Zero: {
-      const offset = reader.u64("offset");
-      const length = reader.u32("length");
-      const fua = reader.bool("fua");
-      const noHole = reader.bool("noHole");
-      reader.end("Trim");
-      if (length === 0) throw new DecodeError("empty trim or zero");
-      return { type, ...base, offset, length, fua, noHole };
-    }
-    case MessageType.WriteAck:
-    case MessageType.FlushAck:
-    case MessageType.RepairAck: {
-      const status = wireStatus(reader.u8("status"));
-      reader.end("ack");
-      return { type, ...base, status };
-    }
-    case MessageType.Nack: {
-      const corruptType = reader.u8("corrupt type");
-      reader.end("Nack");
-      return { type, ...base, corruptType };
-    }
-    case MessageType.ReadRequest: {
-      const offset = reader.u64("offset");
-      const length = reader.u32("length");
-      reader.end("ReadRequest");
-      if (length === 0) throw new DecodeError("empty read");
-      return { type, ...base, offset, length };
-    }
-    case MessageType.ReadReply: {
-      const status = wireStatus(reader.u8("status"));
-      return { type, ...base, status, data: reader.rest() };
-    }
-    case MessageType.ResyncRequest:
-    case MessageType.VerifyRequest: {
-      const round = reader.u32("round");
-      const offset = reader.u64("offset");
-      const length = reader.u32("length");
-      reader.end("request");
-      if (length === 0) throw new DecodeError("empty range");
-      return { type, ...base, round, offset, length };
-    }
-    case MessageType.ResyncData:
-    case MessageType.RepairData: {
-      const round = reader.u32("round");
-      const offset = reader.u64("offset");
-      const length = reader.u32("length");
-      const zero = reader.bool("zero");
-      const status = wireStatus(reader.u8("status"));
-      const data = reader.rest();
-      if (length === 0) throw new DecodeError("empty resync data");
-      if (status === WireStatus.Ok && !zero && data.length !== length) throw new DecodeError(`resync data carries ${data.length} bytes for a ${length}-byte range`);
-      if ((zero || status !== WireStatus.Ok) && data.length !== 0) throw new DecodeError("zero or failed resync data carries bytes");
-      return { type, ...base, round, offset, length, zero, status, data };
-    }
-    case MessageType.ResyncAck:
-    case MessageType.ResyncFlushAck: {
-      const round = reader.u32("round");
-      const offset = reader.u64("offset");
-      const status = wireStatus(reader.u8("status"));
-      reader.end("ResyncAck");
-      return { type, ...base, round, offset, status };
-    }
-    case MessageType.VerifyReply: {
-      const round = reader.u32("round");
-      const offset = reader.u64("offset");
-      const status = wireStatus(reader.u8("status"));
-      const crc = reader.u32("crc");
-      reader.end("VerifyReply");
-      return { type, ...base, round, offset, status, crc };
-    }
-    default:
-      throw new DecodeError(`unknown message type ${type}`);
-  }
+  const type = MessageType.Hello as const;
+  const versionMin = reader.u16("versionMin");
+  const versionMax = reader.u16("versionMax");
+  const clusterId = reader.raw(clusterIdBytes, "cluster id");
+  const nodeId = reader.text(nodeIdBytesMax, "node id");
+  const nonceLength = reader.u8("nonce length");
+  if (nonceLength < 16) throw new DecodeError(`nonce of ${nonceLength} bytes is too short`);
+  const nonce = reader.raw(nonceLength, "nonce");
+  if (versionMin === 0 || versionMin > versionMax) throw new DecodeError(`bad version range ${versionMin}..${versionMax}`);
+  // A version-1 Hello ends here; say so plainly rather than "payload too short".
+  if (versionMax < 2 && reader.offset === frame.payload.length) throw new DecodeError(`a protocol ${versionMin}..${versionMax} Hello; this node speaks ${protocolVersionMin}..${protocolVersionMax} (upgrade the peer)`);
+  const role = reader.u8("role");
+  if (role !== LinkRole.Dialer && role !== LinkRole.Acceptor) throw new DecodeError(`unknown link role ${role}`);
+  const flags = reader.u8("flags");
+  const admissionLength = reader.u8("admission length");
+  if (admissionLength > admissionBytesMax) throw new DecodeError(`admission tag of ${admissionLength} bytes`);
+  const admission = reader.raw(admissionLength, "admission tag");
+  // A Hello may grow in later versions: trailing bytes are the newer peer's, and ignored.
+  return { type, ...base, versionMin, versionMax, clusterId, nodeId, nonce, role: role as LinkRole, flags, admission };
 }
 
 /**

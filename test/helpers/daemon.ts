@@ -7,6 +7,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ControlClient } from "../../src/node/control/client.ts";
+import { runBounded, type RunResult } from "./run.ts";
 
 export const repositoryRoot = path.resolve(import.meta.dir, "../..");
 export const cliEntry = path.join(repositoryRoot, "src/cli/main.ts");
@@ -18,24 +19,11 @@ export const cliEntry = path.join(repositoryRoot, "src/cli/main.ts");
  */
 export const tandemCommand: string[] = process.env.TANDEM_BIN ? [path.resolve(repositoryRoot, process.env.TANDEM_BIN)] : [process.execPath, cliEntry];
 
-export interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type CliResult = RunResult;
 
 /** Run the CLI as its own process (as a user would), with a bounded wait. */
-export async function runCli(args: string[], options: { env?: Record<string, string>; timeoutMs?: number; cwd?: string } = {}): Promise<CliResult> {
-  const child = Bun.spawn([...tandemCommand, ...args], {
-    stdout: "pipe",
-    stderr: "pipe",
-    cwd: options.cwd ?? repositoryRoot,
-    env: { ...process.env, ...options.env },
-  });
-  const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-  clearTimeout(timer);
-  return { code, stdout, stderr };
+export function runCli(args: string[], options: { env?: Record<string, string>; timeoutMs?: number; cwd?: string } = {}): Promise<CliResult> {
+  return runBounded([...tandemCommand, ...args], { timeoutMs: options.timeoutMs ?? 60_000, cwd: options.cwd ?? repositoryRoot, env: { ...process.env, ...options.env } }).done;
 }
 
 export interface TestDaemonOptions {

@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { NbdClient } from "../helpers/nbd-client.ts";
 import { runCli, TestDaemon } from "../helpers/daemon.ts";
+import { eventually } from "../helpers/until.ts";
 
 const MiB = 1024 * 1024;
 
@@ -39,6 +40,9 @@ describe("tandem daemon and CLI", () => {
   afterAll(async () => {
     await daemon?.cleanup();
   });
+  /** A client's disconnect reaches the server a moment later: wait until the volume lists no session (a delete refuses a volume in use). */
+  const sessionsGone = (volume: string) =>
+    eventually(`${volume}'s sessions to end`, async () => (await daemon.cliJson<{ volumes: VolumeJson[] }>(["volume", "list"])).volumes.find((entry) => entry.name === volume)?.sessions === 0, 10_000, 20);
 
   test("volume create, list --json with the stable fields, resize, delete", async () => {
     const created = await daemon.cliJson<VolumeJson>(["volume", "create", "vol1", "--size", "64M"]);
@@ -132,7 +136,7 @@ describe("tandem daemon and CLI", () => {
     const client = await NbdClient.connect({ unix: daemon.nbdSocket }, { name: "named" });
     expect(await client.read(MiB, 4096)).toEqual(pattern(7, 4 * MiB).subarray(MiB, MiB + 4096));
     await client.disconnect();
-    await Bun.sleep(50);
+    await sessionsGone("named");
     expect((await daemon.cli(["volume", "delete", "named"])).code).toBe(0);
     expect(fs.statSync(backing).size).toBe(4 * MiB);
   });
@@ -151,7 +155,7 @@ describe("tandem daemon and CLI", () => {
     expect(await after.read(31 * MiB, 65536)).toEqual(pattern(5, 65536));
     await before.disconnect();
     await after.disconnect();
-    await Bun.sleep(50);
+    await sessionsGone("grow");
     await daemon.cliJson(["volume", "delete", "grow"]);
   });
 
@@ -178,7 +182,7 @@ describe("restarts", () => {
       await client.flush();
       // Many writes in flight when SIGTERM arrives: every one the daemon acknowledges must be on disk.
       const writes = Array.from({ length: 64 }, (_, i) => client.write(MiB + i * 65536, pattern(100 + i, 65536)).then(() => true, () => false));
-      await Bun.sleep(1);
+      await Bun.sleep(1); // the writes leave the client before the signal (time that must pass)
       expect(await daemon.stop()).toBe(0);
       const acknowledged = await Promise.all(writes);
       client.terminate();

@@ -18,10 +18,11 @@ import os from "node:os";
 import path from "node:path";
 import { crc32c } from "../../src/common/crc32c.ts";
 import { replicaHandshakeTimeoutMs, replicaReconnectDelayMsMax, replicaRefusalReportsPerWindowMax, replicaRefusalReportWindowMs } from "../../src/constants.ts";
-import { DataState, encodeMessage, frameHeaderBytes, joinParts, LinkRole, markFrameTagged, type Message, MessageType } from "../../src/replica/wire.ts";
+import { encodeMessage, frameHeaderBytes, joinParts, LinkRole, markFrameTagged, type Message, MessageType } from "../../src/replica/wire.ts";
 import { repositoryRoot, runCli } from "../helpers/daemon.ts";
 import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
 import { NbdClient } from "../helpers/nbd-client.ts";
+import { DataState } from "../../src/replica/model.ts";
 
 const MiB = 1024 * 1024;
 const volume = "secure";

@@ -9,7 +9,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { runCli } from "../helpers/daemon.ts";
+import { runBounded } from "../helpers/run.ts";
+import { eventually } from "../helpers/until.ts";
 import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
+import { replicaLinkTimeoutMs } from "../../src/constants.ts";
 
 const MiB = 1024 * 1024;
 const volume = "mirror";
@@ -25,22 +28,14 @@ let dir: string;
 const cli = (args: string[], node = "a") => labCli(dir, args, node);
 const volumeState = (node: string) => labVolume(dir, volume, node);
 const waitSynced = () => waitLabSynced(dir, volume, 90_000);
+/** Wait until the primary lists its replica as degraded: the link loss is noticed within a link timeout (room for a loaded machine). */
+const waitDegraded = () => eventually("the primary's replica degraded", async () => (await volumeState("a"))?.nodes[0]?.state === "degraded", 10 * replicaLinkTimeoutMs);
+/** fio runs a while before the fault, so its run spans it: time that must pass, not a synchronisation. */
+const letFioWrite = (ms: number) => Bun.sleep(ms);
 
 function fio(args: string[], timeoutMs: number) {
   const uri = `nbd+unix:///${volume}?socket=${lab.nodes[0]!.nbd}`;
-  const child = Bun.spawn(
-    ["fio", "--name=mirror", "--ioengine=nbd", `--uri=${uri}`, "--output-format=json", "--group_reporting", ...args],
-    { stdout: "pipe", stderr: "pipe", cwd: dir },
-  );
-  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-  return {
-    child,
-    done: (async () => {
-      const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-      clearTimeout(timer);
-      return { code, stdout, stderr };
-    })(),
-  };
+  return runBounded(["fio", "--name=mirror", "--ioengine=nbd", `--uri=${uri}`, "--output-format=json", "--group_reporting", ...args], { timeoutMs, cwd: dir });
 }
 
 /**
@@ -96,11 +91,10 @@ describe("mirrored volume in the two-node lab", () => {
 
   test("fio verifies while the link is cut and healed; the pair resyncs by itself", async () => {
     const run = fio(verifiedWorkload(8), 120_000);
-    await Bun.sleep(1500);
+    await letFioWrite(1500);
     expect((await runCli(["lab", "cut", "--dir", dir])).code).toBe(0);
-    await Bun.sleep(2500);
-    const degraded = await volumeState("a");
-    expect(degraded?.nodes[0]?.state).toBe("degraded");
+    await waitDegraded();
+    await letFioWrite(1000); // through the degraded primary
     expect((await runCli(["lab", "heal", "--dir", dir])).code).toBe(0);
     const result = await run.done;
     expect(result.stderr).not.toMatch(/verify|bad magic|crc32c/i);
@@ -113,10 +107,10 @@ describe("mirrored volume in the two-node lab", () => {
 
   test("fio verifies while the secondary is SIGKILLed and restarted", async () => {
     const run = fio(verifiedWorkload(8), 120_000);
-    await Bun.sleep(1500);
+    await letFioWrite(1500);
     expect((await runCli(["lab", "kill", "b", "--dir", dir])).code).toBe(0);
-    await Bun.sleep(1500);
-    expect((await volumeState("a"))?.nodes[0]?.state).toBe("degraded");
+    await waitDegraded();
+    await letFioWrite(1000); // through the degraded primary
     expect((await runCli(["lab", "start", "b", "--dir", dir])).code).toBe(0);
     const result = await run.done;
     expect(result.stderr).toBe("");
@@ -127,7 +121,7 @@ describe("mirrored volume in the two-node lab", () => {
 
   test("the primary SIGKILLed mid-write comes back, resyncs, and verify finds the replicas identical", async () => {
     const run = fio(["--rw=randwrite", "--bs=64k", "--iodepth=16", `--size=${volumeBytes}`, "--time_based=1", "--runtime=30"], 60_000);
-    await Bun.sleep(2000);
+    await letFioWrite(2000);
     expect((await runCli(["lab", "kill", "a", "--dir", dir])).code).toBe(0);
     await run.done; // fails: its server died
     expect((await runCli(["lab", "start", "a", "--dir", dir])).code).toBe(0);

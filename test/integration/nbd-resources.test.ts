@@ -28,6 +28,7 @@ import { ClientFlag, Command, Info, Option } from "../../src/node/export/nbd/pro
 import { nbdPausedProbeIntervalMs } from "../../src/constants.ts";
 import os from "node:os";
 import path from "node:path";
+import { eventually } from "../helpers/until.ts";
 import { apiPrefix } from "../../src/node/control/http.ts";
 import { runCli, TestDaemon } from "../helpers/daemon.ts";
 import { NbdClient, RawConnection } from "../helpers/nbd-client.ts";
@@ -52,13 +53,7 @@ afterAll(async () => {
 });
 
 /** Poll an observable condition of the daemon until it holds, with a deadline. */
-async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, timeoutMs: number) => eventually(what, check, timeoutMs, 20);
 
 function rssBytes(): number {
   const status = fs.readFileSync(`/proc/${daemon.pid}/status`, "utf8");

@@ -8,6 +8,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { TestDaemon } from "../helpers/daemon.ts";
+import { runBounded } from "../helpers/run.ts";
+import { eventually } from "../helpers/until.ts";
+import { replicaLinkTimeoutMs } from "../../src/constants.ts";
 import { createNamespacePair, type NamespacePair } from "../helpers/netns.ts";
 
 const MiB = 1024 * 1024;
@@ -52,36 +55,34 @@ describe("mirroring across network namespaces", () => {
   }
 
   async function waitSynced(timeoutMs = 60_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
     let last: string[] = [];
-    while (Date.now() < deadline) {
+    await eventually("both replicas synced on both nodes", async () => {
       last = await states();
-      if (last.length === 4 && last.every((state) => state === "synced")) return;
-      await Bun.sleep(200);
-    }
-    throw new Error(`not synced: ${last.join(", ")}`);
+      return last.length === 4 && last.every((state) => state === "synced");
+    }, timeoutMs, 200).catch((error: Error) => {
+      throw new Error(`not synced: ${last.join(", ")} (${error.message})`);
+    });
   }
 
   test("fio through the primary while the cable is pulled and plugged back; replicas end identical", async () => {
-    const deadline = Date.now() + 30_000;
-    while (!((await a.api<{ node: { link: { connected: boolean } } }>("GET", "/status")).node.link.connected)) {
-      if (Date.now() > deadline) throw new Error(`the nodes did not pair:\n${a.logTail()}`);
-      await Bun.sleep(100);
-    }
+    await eventually("the nodes to pair", async () => (await a.api<{ node: { link: { connected: boolean } } }>("GET", "/status")).node.link.connected, 30_000).catch((error: Error) => {
+      throw new Error(`${error.message}:\n${a.logTail()}`);
+    });
     const created = await a.cli(["volume", "create", "nsvol", "--size", "32M"]);
     expect(created.code).toBe(0);
     await waitSynced();
 
-    const fio = Bun.spawn(
+    const fio = runBounded(
       ["fio", "--name=ns", "--ioengine=nbd", `--uri=${a.nbdUri("nsvol")}`, "--rw=randwrite", "--bs=4k", "--iodepth=16", `--size=${32 * MiB}`, "--time_based=1", "--runtime=6", "--verify=crc32c", "--verify_backlog=256", "--verify_fatal=1", "--output-format=json"],
-      { stdout: "pipe", stderr: "pipe", cwd: root }, // fio leaves its verify state file in its directory
+      { timeoutMs: 120_000, cwd: root }, // fio leaves its verify state file in its directory
     );
-    await Bun.sleep(1000);
+    await Bun.sleep(1000); // fio writes a while before the cut, so its run spans it (time that must pass)
     pair.cut();
-    await Bun.sleep(3000);
-    expect((await states()).slice(0, 1)).toEqual(["degraded"]);
+    // The primary notices within a link timeout (room for a loaded machine), then fio writes through it degraded.
+    await eventually("the primary's replica degraded", async () => (await states())[0] === "degraded", 10 * replicaLinkTimeoutMs);
+    await Bun.sleep(1000); // through the degraded primary (time that must pass)
     pair.heal();
-    const [stdout, stderr, code] = await Promise.all([new Response(fio.stdout).text(), new Response(fio.stderr).text(), fio.exited]);
+    const { stdout, stderr, code } = await fio.done;
     expect(stderr).toBe("");
     expect(code).toBe(0);
     // It wrote and read back (verified) across the cut, not just before it.

@@ -5,6 +5,12 @@
 // from the run's seed: IO errors (a failed write may leave part of its sectors behind), and on a
 // crash each cached or in-flight write survives whole, vanishes, or is torn at sector granularity.
 // A crash also drops every pending completion, so a dead node never hears back from its disk.
+// Like a real disk doing DMA, a write takes its bytes from the caller's buffer when it completes,
+// not when it is submitted: a caller that changes the buffer meanwhile writes the changed bytes.
+// Linux semantics when configured: a failed flush drops the cached writes it covered (they never
+// become durable, and a later flush succeeds without them) and may evict them from the page
+// cache, so reads return the older bytes; TRIM may leave the data in place (it is advisory).
+// Scripted scenarios add rules: the next matching IO fails, with or without its bytes landing.
 import type { IoCallback } from "../../src/replica/io.ts";
 import type { IoError } from "../../src/replica/types.ts";
 import type { SimRandom } from "./random.ts";
@@ -20,6 +26,29 @@ export interface DiskFaults {
   tearBytes: number;
   /** On a crash, chance that a cached (unflushed) write reached the medium whole. */
   crashKeepProbability: number;
+  /** ... and that it reached it torn (default: half of the rest; otherwise it vanished). */
+  crashTearProbability?: number;
+  /** A failed flush drops the cached writes it covered (Linux: the pages are marked clean). */
+  flushFailureDropsCache?: boolean;
+  /** ... and evicts them, so reads see what is on the medium. */
+  flushFailureEvicts?: boolean;
+  /** Chance a TRIM leaves the old data in place (it is advisory on some backings). */
+  trimKeepsDataProbability?: number;
+  /** Share of write errors that are ENOSPC rather than EIO (a thin backing that ran out). */
+  noSpaceShare?: number;
+}
+
+/** A scripted fault: the next IO(s) of `op` overlapping the range fail with `error`. */
+export interface DiskRule {
+  op: "read" | "write" | "flush";
+  /** Only IO overlapping [offset, offset + length); every IO of `op` when omitted. */
+  offset?: number;
+  length?: number;
+  error: IoError;
+  /** A failing write's bytes land anyway: in the cache ("all"), or on the medium ("durable"). */
+  landed?: "none" | "all" | "durable";
+  /** How many matching IOs fail (default 1). */
+  times?: number;
 }
 
 interface PendingWrite {
@@ -28,16 +57,25 @@ interface PendingWrite {
   sequence: number;
 }
 
+interface InFlightWrite {
+  offset: number;
+  /** The caller's buffer: read when the write completes (or when a crash decides its fate). */
+  source: Uint8Array;
+}
+
 export class SimDisk {
   visible: Uint8Array;
   durable: Uint8Array;
   private cache: PendingWrite[] = [];
-  private readonly inFlight = new Set<PendingWrite>();
+  private readonly inFlight = new Set<InFlightWrite>();
+  private rules: (DiskRule & { left: number })[] = [];
   private completions = 0;
   private incarnation = 0;
   /** Errors are switched off for the final convergence phase. */
   errorsEnabled = true;
-  readonly counters = { reads: 0, writes: 0, flushes: 0, errors: 0, torn: 0 };
+  /** Told when a failed flush dropped cached writes (the simulator's checkers note the data loss). */
+  onDropped: (() => void) | undefined;
+  readonly counters = { reads: 0, writes: 0, flushes: 0, errors: 0, torn: 0, dropped: 0, trimsKept: 0 };
 
   constructor(
     readonly name: string,
@@ -70,6 +108,25 @@ export class SimDisk {
     return this.errorsEnabled && probability > 0 && this.random.chance(probability);
   }
 
+  /** Add a scripted fault (scenario tests); rules apply in the order added. */
+  inject(rule: DiskRule): void {
+    this.rules.push({ ...rule, left: rule.times ?? 1 });
+  }
+
+  /** The scripted rule that fails this IO, if any (consumed). */
+  private ruled(op: DiskRule["op"], offset: number, length: number): DiskRule | undefined {
+    const rule = this.rules.find((candidate) => {
+      if (candidate.op !== op || candidate.left <= 0) return false;
+      if (candidate.offset === undefined) return true;
+      const end = candidate.offset + (candidate.length ?? 1);
+      return offset < end && candidate.offset < offset + Math.max(length, 1);
+    });
+    if (!rule) return undefined;
+    rule.left--;
+    this.rules = this.rules.filter((candidate) => candidate.left > 0);
+    return rule;
+  }
+
   private checkRange(offset: number, length: number): IoError | null {
     return Number.isSafeInteger(offset) && offset >= 0 && length >= 0 && offset + length <= this.visible.length ? null : "EINVAL";
   }
@@ -91,7 +148,7 @@ export class SimDisk {
   }
 
   /** Apply a random subset of a write's tear units to `image`. */
-  private applyPartially(image: Uint8Array, write: PendingWrite): void {
+  private applyPartially(image: Uint8Array, write: { offset: number; bytes: Uint8Array }): void {
     const unit = this.faults.tearBytes;
     let applied = false;
     for (let start = 0; start < write.bytes.length; start += unit) {
@@ -103,28 +160,48 @@ export class SimDisk {
     if (applied) this.counters.torn++;
   }
 
-  private submitWrite(offset: number, bytes: Uint8Array, fua: boolean, done: IoCallback): void {
-    const rangeError = this.checkRange(offset, bytes.length);
+  private submitWrite(offset: number, source: Uint8Array, fua: boolean, done: IoCallback, trim = false): void {
+    const rangeError = this.checkRange(offset, source.length);
     if (rangeError) return this.later(() => done(rangeError));
     this.counters.writes++;
-    const write: PendingWrite = { offset, bytes: bytes.slice(), sequence: 0 };
+    const write: InFlightWrite = { offset, source };
     this.inFlight.add(write);
     this.later(() => {
       this.inFlight.delete(write);
-      write.sequence = ++this.completions;
+      const sequence = ++this.completions;
+      const length = write.source.length;
+      const rule = this.ruled("write", offset, length);
+      if (rule) {
+        this.counters.errors++;
+        if (rule.landed === "all" || rule.landed === "durable") {
+          const bytes = write.source.slice();
+          this.visible.set(bytes, offset);
+          if (rule.landed === "durable") {
+            this.uncache(offset, length);
+            this.durable.set(bytes, offset);
+          } else this.cache.push({ offset, bytes, sequence });
+        }
+        return done(rule.error);
+      }
       if (this.fails(this.faults.writeErrorProbability)) {
         // A failed write may have reached some sectors (cached, like any other write).
         this.counters.errors++;
-        this.applyPartially(this.visible, write);
+        this.applyPartially(this.visible, { offset, bytes: write.source.slice() });
         // The sectors that landed sit in the cache like any write: the range as it now reads.
-        this.cache.push({ offset, bytes: this.visible.slice(offset, offset + write.bytes.length), sequence: write.sequence });
-        return done("EIO");
+        this.cache.push({ offset, bytes: this.visible.slice(offset, offset + length), sequence });
+        return done((this.faults.noSpaceShare ?? 0) > 0 && this.random.chance(this.faults.noSpaceShare ?? 0) ? "ENOSPC" : "EIO");
       }
-      this.visible.set(write.bytes, offset);
+      if (trim && (this.faults.trimKeepsDataProbability ?? 0) > 0 && this.random.chance(this.faults.trimKeepsDataProbability ?? 0)) {
+        // Advisory TRIM: the backing kept the data.
+        this.counters.trimsKept++;
+        return done(null);
+      }
+      const bytes = write.source.slice();
+      this.visible.set(bytes, offset);
       if (fua) {
-        this.uncache(offset, write.bytes.length);
-        this.durable.set(write.bytes, offset);
-      } else this.cache.push(write);
+        this.uncache(offset, length);
+        this.durable.set(bytes, offset);
+      } else this.cache.push({ offset, bytes, sequence });
       done(null);
     });
   }
@@ -136,9 +213,10 @@ export class SimDisk {
     if (rangeError) return this.later(() => done(rangeError));
     this.counters.reads++;
     this.later(() => {
-      if (this.fails(this.faults.readErrorProbability)) {
+      const rule = this.ruled("read", offset, target.length);
+      if (rule || this.fails(this.faults.readErrorProbability)) {
         this.counters.errors++;
-        return done("EIO");
+        return done(rule?.error ?? "EIO");
       }
       target.set(this.visible.subarray(offset, offset + target.length));
       done(null);
@@ -153,9 +231,11 @@ export class SimDisk {
     this.counters.flushes++;
     const covered = this.completions;
     this.later(() => {
-      if (this.fails(this.faults.flushErrorProbability)) {
+      const rule = this.ruled("flush", 0, 0);
+      if (rule || this.fails(this.faults.flushErrorProbability)) {
         this.counters.errors++;
-        return done("EIO");
+        if (this.faults.flushFailureDropsCache) this.dropCache(covered);
+        return done(rule?.error ?? "EIO");
       }
       const kept: PendingWrite[] = [];
       for (const entry of this.cache) {
@@ -167,8 +247,28 @@ export class SimDisk {
     });
   }
 
+  /**
+   * Linux after a failed fsync: the cached writes it covered are marked clean without reaching the
+   * medium, so no later flush makes them durable; evicted, they no longer even read back.
+   */
+  private dropCache(covered: number): void {
+    const kept: PendingWrite[] = [];
+    for (const entry of this.cache) {
+      if (entry.sequence > covered) {
+        kept.push(entry);
+        continue;
+      }
+      this.counters.dropped++;
+      if (this.faults.flushFailureEvicts) this.visible.set(this.durable.subarray(entry.offset, entry.offset + entry.bytes.length), entry.offset);
+    }
+    if (this.cache.length !== kept.length) this.onDropped?.();
+    this.cache = kept;
+    // A newer cached write over an evicted range still reads back.
+    if (this.faults.flushFailureEvicts) for (const entry of kept) this.visible.set(entry.bytes, entry.offset);
+  }
+
   trim(offset: number, length: number, fua: boolean, done: IoCallback): void {
-    this.submitWrite(offset, new Uint8Array(Math.max(0, length)), fua, done);
+    this.submitWrite(offset, new Uint8Array(Math.max(0, length)), fua, done, true);
   }
 
   zero(offset: number, length: number, fua: boolean, _noHole: boolean, done: IoCallback): void {
@@ -186,15 +286,50 @@ export class SimDisk {
   /** Power loss: cached and in-flight writes survive whole, vanish, or tear; nothing pending completes. */
   crash(): void {
     this.incarnation++;
-    const unresolved = [...this.cache, ...[...this.inFlight].sort((a, b) => a.offset - b.offset)];
+    const inFlight = [...this.inFlight].sort((a, b) => a.offset - b.offset).map((write) => ({ offset: write.offset, bytes: write.source.slice() }));
+    const unresolved = [...this.cache, ...inFlight];
     for (const write of unresolved) {
       const roll = this.random.float();
       if (roll < this.faults.crashKeepProbability) this.durable.set(write.bytes, write.offset);
-      else if (roll < this.faults.crashKeepProbability + (1 - this.faults.crashKeepProbability) / 2) this.applyPartially(this.durable, write);
+      else if (roll < this.faults.crashKeepProbability + (this.faults.crashTearProbability ?? (1 - this.faults.crashKeepProbability) / 2)) this.applyPartially(this.durable, write);
     }
     this.cache = [];
     this.inFlight.clear();
     this.visible = this.durable.slice();
+  }
+
+  /** Writes completed so far: a mark for `cachedOnlyHereDurableOn`. */
+  get writesCompleted(): number {
+    return this.completions;
+  }
+
+  /**
+   * Whether some `unit`-sized block, written here by a cached write `which` selects (by its place
+   * in `writesCompleted`), reads back here only from the cache (its bytes on the medium differ)
+   * while `other` made those very bytes durable since its medium held `otherBefore`: a crash here
+   * may lose what a copy elsewhere already made durable.
+   */
+  cachedOnlyHereCopiedTo(other: SimDisk, otherBefore: Uint8Array, unit: number, which: (sequence: number) => boolean): boolean {
+    for (const entry of this.cache) {
+      if (!which(entry.sequence)) continue;
+      const first = Math.floor(entry.offset / unit);
+      const last = Math.ceil((entry.offset + entry.bytes.length) / unit);
+      for (let block = first; block < last; block++) {
+        const start = block * unit;
+        const end = Math.min(start + unit, this.visible.length);
+        let volatile = false;
+        let copied = true;
+        let changed = false;
+        for (let index = start; index < end && copied; index++) {
+          const byte = this.visible[index]!;
+          if (byte !== this.durable[index]) volatile = true;
+          if (byte !== other.durable[index]) copied = false;
+          if (byte !== otherBefore[index]) changed = true;
+        }
+        if (volatile && copied && changed) return true;
+      }
+    }
+    return false;
   }
 
   /** Silent corruption of a range on the medium (bit rot), for verify to find. */

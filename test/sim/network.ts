@@ -7,6 +7,8 @@
 // bits and duplicated chunks. Bytes of an old connection may still arrive after a new one is up
 // (reordering across connections), and intruders connect with garbage, a wrong secret, or a
 // replay of a real node's recorded handshake. Within one connection delivery is in order.
+// Scripted scenarios (scenario.ts) also hold one direction until they release it, and tap every
+// send to see which messages went when.
 import type { PeerTransport, PeerTransportHandler } from "../../src/replica/io.ts";
 import { joinParts } from "../../src/replica/wire.ts";
 import type { SimRandom } from "./random.ts";
@@ -47,6 +49,9 @@ interface SimConnection {
 
 const recordBytesMax = 4096;
 
+/** What a held direction keeps, in order, until it is released. */
+type HeldSend = { kind: "bytes"; connection: SimConnection; bytes: Uint8Array } | { kind: "fin"; connection: SimConnection };
+
 export class SimNetwork {
   private readonly handlers = new Map<string, { handler: PeerTransportHandler; incarnation: number }>();
   private readonly connections = new Map<number, SimConnection>();
@@ -55,6 +60,10 @@ export class SimNetwork {
   private cutUntil = 0;
   private readonly clogUntil = new Map<string, number>();
   readonly recordings: Uint8Array[] = [];
+  /** Directions held by a script: everything sent from that node waits, in order, for `release`. */
+  private readonly held = new Map<string, HeldSend[]>();
+  /** Told of every send (the bytes as the node wrote them) before any fault applies. */
+  tap: ((from: string, connection: number, bytes: Uint8Array) => void) | undefined;
   readonly counters = { chunks: 0, corrupted: 0, duplicated: 0, resets: 0, intruders: 0, dialsFailed: 0 };
 
   constructor(
@@ -131,6 +140,22 @@ export class SimNetwork {
     }
   }
 
+  /** Hold everything `name` sends from now on (in order) until `release(name)`. */
+  hold(name: string): void {
+    if (!this.held.has(name)) this.held.set(name, []);
+  }
+
+  /** Send what a hold kept, in order, as if it was sent now. */
+  release(name: string): void {
+    const queue = this.held.get(name);
+    if (!queue) return;
+    this.held.delete(name);
+    for (const entry of queue) {
+      if (entry.kind === "bytes") this.transmit(entry.connection, name, entry.bytes);
+      else this.transmitFin(entry.connection, name);
+    }
+  }
+
   resetAll(): void {
     for (const connection of [...this.connections.values()]) this.reset(connection);
   }
@@ -198,6 +223,14 @@ export class SimNetwork {
     if (!connection || !connection.open.get(from) || connection.incarnations.get(from) !== incarnation) return;
     const bytes = joinParts(parts);
     this.record(connection, from, bytes);
+    this.tap?.(from, id, bytes);
+    const held = this.held.get(from);
+    if (held) held.push({ kind: "bytes", connection, bytes });
+    else this.transmit(connection, from, bytes);
+  }
+
+  private transmit(connection: SimConnection, from: string, bytes: Uint8Array): void {
+    const id = connection.id;
     const to = connection.ends[0] === from ? connection.ends[1] : connection.ends[0];
     const direction = connection.directions.get(from)!;
     let offset = 0;
@@ -244,6 +277,12 @@ export class SimNetwork {
     const connection = this.connections.get(id);
     if (!connection || !connection.open.get(from) || connection.incarnations.get(from) !== incarnation) return;
     connection.open.set(from, false);
+    const held = this.held.get(from);
+    if (held) held.push({ kind: "fin", connection });
+    else this.transmitFin(connection, from);
+  }
+
+  private transmitFin(connection: SimConnection, from: string): void {
     const to = connection.ends[0] === from ? connection.ends[1] : connection.ends[0];
     const direction = connection.directions.get(from)!;
     // The FIN follows the data already sent.

@@ -78,12 +78,22 @@ export class Oracle {
   readonly aloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
   /** Mirrored writes made durable by a flush without the peer since the last sync, per volume and node. */
   private readonly durableAloneSinceSync = new Map<number, Map<string, WriteRecord[]>>();
-  readonly generationSinceSync = new Map<number, Set<string>>();
+  /** Nodes that started (or may have started) a generation of their own since the last sync, and when. */
+  readonly generationSinceSync = new Map<number, Map<string, number>>();
   /** Nodes an operator forced to primary without their peer since the last sync, per volume. */
-  private readonly forcedSinceSync = new Map<number, Set<string>>();
-  private readonly syncedFlags = new Map<number, Set<string>>();
+  private readonly forcedSinceSync = new Map<number, Map<string, number>>();
+  /** Nodes that reported being in sync since the last write made alone, and when. */
+  private readonly syncedFlags = new Map<number, Map<string, number>>();
+  /** When a source last reported the end of a resync (the sync point its target's report refers to). */
+  private readonly sourceSyncedUs = new Map<number, number>();
   /** Nodes that acknowledged writes in each (volume, epoch). */
   readonly epochWriters = new Map<string, Set<string>>();
+  /**
+   * The last moment data could legitimately vanish from what a reader sees: a crash, a forced
+   * promotion, an operator discarding a side's writes, a disk replaced, a failed flush dropping
+   * cached writes (Linux). A read must see every write acknowledged before it and after this.
+   */
+  disturbedUs = 0;
   private nextId = 1;
 
   constructor(readonly nodes: [string, string]) {}
@@ -92,9 +102,9 @@ export class Oracle {
     this.histories.set(volumeId, Array.from({ length: blocks }, () => []));
     this.aloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
     this.durableAloneSinceSync.set(volumeId, new Map(this.nodes.map((node) => [node, []])));
-    this.generationSinceSync.set(volumeId, new Set());
-    this.forcedSinceSync.set(volumeId, new Set());
-    this.syncedFlags.set(volumeId, new Set());
+    this.generationSinceSync.set(volumeId, new Map());
+    this.forcedSinceSync.set(volumeId, new Map());
+    this.syncedFlags.set(volumeId, new Map());
   }
 
   submitWrite(volumeId: number, node: string, firstBlock: number, blockCount: number, zero: boolean, fua: boolean, nowUs: number): WriteRecord {
@@ -166,9 +176,20 @@ export class Oracle {
   flushCompleted(volumeId: number, node: string, covered: WriteRecord[], nowUs: number, mirrored: boolean): void {
     const set = this.unflushed.get(`${node}:${volumeId}`);
     for (const record of covered) {
+      // Gone from the set: made durable by another flush already, or lost before this one ended.
+      if (!set?.has(record)) continue;
       this.makeDurable(record, nowUs, !mirrored && record.mirrored === true);
-      set?.delete(record);
+      set.delete(record);
     }
+  }
+
+  /**
+   * A failed flush on `node` dropped its cached writes of this volume (Linux): like a crash of the
+   * cache, what was acknowledged and not yet durable there is no longer promised to a later flush
+   * (the first flush after it fails; the node may take them back from its peer).
+   */
+  cacheDropped(volumeId: number, node: string): void {
+    this.unflushed.get(`${node}:${volumeId}`)?.clear();
   }
 
   /**
@@ -184,24 +205,74 @@ export class Oracle {
    * A node reported being in sync. A resync target holds everything the source had when it reports
    * (the source may still die before recording its side); otherwise both must have reported.
    */
-  synced(volumeId: number, node: string, asTarget: boolean): void {
+  synced(volumeId: number, node: string, asTarget: boolean, nowUs: number): void {
     const flags = this.syncedFlags.get(volumeId)!;
-    flags.add(node);
-    if (asTarget || flags.size === this.nodes.length) {
-      for (const list of this.aloneSinceSync.get(volumeId)!.values()) list.length = 0;
-      for (const list of this.durableAloneSinceSync.get(volumeId)!.values()) {
-        for (const record of list) record.durableAlone = false; // the resync put them on both
-        list.length = 0;
-      }
-      this.generationSinceSync.get(volumeId)!.clear();
-      this.forcedSinceSync.get(volumeId)!.clear();
-      flags.clear();
+    flags.set(node, nowUs);
+    if (!asTarget) this.sourceSyncedUs.set(volumeId, nowUs);
+    if (!asTarget && flags.size < this.nodes.length) return;
+    // The sync point: the first report of the pair (a target holds what its source had when the
+    // source recorded the end). What happened after it, before the last report, is not covered.
+    const cutoff = asTarget ? Math.min(this.sourceSyncedUs.get(volumeId) ?? nowUs, ...flags.values()) : Math.min(...flags.values());
+    for (const list of this.aloneSinceSync.get(volumeId)!.values()) {
+      const kept = list.filter((record) => (record.ackedUs ?? 0) > cutoff);
+      list.length = 0;
+      list.push(...kept);
     }
+    for (const list of this.durableAloneSinceSync.get(volumeId)!.values()) {
+      const kept = list.filter((record) => (record.durableUs ?? 0) > cutoff);
+      for (const record of list) if (!kept.includes(record)) record.durableAlone = false; // the resync put them on both
+      list.length = 0;
+      list.push(...kept);
+    }
+    for (const since of [this.generationSinceSync.get(volumeId)!, this.forcedSinceSync.get(volumeId)!]) {
+      for (const [name, atUs] of [...since]) if (atUs <= cutoff) since.delete(name);
+    }
+    flags.clear();
+  }
+
+  disturb(nowUs: number): void {
+    this.disturbedUs = Math.max(this.disturbedUs, nowUs);
+  }
+
+  /**
+   * Data a node holds before the run (a backing imported with its data): written by `node`,
+   * durable there, and promised to both replicas once they are in sync.
+   */
+  preload(volumeId: number, node: string, blocks: number[]): WriteRecord[] {
+    return blocks.map((block) => {
+      const record = this.submitWrite(volumeId, node, block, 1, false, false, 0);
+      record.ackedUs = 0;
+      record.ok = true;
+      record.mirrored = true;
+      record.epoch = 1;
+      record.durable = true;
+      record.durableUs = 0;
+      return record;
+    });
+  }
+
+  /**
+   * Read-after-write: the values a read of `block` on `node` submitted at `submittedUs` may return,
+   * or undefined when nothing binds it. The newest write acknowledged before the read (on this
+   * node, or mirrored), with no disturbance since, or anything submitted after it.
+   */
+  readAfterWrite(volumeId: number, node: string, block: number, submittedUs: number): { newestAcked: WriteRecord; values: Set<number> } | undefined {
+    const history = this.history(volumeId, block);
+    for (let position = history.length - 1; position >= 0; position--) {
+      const record = history[position]!;
+      if (record.ok !== true || record.ackedUs === undefined || record.ackedUs >= submittedUs) continue;
+      if (record.ackedUs < this.disturbedUs || record.discarded) return undefined;
+      if (record.node !== node && record.mirrored !== true) continue;
+      const values = new Set<number>();
+      for (let later = position; later < history.length; later++) values.add(history[later]!.zero ? 0 : history[later]!.id);
+      return { newestAcked: record, values };
+    }
+    return undefined;
   }
 
   /** The operator forced `node` to primary while its peer was unreachable. */
-  forcedPrimary(volumeId: number, node: string): void {
-    this.forcedSinceSync.get(volumeId)!.add(node);
+  forcedPrimary(volumeId: number, node: string, nowUs: number): void {
+    this.forcedSinceSync.get(volumeId)!.set(node, nowUs);
   }
 
   /**
@@ -212,8 +283,8 @@ export class Oracle {
     return this.forcedSinceSync.get(volumeId)!.has(node) || this.generationSinceSync.get(volumeId)!.has(node);
   }
 
-  generationStarted(volumeId: number, node: string): void {
-    this.generationSinceSync.get(volumeId)!.add(node);
+  generationStarted(volumeId: number, node: string, nowUs: number): void {
+    this.generationSinceSync.get(volumeId)!.set(node, nowUs);
     this.syncedFlags.get(volumeId)!.clear();
   }
 
@@ -229,6 +300,9 @@ export class Oracle {
     const durableAlone = this.durableAloneSinceSync.get(volumeId)!.get(victim)!;
     for (const record of durableAlone) record.discarded = true;
     durableAlone.length = 0;
+    // What the victim acknowledged and had not made durable may be missing on the keeper (which
+    // may have lost it in a crash): no later flush on the victim vouches for it.
+    this.unflushed.get(`${victim}:${volumeId}`)?.clear();
     return count;
   }
 

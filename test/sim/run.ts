@@ -4,7 +4,8 @@
 //   bun test/sim/run.ts --seeds 500 --from 9000 --long
 //                                              the long setting: production timings, 10-30 s of
 //                                              chaos and bigger volumes per run
-//   --bug ackBeforePeer|forgetTransferLog|skipDirtyUnion   run with a deliberately broken core
+//   --bug NAME (ackBeforePeer, forgetTransferLog, skipDirtyUnion, skipSourceFlush, targetStaysConsistent,
+//              barrierDropsCovered, shareClientBuffer)   run with a deliberately broken core
 // Exit status 1 when any run failed.
 import type { ReplicaBugs } from "../../src/replica/config.ts";
 import { runSeeds, runSimulation } from "./simulation.ts";

@@ -5,6 +5,9 @@
 // crashes finds different bugs than one with everything at once). After a chaos phase the faults
 // stop, the operator restores a single primary, and the run must converge within a deadline; then
 // the checkers compare both replicas with the oracle. The same seed always replays the same run.
+// Besides the network and disk faults, the operator closes and reopens volumes and stops daemons
+// gracefully, volumes may start from imported data, processes stall past the link timeout, clients
+// change buffers of writes in flight, flushes fail the Linux way, and bit rot strikes either side.
 import { BlockError } from "../../src/common/errors.ts";
 import { StaticWriteAuthority } from "../../src/replica/authority.ts";
 import { defaultReplicaConfig, type ReplicaBugs, type ReplicaConfig } from "../../src/replica/config.ts";
@@ -18,6 +21,7 @@ import { SimDisk } from "./disk.ts";
 import { SimNetwork } from "./network.ts";
 import { blockBytes, fillBlock, Oracle } from "./oracle.ts";
 import { SimRandom } from "./random.ts";
+import { ProcessGate } from "./gate.ts";
 import { EventBudgetExceeded, Scheduler } from "./scheduler.ts";
 
 export interface FaultMix {
@@ -58,6 +62,33 @@ export interface FaultMix {
   readRate: number;
   finalPowerLoss: boolean;
   faultIntervalMs: [number, number];
+  /** The operator closes a volume on one node and opens it again. */
+  closes: boolean;
+  /** A daemon stops gracefully (closes its volumes, says goodbye) and starts again. */
+  shutdowns: boolean;
+  /** a's volume is created on a backing that already holds data; b's new replica holds garbage. */
+  imported: boolean;
+  /** A failed flush drops the cached writes it covered (Linux), maybe evicting them too. */
+  linuxFlush: boolean;
+  linuxEvicts: boolean;
+  /** Clients change a write's buffer while the write is in flight (virtio has no stable pages). */
+  mutateBuffers: boolean;
+  /** Bit rot strikes the primary too, not only the secondary. */
+  rotPrimary: boolean;
+  /** Some write errors are ENOSPC (a thin backing ran out). */
+  noSpace: boolean;
+  /** A node's process stalls for longer than the link timeout, then carries on. */
+  stalls: boolean;
+  /** TRIM may leave the data in place (advisory). */
+  trimAdvisory: boolean;
+  /** Crashes aim at a moment something is in flight (a barrier, a resync, mirrored writes), and at a resync source that copies what only its cache holds. */
+  aimedCrashes: boolean;
+  /** The chaos pauses now and then: once the pair converges, the replicas must be identical. */
+  pauses: number;
+  /** Few flushes and rare barriers: written data stays in the caches for long. */
+  lazyFlush: boolean;
+  /** During a link outage the operator swaps the roles (the unreachable primary is demoted). */
+  flips: boolean;
 }
 
 export interface SimulationOptions {
@@ -128,6 +159,21 @@ export function chooseMix(random: SimRandom, long: boolean): FaultMix {
     readRate: random.pick([0.1, 0.3]),
     finalPowerLoss: random.chance(0.3),
     faultIntervalMs: long ? [100, 2000] : [20, 200],
+    // Drawn last, so the fields above keep the values they had for each seed.
+    closes: !quiet && random.chance(0.25),
+    shutdowns: !quiet && random.chance(0.2),
+    imported: stable && random.chance(0.1),
+    linuxFlush: random.chance(0.5),
+    linuxEvicts: random.chance(0.5),
+    mutateBuffers: random.chance(0.3),
+    rotPrimary: random.chance(0.5),
+    noSpace: random.chance(0.3),
+    stalls: !quiet && random.chance(0.2),
+    trimAdvisory: random.chance(0.5),
+    aimedCrashes: random.chance(0.6),
+    pauses: random.pick([0, 1, 2, 3]),
+    lazyFlush: random.chance(0.4),
+    flips: !quiet && random.chance(0.4),
   };
 }
 
@@ -141,6 +187,12 @@ interface SimNode {
   random: SimRandom;
   clockRate: number;
   downSinceUs: number | undefined;
+  gate: ProcessGate | undefined;
+  /** Volumes open on the running incarnation, and those being closed. */
+  open: Set<number>;
+  closing: Set<number>;
+  /** A graceful shutdown is under way. */
+  stopping: boolean;
 }
 
 interface Outstanding {
@@ -148,17 +200,22 @@ interface Outstanding {
   incarnation: number;
   volumeId: number;
   blocks: number[];
+  write: boolean;
 }
 
 export function runSimulation(options: SimulationOptions): SimulationResult {
   const random = new SimRandom(options.seed);
-  const mix: FaultMix = { ...chooseMix(random.fork("mix"), options.long === true), ...options.mix };
+  const chosen = chooseMix(random.fork("mix"), options.long === true);
+  if (chosen.lazyFlush) chosen.flushRate = 0.01;
+  // A replaced disk during role swaps can leave no complete replica anywhere: not what a run tests.
+  if (chosen.flips) chosen.replaceDisk = false;
+  const mix: FaultMix = { ...chosen, ...options.mix };
   // Normal runs take 5-50 thousand events (the long setting up to a few million).
   const scheduler = new Scheduler(options.long ? 50_000_000 : 2_000_000);
   const oracle = new Oracle(nodeNames);
   const checkers = new Checkers(oracle);
   const timeline: string[] = [];
-  const stats: Record<string, number> = { writesAcked: 0, writesAlone: 0, writesFailed: 0, reads: 0, flushes: 0, crashes: 0, resyncs: 0, splitBrains: 0, decisions: 0, intrusions: 0, verifies: 0 };
+  const stats: Record<string, number> = { writesAcked: 0, writesAlone: 0, writesFailed: 0, reads: 0, flushes: 0, crashes: 0, resyncs: 0, splitBrains: 0, servingTargetsRefused: 0, resyncsFromB: 0, flips: 0, decisions: 0, intrusions: 0, verifies: 0 };
   const note = (line: string) => {
     if (options.trace) timeline.push(`${(scheduler.now / 1000).toFixed(1).padStart(9)} ms  ${line}`);
   };
@@ -189,7 +246,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         resyncRetryDelayTicks: 5,
         verifyExtentBytes: Math.min(mix.resyncChunkBytes, 16384),
         transferLogGranulesMax: 64,
-        barrierIntervalTicks: 10,
+        barrierIntervalTicks: mix.lazyFlush ? 200 : 10,
         bitmapWritebackIntervalTicks: 30,
         rateWindowTicks: 100,
         frameBytesMax: 1 << 20,
@@ -209,15 +266,29 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   const sizeBytes = mix.blocks * blockBytes;
   const layout = metadataLayout(sizeBytes, mix.granuleBytes);
   const rotted = new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()]));
-  /** When each block last rotted: a repair only accounts for rot that happened before its verify began. */
-  const rottedAtUs = new Map<number, Map<number, number>>(volumeIds.map((id) => [id, new Map()]));
+  /** Blocks rot struck on a (verify may copy that rot to b): excused in the final images. */
+  const rotEver = new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()]));
+  /** When rot last struck each block. */
+  const rotTimes = new Map<number, Map<number, number>>(volumeIds.map((id) => [id, new Map()]));
 
   const nodes = new Map<string, SimNode>();
   for (const name of nodeNames) {
     const nodeRandom = random.fork(`node-${name}`);
     const disks = new Map<number, { data: SimDisk; meta: SimDisk }>();
     for (const volumeId of volumeIds) {
-      const diskFaults = { latencyUsMin: mix.diskLatencyUs[0], latencyUsMax: mix.diskLatencyUs[1], readErrorProbability: mix.diskErrors, writeErrorProbability: mix.diskErrors, flushErrorProbability: mix.diskErrors / 2, tearBytes: 4096, crashKeepProbability: 0.4 };
+      const diskFaults = {
+        latencyUsMin: mix.diskLatencyUs[0],
+        latencyUsMax: mix.diskLatencyUs[1],
+        readErrorProbability: mix.diskErrors,
+        writeErrorProbability: mix.diskErrors,
+        flushErrorProbability: mix.diskErrors / 2,
+        tearBytes: 4096,
+        crashKeepProbability: 0.4,
+        flushFailureDropsCache: mix.linuxFlush,
+        flushFailureEvicts: mix.linuxEvicts,
+        noSpaceShare: mix.noSpace ? 0.5 : 0,
+        trimKeepsDataProbability: mix.trimAdvisory ? 0.5 : 0,
+      };
       const data = new SimDisk(`${name}.v${volumeId}.data`, sizeBytes, scheduler, nodeRandom.fork(`data${volumeId}`), diskFaults);
       const meta = new SimDisk(`${name}.v${volumeId}.meta`, layout.totalBytes, scheduler, nodeRandom.fork(`meta${volumeId}`), {
         ...diskFaults,
@@ -230,7 +301,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     }
     const authority = new StaticWriteAuthority(volumeIds.map((id) => [id, { primary: name === "a", epoch: 1 }]));
     const drift = mix.clockDrift === 0 ? 1 : 1 + (nodeRandom.float() * 2 - 1) * mix.clockDrift;
-    nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, random: nodeRandom, clockRate: drift, downSinceUs: undefined });
+    nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, random: nodeRandom, clockRate: drift, downSinceUs: undefined, gate: undefined, open: new Set(), closing: new Set(), stopping: false });
   }
   const initialGeneration = 0x1000n + BigInt(random.int(1 << 30));
   const format = (disk: SimDisk, volumeId: number, initial: bigint | undefined) => {
@@ -243,7 +314,30 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     oracle.addVolume(volumeId, mix.blocks);
     epochs.set(volumeId, 1);
     format(nodes.get("a")!.disks.get(volumeId)!.meta, volumeId, initialGeneration);
-    format(nodes.get("b")!.disks.get(volumeId)!.meta, volumeId, mix.newSecondary ? undefined : initialGeneration);
+    format(nodes.get("b")!.disks.get(volumeId)!.meta, volumeId, mix.newSecondary || mix.imported ? undefined : initialGeneration);
+    if (mix.imported) {
+      // a's backing already holds data; b's new replica holds whatever its disk held (garbage).
+      const blocks = Array.from({ length: mix.blocks }, (_, block) => block).filter(() => random.chance(0.6));
+      const a = nodes.get("a")!.disks.get(volumeId)!.data;
+      for (const record of oracle.preload(volumeId, "a", blocks)) {
+        const bytes = new Uint8Array(blockBytes);
+        fillBlock(bytes, record.id, volumeId, record.firstBlock);
+        a.visible.set(bytes, record.firstBlock * blockBytes);
+        a.durable.set(bytes, record.firstBlock * blockBytes);
+      }
+      const b = nodes.get("b")!.disks.get(volumeId)!.data;
+      random.fill(b.durable);
+      b.visible.set(b.durable);
+    }
+  }
+  for (const node of nodes.values()) {
+    for (const [volumeId, disks] of node.disks) {
+      disks.data.onDropped = () => {
+        oracle.disturb(scheduler.now);
+        oracle.cacheDropped(volumeId, node.name);
+      };
+      disks.meta.onDropped = () => oracle.disturb(scheduler.now);
+    }
   }
 
   // ---------------------------------------------------------------- nodes
@@ -255,14 +349,34 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       stats.decisions!++;
       note(`${node.name} v${report.volumeId} decision ${report.decision}${report.sourceIsLocal === undefined ? "" : report.sourceIsLocal ? " (source)" : " (target)"}${report.full ? " full" : ""}: ${report.reason} [bits local ${report.localBits} peer ${report.peerBits}]`);
       if (node.name < peerOf(node.name)) checkers.checkDecision(report.volumeId, report.decision, report.byOperator, node.name, scheduler.now);
+      if (report.decision === "resync") {
+        const begun = node.driver?.status(report.volumeId)?.dataState === "inconsistent";
+        checkers.checkResyncDecision(report.volumeId, node.name, report.sourceIsLocal === false, report.full, report.byOperator, begun, scheduler.now);
+      }
       if (report.decision === "resync") stats.resyncs!++;
+      if (report.decision === "resync" && node.name === "b" && report.sourceIsLocal) stats.resyncsFromB!++;
       if (report.decision === "splitBrain") stats.splitBrains!++;
+      if (report.decision === "primaryWouldBeTarget") stats.servingTargetsRefused!++;
+    } else if (report.kind === "resyncStarted") {
+      if (report.sourceIsLocal) resyncSourceMarks.set(`${node.name}:${report.volumeId}`, { written: node.disks.get(report.volumeId)!.data.writesCompleted, peerDurable: nodes.get(peerOf(node.name))!.disks.get(report.volumeId)!.data.durable.slice() });
+      else resyncSourceMarks.delete(`${node.name}:${report.volumeId}`);
+      if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "synced") {
       note(`${node.name} v${report.volumeId} synced at ${report.current}`);
-      oracle.synced(report.volumeId, node.name, report.asTarget);
+      oracle.synced(report.volumeId, node.name, report.asTarget, scheduler.now);
+      if (report.asTarget) checkers.resyncOver(report.volumeId, node.name);
     } else if (report.kind === "generationStarted") {
       note(`${node.name} v${report.volumeId} new generation ${report.current} (base ${report.base})`);
-      oracle.generationStarted(report.volumeId, node.name);
+      oracle.generationStarted(report.volumeId, node.name, scheduler.now);
+    } else if (report.kind === "verifyMismatch") {
+      // A repaired extent holds the same bytes on both sides from now on (rot later is new rot).
+      if (report.repaired) for (let block = Math.floor(report.offset / blockBytes); block < Math.ceil((report.offset + report.length) / blockBytes); block++) rotted.get(report.volumeId)!.delete(block);
+      if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
+    } else if (report.kind === "linkDown") {
+      // Writes in flight to the peer now complete alone: this node may start a generation of its
+      // own (and crash before it says so).
+      for (const volumeId of volumeIds) if (workload.writing(node.name, volumeId)) oracle.generationStarted(volumeId, node.name, scheduler.now);
+      if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "connectionRefused") {
       stats.intrusions!++;
       note(`${node.name} refused a connection: ${report.reason}`);
@@ -274,14 +388,20 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     node.alive = true;
     node.downSinceUs = undefined;
     node.incarnation++;
+    node.stopping = false;
+    node.open.clear();
+    node.closing.clear();
     const incarnation = node.incarnation;
+    const gate = new ProcessGate(scheduler);
+    node.gate = gate;
     const clock: Clock = {
       every(intervalMs, callback) {
         let cancelled = false;
         const period = (intervalMs * 1000) / node.clockRate;
+        const tick = gate.tick(callback);
         const fire = () => {
           if (cancelled || node.incarnation !== incarnation || !node.alive) return;
-          callback();
+          tick();
           scheduler.after(period, fire);
         };
         scheduler.after(period * (0.5 + node.random.float() / 2), fire);
@@ -292,13 +412,13 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const authority: WriteAuthority = {
       grant: (volumeId) => node.authority.grant(volumeId),
       subscribe: (listener) => node.authority.subscribe((volumeId) => {
-        if (node.incarnation === incarnation && node.alive) listener(volumeId);
+        if (node.incarnation === incarnation && node.alive) gate.enter(() => listener(volumeId));
       }),
       linkChanged: (up) => node.authority.linkChanged(up),
     };
     const driver = new ReplicaDriver({
       identity: { nodeId: node.name, peerNodeId: peerOf(node.name), clusterId, secret, connect: node.name === "a" ? "dial" : "accept" },
-      transport: network.endpoint(node.name, incarnation),
+      transport: gate.transport(network.endpoint(node.name, incarnation)),
       clock,
       random: node.random.fork(`incarnation-${incarnation}`),
       authority,
@@ -307,21 +427,81 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     });
     node.driver = driver;
     note(`${node.name} starts (incarnation ${incarnation})`);
-    for (const [volumeId, disks] of node.disks) {
-      driver.openVolume(volumeId, disks.data, disks.meta.asMetadataStore(), (error) => {
-        if (error && node.driver === driver) {
-          // Reading metadata cannot fail in the simulation (no read errors on it): a real problem.
-          checkers.fail("correctness", "volume opens", `${node.name} could not open volume ${volumeId}: ${error.message}`);
-        }
-      });
-    }
+    for (const volumeId of node.disks.keys()) openVolume(node, volumeId);
     driver.start();
+  };
+
+  const openVolume = (node: SimNode, volumeId: number) => {
+    const driver = node.driver!;
+    const disks = node.disks.get(volumeId)!;
+    const gate = node.gate!;
+    driver.openVolume(volumeId, gate.storage(disks.data), gate.metadata(disks.meta.asMetadataStore()), (error) => {
+      if (node.driver !== driver) return;
+      // Reading metadata cannot fail in the simulation (no read errors on it): a real problem.
+      if (error) checkers.fail("correctness", "volume opens", `${node.name} could not open volume ${volumeId}: ${error.message}`);
+      else node.open.add(volumeId);
+    });
+  };
+
+  /** The operator closes a volume on a node; it opens it again a little later. */
+  const closeVolume = (node: SimNode, volumeId: number, reopenAfterUs: number | undefined, done: () => void = () => {}) => {
+    const driver = node.driver!;
+    node.closing.add(volumeId);
+    note(`operator: close v${volumeId} on ${node.name}`);
+    // The peer's writes in flight to this node now complete alone (it may start a generation).
+    if (workload.writing(peerOf(node.name), volumeId)) oracle.generationStarted(volumeId, peerOf(node.name), scheduler.now);
+    node.gate!.enter(() =>
+      driver.closeVolume(volumeId, (error) => {
+        if (node.driver !== driver) return;
+        node.closing.delete(volumeId);
+        node.open.delete(volumeId);
+        note(`${node.name} closed v${volumeId}${error ? ` (${error.message})` : ""}`);
+        done();
+        if (reopenAfterUs === undefined) return;
+        scheduler.after(reopenAfterUs, () => {
+          if (node.driver !== driver || node.stopping || node.open.has(volumeId) || node.closing.has(volumeId)) return;
+          note(`operator: open v${volumeId} on ${node.name} again`);
+          openVolume(node, volumeId);
+        });
+      }),
+    );
+  };
+
+  /** A graceful stop: every volume closed, a goodbye to the peer, then the process exits. */
+  const shutdownNode = (node: SimNode, restartAfterUs: number) => {
+    if (!node.alive || node.stopping || node.closing.size > 0) return;
+    node.stopping = true;
+    const driver = node.driver!;
+    note(`operator: stop ${node.name} gracefully`);
+    const volumes = [...node.open];
+    let pending = volumes.length;
+    const stop = () => {
+      if (node.driver !== driver || !node.alive) return;
+      driver.stop(); // called from the last close's completion: inside the running process
+      node.gate!.close();
+      node.alive = false;
+      node.driver = undefined;
+      node.downSinceUs = scheduler.now;
+      network.crash(node.name); // the process is gone; its disks keep everything (no power loss)
+      workload.abandon(node.name);
+      note(`${node.name} stopped`);
+      restartLater(node, restartAfterUs);
+    };
+    if (pending === 0) return stop();
+    for (const volumeId of volumes) closeVolume(node, volumeId, undefined, () => --pending === 0 && stop());
   };
 
   const crashNode = (node: SimNode, why: string) => {
     if (!node.alive) return;
     stats.crashes!++;
     note(`${node.name} crashes (${why})`);
+    oracle.disturb(scheduler.now);
+    if (verifyOn?.name === node.name) {
+      // The operator's verify died with its node: its answer never comes.
+      verifyBusy = false;
+      verifyOn = undefined;
+    }
+    node.gate?.close();
     node.alive = false;
     node.driver = undefined;
     node.downSinceUs = scheduler.now;
@@ -347,6 +527,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const node = nodes.get(name)!;
     const epoch = primary ? (epochs.get(volumeId)! + 1) : (node.authority.role(volumeId)?.epoch ?? 1);
     if (primary) epochs.set(volumeId, epoch);
+    if (primary !== isPrimary(name, volumeId)) {
+      const marks = roleMarks.get(`${name}:${volumeId}`) ?? {};
+      marks[primary ? "promoted" : "demoted"] = node.disks.get(volumeId)!.data.writesCompleted;
+      roleMarks.set(`${name}:${volumeId}`, marks);
+    }
     note(`operator: ${name} becomes ${primary ? `primary of v${volumeId} in epoch ${epoch}` : `secondary of v${volumeId}`}`);
     node.authority.setRole(volumeId, { primary, epoch });
   };
@@ -354,6 +539,13 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   // ---------------------------------------------------------------- workload
 
   const workloadRandom = random.fork("workload");
+  // After a failover the VM still has to boot on its new node: it writes (and flushes) only after
+  // a while, and the link may come back before that. Meanwhile the new primary's cache still holds
+  // what it received as the secondary (a resync from it copies data it has not flushed).
+  const bootRandom = random.fork("boot");
+  /** Per node and volume, when the VM a failover moved there starts writing. */
+  const vmStarts = new Map<string, number>();
+  const vmBoots = (name: string, volumeId: number) => vmStarts.set(`${name}:${volumeId}`, scheduler.now + bootRandom.range(20_000, 400_000));
   const workload = {
     stopped: false,
     outstanding: new Map<number, Outstanding>(),
@@ -363,6 +555,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       let count = 0;
       for (const op of this.outstanding.values()) if (op.volumeId === volumeId) count++;
       return count;
+    },
+    /** Whether `name` has writes of `volumeId` outstanding. */
+    writing(name: string, volumeId: number): boolean {
+      for (const op of this.outstanding.values()) if (op.node === name && op.volumeId === volumeId && op.write) return true;
+      return false;
     },
     abandon(name: string) {
       for (const [id, op] of this.outstanding) {
@@ -382,17 +579,18 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       return undefined;
     },
     issue(volumeId: number): void {
-      const writers = nodeNames.filter((name) => nodes.get(name)!.alive && isPrimary(name, volumeId));
+      const writers = nodeNames.filter((name) => nodes.get(name)!.alive && isPrimary(name, volumeId) && (vmStarts.get(`${name}:${volumeId}`) ?? 0) <= scheduler.now);
       if (writers.length === 0) return;
       const name = workloadRandom.pick(writers);
       const node = nodes.get(name)!;
       const driver = node.driver!;
+      const gate = node.gate!;
       const incarnation = node.incarnation;
       const roll = workloadRandom.float();
       const id = this.nextOp++;
       const track = (blocks: number[]) => {
         for (const block of blocks) this.busy.get(volumeId)!.add(block);
-        this.outstanding.set(id, { node: name, incarnation, volumeId, blocks });
+        this.outstanding.set(id, { node: name, incarnation, volumeId, blocks, write: blocks.length > 0 });
       };
       const finish = () => {
         const op = this.outstanding.get(id);
@@ -405,10 +603,12 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         const covered = oracle.flushSnapshot(volumeId, name);
         track([]);
         stats.flushes!++;
-        driver.flush(volumeId, (error, info) => {
-          if (!finish()) return;
-          if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now, info?.mirrored === true);
-        });
+        gate.enter(() =>
+          driver.flush(volumeId, (error, info) => {
+            if (!finish()) return;
+            if (!error) oracle.flushCompleted(volumeId, name, covered, scheduler.now, info?.mirrored === true);
+          }),
+        );
         return;
       }
       if (roll < mix.flushRate + mix.readRate) {
@@ -418,12 +618,17 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         if (!blocks) return;
         const target = new Uint8Array(blocks.length * blockBytes);
         const readerIncarnation = reader.incarnation;
+        const readerDriver = reader.driver!;
         for (const block of blocks) this.busy.get(volumeId)!.add(block);
-        this.outstanding.set(id, { node: reader.name, incarnation: readerIncarnation, volumeId, blocks });
+        this.outstanding.set(id, { node: reader.name, incarnation: readerIncarnation, volumeId, blocks, write: false });
         stats.reads!++;
-        reader.driver!.read(volumeId, blocks[0]! * blockBytes, target, (error) => {
-          if (!finish()) return;
-          if (!error) checkers.checkRead(volumeId, reader.name, blocks[0]!, target, scheduler.now, (block) => reader.name === "b" && rotted.get(volumeId)!.has(block));
+        reader.gate!.enter(() => {
+          const submittedUs = scheduler.now;
+          readerDriver.read(volumeId, blocks[0]! * blockBytes, target, (error) => {
+            if (!finish()) return;
+            // A read may be served by the peer: rot on either side excuses a damaged block.
+            if (!error) checkers.checkRead(volumeId, reader.name, blocks[0]!, target, submittedUs, scheduler.now, (block) => rotted.get(volumeId)!.has(block) || rotEver.get(volumeId)!.has(block));
+          });
         });
         return;
       }
@@ -433,7 +638,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       const fua = workloadRandom.chance(mix.fuaRate);
       // A write to a node that is not in sync may make it start a generation of its own (even if it
       // crashes before saying so): the split-brain checker must not call that spurious.
-      if (status(name, volumeId)?.sync !== "synced") oracle.generationStarted(volumeId, name);
+      if (status(name, volumeId)?.sync !== "synced") oracle.generationStarted(volumeId, name, scheduler.now);
       const record = oracle.submitWrite(volumeId, name, blocks[0]!, blocks.length, zero, fua, scheduler.now);
       track(blocks);
       const done = (error: BlockError | null, info: { mirrored: boolean | undefined; epoch: number | undefined }) => {
@@ -447,17 +652,24 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       };
       const offset = blocks[0]! * blockBytes;
       if (zero) {
-        if (workloadRandom.chance(0.5)) driver.trim(volumeId, offset, blocks.length * blockBytes, fua, done);
-        else driver.zero(volumeId, offset, blocks.length * blockBytes, { fua, noHole: workloadRandom.chance(0.5) }, done);
+        const trim = workloadRandom.chance(0.5);
+        const noHole = workloadRandom.chance(0.5);
+        gate.enter(() => (trim ? driver.trim(volumeId, offset, blocks.length * blockBytes, fua, done) : driver.zero(volumeId, offset, blocks.length * blockBytes, { fua, noHole }, done)));
         return;
       }
       const data = new Uint8Array(blocks.length * blockBytes);
       blocks.forEach((block, index) => fillBlock(data.subarray(index * blockBytes, (index + 1) * blockBytes), record.id, volumeId, block));
-      driver.write(volumeId, offset, data, fua, done);
+      // A guest may reuse the buffer while the write is in flight (no stable pages): once the
+      // write was submitted, its bytes change under it.
+      const mutateAfterUs = mix.mutateBuffers && workloadRandom.chance(0.5) ? workloadRandom.range(0, 3000) : undefined;
+      gate.enter(() => {
+        driver.write(volumeId, offset, data, fua, done);
+        if (mutateAfterUs !== undefined) scheduler.after(mutateAfterUs, () => data.fill(0xa5, 16, 80));
+      });
     },
     loop(): void {
       if (this.stopped) return;
-      for (const volumeId of volumeIds) if (this.count(volumeId) < mix.depth) this.issue(volumeId);
+      if (!paused) for (const volumeId of volumeIds) if (this.count(volumeId) < mix.depth) this.issue(volumeId);
       scheduler.after(workloadRandom.range(100, 1500), () => this.loop());
     },
   };
@@ -469,7 +681,15 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   let promotions = 0;
   let switchoverBusy = false;
   let verifyBusy = false;
+  /** The node (and incarnation) running the operator's verify: its death ends the verify too. */
+  let verifyOn: { name: string; incarnation: number } | undefined;
   let replaced = false;
+  /** An aimed crash of a resync source is waiting for its moment. */
+  let sourceAimed = false;
+  /** Per node and volume, when it last began a resync as the source: its data disk's write count and its peer's medium. */
+  const resyncSourceMarks = new Map<string, { written: number; peerDurable: Uint8Array }>();
+  /** Per node and volume, the data disk's write count when the node last became its primary and last stopped being it. */
+  const roleMarks = new Map<string, { promoted?: number; demoted?: number }>();
   const resolving = new Map<number, number>();
 
   const restartLater = (node: SimNode, delayUs: number) => scheduler.after(delayUs, () => startNode(node));
@@ -486,6 +706,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     if (mix.powerLoss) kinds.push("power");
     if (mix.rot) kinds.push("rot");
     if (mix.replaceDisk && !replaced) kinds.push("replace");
+    if (mix.aimedCrashes && mix.crashes !== "none") kinds.push("crash-source", "crash-source");
+    if (mix.closes) kinds.push("close");
+    if (mix.shutdowns) kinds.push("shutdown");
+    if (mix.stalls) kinds.push("stall");
     if (kinds.length === 0) return;
     const kind = faultRandom.pick(kinds);
     switch (kind) {
@@ -533,27 +757,60 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       case "crash-b": {
         const node = nodes.get(kind === "crash-a" ? "a" : "b")!;
         if (!node.alive) return;
-        crashNode(node, "fault");
-        restartLater(node, faultRandom.range(20_000, 600_000));
+        const restartUs = faultRandom.range(20_000, 600_000);
+        aimed(node, () => {
+          if (!node.alive) return;
+          crashNode(node, "fault");
+          restartLater(node, restartUs);
+        });
         return;
       }
+      case "crash-source":
+        aimAtSource(faultRandom.range(20_000, 300_000));
+        return;
       case "power": {
-        note("fault: power loss on both nodes");
-        for (const node of nodes.values()) {
-          crashNode(node, "power loss");
-          restartLater(node, faultRandom.range(20_000, 300_000));
-        }
+        const restarts = nodeNames.map(() => faultRandom.range(20_000, 300_000));
+        aimed(nodes.get(faultRandom.pick(nodeNames))!, () => {
+          note("fault: power loss on both nodes");
+          nodeNames.forEach((name, index) => {
+            crashNode(nodes.get(name)!, "power loss");
+            restartLater(nodes.get(name)!, restarts[index]!);
+          });
+        });
         return;
       }
       case "rot": {
         const volumeId = faultRandom.pick(volumeIds);
-        const secondary = nodes.get("b")!;
-        if (!secondary.alive || status("b", volumeId)?.sync !== "synced") return;
+        const victim = nodes.get(mix.rotPrimary ? faultRandom.pick(nodeNames) : "b")!;
+        if (!victim.alive || status(victim.name, volumeId)?.sync !== "synced") return;
         const block = faultRandom.int(mix.blocks);
-        note(`fault: bit rot in v${volumeId} block 0x${block.toString(16)} on b`);
-        secondary.disks.get(volumeId)!.data.rot(block * blockBytes + 100, 16);
+        note(`fault: bit rot in v${volumeId} block 0x${block.toString(16)} on ${victim.name}`);
+        victim.disks.get(volumeId)!.data.rot(block * blockBytes + 100, 16);
         rotted.get(volumeId)!.add(block);
-        rottedAtUs.get(volumeId)!.set(block, scheduler.now);
+        rotTimes.get(volumeId)!.set(block, scheduler.now);
+        // Rot on the side verify repairs from is copied to the other: both then hold it.
+        if (victim.name === "a") rotEver.get(volumeId)!.add(block);
+        return;
+      }
+      case "close": {
+        const node = nodes.get(faultRandom.pick(nodeNames))!;
+        const volumeId = faultRandom.pick(volumeIds);
+        if (!node.alive || node.stopping || !node.open.has(volumeId) || node.closing.has(volumeId)) return;
+        closeVolume(node, volumeId, faultRandom.range(10_000, 300_000));
+        return;
+      }
+      case "shutdown": {
+        const node = nodes.get(faultRandom.pick(nodeNames))!;
+        shutdownNode(node, faultRandom.range(20_000, 300_000));
+        return;
+      }
+      case "stall": {
+        const node = nodes.get(faultRandom.pick(nodeNames))!;
+        if (!node.alive) return;
+        const linkTimeoutUs = config.linkTimeoutTicks * config.tickMs * 1000;
+        const durationUs = Math.round(linkTimeoutUs * (1.2 + faultRandom.float() * 2.8));
+        note(`fault: ${node.name}'s process stalls for ${(durationUs / 1000).toFixed(0)} ms (link timeout ${linkTimeoutUs / 1000} ms)`);
+        node.gate!.stall(scheduler.now + durationUs);
         return;
       }
       case "replace": {
@@ -566,6 +823,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
           disks.meta.replace();
           format(disks.meta, volumeId, undefined);
           rotted.get(volumeId)!.clear();
+          checkers.resyncOver(volumeId, node.name);
         }
         note("fault: b's disks replaced with new ones");
         restartLater(node, faultRandom.range(20_000, 200_000));
@@ -574,9 +832,115 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     }
   };
 
+  /**
+   * A crash of the source of a resync, right after a checkpoint (the target made copied regions
+   * durable and both cleared them) while the target holds on its medium a region the source holds
+   * only in its cache, written there before the resync began and while this node was not the
+   * primary (so its activity log does not cover it): what the source copies must have been durable
+   * there first, or its crash loses it and nothing marks it. The moment comes only when a
+   * former secondary, its cache not yet flushed, becomes a resync source (a failover while the link
+   * is down, say), so the aim waits for it until the chaos ends; one aim at a time.
+   */
+  const aimAtSource = (restartUs: number) => {
+    if (sourceAimed) return;
+    sourceAimed = true;
+    const remaining = new Map<string, number>();
+    const poll = () => {
+      if (faultsStopped) return;
+      for (const name of nodeNames) {
+        const node = nodes.get(name)!;
+        const peer = nodes.get(peerOf(name))!;
+        if (!node.alive || !peer.alive) continue;
+        for (const volumeId of volumeIds) {
+          const key = `${name}:${volumeId}`;
+          const began = resyncSourceMarks.get(key);
+          const resync = node.driver!.status(volumeId)?.resync;
+          if (!began || resync?.direction !== "source") continue;
+          const before = remaining.get(key);
+          remaining.set(key, resync.bitsRemaining);
+          if (before === undefined || resync.bitsRemaining >= before) continue;
+          // Written during its last spell as the secondary (up to now if it still is).
+          const demoted = roleMarks.get(key)?.demoted ?? 0;
+          const promoted = isPrimary(name, volumeId) ? (roleMarks.get(key)?.promoted ?? 0) : Infinity;
+          const unprotected = (sequence: number) => sequence <= began.written && sequence > demoted && sequence <= promoted;
+          if (!node.disks.get(volumeId)!.data.cachedOnlyHereCopiedTo(peer.disks.get(volumeId)!.data, began.peerDurable, blockBytes, unprotected)) continue;
+          note(`fault aimed at ${name}, the source of a resync, while ${peerOf(name)} holds durably what ${name} holds only in its cache`);
+          sourceAimed = false;
+          crashNode(node, "fault");
+          restartLater(node, restartUs);
+          return;
+        }
+      }
+      scheduler.after(1000, poll);
+    };
+    poll();
+  };
+
+  /**
+   * A crash aimed at a moment that matters: with aimed crashes on, wait (bounded) until something
+   * is in flight towards `node` — a barrier, a resync chunk or checkpoint, mirrored writes — then act.
+   */
+  const aimed = (node: SimNode, act: () => void) => {
+    if (!mix.aimedCrashes) return act();
+    const target = faultRandom.pick(["barrier", "resync", "writes", "checkpoint"] as const);
+    const peer = nodes.get(peerOf(node.name))!;
+    // "checkpoint": once a resync has cleared copied regions (they are on the target's disk).
+    const remaining = (who: SimNode) => (who.alive ? volumeIds.map((volumeId) => who.driver!.status(volumeId)?.resync?.bitsRemaining ?? -1) : []);
+    const before = [...remaining(node), ...remaining(peer)];
+    const inFlight = (who: SimNode) => (who.alive ? volumeIds.map((volumeId) => who.driver!.inFlight(volumeId)) : []);
+    const ready = () => {
+      if (target === "barrier") return inFlight(peer).some((pending) => (pending?.requests.barrier ?? 0) > 0);
+      if (target === "writes") return inFlight(peer).some((pending) => (pending?.requests.write ?? 0) > 0);
+      if (target === "checkpoint") return [...remaining(node), ...remaining(peer)].some((bits, index) => before[index]! > 0 && bits < before[index]!);
+      return [...inFlight(node), ...inFlight(peer)].some((pending) => pending !== undefined && ((pending.requests.resyncPush ?? 0) + (pending.requests.resyncPull ?? 0) + (pending.requests.resyncFlush ?? 0) + (pending.io.chunkWrite ?? 0) + (pending.io.checkpointFlush ?? 0) > 0));
+    };
+    const deadline = scheduler.now + 100_000;
+    const poll = () => {
+      if (faultsStopped) return;
+      if (ready() || scheduler.now >= deadline) {
+        if (ready()) note(`fault aimed at ${node.name} while ${target === "writes" ? "mirrored writes" : `a ${target}`} is in flight`);
+        return act();
+      }
+      scheduler.after(500, poll);
+    };
+    poll();
+  };
+
+  /** Set when the chaos ends: faults still waiting for their moment are dropped. */
+  let faultsStopped = false;
+  /** Chaos pauses: faults and new IO stop; if the pair converges soon, its replicas must match. */
+  let paused = false;
+  const pause = (endUs: number) => {
+    if (scheduler.now >= endUs || faultsStopped) return;
+    paused = true;
+    note("pause: faults and new IO stop for a moment");
+    const deadline = scheduler.now + 300_000;
+    const poll = () => {
+      if (faultsStopped) return;
+      if (converged()) {
+        note("pause: the pair converged; the replicas must be identical");
+        for (const volumeId of volumeIds) {
+          const imageA = nodes.get("a")!.disks.get(volumeId)!.data.visible;
+          const imageB = nodes.get("b")!.disks.get(volumeId)!.data.visible;
+          // Rot stays until a verify repairs it (or a write overwrites it).
+          const rot = (block: number) => rotted.get(volumeId)!.has(block) || rotEver.get(volumeId)!.has(block);
+          checkers.checkIdentical(volumeId, ["a", imageA], ["b", imageB], `in a pause at ${(scheduler.now / 1000).toFixed(1)} ms`, rot);
+        }
+        paused = false;
+        return;
+      }
+      if (scheduler.now >= deadline) {
+        paused = false;
+        return;
+      }
+      scheduler.after(1000, poll);
+    };
+    poll();
+  };
+
   const faultLoop = (endUs: number) => {
     if (scheduler.now >= endUs) return;
-    injectFault();
+    if (!paused) injectFault();
     scheduler.after(faultRandom.range(mix.faultIntervalMs[0] * 1000, mix.faultIntervalMs[1] * 1000), () => faultLoop(endUs));
   };
 
@@ -585,14 +949,32 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     for (const volumeId of volumeIds) resolveConflicts(volumeId, final);
     if (final) return;
     const b = nodes.get("b")!;
+    if (mix.flips && nodeNames.every((name) => nodes.get(name)!.alive && !linkUp(name)) && operatorRandom.chance(0.2)) {
+      // The operator reaches both nodes but they cannot reach each other: the roles swap.
+      const volumeId = operatorRandom.pick(volumeIds);
+      const primaries = nodeNames.filter((name) => isPrimary(name, volumeId));
+      // An operator promotes only a replica that status shows complete.
+      if (primaries.length === 1 && status(peerOf(primaries[0]!), volumeId)?.dataState === "consistent") {
+        const from = primaries[0]!;
+        note(`operator: the link is down; moving v${volumeId} from ${from} to ${peerOf(from)}`);
+        stats.flips!++;
+        oracle.forcedPrimary(volumeId, peerOf(from), scheduler.now);
+        oracle.disturb(scheduler.now);
+        setRole(from, volumeId, false);
+        setRole(peerOf(from), volumeId, true);
+        vmBoots(peerOf(from), volumeId);
+      }
+    }
     if (mix.forcedPromotion && promotions < 2 && b.alive && !isPrimary("b", volumeIds[0]!) && !linkUp("b") && operatorRandom.chance(0.2)) {
       const volumeId = operatorRandom.pick(volumeIds);
       const state = status("b", volumeId);
       if (state && state.dataState === "consistent") {
         promotions++;
         note(`operator: a is unreachable from b; forcing b to primary of v${volumeId}`);
-        oracle.forcedPrimary(volumeId, "b");
+        oracle.forcedPrimary(volumeId, "b", scheduler.now);
+        oracle.disturb(scheduler.now);
         setRole("b", volumeId, true);
+        vmBoots("b", volumeId);
       }
     }
     if (mix.switchover && !switchoverBusy && operatorRandom.chance(0.1)) {
@@ -619,25 +1001,23 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const name = primaries[0]!;
     if (status(name, volumeId)?.sync !== "synced") return done();
     verifyBusy = true;
+    verifyOn = { name, incarnation: nodes.get(name)!.incarnation };
     stats.verifies!++;
     const other = peerOf(name);
     const rotSnapshot = new Set(rotted.get(volumeId)!);
-    const verifyStartedUs = scheduler.now;
+    const startedUs = scheduler.now;
     note(`operator: verify v${volumeId} on ${name}${repair ? " with repair" : ""}`);
     nodes.get(name)!.driver!.verify(volumeId, repair, (error, result) => {
       verifyBusy = false;
+      verifyOn = undefined;
       note(`verify v${volumeId}: ${error ? error.message : "done"}; ${result ? `${result.mismatchCount} differing, ${result.repaired} repaired` : ""}`);
       if (result) {
         for (const mismatch of result.mismatches) {
           const first = Math.floor(mismatch.offset / blockBytes);
           const last = Math.ceil((mismatch.offset + mismatch.length) / blockBytes);
           let explained = false;
-          for (let block = first; block < last; block++) if (rotSnapshot.has(block) || rotted.get(volumeId)!.has(block)) explained = true;
+          for (let block = first; block < last; block++) if (rotSnapshot.has(block) || rotted.get(volumeId)!.has(block) || (rotTimes.get(volumeId)!.get(block) ?? -1) >= startedUs) explained = true;
           if (!explained) checkers.fail("correctness", "replicas identical", `verify of v${volumeId} on ${name} found ${mismatch.offset}+${mismatch.length} differing from ${other} while in sync, with no injected rot there`);
-          else if (repair && result.repaired > 0) {
-            // Rot injected after this verify began may have been passed over: it stays expected.
-            for (let block = first; block < last; block++) if ((rottedAtUs.get(volumeId)!.get(block) ?? 0) < verifyStartedUs) rotted.get(volumeId)!.delete(block);
-          }
         }
       }
       done();
@@ -664,12 +1044,35 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         node.driver!.resolveSplitBrain(volumeId, "local", (error) => {
           note(`operator: resolve split brain of v${volumeId} keeping ${keeper}: ${error ? error.message : "accepted"}`);
           if (!error) {
+            oracle.disturb(scheduler.now);
             const discarded = oracle.discard(volumeId, victim);
             // Writes the victim still had in flight are gone as well.
             for (const record of oracle.writes.values()) if (record.volumeId === volumeId && record.node === victim && record.ok === undefined) record.discarded = true;
             note(`oracle: ${discarded} writes made alone by ${victim} are discarded`);
           }
         });
+      });
+      return;
+    }
+    const servingTarget = nodeNames.find((name, index) => statuses[index]?.refusal === "primaryWouldBeTarget" && isPrimary(name, volumeId));
+    if (servingTarget && primaries.length === 1 && linkUp("a") && linkUp("b")) {
+      // The peer holds newer data but the primary serves IO: the operator either demotes the
+      // primary (it takes the peer's data) or keeps the primary's data (the peer's is discarded).
+      resolving.set(volumeId, scheduler.now);
+      const other = peerOf(servingTarget);
+      if (operatorRandom.chance(0.5)) {
+        note(`operator: ${other} holds newer data of v${volumeId}: demoting ${servingTarget}`);
+        oracle.disturb(scheduler.now);
+        setRole(servingTarget, volumeId, false);
+        return;
+      }
+      nodes.get(servingTarget)!.driver!.resolveSplitBrain(volumeId, "local", (error) => {
+        note(`operator: keep ${servingTarget}'s data of v${volumeId} over ${other}'s: ${error ? error.message : "accepted"}`);
+        if (!error) {
+          oracle.disturb(scheduler.now);
+          const discarded = oracle.discard(volumeId, other);
+          note(`oracle: ${discarded} writes made alone by ${other} are discarded`);
+        }
       });
       return;
     }
@@ -715,7 +1118,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
             if (!node.alive) return `${name}: down`;
             const state = node.driver!.status(volumeId);
             const link = node.driver!.link();
-            return `${name}: ${isPrimary(name, volumeId) ? "primary" : "secondary"}, link ${link.state}${link.lastError ? ` (${link.lastError})` : ""}, ${state ? `${state.sync} (${state.reason}), data ${state.dataState}, dirty ${state.dirtyBytes} B, in flight ${state.writesInFlight}, queued ${state.queued}${state.resync ? `, resync ${state.resync.direction} ${state.resync.bitsRemaining}/${state.resync.bitsTotal}` : ""}` : "no volume"}`;
+            const pending = node.driver!.inFlight(volumeId);
+            const work = pending ? JSON.stringify({ ...pending.io, ...pending.requests }) : "{}";
+            return `${name}: ${isPrimary(name, volumeId) ? "primary" : "secondary"}, link ${link.state}${link.lastError ? ` (${link.lastError})` : ""}, ${state ? `${state.sync} (${state.reason}), data ${state.dataState}, dirty ${state.dirtyBytes} B, in flight ${state.writesInFlight}, queued ${state.queued}${state.resync ? `, resync ${state.resync.direction} ${state.resync.bitsRemaining}/${state.resync.bitsTotal}` : ""}, pending ${work}` : "no volume"}`;
           })
           .join("; "),
       )
@@ -754,8 +1159,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       const imageA = nodes.get("a")!.disks.get(volumeId)!.data.visible;
       const imageB = nodes.get("b")!.disks.get(volumeId)!.data.visible;
       checkers.checkIdentical(volumeId, ["a", imageA], ["b", imageB], when);
-      checkers.checkImage(volumeId, "a", imageA, when, () => false);
-      checkers.checkImage(volumeId, "b", imageB, when, () => false);
+      const rotCopied = (block: number) => rotEver.get(volumeId)!.has(block);
+      checkers.checkImage(volumeId, "a", imageA, when, rotCopied);
+      checkers.checkImage(volumeId, "b", imageB, when, rotCopied);
     }
   };
 
@@ -775,12 +1181,17 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     for (const node of nodes.values()) startNode(node);
     const chaosEnd = mix.chaosMs * 1000;
     workload.loop();
+    // A crash of a resync source waits for its moment from the start (it comes rarely).
+    if (mix.aimedCrashes && mix.crashes !== "none") aimAtSource(faultRandom.fork("source").range(20_000, 300_000));
     faultLoop(chaosEnd);
     operatorLoop(false, chaosEnd);
+    for (let index = 0; index < mix.pauses; index++) scheduler.at(faultRandom.range(Math.round(chaosEnd / 4), chaosEnd), () => pause(chaosEnd));
     if (!guarded(() => scheduler.runUntil(chaosEnd, () => checkers.failures.some((failure) => failure.class === "crash")))) return;
 
     // Final phase: no more faults, no new IO; a single primary; everything must converge.
     note("final phase: faults stop, the operator restores one primary");
+    faultsStopped = true;
+    paused = false;
     workload.stopped = true;
     network.heal();
     network.calm();

@@ -4,6 +4,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import net from "node:net";
 import { LinkRelay } from "../../src/node/lab/relay.ts";
+import { until } from "../helpers/until.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -31,13 +32,6 @@ function connect(port: number): Promise<{ socket: net.Socket; received: () => Bu
   });
 }
 
-async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error("condition not reached in time");
-    await Bun.sleep(5);
-  }
-}
 
 describe("link relay", () => {
   test("forwards bytes both ways, unchanged and in order", async () => {
@@ -47,7 +41,7 @@ describe("link relay", () => {
     const payload = Buffer.alloc(4 * 1024 * 1024);
     for (let i = 0; i < payload.length; i++) payload[i] = (i * 7919) & 0xff;
     client.socket.write(payload);
-    await until(() => client.received().length >= payload.length, 10_000);
+    await until("the whole payload through the relay", () => client.received().length >= payload.length, 10_000);
     expect(client.received().equals(payload)).toBe(true);
     expect(relay.state().bytesForwarded).toBe(payload.length * 2);
   });
@@ -57,7 +51,7 @@ describe("link relay", () => {
     cleanups.push(() => relay.close());
     const live = await connect(relay.port);
     live.socket.write("ping");
-    await until(() => live.received().toString() === "ping");
+    await until("ping through the relay", () => live.received().toString() === "ping");
     relay.cut();
     await live.closed;
     expect(relay.state()).toMatchObject({ cut: true, connections: 0 });
@@ -68,7 +62,7 @@ describe("link relay", () => {
     relay.heal();
     const again = await connect(relay.port);
     again.socket.write("back");
-    await until(() => again.received().toString() === "back");
+    await until("back through the healed relay", () => again.received().toString() === "back");
   });
 
   test("delay holds traffic for the time asked and keeps order", async () => {
@@ -79,7 +73,7 @@ describe("link relay", () => {
     const started = performance.now();
     for (let i = 0; i < 50; i++) client.socket.write(`${String(i).padStart(3, "0")};`);
     const expected = Array.from({ length: 50 }, (_, i) => `${String(i).padStart(3, "0")};`).join("");
-    await until(() => client.received().length >= expected.length);
+    await until("every byte through the relay", () => client.received().length >= expected.length);
     const elapsed = performance.now() - started;
     expect(client.received().toString()).toBe(expected);
     expect(elapsed).toBeGreaterThanOrEqual(80); // 40 ms each way

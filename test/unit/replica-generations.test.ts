@@ -2,8 +2,8 @@
 // symmetric (decide(b, a) is the mirror of decide(a, b) for thousands of random states, so both
 // nodes always agree), and the generation update rules that feed it (start alone, finish a resync).
 import { describe, expect, test } from "bun:test";
-import { decide, type Decision, finishAsSource, finishAsTarget, type ReplicaState, startAlone } from "../../src/replica/generations.ts";
-import { DataState } from "../../src/replica/wire.ts";
+import { decide, type Decision, finishAsSource, finishAsTarget, type ReplicaState, startAlone, startAsTarget } from "../../src/replica/generations.ts";
+import { DataState } from "../../src/replica/model.ts";
 
 const G = (n: number) => BigInt(n);
 function state(nodeId: string, current: number, bitmapBase = 0, history: number[] = [], options: Partial<ReplicaState> = {}): ReplicaState {
@@ -84,6 +84,20 @@ describe("generation updates", () => {
     expect(summary(decide(state("a", 9, 0, [5, 4]), state("b", 9, 0, [5, 4])))).toBe("inSync");
     const bounded = finishAsTarget({ current: G(1), bitmapBase: G(2), history: [G(3), G(4), G(5), G(6)] }, G(9), 4);
     expect(bounded.history).toEqual([G(1), G(2), G(3), G(4)]);
+  });
+
+  test("a new disk that began a full resync continues it after an interruption instead of starting over", () => {
+    const source = state("a", 7);
+    const fresh = state("b", 0);
+    expect(summary(decide(fresh, source))).toBe("resync from peer (full)");
+    const begun = startAsTarget(fresh.generations, G(7), 4);
+    expect(begun).toEqual({ current: G(0), bitmapBase: G(0), history: [G(7)] });
+    const interrupted: ReplicaState = { ...fresh, generations: begun, dataState: DataState.Inconsistent, bitsSet: 40 };
+    expect(summary(decide(interrupted, source))).toBe("resync from peer");
+    // Even when the source wrote alone during the interruption.
+    expect(summary(decide(interrupted, state("a", 8, 7, [], { bitsSet: 3 })))).toBe("resync from peer");
+    // At the end the target holds the source's generation once, as its current one.
+    expect(finishAsTarget(begun, G(7), 4)).toEqual({ current: G(7), bitmapBase: G(0), history: [] });
   });
 
   test("a split-brain victim resynced from the keeper ends on the keeper's generation", () => {

@@ -15,7 +15,8 @@ import {
   type Superblock,
   superblockWrite,
 } from "../../src/replica/metadata-format.ts";
-import { DataState, DecodeError } from "../../src/replica/wire.ts";
+import { DecodeError } from "../../src/replica/wire.ts";
+import { DataState } from "../../src/replica/model.ts";
 
 const sizeBytes = 1024 * 1024 * 1024;
 const granuleBytes = 4096;

@@ -6,8 +6,6 @@
 import { describe, expect, test } from "bun:test";
 import { crc32c } from "../../src/common/crc32c.ts";
 import {
-  DataState,
-  DecisionKind,
   DecodeError,
   decodeFrame,
   decodeMessage,
@@ -25,6 +23,7 @@ import {
   negotiateVersion,
   WireStatus,
 } from "../../src/replica/wire.ts";
+import { DataState, DecisionKind } from "../../src/replica/model.ts";
 
 const limit = 1 << 20;
 const bytes = (length: number, seed = 1) => Uint8Array.from({ length }, (_, index) => (index * 31 + seed) & 0xff);

@@ -3,7 +3,8 @@
 // `checkRange`, then calls the top layer; each layer does its part and calls the one below.
 // Capabilities travel with the layer so an export advertises only what the stack really honours:
 // never call `flush` on a layer whose `flush` capability is false, and ask for FUA only when `fua`
-// is true (otherwise write, then flush). Failures are BlockErrors; the export maps their code.
+// is true; emulate.ts is the one place that emulates what a layer lacks. Failures are BlockErrors;
+// the export maps their code.
 import { BlockError } from "../../common/errors.ts";
 
 export interface BlockCapabilities {
@@ -76,14 +77,6 @@ export function checkRange(layer: BlockLayer, offset: number, length: number, wh
   }
   const size = layer.size();
   if (offset + length > size) throw new BlockError("EINVAL", `${what}: range ${offset}+${length} is past the end (${size} bytes)`);
-}
-
-/** Write honouring FUA whatever the layer offers: natively if it can, else write then flush. */
-export async function writeDurable(layer: BlockLayer, offset: number, source: Uint8Array, fua: boolean): Promise<void> {
-  const capabilities = layer.capabilities();
-  if (!fua || capabilities.fua) return layer.write(offset, source, { fua });
-  await layer.write(offset, source);
-  if (capabilities.flush) await layer.flush();
 }
 
 /** A layer that passes every call to the one below; layers override what they change. */

@@ -12,9 +12,9 @@ import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitm
 import { StaticWriteAuthority } from "../../replica/authority.ts";
 import { defaultReplicaConfig } from "../../replica/config.ts";
 import { ReplicaDriver } from "../../replica/driver.ts";
-import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "../../replica/io.ts";
+import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "./io-adapters.ts";
 import { granuleBytesFor, metadataLayout } from "../../replica/metadata-format.ts";
-import type { ReplicaReport } from "../../replica/types.ts";
+import type { ReplicaReport, VolumeStatus } from "../../replica/types.ts";
 import { FileLayer } from "../block/file.ts";
 import type { BlockLayer } from "../block/layer.ts";
 import type { NodeConfig } from "../config.ts";
@@ -167,8 +167,8 @@ export class NodeReplication implements ReplicationService {
     }
   }
 
-  status(volumeId: number): Record<string, unknown> | undefined {
-    return this.driver.status(volumeId) as unknown as Record<string, unknown> | undefined;
+  status(volumeId: number): VolumeStatus | undefined {
+    return this.driver.status(volumeId);
   }
 
   link(): Record<string, unknown> {

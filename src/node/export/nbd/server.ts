@@ -39,7 +39,8 @@ import {
   ioThreadPoolSizeDefault,
   requestBytesInFlightPerConnectionMax,
 } from "../../../constants.ts";
-import { checkRange, writeDurable, type BlockLayer } from "../../block/layer.ts";
+import { emulating } from "../../block/emulate.ts";
+import { checkRange, type BlockLayer } from "../../block/layer.ts";
 import type { ExportHandle, ExportInfo, ExportResolver, ExportSessionInfo } from "../types.ts";
 import { MemoryBudget, type MemoryGrant } from "./budget.ts";
 import { StorageScheduler } from "./scheduler.ts";
@@ -551,16 +552,16 @@ class Connection {
         return layer.read(io.offset, io.target);
       case "write":
         checkWritable(handle, layer, io.offset, io.data.length, "write");
-        return writeDurable(layer, io.offset, io.data, io.fua);
+        return emulating(layer).write(io.offset, io.data, { fua: io.fua });
       case "flush":
-        return layer.flush();
+        return emulating(layer).flush();
       case "trim":
         checkRange(layer, io.offset, io.length, "trim");
         checkWritable(handle, layer, io.offset, io.length, "trim");
-        return durably(layer, io.fua, (fua) => layer.trim(io.offset, io.length, { fua }));
+        return emulating(layer).trim(io.offset, io.length, { fua: io.fua });
       case "zero":
         checkWritable(handle, layer, io.offset, io.length, "write zeroes");
-        return durably(layer, io.fua, (fua) => layer.zero(io.offset, io.length, { fua, noHole: io.noHole, fastZero: io.fastZero }));
+        return emulating(layer).zero(io.offset, io.length, { fua: io.fua, noHole: io.noHole, fastZero: io.fastZero });
       case "cache":
         checkRange(layer, io.offset, io.length, "cache");
         return layer.cache(io.offset, io.length);
@@ -765,14 +766,6 @@ function checkWritable(handle: ExportHandle, layer: BlockLayer, offset: number, 
     if (error instanceof BlockError) throw new BlockError("ENOSPC", error.message);
     throw error;
   }
-}
-
-/** Run a trim or zero with FUA honoured whatever the layer offers (CONVENTIONS.md §7). */
-async function durably(layer: BlockLayer, fua: boolean, run: (fua: boolean) => Promise<void>): Promise<void> {
-  const capabilities = layer.capabilities();
-  if (!fua || capabilities.fua) return run(fua);
-  await run(false);
-  if (capabilities.flush) await layer.flush();
 }
 
 /** Refuse to replace anything but a stale socket of ours at `path`. */

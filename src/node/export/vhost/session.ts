@@ -40,6 +40,7 @@ import {
   vhostStopDrainTimeoutMs,
 } from "../../../constants.ts";
 import { checkRange, type BlockLayer } from "../../block/layer.ts";
+import { emulating } from "../../block/emulate.ts";
 import type { ExportHandle, ExportSessionInfo } from "../types.ts";
 import {
   BlkChainError,
@@ -803,7 +804,7 @@ export class VhostSession {
       }
       case "flush":
         // virtio-blk has no FUA: a FLUSH makes every completed write durable (CONVENTIONS §7).
-        return layer.capabilities().flush ? layer.flush().then(() => 0) : Promise.resolve(0);
+        return emulating(layer).flush().then(() => 0);
       case "getId": {
         let offset = 0;
         for (const target of request.target) {
@@ -819,7 +820,7 @@ export class VhostSession {
         for (const range of request.ranges) checkRange(layer, range.offsetBytes, range.lengthBytes, `virtio-blk ${request.kind}`);
         return Promise.all(
           request.ranges.map((range) =>
-            discard ? layer.trim(range.offsetBytes, range.lengthBytes) : layer.zero(range.offsetBytes, range.lengthBytes, { noHole: !range.unmap }),
+            discard ? emulating(layer).trim(range.offsetBytes, range.lengthBytes) : emulating(layer).zero(range.offsetBytes, range.lengthBytes, { noHole: !range.unmap }),
           ),
         ).then(() => 0);
       }

@@ -1,0 +1,545 @@
+// Scripted scenarios (CONVENTIONS.md §12): two real replica drivers (ReplicaDriver → NodeCore →
+// VolumeCore) over the simulator's disks, network and scheduler, with fixed latencies and no random
+// fault, so a test states a schedule — "hold b's replies, write block 3, fail b's next write,
+// release" — and asserts what each node reported, what its clients were told and what each disk
+// holds. The seeded simulation (simulation.ts) finds schedules; a schedule that matters becomes a
+// named scenario here. Nothing in this file decides anything about replication: it only drives the
+// cores and looks at what they did.
+import type { BlockError } from "../../src/common/errors.ts";
+import { StaticWriteAuthority } from "../../src/replica/authority.ts";
+import { defaultReplicaConfig, type ReplicaConfig } from "../../src/replica/config.ts";
+import { type CompletionInfo, ReplicaDriver } from "../../src/replica/driver.ts";
+import type { Clock, WriteAuthority } from "../../src/replica/io.ts";
+import { DirtyBitmap } from "../../src/replica/bitmap.ts";
+import { bitmapPageWrite, formatMetadata, metadataLayout, superblockWrite } from "../../src/replica/metadata-format.ts";
+import type { ReplicaReport, VolumeStatus } from "../../src/replica/types.ts";
+import { DecodeError, decodeMessage, Framer, type Message, MessageType } from "../../src/replica/wire.ts";
+import { type DiskFaults, SimDisk } from "./disk.ts";
+import { SimNetwork } from "./network.ts";
+import { blockBytes, fillBlock, identifyBlock } from "./oracle.ts";
+import { SimRandom } from "./random.ts";
+import { Scheduler } from "./scheduler.ts";
+import { DataState } from "../../src/replica/model.ts";
+
+export type NodeName = "a" | "b";
+export const nodeNames: readonly NodeName[] = ["a", "b"];
+export const peerOf = (name: NodeName): NodeName => (name === "a" ? "b" : "a");
+
+/**
+ * How a node's replica of a volume starts: in sync with the other ("shared"), a new disk, a
+ * generation of its own, the target of a resync from the shared generation that was interrupted
+ * before it copied anything ("interruptedTarget": inconsistent, every region dirty), or any
+ * metadata state spelled out (generations, data state, dirty blocks).
+ */
+export type FormatChoice =
+  | "shared"
+  | "new"
+  | "interruptedTarget"
+  | { generation: bigint }
+  | { current: bigint; bitmapBase?: bigint; history?: bigint[]; dataState?: "new" | "consistent" | "inconsistent"; dirty?: number[] | "all" };
+
+/** The generation "shared" replicas start from. */
+export const sharedGeneration = 0x5ce7a7105ce7a710n;
+
+export interface ScenarioOptions {
+  volumes?: number[];
+  blocks?: number;
+  /** The primary of every volume (null: both secondary). */
+  primary?: NodeName | null;
+  format?: Partial<Record<NodeName, FormatChoice>>;
+  /** Blocks a node's disk holds before the run (data imported with the volume), as tagged writes. */
+  preload?: Partial<Record<NodeName, number[]>>;
+  config?: Partial<ReplicaConfig>;
+  diskLatencyUs?: number;
+  metadataLatencyUs?: number;
+  networkLatencyUs?: number;
+  diskFaults?: Partial<DiskFaults>;
+  /** Start both nodes at once (default true). */
+  start?: boolean;
+}
+
+/** A request a scenario made; `done` once the node answered. */
+export interface Op {
+  what: string;
+  done: boolean;
+  error: BlockError | null | undefined;
+  info: CompletionInfo | undefined;
+  result: unknown;
+  /** The tag a write wrote (identifyBlock names it when read back). */
+  tag: number;
+  /** What a read returned. */
+  data: Uint8Array | undefined;
+}
+
+export interface SeenMessage {
+  atUs: number;
+  from: NodeName;
+  connection: number;
+  message: Message;
+}
+
+interface ScenarioNode {
+  name: NodeName;
+  alive: boolean;
+  incarnation: number;
+  driver: ReplicaDriver | undefined;
+  authority: StaticWriteAuthority;
+  disks: Map<number, { data: SimDisk; meta: SimDisk }>;
+  open: Set<number>;
+}
+
+const initialGeneration = sharedGeneration;
+
+export class Scenario {
+  readonly scheduler = new Scheduler(5_000_000);
+  readonly network: SimNetwork;
+  readonly config: ReplicaConfig;
+  readonly volumeIds: number[];
+  readonly blocks: number;
+  readonly reports: { atUs: number; node: NodeName; report: ReplicaReport }[] = [];
+  readonly messages: SeenMessage[] = [];
+  private readonly nodes = new Map<NodeName, ScenarioNode>();
+  private readonly random = new SimRandom(1);
+  private readonly framers = new Map<string, Framer>();
+  private nextTag = 1;
+
+  constructor(options: ScenarioOptions = {}) {
+    this.volumeIds = options.volumes ?? [1];
+    this.blocks = options.blocks ?? 16;
+    this.config = defaultReplicaConfig({
+      tickMs: 10,
+      keepaliveIntervalTicks: 5,
+      linkTimeoutTicks: 15,
+      handshakeTimeoutTicks: 50,
+      reconnectDelayTicksMin: 2,
+      reconnectDelayTicksMax: 20,
+      activityLogExtentBytes: 4 * blockBytes,
+      activityLogExtentsMax: 4,
+      resyncChunkBytesMax: 2 * blockBytes,
+      resyncWindowChunks: 2,
+      resyncRateBytesPerTick: 1 << 20,
+      resyncCheckpointChunks: 2,
+      resyncRetryDelayTicks: 5,
+      verifyExtentBytes: blockBytes,
+      transferLogGranulesMax: 64,
+      barrierIntervalTicks: 10,
+      bitmapWritebackIntervalTicks: 30,
+      rateWindowTicks: 100,
+      frameBytesMax: 1 << 20,
+      ...options.config,
+    });
+    const latency = options.networkLatencyUs ?? 50;
+    this.network = new SimNetwork(
+      this.scheduler,
+      this.random.fork("network"),
+      { latencyUsMin: latency, latencyUsMax: latency, chunkBytesMax: 1 << 24, corruptProbability: 0, duplicateProbability: 0, resetOnCrashProbability: 1 },
+      ["a", "b"],
+    );
+    this.network.tap = (from, connection, bytes) => this.observe(from as NodeName, connection, bytes);
+    const sizeBytes = this.blocks * blockBytes;
+    const layout = metadataLayout(sizeBytes, blockBytes);
+    const primary = options.primary === undefined ? "a" : options.primary;
+    for (const name of nodeNames) {
+      const disks = new Map<number, { data: SimDisk; meta: SimDisk }>();
+      for (const volumeId of this.volumeIds) {
+        const faults: DiskFaults = {
+          latencyUsMin: options.diskLatencyUs ?? 100,
+          latencyUsMax: options.diskLatencyUs ?? 100,
+          readErrorProbability: 0,
+          writeErrorProbability: 0,
+          flushErrorProbability: 0,
+          tearBytes: blockBytes,
+          // A crash loses every write that was not made durable: deterministic, and the worst case.
+          crashKeepProbability: 0,
+          crashTearProbability: 0,
+          ...options.diskFaults,
+        };
+        const data = new SimDisk(`${name}.v${volumeId}.data`, sizeBytes, this.scheduler, this.random.fork(`${name}${volumeId}`), faults);
+        const metaLatency = options.metadataLatencyUs ?? 200;
+        const meta = new SimDisk(`${name}.v${volumeId}.meta`, layout.totalBytes, this.scheduler, this.random.fork(`${name}${volumeId}m`), { ...faults, latencyUsMin: metaLatency, latencyUsMax: metaLatency, tearBytes: 512 });
+        const choice = options.format?.[name] ?? "shared";
+        const spelled = typeof choice === "object" && "current" in choice ? choice : choice === "interruptedTarget" ? { current: initialGeneration, dataState: "inconsistent" as const, dirty: "all" as const } : undefined;
+        const generation = choice === "shared" || choice === "interruptedTarget" ? initialGeneration : choice === "new" ? undefined : "generation" in choice ? choice.generation : choice.current || undefined;
+        const writes = formatMetadata({ volumeId, sizeBytes, granuleBytes: blockBytes, activityLogExtentBytes: this.config.activityLogExtentBytes, initialGeneration: generation });
+        if (spelled) {
+          const bitmap = new DirtyBitmap(layout.bitCount);
+          if (spelled.dirty === "all") bitmap.setAll();
+          else for (const block of spelled.dirty ?? []) bitmap.setRange(block, block + 1);
+          for (let page = 0; page < layout.pageCount; page++) writes.push(bitmapPageWrite(layout, bitmap, page));
+          const dataState = spelled.dataState === "new" ? DataState.New : spelled.dataState === "inconsistent" ? DataState.Inconsistent : DataState.Consistent;
+          writes.push(
+            superblockWrite({
+              sequence: 2,
+              volumeId,
+              sizeBytes,
+              granuleBytes: blockBytes,
+              activityLogExtentBytes: this.config.activityLogExtentBytes,
+              dataState,
+              cleanShutdown: true,
+              generations: { current: spelled.current, bitmapBase: spelled.bitmapBase ?? 0n, history: spelled.history ?? [] },
+              resync: { active: dataState === DataState.Inconsistent, target: dataState === DataState.Inconsistent, bitsTotal: bitmap.setCount, bitsDone: 0 },
+            }),
+          );
+        }
+        for (const write of writes) {
+          meta.visible.set(write.bytes, write.offset);
+          meta.durable.set(write.bytes, write.offset);
+        }
+        for (const block of options.preload?.[name] ?? []) {
+          const bytes = new Uint8Array(blockBytes);
+          fillBlock(bytes, this.nextTag++, volumeId, block);
+          data.visible.set(bytes, block * blockBytes);
+          data.durable.set(bytes, block * blockBytes);
+        }
+        disks.set(volumeId, { data, meta });
+      }
+      const authority = new StaticWriteAuthority(this.volumeIds.map((id) => [id, { primary: primary === name, epoch: 1 }]));
+      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set() });
+    }
+    if (options.start !== false) for (const name of nodeNames) this.start(name);
+  }
+
+  get nowUs(): number {
+    return this.scheduler.now;
+  }
+
+  private node(name: NodeName): ScenarioNode {
+    return this.nodes.get(name)!;
+  }
+
+  private observe(from: NodeName, connection: number, bytes: Uint8Array): void {
+    const key = `${from}:${connection}`;
+    let framer = this.framers.get(key);
+    if (!framer) {
+      framer = new Framer(1 << 24);
+      this.framers.set(key, framer);
+    }
+    framer.push(bytes);
+    for (;;) {
+      let frame;
+      try {
+        frame = framer.next();
+      } catch (error) {
+        if (error instanceof DecodeError) return;
+        throw error;
+      }
+      if (!frame) return;
+      try {
+        this.messages.push({ atUs: this.nowUs, from, connection, message: decodeMessage(frame) });
+      } catch (error) {
+        if (!(error instanceof DecodeError)) throw error;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- nodes
+
+  /** Start a node's process and open its volumes (all, or those named). */
+  start(name: NodeName, volumes: number[] = this.volumeIds): void {
+    const node = this.node(name);
+    if (node.alive) return;
+    node.alive = true;
+    node.incarnation++;
+    const incarnation = node.incarnation;
+    const scheduler = this.scheduler;
+    const clock: Clock = {
+      every(intervalMs, callback) {
+        let cancelled = false;
+        const fire = () => {
+          if (cancelled || node.incarnation !== incarnation || !node.alive) return;
+          callback();
+          scheduler.after(intervalMs * 1000, fire);
+        };
+        // The two nodes tick out of phase, as two machines would.
+        scheduler.after(name === "a" ? intervalMs * 1000 : intervalMs * 500, fire);
+        return { cancel: () => (cancelled = true) };
+      },
+    };
+    const authority: WriteAuthority = {
+      grant: (volumeId) => node.authority.grant(volumeId),
+      subscribe: (listener) =>
+        node.authority.subscribe((volumeId) => {
+          if (node.incarnation === incarnation && node.alive) listener(volumeId);
+        }),
+      linkChanged: (up) => node.authority.linkChanged(up),
+    };
+    const driver = new ReplicaDriver({
+      identity: { nodeId: name, peerNodeId: peerOf(name), clusterId: new Uint8Array(16).fill(7), secret: new TextEncoder().encode("scenario secret"), connect: name === "a" ? "dial" : "accept" },
+      transport: this.network.endpoint(name, incarnation),
+      clock,
+      random: this.random.fork(`${name}-${incarnation}`),
+      authority,
+      config: this.config,
+      observer: {
+        report: (report) => {
+          if (node.incarnation === incarnation) this.reports.push({ atUs: this.nowUs, node: name, report });
+        },
+      },
+    });
+    node.driver = driver;
+    node.open.clear();
+    for (const volumeId of volumes) this.openVolume(name, volumeId);
+    driver.start();
+  }
+
+  /** Power loss of one node: unflushed writes may vanish (the disks' crash rules), nothing pending completes. */
+  crash(name: NodeName): void {
+    const node = this.node(name);
+    if (!node.alive) return;
+    node.alive = false;
+    node.driver = undefined;
+    node.open.clear();
+    this.network.crash(name);
+    for (const disks of node.disks.values()) {
+      disks.data.crash();
+      disks.meta.crash();
+    }
+  }
+
+  /** A daemon's graceful stop: close every open volume, then say goodbye to the peer and stop. */
+  shutdown(name: NodeName): Op {
+    const op = this.op(`shutdown ${name}`);
+    const node = this.node(name);
+    const driver = node.driver!;
+    const volumes = [...node.open];
+    let pending = volumes.length;
+    const errors: string[] = [];
+    const finish = () => {
+      driver.stop();
+      node.alive = false;
+      node.driver = undefined;
+      this.network.crash(name); // the process is gone: nothing more reaches it
+      op.done = true;
+      op.error = errors.length > 0 ? ({ code: "EIO", message: errors.join("; ") } as BlockError) : null;
+    };
+    if (pending === 0) finish();
+    for (const volumeId of volumes) {
+      driver.closeVolume(volumeId, (error) => {
+        node.open.delete(volumeId);
+        if (error) errors.push(`volume ${volumeId}: ${error.message}`);
+        if (--pending === 0) finish();
+      });
+    }
+    return op;
+  }
+
+  openVolume(name: NodeName, volumeId: number): Op {
+    const op = this.op(`open v${volumeId} on ${name}`);
+    const node = this.node(name);
+    const disks = node.disks.get(volumeId)!;
+    node.driver!.openVolume(volumeId, disks.data, disks.meta.asMetadataStore(), (error) => {
+      if (!error) node.open.add(volumeId);
+      this.settle(op, error);
+    });
+    return op;
+  }
+
+  closeVolume(name: NodeName, volumeId: number): Op {
+    const op = this.op(`close v${volumeId} on ${name}`);
+    const node = this.node(name);
+    node.driver!.closeVolume(volumeId, (error) => {
+      node.open.delete(volumeId);
+      this.settle(op, error);
+    });
+    return op;
+  }
+
+  setRole(name: NodeName, volumeId: number, primary: boolean, epoch?: number): void {
+    const authority = this.node(name).authority;
+    authority.setRole(volumeId, { primary, epoch: epoch ?? (authority.role(volumeId)?.epoch ?? 1) + (primary ? 1 : 0) });
+  }
+
+  alive(name: NodeName): boolean {
+    return this.node(name).alive;
+  }
+
+  disk(name: NodeName, volumeId = this.volumeIds[0]!): SimDisk {
+    return this.node(name).disks.get(volumeId)!.data;
+  }
+
+  metadataDisk(name: NodeName, volumeId = this.volumeIds[0]!): SimDisk {
+    return this.node(name).disks.get(volumeId)!.meta;
+  }
+
+  status(name: NodeName, volumeId = this.volumeIds[0]!): VolumeStatus | undefined {
+    const node = this.node(name);
+    return node.alive ? node.driver?.status(volumeId) : undefined;
+  }
+
+  linkUp(name: NodeName): boolean {
+    const node = this.node(name);
+    return node.alive && node.driver?.link().state === "up";
+  }
+
+  // ---------------------------------------------------------------- client IO
+
+  private op(what: string): Op {
+    return { what, done: false, error: undefined, info: undefined, result: undefined, tag: 0, data: undefined };
+  }
+
+  private settle(op: Op, error: BlockError | null, info?: CompletionInfo, result?: unknown): void {
+    op.done = true;
+    op.error = error;
+    op.info = info;
+    op.result = result;
+  }
+
+  /** Write `count` tagged blocks from `block`; the op's tag names what was written. */
+  write(name: NodeName, block: number, options: { count?: number; fua?: boolean; volumeId?: number } = {}): Op {
+    const volumeId = options.volumeId ?? this.volumeIds[0]!;
+    const count = options.count ?? 1;
+    const op = this.op(`write block ${block}${count > 1 ? `+${count}` : ""} on ${name}`);
+    op.tag = this.nextTag++;
+    const data = this.tagged(op.tag, volumeId, block, count);
+    this.node(name).driver!.write(volumeId, block * blockBytes, data, options.fua === true, (error, info) => this.settle(op, error, info));
+    return op;
+  }
+
+  /** The bytes of `count` blocks written by tag `tag`. */
+  tagged(tag: number, volumeId: number, block: number, count = 1): Uint8Array {
+    const data = new Uint8Array(count * blockBytes);
+    for (let index = 0; index < count; index++) fillBlock(data.subarray(index * blockBytes, (index + 1) * blockBytes), tag, volumeId, block + index);
+    return data;
+  }
+
+  /** A write whose buffer the test keeps (to change it while the write is in flight, as a guest may). */
+  writeBuffer(name: NodeName, block: number, data: Uint8Array, options: { volumeId?: number } = {}): Op {
+    const volumeId = options.volumeId ?? this.volumeIds[0]!;
+    const op = this.op(`write block ${block} on ${name}`);
+    this.node(name).driver!.write(volumeId, block * blockBytes, data, false, (error, info) => this.settle(op, error, info));
+    return op;
+  }
+
+  read(name: NodeName, block: number, options: { count?: number; volumeId?: number } = {}): Op {
+    const volumeId = options.volumeId ?? this.volumeIds[0]!;
+    const op = this.op(`read block ${block} on ${name}`);
+    const target = new Uint8Array((options.count ?? 1) * blockBytes);
+    op.data = target;
+    this.node(name).driver!.read(volumeId, block * blockBytes, target, (error, info) => this.settle(op, error, info));
+    return op;
+  }
+
+  flush(name: NodeName, volumeId = this.volumeIds[0]!): Op {
+    const op = this.op(`flush on ${name}`);
+    this.node(name).driver!.flush(volumeId, (error, info) => this.settle(op, error, info));
+    return op;
+  }
+
+  trim(name: NodeName, block: number, options: { count?: number; fua?: boolean; volumeId?: number } = {}): Op {
+    const volumeId = options.volumeId ?? this.volumeIds[0]!;
+    const op = this.op(`trim block ${block} on ${name}`);
+    this.node(name).driver!.trim(volumeId, block * blockBytes, (options.count ?? 1) * blockBytes, options.fua === true, (error, info) => this.settle(op, error, info));
+    return op;
+  }
+
+  zero(name: NodeName, block: number, options: { count?: number; fua?: boolean; volumeId?: number } = {}): Op {
+    const volumeId = options.volumeId ?? this.volumeIds[0]!;
+    const op = this.op(`zero block ${block} on ${name}`);
+    this.node(name).driver!.zero(volumeId, block * blockBytes, (options.count ?? 1) * blockBytes, { fua: options.fua === true, noHole: false }, (error, info) => this.settle(op, error, info));
+    return op;
+  }
+
+  verify(name: NodeName, repair: boolean, volumeId = this.volumeIds[0]!): Op {
+    const op = this.op(`verify on ${name}`);
+    this.node(name).driver!.verify(volumeId, repair, (error, result) => this.settle(op, error, undefined, result));
+    return op;
+  }
+
+  resolve(name: NodeName, keep: "local" | "peer", volumeId = this.volumeIds[0]!): Op {
+    const op = this.op(`resolve on ${name} keeping ${keep}`);
+    this.node(name).driver!.resolveSplitBrain(volumeId, keep, (error) => this.settle(op, error));
+    return op;
+  }
+
+  // ---------------------------------------------------------------- time
+
+  /** Run until `check()` holds; fail with the state of both nodes if it does not within `limitMs`. */
+  runUntil(check: () => boolean, what: string, limitMs = 5000): void {
+    if (check()) return;
+    this.scheduler.runUntil(this.nowUs + limitMs * 1000, check);
+    if (!check()) throw new Error(`${what}: not reached within ${limitMs} ms of simulated time (${this.describe()})`);
+  }
+
+  /** Let `ms` of simulated time pass. */
+  runFor(ms: number): void {
+    this.scheduler.runUntil(this.nowUs + ms * 1000);
+  }
+
+  /** Run until the op completes. */
+  complete(op: Op, limitMs = 5000): Op {
+    this.runUntil(() => op.done, op.what, limitMs);
+    return op;
+  }
+
+  /** Both nodes connected, the volume synced on both with nothing dirty, in flight or resyncing. */
+  isSynced(volumeId = this.volumeIds[0]!): boolean {
+    return nodeNames.every((name) => {
+      const state = this.status(name, volumeId);
+      return this.linkUp(name) && state !== undefined && state.sync === "synced" && state.dirtyBytes === 0 && state.writesInFlight === 0 && state.resync === undefined;
+    });
+  }
+
+  waitSynced(volumeId = this.volumeIds[0]!, limitMs = 5000): void {
+    this.runUntil(() => this.isSynced(volumeId), `v${volumeId} synced on both nodes`, limitMs);
+  }
+
+  /** Run until `from` has sent a message matching `match` (counting only messages sent from now on). */
+  waitMessage(from: NodeName, type: MessageType, what: string, match: (message: Message) => boolean = () => true, limitMs = 5000): Message {
+    const seen = this.messages.length;
+    const find = () => this.messages.slice(seen).find((entry) => entry.from === from && entry.message.type === type && match(entry.message));
+    this.runUntil(() => find() !== undefined, what, limitMs);
+    return find()!.message;
+  }
+
+  sent(from: NodeName, type: MessageType, sinceUs = 0): Message[] {
+    return this.messages.filter((entry) => entry.from === from && entry.message.type === type && entry.atUs >= sinceUs).map((entry) => entry.message);
+  }
+
+  reportsOf(name: NodeName, kind: ReplicaReport["kind"], sinceUs = 0): ReplicaReport[] {
+    return this.reports.filter((entry) => entry.node === name && entry.report.kind === kind && entry.atUs >= sinceUs).map((entry) => entry.report);
+  }
+
+  // ---------------------------------------------------------------- disks
+
+  /** Which write a block holds on a node's disk: its tag, 0 for zeroes, or "corrupt". */
+  blockValue(name: NodeName, block: number, options: { volumeId?: number; image?: "visible" | "durable" } = {}): number | "corrupt" {
+    const volumeId = options.volumeId ?? this.volumeIds[0]!;
+    const disk = this.disk(name, volumeId);
+    const image = options.image === "durable" ? disk.durable : disk.visible;
+    const value = identifyBlock(image.subarray(block * blockBytes, (block + 1) * blockBytes), volumeId, block);
+    return value.kind === "zero" ? 0 : value.kind === "write" ? value.id : "corrupt";
+  }
+
+  /** Blocks whose bytes differ between the two replicas' visible images. */
+  differingBlocks(volumeId = this.volumeIds[0]!, image: "visible" | "durable" = "visible"): number[] {
+    const first = image === "visible" ? this.disk("a", volumeId).visible : this.disk("a", volumeId).durable;
+    const second = image === "visible" ? this.disk("b", volumeId).visible : this.disk("b", volumeId).durable;
+    const differing: number[] = [];
+    for (let block = 0; block < this.blocks; block++) {
+      const start = block * blockBytes;
+      for (let index = start; index < start + blockBytes; index++) {
+        if (first[index] !== second[index]) {
+          differing.push(block);
+          break;
+        }
+      }
+    }
+    return differing;
+  }
+
+  describe(): string {
+    return nodeNames
+      .map((name) => {
+        const node = this.node(name);
+        if (!node.alive) return `${name}: down`;
+        const link = node.driver!.link();
+        const volumes = this.volumeIds.map((volumeId) => {
+          const state = node.driver!.status(volumeId);
+          if (!state) return `v${volumeId} closed`;
+          return `v${volumeId} ${state.role} ${state.sync} (${state.reason}) data ${state.dataState} dirty ${state.dirtyBytes} B in flight ${state.writesInFlight} queued ${state.queued}${state.resync ? ` resync ${state.resync.direction} ${state.resync.bitsRemaining}/${state.resync.bitsTotal}` : ""}`;
+        });
+        return `${name}: link ${link.state}; ${volumes.join("; ")}`;
+      })
+      .join(" | ");
+  }
+}

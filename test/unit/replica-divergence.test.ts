@@ -1,0 +1,280 @@
+// The ways two replicas could silently diverge or hang, each pinned as a scripted scenario
+// (test/sim/scenario.ts: two real replica drivers over the simulator's disks, network and
+// scheduler, faults only where the script puts them). Each test names the rule it keeps and fails
+// when the core breaks it: after the schedule the pair must converge with both replicas holding the
+// same bytes, the clients told the truth, and no request left hanging.
+import { describe, expect, test } from "bun:test";
+import { metadataLayout } from "../../src/replica/metadata-format.ts";
+import { MessageType } from "../../src/replica/wire.ts";
+import { blockBytes } from "../sim/oracle.ts";
+import { Scenario } from "../sim/scenario.ts";
+
+/** Converged: synced on both nodes with nothing dirty, and the two replicas byte-identical. */
+function expectConverged(scenario: Scenario, limitMs = 5000): void {
+  scenario.waitSynced(undefined, limitMs);
+  expect({ differing: scenario.differingBlocks(), state: scenario.describe() }).toEqual({ differing: [], state: scenario.describe() });
+}
+
+describe("resync completion", () => {
+  test("a dirty mark made between ResyncComplete and its Ack survives the completion", () => {
+    // b is the primary and an interrupted resync target, so it leads the resync as its target.
+    // Metadata is quick and data slower, so the peer's failed write is answered before the Ack.
+    const scenario = new Scenario({ primary: "b", format: { b: "interruptedTarget" }, diskLatencyUs: 30, metadataLatencyUs: 40 });
+    scenario.runUntil(() => scenario.status("b")?.sync === "resyncing", "the resync runs"); scenario.complete(scenario.write("b", 5)); // its activity-log extent is hot: the next write goes out at once
+    scenario.waitMessage("b", MessageType.ResyncComplete, "the leading target announces the end of the resync");
+    scenario.disk("a").inject({ op: "write", error: "EIO" });
+    const write = scenario.complete(scenario.write("b", 5));
+    expect(write.error?.code).toBe("EIO"); // the peer failed it: the client is told
+    expectConverged(scenario);
+  });
+});
+
+describe("closing a volume", () => {
+  test("the secondary closing while the primary writes: every write completes and a reopen resyncs what it missed", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    const close = scenario.closeVolume("b", 1);
+    const writes = [scenario.write("a", 1), scenario.write("a", 2)];
+    scenario.complete(close);
+    writes.push(scenario.write("a", 3));
+    scenario.runUntil(() => writes.every((write) => write.done), "every write answered", 2000);
+    expect(writes.map((write) => write.error ?? null)).toEqual([null, null, null]);
+    scenario.complete(scenario.openVolume("b", 1));
+    expectConverged(scenario);
+  });
+
+  test("a write queued behind one the peer's close ends is not sent to the closing peer", () => {
+    // a wrote alone while b was down (it is on a generation of its own, so a write it completes
+    // alone completes at once), and a slow resync to b still runs when b closes the volume.
+    const scenario = new Scenario({ networkLatencyUs: 500, blocks: 64, config: { resyncRateBytesPerTick: 1 } });
+    scenario.waitSynced();
+    scenario.crash("b");
+    for (const block of [2, 30, 40, 50]) scenario.complete(scenario.write("a", block));
+    scenario.start("b");
+    scenario.runUntil(() => scenario.status("a")?.sync === "resyncing", "the resync runs");
+    // The second write overlaps the first: it waits for it, and starts when the first ends.
+    const writes = [scenario.write("a", 2), scenario.write("a", 2)];
+    scenario.closeVolume("b", 1);
+    scenario.runUntil(() => writes.every((write) => write.done), "both writes answered", 2000);
+    expect(writes.map((write) => write.error ?? null)).toEqual([null, null]);
+  });
+
+  test("the primary's close completes after a write in the last barrier interval", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 4));
+    const close = scenario.complete(scenario.closeVolume("a", 1), 1000);
+    expect(close.error).toBeNull();
+  });
+
+  test("a close whose local flush fails does not call the volume clean: the activity log is replayed", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 4));
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    const close = scenario.complete(scenario.closeVolume("a", 1), 1000);
+    expect(close.error?.code).toBe("EIO"); // the daemon logs that the volume was not closed clean
+    scenario.crash("a");
+    scenario.start("a");
+    scenario.runUntil(() => scenario.reportsOf("a", "volumeOpened").length === 2, "a reopens the volume");
+    const reopened = scenario.reportsOf("a", "volumeOpened")[1]!;
+    expect(reopened.kind === "volumeOpened" && reopened.recoveredExtents).toBeGreaterThan(0);
+    expectConverged(scenario);
+  });
+
+  test("a close whose barrier fails on the peer marks the region dirty", () => {
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 4));
+    scenario.disk("b").inject({ op: "flush", error: "EIO" });
+    scenario.complete(scenario.closeVolume("a", 1), 1000);
+    scenario.complete(scenario.openVolume("a", 1));
+    expectConverged(scenario);
+  });
+});
+
+describe("what a failed flush leaves behind", () => {
+  test("writes a failed flush dropped while no other replica held them are written again, so a power loss keeps what reads returned", () => {
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true } });
+    scenario.waitSynced();
+    scenario.crash("b"); // a writes alone from here
+    const write = scenario.complete(scenario.write("a", 6));
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    expect(scenario.complete(scenario.flush("a")).error?.code).toBe("EIO");
+    scenario.runFor(50); // the dropped region is read back and written again
+    expect(scenario.complete(scenario.flush("a")).error).toBeNull();
+    scenario.crash("a");
+    expect(scenario.blockValue("a", 6)).toBe(write.tag);
+  });
+
+  test("a close whose bitmap cannot be written does not record the volume clean", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.crash("b");
+    scenario.complete(scenario.write("a", 1)); // alone: its bit is set
+    const bitmapOffset = metadataLayout(scenario.blocks * blockBytes, blockBytes).bitmapOffset;
+    scenario.metadataDisk("a").inject({ op: "write", offset: bitmapOffset, length: 4096, error: "EIO" });
+    expect(scenario.complete(scenario.closeVolume("a", 1)).error).not.toBeNull();
+    scenario.complete(scenario.openVolume("a", 1));
+    expect(scenario.status("a")?.dirtyBytes).toBeGreaterThan(0); // recovered from the activity log
+    scenario.start("b");
+    expectConverged(scenario);
+  });
+});
+
+describe("activity log", () => {
+  test("a transaction that fails but reached the disk does not leave its evicted extent hot", () => {
+    // 64 blocks, extents of 4 blocks, 4 extents in the log.
+    const scenario = new Scenario({ blocks: 64 });
+    scenario.waitSynced();
+    for (const block of [0, 4, 8, 12]) scenario.complete(scenario.write("a", block));
+    // The transaction that evicts extent 0 for extent 4 fails, yet its bytes are on the medium.
+    const layoutActivityLog = 2 * 4096;
+    scenario.metadataDisk("a").inject({ op: "write", offset: layoutActivityLog, length: 8 * 4096, error: "EIO", landed: "durable" });
+    scenario.complete(scenario.write("a", 16));
+    // A write into extent 0, which the log on disk no longer covers, reaches a but never b.
+    scenario.network.hold("a");
+    const inFlight = scenario.write("a", 1, { fua: true });
+    scenario.runUntil(() => scenario.blockValue("a", 1, { image: "durable" }) === inFlight.tag, "the write is durable on a");
+    scenario.crash("a");
+    scenario.network.release("a");
+    scenario.start("a");
+    expectConverged(scenario);
+  });
+});
+
+describe("resync progress", () => {
+  test("a full resync to a new disk resumes where it stopped after the link drops", () => {
+    const scenario = new Scenario({ blocks: 64, format: { b: "new" }, config: { resyncRateBytesPerTick: 2 * blockBytes, resyncCheckpointChunks: 1 } });
+    scenario.runUntil(() => {
+      const resync = scenario.status("b")?.resync;
+      return resync !== undefined && resync.bitsRemaining > 0 && resync.bitsRemaining <= 40;
+    }, "the full resync is under way");
+    scenario.network.resetAll();
+    const since = scenario.nowUs;
+    scenario.runUntil(() => scenario.reportsOf("a", "decision", since).length > 0, "a decides again after the link is back");
+    const decision = scenario.reportsOf("a", "decision", since)[0]!;
+    expect(decision.kind === "decision" && { decision: decision.decision, full: decision.full }).toEqual({ decision: "resync", full: false });
+    expectConverged(scenario);
+  });
+});
+
+describe("verify", () => {
+  test("a verify repair is durable on the peer before it counts as repaired", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    // Block 9 was never written (the activity log does not cover it): bit rot on b's medium.
+    scenario.disk("b").rot(9 * blockBytes + 100, 16);
+    const verify = scenario.complete(scenario.verify("a", true));
+    expect(verify.error).toBeNull();
+    expect((verify.result as { repaired: number }).repaired).toBe(1);
+    // Power loss of both nodes at once, before anything else reaches either disk.
+    scenario.crash("a");
+    scenario.crash("b");
+    scenario.start("a");
+    scenario.start("b");
+    expectConverged(scenario);
+    expect(scenario.blockValue("b", 9)).toBe(0);
+  });
+
+  test("verify finishes while client writes keep the volume busy", () => {
+    // Slow disks: a client write is in flight at every instant of the run.
+    const scenario = new Scenario({ blocks: 32, diskLatencyUs: 20_000 });
+    scenario.waitSynced(undefined, 10_000);
+    const verify = scenario.verify("a", false);
+    let next = 0;
+    const outstanding = new Set<ReturnType<Scenario["write"]>>();
+    const deadlineUs = scenario.nowUs + 10_000_000;
+    while (!verify.done && scenario.nowUs < deadlineUs) {
+      for (const write of [...outstanding]) if (write.done) outstanding.delete(write);
+      // Blocks 28..31: one activity-log extent, so no write ever waits for the log.
+      while (outstanding.size < 2) outstanding.add(scenario.write("a", 28 + (next++ % 4)));
+      scenario.runFor(1);
+    }
+    expect(verify.done).toBe(true);
+    expect(verify.error).toBeNull();
+  });
+});
+
+describe("client buffers and backings", () => {
+  test("a guest changing its buffer while the write is in flight still leaves identical replicas", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 3)); // the activity log covers block 3: the next write starts at once
+    const buffer = scenario.tagged(900, 1, 3);
+    const write = scenario.writeBuffer("a", 3, buffer);
+    buffer.fill(0xee, 0, 64); // virtio has no stable pages: the guest may reuse the page at once
+    scenario.complete(write);
+    expect(write.error).toBeNull();
+    expectConverged(scenario);
+    expect(scenario.blockValue("a", 3)).toBe(900); // what the buffer held when the write was submitted
+  });
+
+  test("a failed flush that drops cached writes (Linux) on the primary is repaired from the peer", () => {
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced();
+    const write = scenario.complete(scenario.write("a", 6));
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    const flush = scenario.complete(scenario.flush("a"));
+    expect(flush.error?.code).toBe("EIO");
+    expectConverged(scenario);
+    expect(scenario.blockValue("a", 6)).toBe(write.tag);
+  });
+
+  test("a failed barrier that drops cached writes (Linux) on the secondary is resynced to it", () => {
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced();
+    const write = scenario.complete(scenario.write("a", 6));
+    scenario.disk("b").inject({ op: "flush", error: "EIO" });
+    scenario.complete(scenario.flush("a"));
+    scenario.complete(scenario.flush("a"));
+    expectConverged(scenario);
+    expect(scenario.blockValue("b", 6)).toBe(write.tag);
+  });
+
+  test("TRIM on a backing that keeps the data leaves both replicas with the same bytes", () => {
+    const scenario = new Scenario();
+    scenario.disk("b").faults.trimKeepsDataProbability = 1;
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 7));
+    const trim = scenario.complete(scenario.trim("a", 7));
+    expect(trim.error).toBeNull();
+    expectConverged(scenario);
+  });
+});
+
+describe("resync sources", () => {
+  test("a resync source makes what it copies durable first: data it held as a secondary survives its crash", () => {
+    // No periodic barrier: what b receives as the secondary stays in its cache.
+    const scenario = new Scenario({ blocks: 64, config: { barrierIntervalTicks: 100_000 } });
+    scenario.waitSynced();
+    const mirrored = scenario.complete(scenario.write("a", 5));
+    // The link is cut, the roles switch (a demoted, b promoted), b writes alone.
+    scenario.network.cut(60_000_000);
+    scenario.runUntil(() => !scenario.linkUp("a") && !scenario.linkUp("b"), "both nodes see the link down");
+    scenario.setRole("a", 1, false);
+    scenario.setRole("b", 1, true);
+    scenario.complete(scenario.write("b", 40));
+    scenario.network.heal();
+    // b resyncs a (from b's cache, where block 5 still sits), then loses power.
+    scenario.waitSynced();
+    scenario.crash("b");
+    scenario.start("b");
+    expectConverged(scenario);
+    expect([scenario.blockValue("a", 5), scenario.blockValue("b", 5)]).toEqual([mirrored.tag, mirrored.tag]);
+  });
+});
+
+describe("a primary that is a resync target", () => {
+  test("its writes are durable on the source before they count, so the source's crash cannot undo them", () => {
+    // b serves IO while its own replica is an interrupted resync target; a is the source.
+    const scenario = new Scenario({ primary: "b", format: { b: "interruptedTarget" }, config: { resyncRateBytesPerTick: 4096 } });
+    scenario.runUntil(() => scenario.status("b")?.sync === "resyncing", "the resync runs");
+    const write = scenario.complete(scenario.write("b", 12));
+    expect({ error: write.error, mirrored: write.info?.mirrored }).toEqual({ error: null, mirrored: true });
+    scenario.crash("a"); // its cache is gone
+    scenario.start("a");
+    expectConverged(scenario);
+    expect([scenario.blockValue("a", 12), scenario.blockValue("b", 12)]).toEqual([write.tag, write.tag]);
+  });
+});
