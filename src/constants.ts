@@ -131,6 +131,9 @@ export const shutdownDrainTimeoutMs = 20_000;
 /** Buffers from this length up are checksummed by the native CRC32C; shorter ones by the TypeScript
  * table loop, which beats the cost of a call into the addon below it (measured: docs/benchmarks.md). */
 export const crc32cNativeBytesMin = 1 * KiB;
+/** Submission entries of the process's io_uring (the kernel clamps to what it allows): requests of all
+ * direct volumes in flight at once at most; more wait in order in the engine's queue. */
+export const ioUringEntries = 256;
 
 // ---- vhost-user-blk (src/node/export/vhost) ----
 /** Virtqueues one vhost-user-blk export may offer (VHOST_USER_GET_QUEUE_NUM, virtio-blk num_queues). */
