@@ -20,27 +20,11 @@
 // tears the ring down (and lets the process exit). Linux ≥ 5.6 (IORING_OP_READ/WRITE); layouts
 // are those of include/uapi/linux/io_uring.h, the same on x86-64 and arm64 (little-endian, where
 // the 64-bit fields are written as two 32-bit halves).
-import { dlopen, FFIType, ptr, toArrayBuffer } from "bun:ffi";
+import { ptr } from "bun:ffi";
 import { assert } from "../../common/assert.ts";
-import { errno, errnoName, systemError } from "../../common/libc.ts";
+import { closeFd, eventFdCreate, mapShared, mappedBytes, unmap, type Mapping } from "../../common/ffi-socket.ts";
+import { errno, errnoName, systemCall, systemError } from "../../common/libc.ts";
 import { ioUringEntries } from "../../constants.ts";
-
-const { i32, i64, u32, u64, ptr: pointer } = FFIType;
-
-const symbols = {
-  syscall: { args: [i64, i64, i64, i64, i64, i64, i64], returns: i64 },
-  mmap: { args: [pointer, u64, i32, i32, i32, i64], returns: pointer },
-  munmap: { args: [pointer, u64], returns: i32 },
-  close: { args: [i32], returns: i32 },
-  eventfd: { args: [u32, i32], returns: i32 },
-} as const;
-
-type Library = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
-let library: Library | undefined;
-function libc(): Library {
-  library ??= dlopen("libc.so.6", symbols).symbols;
-  return library;
-}
 
 // System call numbers: io_uring came late enough to have the same numbers on every architecture.
 const SYS_io_uring_setup = 425;
@@ -60,12 +44,6 @@ const IORING_OP_WRITE = 23;
 const IORING_FSYNC_DATASYNC = 1;
 const IORING_OFF_SQ_RING = 0;
 const IORING_OFF_SQES = 0x10000000;
-const PROT_READ = 1;
-const PROT_WRITE = 2;
-const MAP_SHARED = 1;
-const MAP_POPULATE = 0x8000;
-const EFD_NONBLOCK = 0o4000;
-const EFD_CLOEXEC = 0o2000000;
 const EINTR = 4;
 const EAGAIN = 11;
 const EBUSY = 16;
@@ -83,11 +61,6 @@ interface Request {
   offset: number;
   /** Called with the CQE's result: a count, or a negated errno. */
   complete: (result: number) => void;
-}
-
-function isMapFailure(address: number | null): boolean {
-  // MAP_FAILED is (void *)-1, which arrives as a number far beyond any user-space address.
-  return address === null || address === 0 || address > Number.MAX_SAFE_INTEGER;
 }
 
 function splitLow(value: number): number {
@@ -146,68 +119,58 @@ export class IoUring {
   }
 
   private static create(entries: number): { ok: true; ring: IoUring } | { ok: false; reason: string } {
-    let sys: Library;
+    const params = new Uint32Array(paramsBytes / 4);
+    params[2] = IORING_SETUP_CLAMP;
+    let fd: number;
     try {
-      sys = libc();
+      fd = systemCall(SYS_io_uring_setup, entries, ptr(params));
     } catch (error) {
       return { ok: false, reason: `libc could not be loaded: ${(error as Error).message}` };
     }
-    const params = new Uint32Array(paramsBytes / 4);
-    params[2] = IORING_SETUP_CLAMP;
-    const fd = Number(sys.syscall(SYS_io_uring_setup, entries, ptr(params), 0, 0, 0, 0));
     if (fd < 0) {
       const value = errno();
       const hint = value === 38 ? " (the kernel has no io_uring)" : value === 1 ? " (io_uring is disabled: kernel.io_uring_disabled, or a seccomp filter)" : "";
       return { ok: false, reason: `io_uring_setup(${entries}) failed: ${errnoName(value)}${hint}` };
     }
-    const cleanup: (() => void)[] = [() => sys.close(fd)];
-    const fail = (reason: string) => {
+    const cleanup: (() => void)[] = [() => closeFd(fd)];
+    try {
+      const features = params[5]!;
+      if ((features & requiredFeatures) !== requiredFeatures) {
+        throw new Error(`the kernel's io_uring lacks features this engine needs (has 0x${features.toString(16)}, needs 0x${requiredFeatures.toString(16)}: Linux 5.6 or later)`);
+      }
+      const sqEntries = params[0]!;
+      const cqEntries = params[1]!;
+      const sqOff = { head: params[10]!, tail: params[11]!, mask: params[12]!, array: params[16]! };
+      const cqOff = { head: params[20]!, tail: params[21]!, mask: params[22]!, cqes: params[25]! };
+      // One mapping holds both rings (IORING_FEAT_SINGLE_MMAP); the SQEs are a second one.
+      const rings = mapShared(fd, Math.max(sqOff.array + sqEntries * 4, cqOff.cqes + cqEntries * cqeBytes), IORING_OFF_SQ_RING);
+      cleanup.push(() => unmap(rings));
+      const sqes = mapShared(fd, sqEntries * sqeBytes, IORING_OFF_SQES);
+      cleanup.push(() => unmap(sqes));
+      const eventFd = eventFdCreate();
+      cleanup.push(() => closeFd(eventFd));
+      if (systemCall(SYS_io_uring_register, fd, IORING_REGISTER_EVENTFD, ptr(new Int32Array([eventFd])), 1) < 0) throw systemError("registering the eventfd with io_uring");
+      return { ok: true, ring: new IoUring({ fd, eventFd, rings, sqes, sqEntries, sqOff, cqOff }) };
+    } catch (error) {
       for (const step of cleanup.reverse()) step();
-      return { ok: false as const, reason };
-    };
-    const features = params[5]!;
-    if ((features & requiredFeatures) !== requiredFeatures) return fail(`the kernel's io_uring lacks features this engine needs (has 0x${features.toString(16)}, needs 0x${requiredFeatures.toString(16)}: Linux 5.6 or later)`);
-    const sqEntries = params[0]!;
-    const cqEntries = params[1]!;
-    const sqOff = { head: params[10]!, tail: params[11]!, mask: params[12]!, array: params[16]! };
-    const cqOff = { head: params[20]!, tail: params[21]!, mask: params[22]!, cqes: params[25]! };
-    const ringBytes = Math.max(sqOff.array + sqEntries * 4, cqOff.cqes + cqEntries * cqeBytes);
-    const ringAddress = sys.mmap(null, ringBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING) as number | null;
-    if (isMapFailure(ringAddress)) return fail(`mmap of the io_uring rings failed: ${errnoName(errno())}`);
-    cleanup.push(() => sys.munmap(ringAddress as unknown as never, ringBytes));
-    const sqesAddress = sys.mmap(null, sqEntries * sqeBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES) as number | null;
-    if (isMapFailure(sqesAddress)) return fail(`mmap of the io_uring submission entries failed: ${errnoName(errno())}`);
-    cleanup.push(() => sys.munmap(sqesAddress as unknown as never, sqEntries * sqeBytes));
-    const eventFd = sys.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (eventFd < 0) return fail(`eventfd failed: ${errnoName(errno())}`);
-    cleanup.push(() => sys.close(eventFd));
-    const registered = new Int32Array([eventFd]);
-    if (Number(sys.syscall(SYS_io_uring_register, fd, IORING_REGISTER_EVENTFD, ptr(registered), 1, 0, 0)) < 0) {
-      return fail(`registering the eventfd with io_uring failed: ${errnoName(errno())}`);
+      return { ok: false, reason: (error as Error).message };
     }
-    const ringBuffer = toArrayBuffer(ringAddress as unknown as never, 0, ringBytes);
-    const sqesBuffer = toArrayBuffer(sqesAddress as unknown as never, 0, sqEntries * sqeBytes);
-    return {
-      ok: true,
-      ring: new IoUring({ fd, eventFd, ringAddress: ringAddress!, ringBytes, sqesAddress: sqesAddress!, sqEntries, ringBuffer, sqesBuffer, sqOff, cqOff }),
-    };
   }
 
   private constructor(
     private readonly setup: {
       fd: number;
       eventFd: number;
-      ringAddress: number;
-      ringBytes: number;
-      sqesAddress: number;
+      rings: Mapping;
+      sqes: Mapping;
       sqEntries: number;
-      ringBuffer: ArrayBuffer;
-      sqesBuffer: ArrayBuffer;
       sqOff: { head: number; tail: number; mask: number; array: number };
       cqOff: { head: number; tail: number; mask: number; cqes: number };
     },
   ) {
-    const { ringBuffer, sqesBuffer, sqOff, cqOff, sqEntries } = setup;
+    const { sqOff, cqOff, sqEntries } = setup;
+    const ringBuffer = mappedBytes(setup.rings, 0, setup.rings.sizeBytes).buffer;
+    const sqesBuffer = mappedBytes(setup.sqes, 0, setup.sqes.sizeBytes).buffer;
     this.sqRing = new Uint32Array(ringBuffer);
     this.sqRingAtomics = new Int32Array(ringBuffer);
     this.cqRing = this.sqRing;
@@ -285,7 +248,7 @@ export class IoUring {
     if (this.closed || this.unsubmitted === 0) return;
     Atomics.store(this.sqRingAtomics, this.sqTailIndex, this.sqTail | 0);
     for (;;) {
-      const submitted = Number(libc().syscall(SYS_io_uring_enter, this.setup.fd, this.unsubmitted, 0, 0, 0, 0));
+      const submitted = systemCall(SYS_io_uring_enter, this.setup.fd, this.unsubmitted, 0, 0);
       this.counters.enters++;
       if (submitted >= 0) {
         this.unsubmitted -= submitted;
@@ -349,11 +312,10 @@ export class IoUring {
     assert(this.inFlight() === 0, "io_uring torn down with requests in flight");
     this.closed = true;
     await this.reader.cancel().catch(() => {});
-    const sys = libc();
-    sys.munmap(this.setup.sqesAddress as unknown as never, this.setup.sqEntries * sqeBytes);
-    sys.munmap(this.setup.ringAddress as unknown as never, this.setup.ringBytes);
-    sys.close(this.setup.eventFd);
-    sys.close(this.setup.fd);
+    unmap(this.setup.sqes);
+    unmap(this.setup.rings);
+    closeFd(this.setup.eventFd);
+    closeFd(this.setup.fd);
   }
 }
 
