@@ -240,6 +240,15 @@ async function startQsdPeer(name: string, file: string): Promise<{ pid: number; 
   return { pid: peer.pid, socket };
 }
 
+/** The blockdevs both QEMU anchors share: `localNode` over the local file, `remoteNode` an NBD client of the peer. */
+function anchorBlockdevs(local: string, localNode: string, peerSocket: string, remoteNode: string): string[] {
+  return [
+    "--blockdev", `driver=file,node-name=localfile,filename=${local},cache.direct=off,aio=threads`,
+    "--blockdev", `driver=raw,node-name=${localNode},file=localfile`,
+    "--blockdev", `driver=nbd,node-name=${remoteNode},server.type=unix,server.path=${peerSocket},export=disk`,
+  ];
+}
+
 async function startQemuQuorum(): Promise<System> {
   log("qemu-quorum: files and peer");
   const local = path.join(dir, "quorum-local.img");
@@ -251,9 +260,7 @@ async function startQemuQuorum(): Promise<System> {
   const socket = path.join(dir, "quorum.sock");
   const primary = spawn("quorum", [
     "qemu-storage-daemon",
-    "--blockdev", `driver=file,node-name=localfile,filename=${local},cache.direct=off,aio=threads`,
-    "--blockdev", "driver=raw,node-name=local,file=localfile",
-    "--blockdev", `driver=nbd,node-name=remote,server.type=unix,server.path=${peer.socket},export=disk`,
+    ...anchorBlockdevs(local, "local", peer.socket, "remote"),
     "--blockdev", "driver=quorum,node-name=quorum0,vote-threshold=2,children.0=local,children.1=remote",
     "--nbd-server", `addr.type=unix,addr.path=${socket}`,
     "--export", "type=nbd,id=export0,node-name=quorum0,name=disk,writable=on",
@@ -322,9 +329,7 @@ async function startQemuMirror(): Promise<System> {
   // the export and the file, so every write the export takes goes through the mirror.
   const primary = spawn("mirror", [
     "qemu-storage-daemon",
-    "--blockdev", `driver=file,node-name=localfile,filename=${local},cache.direct=off,aio=threads`,
-    "--blockdev", "driver=raw,node-name=source,file=localfile",
-    "--blockdev", `driver=nbd,node-name=target,server.type=unix,server.path=${peer.socket},export=disk`,
+    ...anchorBlockdevs(local, "source", peer.socket, "target"),
     "--nbd-server", `addr.type=unix,addr.path=${socket}`,
     "--export", "type=nbd,id=export0,node-name=source,name=disk,writable=on",
     "--chardev", `socket,id=monitor0,path=${monitor},server=on,wait=off`,
