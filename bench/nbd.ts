@@ -383,7 +383,7 @@ async function main(): Promise<void> {
     await stopAll();
   }
   const summaries = summarise(samples, options.targets, options.workloads);
-  const pool = options.threadpool === undefined ? "Bun's default thread pool" : `UV_THREADPOOL_SIZE=${options.threadpool} for Tandem`;
+  const pool = `${options.threadpool === undefined ? "Bun's default thread pool" : `UV_THREADPOOL_SIZE=${options.threadpool}`} for tandem${options.targets.includes("tandem-direct-pool") ? `, UV_THREADPOOL_SIZE=${options.threadpool ?? 32} for tandem-direct-pool` : ""}`;
   console.log(`\nNBD over a unix socket, fio ioengine=nbd, ${options.runs} runs × ${options.runtimeSeconds} s, ${os.cpus().length} CPUs, ${pool}, load ${os.loadavg()[0]!.toFixed(1)}, ${new Date().toISOString()}\n`);
   console.log(table(summaries));
   console.log("\n" + ratios(summaries));
