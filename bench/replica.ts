@@ -3,6 +3,10 @@
 // a unix socket, and fio's nbd engine drives it:
 //   tandem-mirrored    two Tandem daemons of a lab whose nodes link directly (`lab up --direct`),
 //                      the volume mirrored from a to b (protocol C);
+//   tandem-untagged    the same, a second lab whose nodes run the link in the benchmark mode with
+//                      untagged frames (docs/security.md): the A/B of frame authentication, with
+//                      its budget (tagged QD32 IOPS >= 0.9x untagged) and the tags' own CPU time
+//                      for one write (its 4 KiB Write and WriteAck, each tagged and checked);
 //   qemu-quorum        qemu-storage-daemon with a `quorum` node, vote-threshold 2, children a local
 //                      file and an NBD client to a second qemu-storage-daemon serving the peer's file;
 //   qemu-mirror        qemu-storage-daemon serving a local file while a `blockdev-mirror
@@ -32,6 +36,9 @@ import { parseArgs } from "node:util";
 import { parseSize } from "../src/common/size.ts";
 import { cliEntry, runCli } from "../test/helpers/daemon.ts";
 import { median } from "./stats.ts";
+import { untaggedFramesConsent, untaggedFramesVariable } from "../src/node/replica/replication.ts";
+import { frameTag } from "../src/replica/auth.ts";
+import { encodeMessage, MessageType, WireStatus } from "../src/replica/wire.ts";
 
 const MiB = 1024 * 1024;
 
@@ -64,7 +71,7 @@ if (process.argv[2] === "--echo") {
   await new Promise(() => {});
 }
 
-const systemNames = ["tandem-mirrored", "qemu-quorum", "qemu-mirror", "tandem-unmirrored", "qemu-nbd-wb"] as const;
+const systemNames = ["tandem-mirrored", "tandem-untagged", "qemu-quorum", "qemu-mirror", "tandem-unmirrored", "qemu-nbd-wb"] as const;
 type SystemName = (typeof systemNames)[number];
 const workloadArguments = {
   w4k1: ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
@@ -183,22 +190,29 @@ interface System {
 }
 
 // ---------------------------------------------------------------------------------- the systems
-async function startTandemMirrored(): Promise<System> {
-  const labDir = path.join(dir, "lab");
-  log("tandem-mirrored: lab up --direct");
-  const lab = JSON.parse(await tandem(["lab", "up", "--direct", "--dir", labDir, "--json"])) as { nodes: { name: string; control: string; nbd: string; pid: number }[] };
+/** A lab with its nodes linked directly and a filled volume mirrored a → b; `untagged`: the frame-authentication A/B. */
+async function startTandemLab(name: "tandem-mirrored" | "tandem-untagged"): Promise<System> {
+  const labDir = path.join(dir, name);
+  const untagged = name === "tandem-untagged";
+  log(`${name}: lab up --direct${untagged ? " with untagged frames" : ""}`);
+  const env: Record<string, string> = untagged ? { [untaggedFramesVariable]: untaggedFramesConsent } : {};
+  const up = await runCli(["lab", "up", "--direct", "--dir", labDir, "--json"], { timeoutMs: 120_000, cwd: dir, env });
+  if (up.code !== 0) throw new Error(`${name}: lab up exited ${up.code}: ${up.stderr}${up.stdout}`);
   // The lab's daemons are detached; `lab down` stops them (by the pids it recorded) at the end.
-  labStopper = () => runCli(["lab", "down", "--dir", labDir], { timeoutMs: 60_000, cwd: dir }).then(() => {});
-  const [a, b] = ["a", "b"].map((name) => lab.nodes.find((node) => node.name === name)!);
+  labStoppers.push(() => runCli(["lab", "down", "--dir", labDir], { timeoutMs: 60_000, cwd: dir }).then(() => {}));
+  const lab = JSON.parse(up.stdout) as { nodes: { name: string; control: string; nbd: string; pid: number }[] };
+  const [a, b] = ["a", "b"].map((node) => lab.nodes.find((entry) => entry.name === node)!);
+  const link = JSON.parse(await tandem(["status", "--json", "--socket", a!.control])) as { node: { link: { framesTagged: boolean } } };
+  if (link.node.link.framesTagged === untagged) throw new Error(`${name}: the lab came up with framesTagged=${link.node.link.framesTagged}`);
   await tandem(["volume", "create", "bench", "--size", String(sizeBytes), "--socket", a!.control]);
   const uri = `nbd+unix:///bench?socket=${a!.nbd}`;
-  log("tandem-mirrored: filling the volume");
+  log(`${name}: filling the volume`);
   await fio(uri, [...workloadArguments.sw1m, `--size=${sizeBytes}`, "--refill_buffers"]);
-  await waitFor("tandem-mirrored synced", () => bothSynced(a!.control, b!.control), 300_000);
-  return { name: "tandem-mirrored", uri, processes: { "node a": a!.pid, "node b": b!.pid } };
+  await waitFor(`${name} synced`, () => bothSynced(a!.control, b!.control), 300_000);
+  return { name, uri, processes: { "node a": a!.pid, "node b": b!.pid } };
 }
 
-let labStopper: (() => Promise<void>) | undefined;
+const labStoppers: (() => Promise<void>)[] = [];
 
 async function bothSynced(...controls: string[]): Promise<boolean> {
   for (const control of controls) {
@@ -359,7 +373,8 @@ async function startQemuNbd(): Promise<System> {
 }
 
 const starters: Record<SystemName, () => Promise<System>> = {
-  "tandem-mirrored": startTandemMirrored,
+  "tandem-mirrored": () => startTandemLab("tandem-mirrored"),
+  "tandem-untagged": () => startTandemLab("tandem-untagged"),
   "qemu-quorum": startQemuQuorum,
   "qemu-mirror": startQemuMirror,
   "tandem-unmirrored": startTandemUnmirrored,
@@ -482,8 +497,27 @@ try {
   }
 } finally {
   await stopAll();
-  await labStopper?.();
+  for (const stop of labStoppers) await stop();
 }
+
+/** CPU µs (this process, user + system) of the tags for one mirrored 4k write: its Write frame and its WriteAck, each tagged by the sender and checked by the receiver. */
+function tagCpuUsPerWrite(): number {
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  const writeFrame = encodeMessage({ type: MessageType.Write, volumeId: 1, requestId: 1, offset: 0, fua: false, data: new Uint8Array(4096) });
+  const ackFrame = encodeMessage({ type: MessageType.WriteAck, volumeId: 1, requestId: 1, status: WireStatus.Ok });
+  const writes = smoke ? 2000 : 20_000;
+  for (let index = 0; index < 2000; index++) frameTag(key, index, writeFrame);
+  const before = process.cpuUsage();
+  for (let index = 0; index < writes; index++) {
+    frameTag(key, index, writeFrame);
+    frameTag(key, index, writeFrame);
+    frameTag(key, index, ackFrame);
+    frameTag(key, index, ackFrame);
+  }
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / writes;
+}
+const tagUs = tagCpuUsPerWrite();
 
 // ---------------------------------------------------------------------------------- the report
 const cells = new Map<string, Sample[]>();
@@ -516,6 +550,8 @@ for (const system of systems) {
   );
 }
 lines.push("", `Round trip: 4 KiB each way over loopback TCP between two processes: mean ${rtt.meanUs.toFixed(1)} µs, p50 ${rtt.p50Us.toFixed(1)} µs.`, "");
+const mirroredCpuQd32 = cell("tandem-mirrored", "w4k32", (s) => s.cpuUsPerRequestTotal);
+lines.push(`Frame tags' own CPU per mirrored 4k write (the Write and its WriteAck, each tagged and checked, timed in the benchmark process): ${tagUs.toFixed(2)} µs${mirroredCpuQd32 ? `, ${((100 * tagUs) / mirroredCpuQd32).toFixed(1)}% of the ${mirroredCpuQd32.toFixed(1)} µs both nodes spend per write at QD32` : ""}.`, "");
 lines.push("Server CPU µs per request (utime + stime of each server process over the run / requests completed), medians:", "");
 lines.push(`| system | process | ${workloads.join(" | ")} |`, `| --- | --- | ${workloads.map(() => "---:").join(" | ")} |`);
 for (const system of systems) {
@@ -557,10 +593,12 @@ for (const workload of ["r4k1", "r4k32"] as const) {
   const unmirrored = cell("tandem-unmirrored", workload, (s) => s.iops);
   if (mirrored !== undefined && unmirrored !== undefined) addTarget(`mirrored 4k read ${workload === "r4k1" ? "QD1" : "QD32"} IOPS ≥ 1.0× unmirrored`, `${Math.round(mirrored)} / ${Math.round(unmirrored)}`, mirrored / unmirrored, (r) => r >= 1);
 }
+const untaggedQd32 = cell("tandem-untagged", "w4k32", (s) => s.iops);
+if (mirroredQd32 !== undefined && untaggedQd32 !== undefined) addTarget("frame authentication: tagged 4k write QD32 IOPS ≥ 0.9× untagged", `${Math.round(mirroredQd32)} / ${Math.round(untaggedQd32)}`, mirroredQd32 / untaggedQd32, (r) => r >= 0.9);
 const mirroredCpu = cell("tandem-mirrored", "w4k1", (s) => s.cpuUsPerRequestTotal);
 const unmirroredCpu = cell("tandem-unmirrored", "w4k1", (s) => s.cpuUsPerRequestTotal);
 if (mirroredCpu !== undefined && unmirroredCpu !== undefined) addTarget("server CPU per mirrored 4k write (QD1), both nodes, ≤ 2.5× unmirrored", `${mirroredCpu.toFixed(1)} / ${unmirroredCpu.toFixed(1)} µs`, mirroredCpu / unmirroredCpu, (r) => r <= 2.5);
 
 lines.push("", "Targets of the mirrored-write issue (ratios from this run):", "", ...targets);
 console.log(lines.join("\n"));
-if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke }, roundTrip: rtt, samples }, null, 1));
+if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, samples }, null, 1));
