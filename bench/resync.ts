@@ -104,6 +104,7 @@ async function shutdown(): Promise<void> {
 try {
   const volumeSize = String(sizeBytes);
   await tandem(["volume", "create", "bench", "--size", volumeSize, "--socket", nodeA.control]);
+  const benchVolumeId = (JSON.parse(await tandem(["volume", "list", "--json", "--socket", nodeA.control])) as { volumes: { name: string; id: number }[] }).volumes.find((volume) => volume.name === "bench")!.id;
   const uris = { mirrored: `nbd+unix:///bench?socket=${nodeA.nbd}` };
 
   const volumeStates = async (control: string) => {
@@ -162,9 +163,10 @@ try {
       .readFileSync(path.join(labDir, "a", "node.log"), "utf8")
       .split("\n")
       .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line) as { time: string; msg: string });
-    const startIndex = records.findLastIndex((record) => record.msg === "resyncStarted");
-    const end = records.slice(startIndex).find((record) => record.msg === "synced");
+      .map((line) => JSON.parse(line) as { time: string; msg: string; volumeId?: number });
+    // The bench volume's records only: the lab's demo volume reports its own (instant) sync.
+    const startIndex = records.findLastIndex((record) => record.msg === "resyncStarted" && record.volumeId === benchVolumeId);
+    const end = records.slice(startIndex).find((record) => record.msg === "synced" && record.volumeId === benchVolumeId);
     if (startIndex < 0 || !end) throw new Error("no resyncStarted/synced pair in a's log");
     const resyncMs = Date.parse(end.time) - Date.parse(records[startIndex]!.time);
     return { resyncMs, fio: fioResult ? await fioResult : undefined };
