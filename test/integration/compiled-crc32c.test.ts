@@ -1,6 +1,6 @@
 // Proves that the native CRC32C survives `bun build --compile` (the way packaging/build.sh makes the
-// shipped binary): a small program importing src/common/crc32c-native.ts is compiled into a
-// temporary directory, run from there (no node_modules within reach), and must report the native
+// shipped binary): a small program importing src/common/crc32c-native.ts is compiled in a
+// temporary directory and run from there (no node_modules within reach), and must report the native
 // implementation with the right check value on a buffer long enough to take the native path.
 import { afterAll, expect, test } from "bun:test";
 import fs from "node:fs";
@@ -21,26 +21,25 @@ async function run(command: string[], cwd: string): Promise<{ code: number; stdo
 
 test("a compiled binary checksums with the embedded native addon", async () => {
   if (!(process.platform === "linux" && (process.arch === "x64" || process.arch === "arm64"))) return;
-  const entry = path.join(repositoryRoot, "test", "integration", `.compiled-crc32c-entry-${process.pid}.ts`);
+  // The probe lives in the temporary directory; its imports name the repository's modules, so the
+  // bundler finds the addon from src/common as the CLI's build does.
+  const entry = path.join(directory, "probe.ts");
+  const module = (name: string) => JSON.stringify(path.join(repositoryRoot, "src", "common", name));
   fs.writeFileSync(
     entry,
     [
-      'import { fastCrc32c } from "../../src/common/crc32c-native.ts";',
-      'import { crc32c } from "../../src/common/crc32c.ts";',
+      `import { fastCrc32c } from ${module("crc32c-native.ts")};`,
+      `import { crc32c } from ${module("crc32c.ts")};`,
       "const bytes = new Uint8Array(100_000).map((_, index) => (index * 2654435761) >>> 24);",
       "const choice = fastCrc32c();",
       "console.log(JSON.stringify({ name: choice.name, reason: choice.reason, agrees: choice.crc32c(bytes) === crc32c(bytes) }));",
     ].join("\n"),
   );
-  try {
-    const binary = path.join(directory, "crc-probe");
-    const build = await run([process.execPath, "build", "--compile", "--outfile", binary, entry], repositoryRoot);
-    expect(build.stderr).not.toContain("error");
-    expect(build.code).toBe(0);
-    const result = await run([binary], directory);
-    expect(result.code).toBe(0);
-    expect(JSON.parse(result.stdout)).toEqual({ name: "native", agrees: true });
-  } finally {
-    fs.rmSync(entry, { force: true });
-  }
+  const binary = path.join(directory, "crc-probe");
+  const build = await run([process.execPath, "build", "--compile", "--outfile", binary, entry], repositoryRoot);
+  expect(build.stderr).not.toContain("error");
+  expect(build.code).toBe(0);
+  const result = await run([binary], directory);
+  expect(result.code).toBe(0);
+  expect(JSON.parse(result.stdout)).toEqual({ name: "native", agrees: true });
 }, 120_000);
