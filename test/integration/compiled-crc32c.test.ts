@@ -1,7 +1,8 @@
-// Proves that the native CRC32C survives `bun build --compile` (the way packaging/build.sh makes the
-// shipped binary): a small program importing src/common/crc32c-native.ts is compiled in a
-// temporary directory and run from there (no node_modules within reach), and must report the native
-// implementation with the right check value on a buffer long enough to take the native path.
+// Proves that the native CRC32C survives `bun build --compile` with the options packaging/build.ts
+// builds the shipped binary with (minified, bytecode, ESM): a small program importing
+// src/common/crc32c-native.ts is compiled in a temporary directory and run from there (no
+// node_modules within reach), and must report the native implementation, agreeing with the
+// reference on a buffer long enough to take the native path.
 import { afterAll, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
@@ -36,7 +37,8 @@ test("a compiled binary checksums with the embedded native addon", async () => {
     ].join("\n"),
   );
   const binary = path.join(directory, "crc-probe");
-  const build = await run([process.execPath, "build", "--compile", "--outfile", binary, entry], repositoryRoot);
+  // The options that matter of packaging/build.ts, which builds the shipped binary.
+  const build = await run([process.execPath, "build", "--compile", "--minify", "--bytecode", "--format=esm", "--outfile", binary, entry], repositoryRoot);
   expect(build.stderr).not.toContain("error");
   expect(build.code).toBe(0);
   const result = await run([binary], directory);
