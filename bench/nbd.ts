@@ -12,12 +12,12 @@
 // Targets: tandem, tandem-direct, tandem-direct-pool, qemu-nbd-wb, qemu-nbd-direct, qsd-nbd-wb,
 // qsd-nbd-direct. tandem-direct runs its O_DIRECT IO on io_uring (the default engine where the
 // kernel has it); tandem-direct-pool is the same server forced onto the thread pool
-// (TANDEM_IO_ENGINE=threadpool, UV_THREADPOOL_SIZE=32 as packaging/tandem.service sets it unless
-// --threadpool says otherwise), so one run shows what io_uring changes.
+// (TANDEM_IO_ENGINE=threadpool), so one run shows what io_uring changes.
 // Workloads: rr4k1 rr4k32 (4k random read, QD1/QD32), rw4k1 rw4k32 (4k random write), sw1m8
 // (1 MiB sequential write, QD8). Page-cache servers get the file read into the cache first.
-// --threadpool N starts Tandem's servers with UV_THREADPOOL_SIZE=N: Bun runs O_DIRECT file IO
-// on that pool (4 threads by default), which bounds the IO Tandem's --direct mode has in flight.
+// Tandem's servers run with UV_THREADPOOL_SIZE=32, as packaging/tandem.service and the lab run the
+// daemon (the NBD server keeps its storage operations in flight to three quarters of that pool,
+// whichever engine runs them); --threadpool N says another size.
 // Not a test: it prints what it measured and exits 0 unless a server or fio fails to run.
 import fs from "node:fs";
 import os from "node:os";
@@ -183,12 +183,9 @@ async function startServer(target: string, image: string, directory: string, thr
       throw new Error(`unknown target ${target}`);
   }
   const env = { ...process.env };
-  if (threadpool !== undefined && target.startsWith("tandem")) env.UV_THREADPOOL_SIZE = String(threadpool);
+  if (target.startsWith("tandem")) env.UV_THREADPOOL_SIZE = String(threadpool ?? 32);
   if (target === "tandem-direct") env.TANDEM_IO_ENGINE = "io_uring";
-  if (target === "tandem-direct-pool") {
-    env.TANDEM_IO_ENGINE = "threadpool";
-    env.UV_THREADPOOL_SIZE = String(threadpool ?? 32);
-  }
+  if (target === "tandem-direct-pool") env.TANDEM_IO_ENGINE = "threadpool";
   const child = Bun.spawn(command, { stdout: log, stderr: log, env });
   await waitForSocket(socketPath, child, target);
   return { target, socketPath, exportName: "disk", process: child };
@@ -383,7 +380,7 @@ async function main(): Promise<void> {
     await stopAll();
   }
   const summaries = summarise(samples, options.targets, options.workloads);
-  const pool = `${options.threadpool === undefined ? "Bun's default thread pool" : `UV_THREADPOOL_SIZE=${options.threadpool}`} for tandem${options.targets.includes("tandem-direct-pool") ? `, UV_THREADPOOL_SIZE=${options.threadpool ?? 32} for tandem-direct-pool` : ""}`;
+  const pool = `UV_THREADPOOL_SIZE=${options.threadpool ?? 32} for Tandem's servers`;
   console.log(`\nNBD over a unix socket, fio ioengine=nbd, ${options.runs} runs × ${options.runtimeSeconds} s, ${os.cpus().length} CPUs, ${pool}, load ${os.loadavg()[0]!.toFixed(1)}, ${new Date().toISOString()}\n`);
   console.log(table(summaries));
   console.log("\n" + ratios(summaries));
