@@ -2,7 +2,9 @@
 // turns and faster than the kernel takes it, arrives on the other side byte for byte and in order.
 // The transport joins each turn's parts in a buffer it reuses and leaves what the kernel did not
 // take to its write queue, which must keep a copy: a queue that kept a view of the join buffer
-// would send later turns' bytes in place of earlier ones, and this test would see them.
+// would send later turns' bytes in place of earlier ones, and this test would see them. The
+// receiving side hands the chunks Bun gives it to the handler without copying them: the test keeps
+// every chunk until the end, so a runtime (or a transport) that reused a receive buffer fails it.
 import { afterEach, expect, test } from "bun:test";
 import { silentLogger } from "../../src/common/log.ts";
 import { TcpPeerTransport } from "../../src/node/replica/tcp-transport.ts";

@@ -174,8 +174,10 @@ export class TcpPeerTransport implements PeerTransport {
       },
       data: (socket: Socket<ConnectionData>, bytes: Buffer) => {
         if (!socket.data || socket.data.closedByUs) return;
-        // The handler keeps the buffer; Bun may reuse its own, so hand over a copy.
-        this.handler?.data(socket.data.id, new Uint8Array(bytes));
+        // The handler keeps the buffer (the framer returns frames as views of it): Bun hands each
+        // call a buffer of its own, as the NBD server's input queue also relies on, and
+        // test/integration/replica-transport.test.ts checks it by keeping every chunk to the end.
+        this.handler?.data(socket.data.id, bytes);
       },
       drain: (socket: Socket<ConnectionData>) => socket.data?.output.drain(socket),
       close: (socket: Socket<ConnectionData>, error?: Error) => {
