@@ -25,7 +25,7 @@ const exports: ExportResolver = {
   list: () => [{ name, description: "", sizeBytes: layer.size() }],
 };
 const server = await startNbdServer({ unixPath: socketPath, exports, log: createLogger({ level: "warn" }) });
-console.log("ready");
+console.log(`ready (direct IO engine: ${layer.direct ? layer.ioEngineName : "none"})`);
 const stop = async () => {
   await server.close({ drain: false });
   await layer.close();

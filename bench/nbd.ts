@@ -9,11 +9,15 @@
 //                    [--targets tandem,qemu-nbd-wb,...] [--workloads rr4k1,rr4k32,...] [--json FILE]
 //                    [--threadpool N]
 //
-// Targets: tandem, tandem-direct, qemu-nbd-wb, qemu-nbd-direct, qsd-nbd-wb, qsd-nbd-direct.
+// Targets: tandem, tandem-direct, tandem-direct-pool, qemu-nbd-wb, qemu-nbd-direct, qsd-nbd-wb,
+// qsd-nbd-direct. tandem-direct runs its O_DIRECT IO on io_uring (the default engine where the
+// kernel has it); tandem-direct-pool is the same server forced onto the thread pool
+// (TANDEM_IO_ENGINE=threadpool), so one run shows what io_uring changes.
 // Workloads: rr4k1 rr4k32 (4k random read, QD1/QD32), rw4k1 rw4k32 (4k random write), sw1m8
 // (1 MiB sequential write, QD8). Page-cache servers get the file read into the cache first.
-// --threadpool N starts Tandem's servers with UV_THREADPOOL_SIZE=N: Bun runs O_DIRECT file IO
-// on that pool (4 threads by default), which bounds the IO Tandem's --direct mode has in flight.
+// Tandem's servers run with UV_THREADPOOL_SIZE=32, as packaging/tandem.service and the lab run the
+// daemon (the NBD server keeps its storage operations in flight to three quarters of that pool,
+// whichever engine runs them); --threadpool N says another size.
 // Not a test: it prints what it measured and exits 0 unless a server or fio fails to run.
 import fs from "node:fs";
 import os from "node:os";
@@ -35,7 +39,7 @@ interface Options {
   threadpool?: number;
 }
 
-const allTargets = ["tandem", "qemu-nbd-wb", "tandem-direct", "qemu-nbd-direct", "qsd-nbd-wb", "qsd-nbd-direct"];
+const allTargets = ["tandem", "qemu-nbd-wb", "tandem-direct", "tandem-direct-pool", "qemu-nbd-direct", "qsd-nbd-wb", "qsd-nbd-direct"];
 const workloadArguments: Record<string, string[]> = {
   rr4k1: ["--rw=randread", "--bs=4k", "--iodepth=1"],
   rr4k32: ["--rw=randread", "--bs=4k", "--iodepth=32"],
@@ -143,7 +147,8 @@ async function startServer(target: string, image: string, directory: string, thr
   switch (target) {
     case "tandem":
     case "tandem-direct":
-      command = [process.execPath, path.join(here, "nbd-serve.ts"), image, socketPath, "--name", "disk", ...(target === "tandem-direct" ? ["--direct"] : [])];
+    case "tandem-direct-pool":
+      command = [process.execPath, path.join(here, "nbd-serve.ts"), image, socketPath, "--name", "disk", ...(target.startsWith("tandem-direct") ? ["--direct"] : [])];
       break;
     case "qemu-nbd-wb":
     case "qemu-nbd-direct":
@@ -178,7 +183,9 @@ async function startServer(target: string, image: string, directory: string, thr
       throw new Error(`unknown target ${target}`);
   }
   const env = { ...process.env };
-  if (threadpool !== undefined && target.startsWith("tandem")) env.UV_THREADPOOL_SIZE = String(threadpool);
+  if (target.startsWith("tandem")) env.UV_THREADPOOL_SIZE = String(threadpool ?? 32);
+  if (target === "tandem-direct") env.TANDEM_IO_ENGINE = "io_uring";
+  if (target === "tandem-direct-pool") env.TANDEM_IO_ENGINE = "threadpool";
   const child = Bun.spawn(command, { stdout: log, stderr: log, env });
   await waitForSocket(socketPath, child, target);
   return { target, socketPath, exportName: "disk", process: child };
@@ -280,18 +287,25 @@ function table(summaries: Summary[]): string {
   return rows.join("\n");
 }
 
-/** The stated targets: QD1 latency ≤ 1.5× the reference, QD32 IOPS ≥ 0.7×, sequential bandwidth ≥ 0.8×. */
+/**
+ * The stated targets: QD1 latency ≤ 1.5× the reference, QD32 IOPS ≥ 0.7×, sequential bandwidth ≥
+ * 0.8×; for the O_DIRECT engines against qemu-nbd --aio=native, the stricter ones of the mirrored
+ * write issue: QD1 latency ≤ 1.1×, QD32 IOPS ≥ 1.0×.
+ */
 function ratios(summaries: Summary[]): string {
   const find = (target: string, workload: string) => summaries.find((entry) => entry.target === target && entry.workload === workload);
   const pairs: [string, string][] = [
     ["tandem", "qemu-nbd-wb"],
     ["tandem", "qemu-nbd-direct"],
     ["tandem-direct", "qemu-nbd-direct"],
+    ["tandem-direct-pool", "qemu-nbd-direct"],
+    ["tandem-direct", "tandem-direct-pool"],
     ["tandem", "qsd-nbd-wb"],
     ["tandem-direct", "qsd-nbd-direct"],
   ];
   const rows = ["| ours / reference | workload | measure | ratio | target | met |", "| --- | --- | --- | ---: | --- | --- |"];
   for (const [ours, reference] of pairs) {
+    const strict = ours.startsWith("tandem-direct") && reference === "qemu-nbd-direct";
     for (const workload of ["rr4k1", "rw4k1", "rr4k32", "rw4k32", "sw1m8"]) {
       const a = find(ours, workload);
       const b = find(reference, workload);
@@ -303,8 +317,8 @@ function ratios(summaries: Summary[]): string {
       if (workload.endsWith("k1")) {
         measure = "p50 latency";
         ratio = a.latencyP50Us / b.latencyP50Us;
-        goal = "≤ 1.5";
-        met = ratio <= 1.5;
+        goal = strict ? "≤ 1.1" : "≤ 1.5";
+        met = ratio <= (strict ? 1.1 : 1.5);
       } else if (workload === "sw1m8") {
         measure = "bandwidth";
         ratio = a.mibPerSecond / b.mibPerSecond;
@@ -313,10 +327,11 @@ function ratios(summaries: Summary[]): string {
       } else {
         measure = "IOPS";
         ratio = a.iops / b.iops;
-        goal = "≥ 0.7";
-        met = ratio >= 0.7;
+        goal = strict ? "≥ 1.0" : "≥ 0.7";
+        met = ratio >= (strict ? 1.0 : 0.7);
       }
-      rows.push(`| ${ours} / ${reference} | ${workload} | ${measure} | ${ratio.toFixed(2)} | ${goal} | ${met ? "yes" : "NO"} |`);
+      const comparison = reference === "tandem-direct-pool"; // io_uring against the pool: no target, just the difference
+      rows.push(`| ${ours} / ${reference} | ${workload} | ${measure} | ${ratio.toFixed(2)} | ${comparison ? "—" : goal} | ${comparison ? "—" : met ? "yes" : "NO"} |`);
     }
   }
   return rows.join("\n");
@@ -344,7 +359,7 @@ async function main(): Promise<void> {
       for (const target of options.targets) {
         await run(["sync"]);
         // Page-cache servers start from a warm cache (what a running volume has); O_DIRECT ones do not use it.
-        if (!target.endsWith("direct")) await run(["dd", `if=${image}`, "of=/dev/null", "bs=4M"]);
+        if (!target.includes("direct")) await run(["dd", `if=${image}`, "of=/dev/null", "bs=4M"]);
         const server = await startServer(target, image, directory, options.threadpool);
         started.push(server);
         try {
@@ -365,7 +380,7 @@ async function main(): Promise<void> {
     await stopAll();
   }
   const summaries = summarise(samples, options.targets, options.workloads);
-  const pool = options.threadpool === undefined ? "Bun's default thread pool" : `UV_THREADPOOL_SIZE=${options.threadpool} for Tandem`;
+  const pool = `UV_THREADPOOL_SIZE=${options.threadpool ?? 32} for Tandem's servers`;
   console.log(`\nNBD over a unix socket, fio ioengine=nbd, ${options.runs} runs × ${options.runtimeSeconds} s, ${os.cpus().length} CPUs, ${pool}, load ${os.loadavg()[0]!.toFixed(1)}, ${new Date().toISOString()}\n`);
   console.log(table(summaries));
   console.log("\n" + ratios(summaries));

@@ -1,417 +1,607 @@
-// Mirroring benchmark, in one run on the two-node lab (nodes a and b over loopback through the
-// lab's link relay), with fio's nbd engine on each node's NBD unix socket:
-//  1. 4k random writes at iodepth 1 and 32 through a mirrored volume (the lab's primary, a), and
-//     through an unmirrored volume of a standalone node running the same binary on the same
-//     machine; runs interleaved. The floor is measured too: one page-cache 4k pwrite (no
-//     fdatasync) plus one 4 KiB loopback TCP round trip through a relay like the lab's.
-//     Targets: mirrored QD1 latency <= 1.3x (unmirrored latency + one round trip); mirrored QD32
-//     IOPS >= 0.6x unmirrored. The cost of frame authentication, as an A/B in the same run: the
-//     mirrored cells again with both lab nodes restarted in the benchmark mode that runs the link
-//     with untagged frames (docs/security.md), rounds alternating which mode goes first. Budget:
-//     tagged QD32 IOPS >= 0.9x untagged. On a shared machine the IOPS move with everyone else's
-//     load, so the CPU the two nodes spend per mirrored write (from /proc, user + system, during
-//     each mirrored run) is compared too: it does not count time spent waiting for a core. And the
-//     CPU time of the tags themselves (process CPU time, not wall clock) for one write's frames: a
-//     4 KiB Write and its WriteAck, each tagged once and checked once.
-//  2. Resync: the volume (1 GiB by default) is filled, the link cut, every other MiB rewritten
-//     (50% dirty), the link healed, and the time to "synced" on both nodes measured. Compared with
-//     a plain copy of the same number of bytes from a file over a TCP connection through the same
-//     kind of relay into a file (page cache both ends). Target: resync >= 70% of the copy's rate.
-//  3. The resync again with fio (4k random writes, QD32) running on the primary during it, against
-//     the same fio on the synced volume. Target: >= 50% of the IOPS.
+// Mirrored-write benchmark: what users run, against QEMU's own synchronous mirrors, in one run.
+// Every system serves one volume (1 GiB by default, filled first, page cache everywhere) over NBD on
+// a unix socket, and fio's nbd engine drives it:
+//   tandem-mirrored    two Tandem daemons of a lab whose nodes link directly (`lab up --direct`),
+//                      the volume mirrored from a to b (protocol C);
+//   tandem-untagged    the same, a second lab whose nodes run the link in the benchmark mode with
+//                      untagged frames (docs/security.md): the A/B of frame authentication, with
+//                      its budget (tagged QD32 IOPS >= 0.9x untagged) and the tags' own CPU time
+//                      for one write (its 4 KiB Write and WriteAck, each tagged and checked);
+//   qemu-quorum        qemu-storage-daemon with a `quorum` node, vote-threshold 2, children a local
+//                      file and an NBD client to a second qemu-storage-daemon serving the peer's file;
+//   qemu-mirror        qemu-storage-daemon serving a local file while a `blockdev-mirror
+//                      copy-mode=write-blocking` job (started over QMP, waited for until ready)
+//                      mirrors every write to an NBD client of a second qemu-storage-daemon;
+//   tandem-unmirrored  a standalone Tandem daemon (no peer) with the same volume: the floor;
+//   qemu-nbd-wb        qemu-nbd --cache=writeback on a file: QEMU's unmirrored floor.
+// Workloads: 4k random write at iodepth 1 (mean, p50, p99 latency) and 32 (IOPS), 4k random read
+// at iodepth 1 and 32, 1 MiB sequential write at iodepth 8. Rounds rotate the order of the systems;
+// each cell is the median of the rounds. For every run the CPU time (utime + stime from
+// /proc/PID/stat) of every server process of the system is read before and after, and divided by
+// the requests fio completed: CPU µs per request, per process. Kernel work done outside those
+// processes (kworkers completing IO, softirqs) is not counted, for any system. The round trip is
+// measured too: a 4 KiB request and a 4 KiB answer over loopback TCP between two processes.
+// It prints the tables and the ratios against the targets of the mirrored-write issue.
 //
-//   bun bench/replica.ts [--size 1G] [--runtime 10] [--runs 3] [--resync-rate 4G] [--dir DIR] [--json FILE]
-// The resync time is taken from node a's log: from `resyncStarted` to `synced` (so the reconnect
-// backoff after the heal is not counted); the lab's nodes run with peer.resyncRate = --resync-rate.
-// Not a test: it prints what it measured and exits 0 unless something fails to run.
+//   bun bench/replica.ts [--size 1G] [--runtime 10] [--runs 3] [--systems a,b,...]
+//                        [--workloads w4k1,...] [--dir DIR] [--json FILE] [--smoke]
+// The full setting is the default (3 rounds × 10 s per cell, 1 GiB: about 15 minutes). --smoke is
+// the CI setting (64 MiB, 1 round of 1 s: proves every system starts and every cell is measured,
+// figures meaningless). Not a test: it exits 0 unless something fails to run.
+// Resync figures are bench/resync.ts's (they need the lab's relay to cut the link).
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { parseSize } from "../src/common/size.ts";
 import { cliEntry, runCli } from "../test/helpers/daemon.ts";
 import { median } from "./stats.ts";
-import { LinkRelay } from "../src/node/lab/relay.ts";
 import { untaggedFramesConsent, untaggedFramesVariable } from "../src/node/replica/replication.ts";
 import { frameTag } from "../src/replica/auth.ts";
 import { encodeMessage, MessageType, WireStatus } from "../src/replica/wire.ts";
 
 const MiB = 1024 * 1024;
 
-// Helper modes: this file is also the copy receiver and the relay process of part 2.
-if (process.argv[2] === "--receive") {
-  // --receive PORT FILE BYTES: accept one connection, write BYTES into FILE, answer the count.
-  const [port, file, expected] = [Number(process.argv[3]), process.argv[4]!, Number(process.argv[5])];
-  const out = fs.openSync(file, "w");
-  let received = 0;
-  const server = net.createServer((socket) => {
-    socket.on("data", (chunk: Buffer) => {
-      fs.writeSync(out, chunk);
-      received += chunk.length;
-      if (received >= expected) {
-        fs.closeSync(out);
-        socket.write(`${received}\n`, () => server.close());
-      }
-    });
+// Helper mode: the far end of the round-trip measurement, in its own process like a peer daemon.
+if (process.argv[2] === "--echo") {
+  const echoAnswer = new Uint8Array(4096).fill(0x72);
+  const listener = Bun.listen<{ pending: number }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(socket) {
+        socket.data = { pending: 0 };
+        socket.setNoDelay(true);
+      },
+      data(socket, chunk) {
+        socket.data.pending += chunk.length;
+        while (socket.data.pending >= 4096) {
+          socket.data.pending -= 4096;
+          socket.write(echoAnswer);
+        }
+      },
+      close() {
+        listener.stop(true);
+        process.exit(0);
+      },
+    },
   });
-  server.listen(port, "127.0.0.1", () => process.stdout.write("ready\n"));
-  await new Promise((resolve) => server.on("close", resolve));
-  process.exit(0);
-}
-if (process.argv[2] === "--relay") {
-  // --relay LISTEN TARGET: the lab's relay code, forwarding one port to another.
-  const relay = LinkRelay.start({ listen: { hostname: "127.0.0.1", port: Number(process.argv[3]) }, target: { hostname: "127.0.0.1", port: Number(process.argv[4]) } });
-  process.stdout.write(`ready ${relay.port}\n`);
+  process.stdout.write(`ready ${listener.port}\n`);
+  setTimeout(() => process.exit(3), 120_000).unref();
   await new Promise(() => {});
 }
 
+const systemNames = ["tandem-mirrored", "tandem-untagged", "qemu-quorum", "qemu-mirror", "tandem-unmirrored", "qemu-nbd-wb"] as const;
+type SystemName = (typeof systemNames)[number];
+const workloadArguments = {
+  w4k1: ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
+  w4k32: ["--rw=randwrite", "--bs=4k", "--iodepth=32"],
+  r4k1: ["--rw=randread", "--bs=4k", "--iodepth=1"],
+  r4k32: ["--rw=randread", "--bs=4k", "--iodepth=32"],
+  sw1m: ["--rw=write", "--bs=1M", "--iodepth=8"],
+} as const;
+type WorkloadName = keyof typeof workloadArguments;
+
 const { values } = parseArgs({
   options: {
-    size: { type: "string", default: "1G" },
-    runtime: { type: "string", default: "10" },
-    runs: { type: "string", default: "3" },
+    size: { type: "string" },
+    runtime: { type: "string" },
+    runs: { type: "string" },
+    systems: { type: "string" },
+    workloads: { type: "string" },
     dir: { type: "string", default: path.join(os.tmpdir(), "tandem-replica-bench") },
     json: { type: "string" },
-    "resync-rate": { type: "string", default: "4G" },
+    smoke: { type: "boolean", default: false },
   },
 });
-const sizeBytes = parseSize(values.size!);
-const runtime = Number(values.runtime);
-const runs = Number(values.runs);
-const dir = values.dir!;
+const smoke = values.smoke === true;
+const sizeBytes = parseSize(values.size ?? (smoke ? "64M" : "1G"));
+const runtimeSeconds = Number(values.runtime ?? (smoke ? "1" : "10"));
+const rounds = Number(values.runs ?? (smoke ? "1" : "3"));
+const systems = (values.systems?.split(",") ?? [...systemNames]) as SystemName[];
+const workloads = (values.workloads?.split(",") ?? Object.keys(workloadArguments)) as WorkloadName[];
+for (const system of systems) if (!systemNames.includes(system)) throw new Error(`unknown system ${system}; known: ${systemNames.join(", ")}`);
+for (const workload of workloads) if (!(workload in workloadArguments)) throw new Error(`unknown workload ${workload}; known: ${Object.keys(workloadArguments).join(", ")}`);
+if (!(runtimeSeconds > 0) || !(rounds >= 1) || sizeBytes < 16 * MiB) throw new Error("--runtime and --runs must be positive, --size at least 16M");
+const dir = path.resolve(values.dir!);
 fs.rmSync(dir, { recursive: true, force: true });
 fs.mkdirSync(dir, { recursive: true });
 
 const log = (line: string) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+const clockTicksPerSecond = Number(Bun.spawnSync(["getconf", "CLK_TCK"]).stdout.toString().trim()) || 100;
 
-async function run(command: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd: dir, env: { ...process.env, ...options.env } });
-  const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 600_000);
+interface Started {
+  name: string;
+  process: import("bun").Subprocess;
+}
+const started: Started[] = [];
+
+/** Start a helper process we own; its output goes to DIR/NAME.log. */
+function spawn(name: string, command: string[], options: { cwd?: string; env?: Record<string, string> } = {}): import("bun").Subprocess {
+  const out = fs.openSync(path.join(dir, `${name}.log`), "a");
+  const child = Bun.spawn(command, { cwd: options.cwd ?? dir, stdout: out, stderr: out, env: { ...process.env, ...options.env } });
+  fs.closeSync(out);
+  started.push({ name, process: child });
+  return child;
+}
+
+async function stopAll(): Promise<void> {
+  for (const { process: child } of started.splice(0).reverse()) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    child.kill("SIGTERM");
+    const exited = await Promise.race([child.exited.then(() => true), Bun.sleep(20_000).then(() => false)]);
+    if (!exited) child.kill("SIGKILL");
+  }
+}
+
+async function run(command: string[], timeoutMs = 600_000): Promise<string> {
+  const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe", cwd: dir });
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   clearTimeout(timer);
-  return { code, stdout, stderr };
+  if (code !== 0) throw new Error(`${command.join(" ")} exited ${code}: ${stderr.trim() || stdout.trim()}`);
+  return stdout;
 }
 
 async function tandem(args: string[]): Promise<string> {
   const result = await runCli(args, { timeoutMs: 120_000, cwd: dir });
   // `status` exits 6 or 7 to say the node is degraded or has no quorum (docs/cli.md): still an answer.
   const answered = result.code === 0 || (args[0] === "status" && (result.code === 6 || result.code === 7));
-  if (!answered) throw new Error(`tandem ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
+  if (!answered) throw new Error(`tandem ${args.join(" ")} exited ${result.code}: ${result.stderr}${result.stdout}`);
   return result.stdout;
 }
 
-// ---------------------------------------------------------------- the lab and a standalone node
-const labDir = path.join(dir, "lab");
-log(`lab up in ${labDir}`);
-await tandem(["lab", "up", "--dir", labDir, "--json"]);
-// Uncap the resync (the default 200 MiB/s cap would decide the comparison with a plain copy); client
-// IO keeps priority through the resync window either way, which part 3 measures.
-await tandem(["lab", "down", "--dir", labDir]);
-for (const node of ["a", "b"]) {
-  const file = path.join(labDir, node, "config.json");
-  const config = JSON.parse(fs.readFileSync(file, "utf8"));
-  config.peer.resyncRate = values["resync-rate"];
-  fs.writeFileSync(file, JSON.stringify(config, null, 2));
-}
-const lab = JSON.parse(await tandem(["lab", "up", "--dir", labDir, "--json"])) as { nodes: { name: string; control: string; nbd: string }[] };
-const nodeA = lab.nodes.find((node) => node.name === "a")!;
-const nodeB = lab.nodes.find((node) => node.name === "b")!;
-const soloDir = path.join(dir, "solo");
-fs.mkdirSync(soloDir);
-fs.writeFileSync(path.join(soloDir, "config.json"), JSON.stringify({ name: "solo", dataDir: "data", controlSocket: "control.sock", nbd: { socket: "nbd.sock" }, log: { level: "warn" } }));
-const solo = Bun.spawn([process.execPath, cliEntry, "node", "run", "--config", path.join(soloDir, "config.json")], { cwd: soloDir, stdout: Bun.file(path.join(soloDir, "node.log")), stderr: "inherit" });
-const helpers: { kill(signal?: number | NodeJS.Signals): void }[] = [solo];
-
-async function shutdown(): Promise<void> {
-  for (const helper of helpers) helper.kill("SIGTERM");
-  await runCli(["lab", "down", "--dir", labDir], { timeoutMs: 60_000, cwd: dir });
+async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, watch?: import("bun").Subprocess): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (watch && watch.exitCode !== null) throw new Error(`${what}: the process exited with ${watch.exitCode} (see its log in ${dir})`);
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs / 1000} s`);
+    await Bun.sleep(50);
+  }
 }
 
-try {
-  for (let i = 0; i < 200 && !fs.existsSync(path.join(soloDir, "control.sock")); i++) await Bun.sleep(50);
-  const soloSocket = ["--socket", path.join(soloDir, "control.sock")];
-  const volumeSize = String(sizeBytes);
-  await tandem(["volume", "create", "bench", "--size", volumeSize, "--socket", nodeA.control]);
-  const benchVolumeId = (JSON.parse(await tandem(["volume", "list", "--json", "--socket", nodeA.control])) as { volumes: { name: string; id: number }[] }).volumes.find((volume) => volume.name === "bench")!.id;
-  await tandem(["volume", "create", "bench", "--size", volumeSize, ...soloSocket]);
-  const uris = {
-    mirrored: `nbd+unix:///bench?socket=${nodeA.nbd}`,
-    unmirrored: `nbd+unix:///bench?socket=${path.join(soloDir, "nbd.sock")}`,
-  };
+const socketAnswers = (socket: string) =>
+  Bun.connect({ unix: socket, socket: { data() {}, connectError() {} } }).then(
+    (connection) => {
+      connection.terminate();
+      return true;
+    },
+    () => false,
+  );
 
-  const volumeStates = async (control: string) => {
-    const listed = JSON.parse(await tandem(["volume", "list", "--json", "--socket", control])) as { volumes: { name: string; nodes: { state: string; detail?: { progress?: string } }[] }[] };
-    return listed.volumes.find((volume) => volume.name === "bench")!.nodes;
-  };
-  const waitSynced = async (timeoutMs: number, onProgress?: (line: string) => void): Promise<number> => {
-    const started = performance.now();
-    let lastProgress = "";
-    while (performance.now() - started < timeoutMs) {
-      const [a, b] = [await volumeStates(nodeA.control), await volumeStates(nodeB.control)];
-      if ([...a, ...b].every((replica) => replica.state === "synced")) return performance.now() - started;
-      const progress = a.map((replica) => replica.detail?.progress).find(Boolean);
-      if (progress && progress !== lastProgress && onProgress) onProgress((lastProgress = progress));
-      await Bun.sleep(50);
-    }
-    throw new Error(`not synced within ${timeoutMs} ms`);
-  };
+/** A file of `sizeBytes` of random data, written through the page cache (where it stays). */
+async function filledFile(file: string): Promise<void> {
+  await run(["fio", "--name=fill", `--filename=${file}`, "--rw=write", "--bs=1M", "--iodepth=8", "--ioengine=psync", "--refill_buffers", `--size=${sizeBytes}`, "--output=/dev/null"]);
+}
 
-  interface FioSide {
-    iops: number;
-    meanUs: number;
-    p50Us: number;
-    bytes: number;
-    /** CPU of both lab nodes (user + system) per 4 KiB write during the run; mirrored runs only. */
-    nodeCpuUsPerWrite?: number;
+/** CPU seconds (user + system, all threads) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // After "pid (comm) ", field 3 (state) is fields[0]; utime and stime are fields 14 and 15.
+  return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+}
+
+interface System {
+  name: SystemName;
+  uri: string;
+  /** Server processes whose CPU is charged to this system, by role. */
+  processes: Record<string, number>;
+}
+
+// ---------------------------------------------------------------------------------- the systems
+/** A lab with its nodes linked directly and a filled volume mirrored a → b; `untagged`: the frame-authentication A/B. */
+async function startTandemLab(name: "tandem-mirrored" | "tandem-untagged"): Promise<System> {
+  const labDir = path.join(dir, name);
+  const untagged = name === "tandem-untagged";
+  log(`${name}: lab up --direct${untagged ? " with untagged frames" : ""}`);
+  const env: Record<string, string> = untagged ? { [untaggedFramesVariable]: untaggedFramesConsent } : {};
+  const up = await runCli(["lab", "up", "--direct", "--dir", labDir, "--json"], { timeoutMs: 120_000, cwd: dir, env });
+  if (up.code !== 0) throw new Error(`${name}: lab up exited ${up.code}: ${up.stderr}${up.stdout}`);
+  // The lab's daemons are detached; `lab down` stops them (by the pids it recorded) at the end.
+  labStoppers.push(() => runCli(["lab", "down", "--dir", labDir], { timeoutMs: 60_000, cwd: dir }).then(() => {}));
+  const lab = JSON.parse(up.stdout) as { nodes: { name: string; control: string; nbd: string; pid: number }[] };
+  const [a, b] = ["a", "b"].map((node) => lab.nodes.find((entry) => entry.name === node)!);
+  const link = JSON.parse(await tandem(["status", "--json", "--socket", a!.control])) as { node: { link: { framesTagged: boolean } } };
+  if (link.node.link.framesTagged === untagged) throw new Error(`${name}: the lab came up with framesTagged=${link.node.link.framesTagged}`);
+  await tandem(["volume", "create", "bench", "--size", String(sizeBytes), "--socket", a!.control]);
+  const uri = `nbd+unix:///bench?socket=${a!.nbd}`;
+  log(`${name}: filling the volume`);
+  await fio(uri, [...workloadArguments.sw1m, `--size=${sizeBytes}`, "--refill_buffers"]);
+  await waitFor(`${name} synced`, () => bothSynced(a!.control, b!.control), 300_000);
+  return { name, uri, processes: { "node a": a!.pid, "node b": b!.pid } };
+}
+
+const labStoppers: (() => Promise<void>)[] = [];
+
+async function bothSynced(...controls: string[]): Promise<boolean> {
+  for (const control of controls) {
+    const listed = JSON.parse(await tandem(["volume", "list", "--json", "--socket", control])) as { volumes: { name: string; nodes: { state: string }[] }[] };
+    const replicas = listed.volumes.find((volume) => volume.name === "bench")?.nodes ?? [];
+    if (replicas.length !== 2 || replicas.some((replica) => replica.state !== "synced")) return false;
   }
-  const fio = async (uri: string, args: string[]): Promise<FioSide> => {
-    const result = await run(["fio", "--name=bench", "--ioengine=nbd", `--uri=${uri}`, "--output-format=json", ...args]);
-    if (result.code !== 0) throw new Error(`fio failed: ${result.stderr}`);
-    const job = JSON.parse(result.stdout.slice(result.stdout.indexOf("{"))).jobs[0];
-    const side = job.write.io_bytes > 0 ? job.write : job.read;
-    return { iops: side.iops, meanUs: side.lat_ns.mean / 1000, p50Us: (side.clat_ns.percentile?.["50.000000"] ?? 0) / 1000, bytes: side.io_bytes };
-  };
+  return true;
+}
 
-  // Fill both volumes so writes land on allocated blocks and the resync has real data to move.
-  log(`filling both volumes (${values.size})`);
-  for (const uri of Object.values(uris)) await fio(uri, ["--rw=write", "--bs=1M", "--iodepth=8", `--size=${sizeBytes}`, "--refill_buffers"]);
-  await waitSynced(300_000);
+async function startTandemUnmirrored(): Promise<System> {
+  const soloDir = path.join(dir, "solo");
+  fs.mkdirSync(soloDir);
+  const config = path.join(soloDir, "config.json");
+  fs.writeFileSync(config, JSON.stringify({ name: "solo", dataDir: "data", controlSocket: "control.sock", nbd: { socket: "nbd.sock" }, log: { level: "warn" } }));
+  log("tandem-unmirrored: a standalone node");
+  // As packaging/tandem.service runs the daemon.
+  const daemon = spawn("solo", [process.execPath, cliEntry, "node", "run", "--config", config], { cwd: soloDir, env: { UV_THREADPOOL_SIZE: "32" } });
+  const control = path.join(soloDir, "control.sock");
+  await waitFor("standalone node", () => socketAnswers(control), 30_000, daemon);
+  await tandem(["volume", "create", "bench", "--size", String(sizeBytes), "--socket", control]);
+  const uri = `nbd+unix:///bench?socket=${path.join(soloDir, "nbd.sock")}`;
+  log("tandem-unmirrored: filling the volume");
+  await fio(uri, [...workloadArguments.sw1m, `--size=${sizeBytes}`, "--refill_buffers"]);
+  return { name: "tandem-unmirrored", uri, processes: { node: daemon.pid } };
+}
 
-  // ------------------------------------------------------------ 1. mirrored vs unmirrored, tagged vs untagged frames
-  let started = 0;
-  const samples: Record<string, FioSide[]> = {};
-  const workloads = { qd1: ["--rw=randwrite", "--bs=4k", "--iodepth=1"], qd32: ["--rw=randwrite", "--bs=4k", "--iodepth=32"] };
-  let frames: "tagged" | "untagged" = "tagged";
-  /** Restart both lab nodes with or without the benchmark-only request for untagged frames. */
-  const setFrames = async (mode: "tagged" | "untagged") => {
-    if (frames === mode) return;
-    log(`restarting the lab with ${mode} frames`);
-    await tandem(["lab", "down", "--dir", labDir]);
-    const env: Record<string, string> = mode === "untagged" ? { [untaggedFramesVariable]: untaggedFramesConsent } : {};
-    const result = await runCli(["lab", "up", "--dir", labDir, "--json"], { timeoutMs: 120_000, cwd: dir, env });
-    if (result.code !== 0) throw new Error(`lab up (${mode}) failed: ${result.stderr}`);
-    frames = mode;
-    const link = JSON.parse(await tandem(["status", "--json", "--socket", nodeA.control])) as { node: { link: { framesTagged: boolean } } };
-    if (link.node.link.framesTagged !== (mode === "tagged")) throw new Error(`the lab came up with framesTagged=${link.node.link.framesTagged}, wanted ${mode}`);
-    await waitSynced(120_000);
-  };
-  /** CPU milliseconds (user + system) the lab's two node processes have used so far. */
-  const nodeCpuMs = async (): Promise<number> => {
-    const status = JSON.parse(await tandem(["lab", "status", "--dir", labDir, "--json"])) as { nodes: { pid: number | null }[] };
-    let ticks = 0;
-    for (const node of status.nodes) {
-      const fields = fs.readFileSync(`/proc/${node.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]); // utime and stime, fields 14 and 15 of stat
-    }
-    return ticks * 10; // USER_HZ is 100 on Linux
-  };
-  const cellRun = async (target: "mirrored" | "unmirrored" | "untagged", workload: string, args: string[], round: number) => {
-    log(`${target} ${workload} run ${round}/${runs}`);
-    const cpuBefore = target === "unmirrored" ? 0 : await nodeCpuMs();
-    const sample = await fio(uris[target === "untagged" ? "mirrored" : target], [...args, `--size=${sizeBytes}`, "--time_based", `--runtime=${runtime}`, "--randrepeat=0"]);
-    if (target !== "unmirrored") sample.nodeCpuUsPerWrite = ((await nodeCpuMs()) - cpuBefore) * 1000 / (sample.bytes / 4096);
-    (samples[`${target}.${workload}`] ??= []).push(sample);
-  };
-  for (let round = 1; round <= runs; round++) {
-    const modes = round % 2 ? (["tagged", "untagged"] as const) : (["untagged", "tagged"] as const);
-    for (const mode of modes) {
-      await setFrames(mode);
-      for (const [workload, args] of Object.entries(workloads)) {
-        if (mode === "untagged") await cellRun("untagged", workload, args, round);
-        else for (const target of round % 2 ? (["mirrored", "unmirrored"] as const) : (["unmirrored", "mirrored"] as const)) await cellRun(target, workload, args, round);
-      }
-    }
-  }
-  await setFrames("tagged");
-  await waitSynced(120_000);
+/** A qemu-storage-daemon serving `file` as export "disk" on `socket` (page cache): a peer of the QEMU anchors. */
+async function startQsdPeer(name: string, file: string): Promise<{ pid: number; socket: string }> {
+  const socket = path.join(dir, `${name}.sock`);
+  const peer = spawn(name, [
+    "qemu-storage-daemon",
+    "--blockdev", `driver=file,node-name=file0,filename=${file},cache.direct=off,aio=threads`,
+    "--blockdev", "driver=raw,node-name=disk0,file=file0",
+    "--nbd-server", `addr.type=unix,addr.path=${socket}`,
+    "--export", "type=nbd,id=export0,node-name=disk0,name=disk,writable=on",
+  ]);
+  await waitFor(`${name} listening`, () => fs.existsSync(socket) && socketAnswers(socket), 30_000, peer);
+  return { pid: peer.pid, socket };
+}
 
-  // The tags' own CPU time for one mirrored 4k write: its Write frame and its WriteAck, each tagged
-  // by the sender and checked by the receiver (four tag computations), timed in this process.
-  const tagKey = crypto.getRandomValues(new Uint8Array(32));
-  const writeFrame = encodeMessage({ type: MessageType.Write, volumeId: 1, requestId: 1, offset: 0, fua: false, data: new Uint8Array(4096) });
-  const ackFrame = encodeMessage({ type: MessageType.WriteAck, volumeId: 1, requestId: 1, status: WireStatus.Ok });
-  const tagRounds = 20_000;
-  for (let i = 0; i < 2000; i++) frameTag(tagKey, i, writeFrame);
-  const cpuStart = process.cpuUsage();
-  for (let i = 0; i < tagRounds; i++) {
-    frameTag(tagKey, i, writeFrame);
-    frameTag(tagKey, i, writeFrame);
-    frameTag(tagKey, i, ackFrame);
-    frameTag(tagKey, i, ackFrame);
-  }
-  const tagCpu = process.cpuUsage(cpuStart);
-  const tagUsPerWrite = (tagCpu.user + tagCpu.system) / tagRounds;
-
-  // The floor: a page-cache 4k pwrite, and a 4 KiB round trip on loopback through a relay.
-  const floorFile = path.join(dir, "floor.img");
-  fs.writeFileSync(floorFile, "");
-  fs.truncateSync(floorFile, 256 * MiB);
-  const fd = fs.openSync(floorFile, "r+");
-  const block = new Uint8Array(4096).fill(7);
-  const writes = 20_000;
-  for (let i = 0; i < 2000; i++) fs.writeSync(fd, block, 0, 4096, (i % 65536) * 4096);
-  started = performance.now();
-  for (let i = 0; i < writes; i++) fs.writeSync(fd, block, 0, 4096, Math.floor(Math.random() * 65536) * 4096);
-  const writeUs = ((performance.now() - started) * 1000) / writes;
-  fs.closeSync(fd);
-  const echo = net.createServer((socket) => socket.on("data", (chunk: Buffer) => socket.write(chunk.subarray(0, 1))));
-  await new Promise<void>((resolve) => echo.listen(0, "127.0.0.1", resolve));
-  const echoPort = (echo.address() as net.AddressInfo).port;
-  const relayChild = Bun.spawn([process.execPath, import.meta.path, "--relay", "0", String(echoPort)], { stdout: "pipe", stderr: "inherit" });
-  helpers.push(relayChild);
-  const relayPort = Number((await readLine(relayChild.stdout)).split(" ")[1]);
-  const rttUs = await roundTrips(relayPort, 4096, 5000);
-  relayChild.kill("SIGTERM");
-  echo.close();
-  const floorUs = writeUs + rttUs;
-
-  // ------------------------------------------------------------ 2. resync vs plain copy
-  const dirtyBytes = sizeBytes / 2;
-  const resyncOnce = async (withFio: boolean): Promise<{ resyncMs: number; fio?: FioSide }> => {
-    await tandem(["lab", "cut", "--dir", labDir]);
-    // Every other MiB: half the volume dirty, spread over all of it.
-    await fio(uris.mirrored, ["--rw=write:1M", "--bs=1M", "--iodepth=8", `--size=${sizeBytes}`, "--refill_buffers"]);
-    await tandem(["lab", "heal", "--dir", labDir]);
-    let fioResult: Promise<FioSide> | undefined;
-    if (withFio) fioResult = fio(uris.mirrored, [...workloads.qd32, `--size=${sizeBytes}`, "--time_based", `--runtime=${Math.max(2, Math.floor(resyncAlone.resyncMs / 1000 / 2))}`, "--randrepeat=0"]);
-    let progressLines = 0;
-    await waitSynced(600_000, (line) => {
-      if (progressLines++ % 10 === 0) log(`resync: ${line}`);
-    });
-    // From a's log: the last resyncStarted and the synced report after it.
-    const records = fs
-      .readFileSync(path.join(labDir, "a", "node.log"), "utf8")
-      .split("\n")
-      .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line) as { time: string; msg: string; volumeId?: number });
-    // The bench volume's records only: the lab's demo volume reports its own (instant) sync.
-    const startIndex = records.findLastIndex((record) => record.msg === "resyncStarted" && record.volumeId === benchVolumeId);
-    const end = records.slice(startIndex).find((record) => record.msg === "synced" && record.volumeId === benchVolumeId);
-    if (startIndex < 0 || !end) throw new Error("no resyncStarted/synced pair in a's log");
-    const resyncMs = Date.parse(end.time) - Date.parse(records[startIndex]!.time);
-    return { resyncMs, fio: fioResult ? await fioResult : undefined };
-  };
-  log("resync of 50% dirty, alone");
-  let resyncAlone = { resyncMs: 0 } as { resyncMs: number };
-  resyncAlone = await resyncOnce(false);
-
-  log("plain copy of the same bytes over a relay");
-  const source = path.join(dir, "copy-source.img");
-  await run(["fio", "--name=src", `--filename=${source}`, "--rw=write", "--bs=1M", `--size=${dirtyBytes}`, "--refill_buffers", "--output=/dev/null"]);
-  await run(["cat", source], { timeoutMs: 120_000 }); // into the page cache, as the volume's data is
-  const receiverPort = 20000 + Math.floor(Math.random() * 20000);
-  const receiver = Bun.spawn([process.execPath, import.meta.path, "--receive", String(receiverPort), path.join(dir, "copy-target.img"), String(dirtyBytes)], { stdout: "pipe", stderr: "inherit" });
-  helpers.push(receiver);
-  await readLine(receiver.stdout);
-  const copyRelay = Bun.spawn([process.execPath, import.meta.path, "--relay", "0", String(receiverPort)], { stdout: "pipe", stderr: "inherit" });
-  helpers.push(copyRelay);
-  const copyRelayPort = Number((await readLine(copyRelay.stdout)).split(" ")[1]);
-  started = performance.now();
-  const copied = await copyFile(source, copyRelayPort);
-  const copyMs = performance.now() - started;
-  copyRelay.kill("SIGTERM");
-  if (copied !== dirtyBytes) throw new Error(`copy moved ${copied} bytes, expected ${dirtyBytes}`);
-
-  log("resync of 50% dirty with fio running on the primary");
-  const baseline = await fio(uris.mirrored, [...workloads.qd32, `--size=${sizeBytes}`, "--time_based", `--runtime=${Math.max(2, Math.floor(resyncAlone.resyncMs / 1000 / 2))}`, "--randrepeat=0"]);
-  const during = await resyncOnce(true);
-
-  // ------------------------------------------------------------ report
-  const fieldValues = (key: string, field: keyof FioSide) => samples[key]!.map((sample) => sample[field] ?? NaN);
-  const cell = (key: string, field: keyof FioSide) => median(fieldValues(key, field));
-  const spread = (key: string, field: keyof FioSide) => `${Math.round(Math.min(...fieldValues(key, field)))}–${Math.round(Math.max(...fieldValues(key, field)))}`;
-  const mirroredQd1 = cell("mirrored.qd1", "meanUs");
-  const unmirroredQd1 = cell("unmirrored.qd1", "meanUs");
-  const qd1Bound = unmirroredQd1 + rttUs;
-  const qd32Ratio = cell("mirrored.qd32", "iops") / cell("unmirrored.qd32", "iops");
-  const tagRatio = cell("mirrored.qd32", "iops") / cell("untagged.qd32", "iops");
-  const resyncRate = dirtyBytes / MiB / (resyncAlone.resyncMs / 1000);
-  const copyRate = dirtyBytes / MiB / (copyMs / 1000);
-  const duringRatio = during.fio!.iops / baseline.iops;
-  const rows = [
-    `Mirroring on the lab (loopback through the link relay), ${values.size} volume, ${runs} run(s) x ${runtime}s per cell, medians (min–max)`,
-    "",
-    "| 4k randwrite | mirrored | unmirrored | ratio | target |",
-    "| --- | ---: | ---: | ---: | --- |",
-    `| QD1 mean latency µs | ${mirroredQd1.toFixed(1)} (${spread("mirrored.qd1", "meanUs")}) | ${unmirroredQd1.toFixed(1)} (${spread("unmirrored.qd1", "meanUs")}) | ${(mirroredQd1 / qd1Bound).toFixed(2)}× of unmirrored + RTT (${qd1Bound.toFixed(1)} µs) | ≤ 1.3×: ${mirroredQd1 <= 1.3 * qd1Bound ? "met" : "missed"} |`,
-    `| QD1 IOPS | ${Math.round(cell("mirrored.qd1", "iops"))} | ${Math.round(cell("unmirrored.qd1", "iops"))} | ${(cell("mirrored.qd1", "iops") / cell("unmirrored.qd1", "iops")).toFixed(2)} | |`,
-    `| QD32 IOPS | ${Math.round(cell("mirrored.qd32", "iops"))} (${spread("mirrored.qd32", "iops")}) | ${Math.round(cell("unmirrored.qd32", "iops"))} (${spread("unmirrored.qd32", "iops")}) | ${qd32Ratio.toFixed(2)} | ≥ 0.6×: ${qd32Ratio >= 0.6 ? "met" : "missed"} |`,
-    "",
-    "| 4k randwrite, mirrored | tagged frames | untagged frames | tagged / untagged | budget |",
-    "| --- | ---: | ---: | ---: | --- |",
-    `| QD1 mean latency µs | ${mirroredQd1.toFixed(1)} (${spread("mirrored.qd1", "meanUs")}) | ${cell("untagged.qd1", "meanUs").toFixed(1)} (${spread("untagged.qd1", "meanUs")}) | ${(mirroredQd1 / cell("untagged.qd1", "meanUs")).toFixed(3)} | |`,
-    `| QD32 IOPS | ${Math.round(cell("mirrored.qd32", "iops"))} (${spread("mirrored.qd32", "iops")}) | ${Math.round(cell("untagged.qd32", "iops"))} (${spread("untagged.qd32", "iops")}) | ${tagRatio.toFixed(3)} | ≥ 0.9×: ${tagRatio >= 0.9 ? "met" : "missed"} |`,
-    "",
-    `| QD32 CPU of both nodes per write µs | ${cell("mirrored.qd32", "nodeCpuUsPerWrite").toFixed(1)} (${spread("mirrored.qd32", "nodeCpuUsPerWrite")}) | ${cell("untagged.qd32", "nodeCpuUsPerWrite").toFixed(1)} (${spread("untagged.qd32", "nodeCpuUsPerWrite")}) | ${(cell("mirrored.qd32", "nodeCpuUsPerWrite") / cell("untagged.qd32", "nodeCpuUsPerWrite")).toFixed(3)} | |`,
-    `| QD1 CPU of both nodes per write µs | ${cell("mirrored.qd1", "nodeCpuUsPerWrite").toFixed(1)} (${spread("mirrored.qd1", "nodeCpuUsPerWrite")}) | ${cell("untagged.qd1", "nodeCpuUsPerWrite").toFixed(1)} (${spread("untagged.qd1", "nodeCpuUsPerWrite")}) | ${(cell("mirrored.qd1", "nodeCpuUsPerWrite") / cell("untagged.qd1", "nodeCpuUsPerWrite")).toFixed(3)} | |`,
-    "",
-    `Tags' own CPU time per mirrored 4k write (the Write and its WriteAck, each tagged and checked): ${tagUsPerWrite.toFixed(2)} µs, ${((tagUsPerWrite / cell("mirrored.qd32", "nodeCpuUsPerWrite")) * 100).toFixed(1)}% of the ${cell("mirrored.qd32", "nodeCpuUsPerWrite").toFixed(1)} µs both nodes spend per write at QD32`,
-    "",
-    `Floor: page-cache 4k pwrite ${writeUs.toFixed(1)} µs + 4 KiB loopback round trip through a relay ${rttUs.toFixed(1)} µs = ${floorUs.toFixed(1)} µs (mirrored QD1 is ${(mirroredQd1 / floorUs).toFixed(1)}× the floor)`,
-    "",
-    "| resync | value | target |",
-    "| --- | ---: | --- |",
-    `| ${(dirtyBytes / MiB).toFixed(0)} MiB dirty (every other MiB of ${values.size}), link healed → both synced | ${(resyncAlone.resyncMs / 1000).toFixed(2)} s, ${resyncRate.toFixed(1)} MiB/s | |`,
-    `| plain copy of ${(dirtyBytes / MiB).toFixed(0)} MiB file → relay → file | ${(copyMs / 1000).toFixed(2)} s, ${copyRate.toFixed(1)} MiB/s | |`,
-    `| resync rate / copy rate | ${(resyncRate / copyRate).toFixed(2)} | ≥ 0.7: ${resyncRate / copyRate >= 0.7 ? "met" : "missed"} |`,
-    `| fio 4k randwrite QD32 during resync / synced | ${Math.round(during.fio!.iops)} / ${Math.round(baseline.iops)} IOPS = ${duringRatio.toFixed(2)} (resync took ${(during.resyncMs / 1000).toFixed(2)} s with fio running) | ≥ 0.5: ${duringRatio >= 0.5 ? "met" : "missed"} |`,
+/** The blockdevs both QEMU anchors share: `localNode` over the local file, `remoteNode` an NBD client of the peer. */
+function anchorBlockdevs(local: string, localNode: string, peerSocket: string, remoteNode: string): string[] {
+  return [
+    "--blockdev", `driver=file,node-name=localfile,filename=${local},cache.direct=off,aio=threads`,
+    "--blockdev", `driver=raw,node-name=${localNode},file=localfile`,
+    "--blockdev", `driver=nbd,node-name=${remoteNode},server.type=unix,server.path=${peerSocket},export=disk`,
   ];
-  console.log(rows.join("\n"));
-  if (values.json) fs.writeFileSync(values.json, JSON.stringify({ samples, tagUsPerWrite, writeUs, rttUs, floorUs, resyncAlone, copyMs, dirtyBytes, baseline, during }, null, 1));
-} finally {
-  await shutdown();
 }
 
-async function readLine(stream: ReadableStream<Uint8Array>): Promise<string> {
-  const reader = stream.getReader();
+async function startQemuQuorum(): Promise<System> {
+  log("qemu-quorum: files and peer");
+  const local = path.join(dir, "quorum-local.img");
+  const remote = path.join(dir, "quorum-peer.img");
+  await filledFile(local);
+  // Quorum compares the children's data on every read: they start identical.
+  fs.copyFileSync(local, remote);
+  const peer = await startQsdPeer("quorum-peer", remote);
+  const socket = path.join(dir, "quorum.sock");
+  const primary = spawn("quorum", [
+    "qemu-storage-daemon",
+    ...anchorBlockdevs(local, "local", peer.socket, "remote"),
+    "--blockdev", "driver=quorum,node-name=quorum0,vote-threshold=2,children.0=local,children.1=remote",
+    "--nbd-server", `addr.type=unix,addr.path=${socket}`,
+    "--export", "type=nbd,id=export0,node-name=quorum0,name=disk,writable=on",
+  ]);
+  await waitFor("qemu-quorum listening", () => fs.existsSync(socket) && socketAnswers(socket), 30_000, primary);
+  return { name: "qemu-quorum", uri: `nbd+unix:///disk?socket=${socket}`, processes: { "qsd quorum": primary.pid, "qsd peer": peer.pid } };
+}
+
+/** Send QMP commands on a fresh connection; resolves with each command's answer, and events seen. */
+async function qmp(socket: string, commands: object[], untilEvent?: string, timeoutMs = 600_000): Promise<{ answers: unknown[]; events: string[] }> {
+  return new Promise((resolve, reject) => {
+    let buffer = "";
+    const answers: unknown[] = [];
+    const events: string[] = [];
+    let sent = 0;
+    const timer = setTimeout(() => reject(new Error(`QMP on ${socket}: no ${untilEvent ?? "answer"} within ${timeoutMs / 1000} s`)), timeoutMs);
+    void Bun.connect({
+      unix: socket,
+      socket: {
+        data(connection, chunk) {
+          buffer += new TextDecoder().decode(chunk);
+          let newline: number;
+          while ((newline = buffer.indexOf("\n")) >= 0) {
+            const line = buffer.slice(0, newline).trim();
+            buffer = buffer.slice(newline + 1);
+            if (!line) continue;
+            const message = JSON.parse(line) as { QMP?: unknown; return?: unknown; error?: { desc: string }; event?: string };
+            if (message.event) events.push(message.event);
+            if (message.error) {
+              clearTimeout(timer);
+              connection.end();
+              return reject(new Error(`QMP ${JSON.stringify(commands[sent - 1])}: ${message.error.desc}`));
+            }
+            if (message.QMP || message.return !== undefined) {
+              if (message.return !== undefined) answers.push(message.return);
+              if (sent < commands.length) connection.write(JSON.stringify(commands[sent++]) + "\n");
+            }
+            const finished = sent === commands.length && answers.length === commands.length && (!untilEvent || events.includes(untilEvent));
+            if (finished) {
+              clearTimeout(timer);
+              connection.end();
+              resolve({ answers, events });
+            }
+          }
+        },
+        error(_connection, error) {
+          clearTimeout(timer);
+          reject(error);
+        },
+      },
+    }).catch(reject);
+  });
+}
+
+async function startQemuMirror(): Promise<System> {
+  log("qemu-mirror: files and peer");
+  const local = path.join(dir, "mirror-local.img");
+  const remote = path.join(dir, "mirror-peer.img");
+  await filledFile(local);
+  fs.writeFileSync(remote, "");
+  fs.truncateSync(remote, sizeBytes);
+  const peer = await startQsdPeer("mirror-peer", remote);
+  const socket = path.join(dir, "mirror.sock");
+  const monitor = path.join(dir, "mirror-qmp.sock");
+  // The export is on the command line, before the job: the mirror's filter node then sits between
+  // the export and the file, so every write the export takes goes through the mirror.
+  const primary = spawn("mirror", [
+    "qemu-storage-daemon",
+    ...anchorBlockdevs(local, "source", peer.socket, "target"),
+    "--nbd-server", `addr.type=unix,addr.path=${socket}`,
+    "--export", "type=nbd,id=export0,node-name=source,name=disk,writable=on",
+    "--chardev", `socket,id=monitor0,path=${monitor},server=on,wait=off`,
+    "--monitor", "chardev=monitor0,mode=control",
+  ]);
+  await waitFor("qemu-mirror listening", () => fs.existsSync(socket) && fs.existsSync(monitor) && socketAnswers(socket), 30_000, primary);
+  log("qemu-mirror: blockdev-mirror copy-mode=write-blocking, waiting until ready");
+  await qmp(
+    monitor,
+    [
+      { execute: "qmp_capabilities" },
+      { execute: "blockdev-mirror", arguments: { "job-id": "mirror0", device: "source", target: "target", sync: "full", "copy-mode": "write-blocking" } },
+    ],
+    "BLOCK_JOB_READY",
+  );
+  return { name: "qemu-mirror", uri: `nbd+unix:///disk?socket=${socket}`, processes: { "qsd mirror": primary.pid, "qsd peer": peer.pid } };
+}
+
+async function startQemuNbd(): Promise<System> {
+  log("qemu-nbd-wb: file");
+  const file = path.join(dir, "qemu-nbd.img");
+  await filledFile(file);
+  const socket = path.join(dir, "qemu-nbd.sock");
+  const server = spawn("qemu-nbd", ["qemu-nbd", "--persistent", "--shared=16", "--format=raw", "--export-name=disk", "--cache=writeback", "--aio=threads", `--socket=${socket}`, file]);
+  await waitFor("qemu-nbd listening", () => fs.existsSync(socket) && socketAnswers(socket), 30_000, server);
+  return { name: "qemu-nbd-wb", uri: `nbd+unix:///disk?socket=${socket}`, processes: { "qemu-nbd": server.pid } };
+}
+
+const starters: Record<SystemName, () => Promise<System>> = {
+  "tandem-mirrored": () => startTandemLab("tandem-mirrored"),
+  "tandem-untagged": () => startTandemLab("tandem-untagged"),
+  "qemu-quorum": startQemuQuorum,
+  "qemu-mirror": startQemuMirror,
+  "tandem-unmirrored": startTandemUnmirrored,
+  "qemu-nbd-wb": startQemuNbd,
+};
+
+// ---------------------------------------------------------------------------------- measuring
+interface FioResult {
+  iops: number;
+  mibPerSecond: number;
+  meanUs: number;
+  p50Us: number;
+  p99Us: number;
+  requests: number;
+}
+
+async function fio(uri: string, args: string[]): Promise<FioResult> {
+  const output = await run(["fio", "--name=bench", "--ioengine=nbd", `--uri=${uri}`, "--output-format=json", ...args]);
+  const job = JSON.parse(output.slice(output.indexOf("{"))).jobs[0];
+  const side = job.write.io_bytes > 0 ? job.write : job.read;
+  const percentiles = side.clat_ns.percentile ?? {};
+  return {
+    iops: side.iops,
+    mibPerSecond: side.bw_bytes / MiB,
+    meanUs: side.lat_ns.mean / 1000,
+    p50Us: (percentiles["50.000000"] ?? 0) / 1000,
+    p99Us: (percentiles["99.000000"] ?? 0) / 1000,
+    requests: side.total_ios,
+  };
+}
+
+interface Sample extends FioResult {
+  system: SystemName;
+  workload: WorkloadName;
+  round: number;
+  /** CPU µs per request, per server process (by role), and their sum. */
+  cpuUsPerRequest: Record<string, number>;
+  cpuUsPerRequestTotal: number;
+}
+
+async function measure(system: System, workload: WorkloadName, round: number): Promise<Sample> {
+  // fio's random map (the default) writes no block twice in a pass, so no two writes in flight
+  // overlap: QEMU's quorum gives overlapping writes no order, its children would then differ and
+  // every later read of that block fail its vote (EIO), as it does for a guest that did that.
+  const before = Object.fromEntries(Object.entries(system.processes).map(([role, pid]) => [role, cpuSeconds(pid)]));
+  const result = await fio(system.uri, [...workloadArguments[workload], `--size=${sizeBytes}`, "--time_based", `--runtime=${runtimeSeconds}`, "--randrepeat=0"]);
+  const cpuUsPerRequest: Record<string, number> = {};
+  for (const [role, pid] of Object.entries(system.processes)) cpuUsPerRequest[role] = ((cpuSeconds(pid) - before[role]!) * 1e6) / Math.max(1, result.requests);
+  const cpuUsPerRequestTotal = Object.values(cpuUsPerRequest).reduce((sum, value) => sum + value, 0);
+  return { ...result, system: system.name, workload, round, cpuUsPerRequest, cpuUsPerRequestTotal };
+}
+
+/** 4 KiB out, 4 KiB back, over loopback TCP to another process, `count` times in a row: mean and p50 µs. */
+async function roundTrip(count: number): Promise<{ meanUs: number; p50Us: number }> {
+  const child = Bun.spawn([process.execPath, import.meta.path, "--echo"], { stdout: "pipe", stderr: "inherit" });
+  started.push({ name: "echo", process: child });
+  const reader = child.stdout.getReader();
   let text = "";
   while (!text.includes("\n")) {
     const { value, done } = await reader.read();
-    if (done) break;
+    if (done) throw new Error("the round-trip echo process exited before listening");
     text += new TextDecoder().decode(value);
   }
-  reader.releaseLock();
-  return text.trim();
+  const port = Number(text.trim().split(" ")[1]);
+  const request = new Uint8Array(4096).fill(0x71);
+  const warmup = 500;
+  const latencies: number[] = [];
+  await new Promise<void>((resolve, reject) => {
+    let received = 0;
+    let sentAt = 0;
+    let trips = 0;
+    void Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        open(socket) {
+          socket.setNoDelay(true);
+          sentAt = Bun.nanoseconds();
+          socket.write(request);
+        },
+        data(socket, chunk) {
+          received += chunk.length;
+          if (received < 4096) return;
+          received -= 4096;
+          if (trips++ >= warmup) latencies.push((Bun.nanoseconds() - sentAt) / 1000);
+          if (latencies.length === count) {
+            socket.end();
+            return resolve();
+          }
+          sentAt = Bun.nanoseconds();
+          socket.write(request);
+        },
+        error(_socket, error) {
+          reject(error);
+        },
+      },
+    }).catch(reject);
+  });
+  await child.exited;
+  return { meanUs: latencies.reduce((sum, value) => sum + value, 0) / latencies.length, p50Us: median(latencies) };
 }
 
-/** Mean round trip of `bytes` out and one byte back, `count` times in a row, in µs. */
-function roundTrips(port: number, bytes: number, count: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.setNoDelay(true);
-    const payload = Buffer.alloc(bytes, 1);
-    let done = 0;
-    let started = 0;
-    const warmup = 200;
-    socket.on("connect", () => socket.write(payload));
-    socket.on("error", reject);
-    socket.on("data", () => {
-      done++;
-      if (done === warmup) started = performance.now();
-      if (done === warmup + count) {
-        socket.destroy();
-        resolve(((performance.now() - started) * 1000) / count);
-        return;
+// ---------------------------------------------------------------------------------- the run
+const samples: Sample[] = [];
+let rtt = { meanUs: 0, p50Us: 0 };
+const load: number[] = [];
+try {
+  const running: System[] = [];
+  for (const name of systems) running.push(await starters[name]());
+  rtt = await roundTrip(smoke ? 2000 : 20_000);
+  log(`4 KiB loopback TCP round trip: mean ${rtt.meanUs.toFixed(1)} µs, p50 ${rtt.p50Us.toFixed(1)} µs`);
+  for (let round = 1; round <= rounds; round++) {
+    // Rotate: each round starts with the next system, so no system always runs first or last.
+    const order = running.map((_, index) => running[(index + round - 1) % running.length]!);
+    for (const workload of workloads) {
+      for (const system of order) {
+        const sample = await measure(system, workload, round);
+        samples.push(sample);
+        load.push(os.loadavg()[0]!);
+        log(`round ${round}/${rounds} ${system.name} ${workload}: ${Math.round(sample.iops)} IOPS, mean ${sample.meanUs.toFixed(1)} µs, CPU ${sample.cpuUsPerRequestTotal.toFixed(1)} µs/request`);
       }
-      socket.write(payload);
-    });
-  });
+    }
+  }
+} finally {
+  await stopAll();
+  for (const stop of labStoppers) await stop();
 }
 
-/** Send a file over TCP to `port`; resolves with the byte count the receiver reports. */
-function copyFile(file: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, "127.0.0.1");
-    let reply = "";
-    socket.on("error", reject);
-    socket.on("connect", () => fs.createReadStream(file, { highWaterMark: MiB }).pipe(socket, { end: false }));
-    socket.on("data", (chunk: Buffer) => {
-      reply += chunk.toString();
-      if (reply.includes("\n")) {
-        socket.destroy();
-        resolve(Number(reply.trim()));
-      }
-    });
-  });
+/** CPU µs (this process, user + system) of the tags for one mirrored 4k write: its Write frame and its WriteAck, each tagged by the sender and checked by the receiver. */
+function tagCpuUsPerWrite(): number {
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  const writeFrame = encodeMessage({ type: MessageType.Write, volumeId: 1, requestId: 1, offset: 0, fua: false, data: new Uint8Array(4096) });
+  const ackFrame = encodeMessage({ type: MessageType.WriteAck, volumeId: 1, requestId: 1, status: WireStatus.Ok });
+  const writes = smoke ? 2000 : 20_000;
+  for (let index = 0; index < 2000; index++) frameTag(key, index, writeFrame);
+  const before = process.cpuUsage();
+  for (let index = 0; index < writes; index++) {
+    frameTag(key, index, writeFrame);
+    frameTag(key, index, writeFrame);
+    frameTag(key, index, ackFrame);
+    frameTag(key, index, ackFrame);
+  }
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / writes;
 }
+const tagUs = tagCpuUsPerWrite();
+
+// ---------------------------------------------------------------------------------- the report
+const cells = new Map<string, Sample[]>();
+for (const sample of samples) {
+  const key = `${sample.system}/${sample.workload}`;
+  cells.set(key, [...(cells.get(key) ?? []), sample]);
+}
+const cell = (system: SystemName, workload: WorkloadName, field: (sample: Sample) => number): number | undefined => {
+  const mine = cells.get(`${system}/${workload}`);
+  return mine ? median(mine.map(field)) : undefined;
+};
+const format = (value: number | undefined, digits = 0) => (value === undefined ? "—" : value.toFixed(digits));
+const spread = (system: SystemName, workload: WorkloadName, field: (sample: Sample) => number) => {
+  const mine = cells.get(`${system}/${workload}`);
+  if (!mine || mine.length < 2) return "";
+  const all = mine.map(field);
+  return ` (${Math.round(Math.min(...all))}–${Math.round(Math.max(...all))})`;
+};
+
+const lines: string[] = [];
+lines.push(
+  `Mirrored writes against QEMU's synchronous mirrors: ${values.size ?? (smoke ? "64M" : "1G")} volumes, ${rounds} rotated round(s) × ${runtimeSeconds} s per cell, medians (min–max); fio nbd engine over unix sockets, page cache everywhere; ${os.cpus().length} CPUs, load average during the runs ${format(median(load.length ? load : [0]), 1)}; ${new Date().toISOString()}`,
+  "",
+  "| system | 4k write QD1 mean µs | p50 µs | p99 µs | 4k write QD32 IOPS | 4k read QD1 IOPS | 4k read QD32 IOPS | 1M seq write MiB/s |",
+  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+);
+for (const system of systems) {
+  lines.push(
+    `| ${system} | ${format(cell(system, "w4k1", (s) => s.meanUs), 1)}${spread(system, "w4k1", (s) => s.meanUs)} | ${format(cell(system, "w4k1", (s) => s.p50Us), 1)} | ${format(cell(system, "w4k1", (s) => s.p99Us), 1)} | ${format(cell(system, "w4k32", (s) => s.iops))}${spread(system, "w4k32", (s) => s.iops)} | ${format(cell(system, "r4k1", (s) => s.iops))} | ${format(cell(system, "r4k32", (s) => s.iops))} | ${format(cell(system, "sw1m", (s) => s.mibPerSecond))} |`,
+  );
+}
+lines.push("", `Round trip: 4 KiB each way over loopback TCP between two processes: mean ${rtt.meanUs.toFixed(1)} µs, p50 ${rtt.p50Us.toFixed(1)} µs.`, "");
+const mirroredCpuQd32 = cell("tandem-mirrored", "w4k32", (s) => s.cpuUsPerRequestTotal);
+lines.push(`Frame tags' own CPU per mirrored 4k write (the Write and its WriteAck, each tagged and checked, timed in the benchmark process): ${tagUs.toFixed(2)} µs${mirroredCpuQd32 ? `, ${((100 * tagUs) / mirroredCpuQd32).toFixed(1)}% of the ${mirroredCpuQd32.toFixed(1)} µs both nodes spend per write at QD32` : ""}.`, "");
+lines.push("Server CPU µs per request (utime + stime of each server process over the run / requests completed), medians:", "");
+lines.push(`| system | process | ${workloads.join(" | ")} |`, `| --- | --- | ${workloads.map(() => "---:").join(" | ")} |`);
+for (const system of systems) {
+  const roles = Object.keys(cells.get(`${system}/${workloads[0]}`)?.[0]?.cpuUsPerRequest ?? {});
+  for (const role of [...roles, "all"]) {
+    const values = workloads.map((workload) => format(cell(system, workload, (s) => (role === "all" ? s.cpuUsPerRequestTotal : s.cpuUsPerRequest[role]!)), 1));
+    lines.push(`| ${system} | ${role} | ${values.join(" | ")} |`);
+  }
+}
+
+// Ratios against the issue's targets.
+const targets: string[] = ["| target | measured | ratio | met |", "| --- | --- | ---: | --- |"];
+const addTarget = (name: string, measured: string, ratio: number | undefined, met: (ratio: number) => boolean) => {
+  if (ratio === undefined || !Number.isFinite(ratio)) return;
+  targets.push(`| ${name} | ${measured} | ${ratio.toFixed(2)} | ${met(ratio) ? "yes" : "NO"} |`);
+};
+const mirroredQd1 = cell("tandem-mirrored", "w4k1", (s) => s.meanUs);
+const quorumQd1 = cell("qemu-quorum", "w4k1", (s) => s.meanUs);
+const unmirroredQd1 = cell("tandem-unmirrored", "w4k1", (s) => s.meanUs);
+if (mirroredQd1 !== undefined && quorumQd1 !== undefined) addTarget("mirrored 4k write QD1 mean latency ≤ 0.8× QEMU quorum's", `${mirroredQd1.toFixed(1)} / ${quorumQd1.toFixed(1)} µs`, mirroredQd1 / quorumQd1, (r) => r <= 0.8);
+if (mirroredQd1 !== undefined && unmirroredQd1 !== undefined) {
+  const bound = unmirroredQd1 + 1.5 * rtt.meanUs;
+  addTarget("mirrored 4k write QD1 mean latency ≤ unmirrored + 1.5× round trip", `${mirroredQd1.toFixed(1)} / (${unmirroredQd1.toFixed(1)} + 1.5 × ${rtt.meanUs.toFixed(1)}) = ${bound.toFixed(1)} µs`, mirroredQd1 / bound, (r) => r <= 1);
+}
+const betterAnchor = (workload: WorkloadName, field: (sample: Sample) => number) => {
+  const candidates = (["qemu-quorum", "qemu-mirror"] as const).map((name) => ({ name, value: cell(name, workload, field) })).filter((entry) => entry.value !== undefined) as { name: string; value: number }[];
+  return candidates.sort((x, y) => y.value - x.value)[0];
+};
+const mirroredQd32 = cell("tandem-mirrored", "w4k32", (s) => s.iops);
+const anchorQd32 = betterAnchor("w4k32", (s) => s.iops);
+if (mirroredQd32 !== undefined && anchorQd32) addTarget("mirrored 4k write QD32 IOPS ≥ 2.5× the better QEMU anchor", `${Math.round(mirroredQd32)} / ${Math.round(anchorQd32.value)} (${anchorQd32.name})`, mirroredQd32 / anchorQd32.value, (r) => r >= 2.5);
+const unmirroredQd32 = cell("tandem-unmirrored", "w4k32", (s) => s.iops);
+if (mirroredQd32 !== undefined && unmirroredQd32 !== undefined) addTarget("mirrored 4k write QD32 IOPS ≥ 0.6× unmirrored", `${Math.round(mirroredQd32)} / ${Math.round(unmirroredQd32)}`, mirroredQd32 / unmirroredQd32, (r) => r >= 0.6);
+const mirroredSequential = cell("tandem-mirrored", "sw1m", (s) => s.mibPerSecond);
+const anchorSequential = betterAnchor("sw1m", (s) => s.mibPerSecond);
+if (mirroredSequential !== undefined && anchorSequential) addTarget("mirrored 1M sequential write ≥ 1.2× the better QEMU anchor", `${mirroredSequential.toFixed(0)} / ${anchorSequential.value.toFixed(0)} MiB/s (${anchorSequential.name})`, mirroredSequential / anchorSequential.value, (r) => r >= 1.2);
+for (const workload of ["r4k1", "r4k32"] as const) {
+  const mirrored = cell("tandem-mirrored", workload, (s) => s.iops);
+  const unmirrored = cell("tandem-unmirrored", workload, (s) => s.iops);
+  if (mirrored !== undefined && unmirrored !== undefined) addTarget(`mirrored 4k read ${workload === "r4k1" ? "QD1" : "QD32"} IOPS ≥ 1.0× unmirrored`, `${Math.round(mirrored)} / ${Math.round(unmirrored)}`, mirrored / unmirrored, (r) => r >= 1);
+}
+const untaggedQd32 = cell("tandem-untagged", "w4k32", (s) => s.iops);
+if (mirroredQd32 !== undefined && untaggedQd32 !== undefined) addTarget("frame authentication: tagged 4k write QD32 IOPS ≥ 0.9× untagged", `${Math.round(mirroredQd32)} / ${Math.round(untaggedQd32)}`, mirroredQd32 / untaggedQd32, (r) => r >= 0.9);
+const mirroredCpu = cell("tandem-mirrored", "w4k1", (s) => s.cpuUsPerRequestTotal);
+const unmirroredCpu = cell("tandem-unmirrored", "w4k1", (s) => s.cpuUsPerRequestTotal);
+if (mirroredCpu !== undefined && unmirroredCpu !== undefined) addTarget("server CPU per mirrored 4k write (QD1), both nodes, ≤ 2.5× unmirrored", `${mirroredCpu.toFixed(1)} / ${unmirroredCpu.toFixed(1)} µs`, mirroredCpu / unmirroredCpu, (r) => r <= 2.5);
+
+lines.push("", "Targets of the mirrored-write issue (ratios from this run):", "", ...targets);
+console.log(lines.join("\n"));
+if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, samples }, null, 1));

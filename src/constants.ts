@@ -127,6 +127,14 @@ export const unixSocketPathBytesMax = 107;
 /** On SIGTERM, in-flight IO gets this long to drain before the daemon exits anyway. */
 export const shutdownDrainTimeoutMs = 20_000;
 
+// ---- Checksums and the direct IO engine (src/common/crc32c*, src/node/block/io-engine*) ----
+/** Buffers from this length up are checksummed by the native CRC32C; shorter ones by the TypeScript
+ * table loop, which beats the cost of a call into the addon below it (measured: docs/benchmarks.md). */
+export const crc32cNativeBytesMin = 1 * KiB;
+/** Submission entries of the process's io_uring (the kernel clamps to what it allows): requests of all
+ * direct volumes in flight at once at most; more wait in order in the engine's queue. */
+export const ioUringEntries = 256;
+
 // ---- vhost-user-blk (src/node/export/vhost) ----
 /** Virtqueues one vhost-user-blk export may offer (VHOST_USER_GET_QUEUE_NUM, virtio-blk num_queues). */
 export const vhostQueuesMax = 16;

@@ -6,8 +6,13 @@ export class AssertionError extends Error {
   override name = "AssertionError";
 }
 
-export function assert(condition: unknown, why: string): asserts condition {
-  if (!condition) throw new AssertionError(`assertion failed: ${why}`);
+/**
+ * `why` may be a function when the message quotes values: on paths run for every request, building
+ * the text each time (number conversions, concatenation) costs more than the check, so it is built
+ * only when the assertion fails.
+ */
+export function assert(condition: unknown, why: string | (() => string)): asserts condition {
+  if (!condition) throw new AssertionError(`assertion failed: ${typeof why === "function" ? why() : why}`);
 }
 
 /** For exhaustive switches over discriminated unions: the compiler proves this is unreachable. */

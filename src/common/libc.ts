@@ -1,6 +1,7 @@
 // The few libc calls that node:fs does not expose, through bun:ffi: hole punching and zeroing
 // (fallocate), extent discovery (lseek SEEK_DATA / SEEK_HOLE), device sizes and discards (ioctl),
-// and whole-file advisory locks (flock) for the data directory and backing files.
+// whole-file advisory locks (flock) for the data directory and backing files, and raw system calls
+// that libc has no wrapper for (io_uring's, for the direct IO engine).
 // Opened lazily so modules that import this for types do not load libc. Every wrapper returns a
 // value or throws an Error carrying the errno name in `code`, like node:fs does, so callers map
 // failures the same way whichever API produced them. The vhost-user export adds its socket, mmap
@@ -15,6 +16,7 @@ const symbols = {
   ioctl: { args: [i32, u64, ptr], returns: i32 },
   posix_fadvise: { args: [i32, i64, i64, i32], returns: i32 },
   flock: { args: [i32, i32], returns: i32 },
+  syscall: { args: [i64, i64, i64, i64, i64, i64, i64], returns: i64 },
   __errno_location: { args: [], returns: ptr },
 } as const;
 
@@ -122,4 +124,10 @@ export function blockDeviceDiscard(fd: number, offset: number, length: number): 
 export function blockDeviceZeroOut(fd: number, offset: number, length: number): void {
   const range = new BigUint64Array([BigInt(offset), BigInt(length)]);
   if (libc().ioctl(fd, BLKZEROOUT, range) !== 0) throw systemError("ioctl(BLKZEROOUT)");
+}
+
+/** syscall(2) with up to six integer (or address) arguments; returns the raw result, -1 with errno set on failure. */
+export function systemCall(number: number, ...args: number[]): number {
+  const [a = 0, b = 0, c = 0, d = 0, e = 0, f = 0] = args;
+  return Number(libc().syscall(number, a, b, c, d, e, f));
 }

@@ -207,6 +207,7 @@ export class VolumeManager implements ExportResolver {
 
   private async openRecord(record: VolumeRecord): Promise<OpenVolume> {
     const file = FileLayer.open({ path: record.backing, direct: record.direct });
+    if (file.ioEngineFallbackReason) this.log.warn("direct IO runs on the thread pool", { volume: record.name, reason: file.ioEngineFallbackReason });
     try {
       if (file.size() > record.sizeBytes && !file.isBlockDevice) {
         // A grow reached the backing but not the record: finish it.

@@ -60,7 +60,7 @@ export class ActivityLog {
     const { first, last } = this.extentRange(offset, length);
     for (let extent = first; extent <= last; extent++) {
       const entry = this.hot.get(extent);
-      assert(entry, `extent ${extent} is hot before a write uses it`);
+      assert(entry, () => `extent ${extent} is hot before a write uses it`);
       entry.references++;
       entry.lastUse = this.useCounter++;
     }
@@ -70,7 +70,7 @@ export class ActivityLog {
     const { first, last } = this.extentRange(offset, length);
     for (let extent = first; extent <= last; extent++) {
       const entry = this.hot.get(extent);
-      assert(entry && entry.references > 0, `extent ${extent} released once per acquire`);
+      assert(entry && entry.references > 0, () => `extent ${extent} released once per acquire`);
       entry.references--;
     }
   }

@@ -105,17 +105,29 @@ export function verifyMac(expected: Uint8Array, received: Uint8Array): boolean {
   return received.length === expected.length && timingSafeEqual(expected, received);
 }
 
-/** The tag of the frame made of `parts` (header first), as frame number `sequence` under `key`. */
+/**
+ * The tag of the frame made of `parts` (header first), as frame number `sequence` under `key`. One
+ * pass over the parts, which are neither copied nor joined; the nonce is written byte by byte (a
+ * DataView over a fresh small array makes the engine materialise its buffer, which costs more than
+ * the header's GHASH) and the tag is the cipher's own buffer, not a copy.
+ */
 export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint8Array[]): Uint8Array {
   assert(Number.isSafeInteger(sequence) && sequence >= 0, "frame sequence numbers are safe integers");
   const nonce = new Uint8Array(12);
-  const view = new DataView(nonce.buffer);
-  view.setUint32(0, sequence % 0x100000000, true);
-  view.setUint32(4, Math.floor(sequence / 0x100000000), true);
+  const low = sequence >>> 0;
+  const high = Math.floor(sequence / 0x100000000);
+  nonce[0] = low;
+  nonce[1] = low >>> 8;
+  nonce[2] = low >>> 16;
+  nonce[3] = low >>> 24;
+  nonce[4] = high;
+  nonce[5] = high >>> 8;
+  nonce[6] = high >>> 16;
+  nonce[7] = high >>> 24;
   const cipher = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: frameTagBytes });
   for (const part of parts) if (part.length > 0) cipher.setAAD(part);
   cipher.final();
-  return new Uint8Array(cipher.getAuthTag());
+  return cipher.getAuthTag();
 }
 
 /**

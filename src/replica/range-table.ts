@@ -30,7 +30,7 @@ export class RangeTable {
 
   hold(start: number, end: number, owner: RangeOwner): number {
     assert(start < end, "held ranges are not empty");
-    assert(!this.conflicts(start, end), `range ${start}..${end} is free before it is held`);
+    assert(!this.conflicts(start, end), () => `range ${start}..${end} is free before it is held`);
     const id = this.nextId++;
     this.held.push({ id, start, end, owner });
     return id;
@@ -38,7 +38,7 @@ export class RangeTable {
 
   release(id: number): void {
     const index = this.held.findIndex((range) => range.id === id);
-    assert(index >= 0, `range ${id} released once`);
+    assert(index >= 0, () => `range ${id} released once`);
     this.held.splice(index, 1);
   }
 

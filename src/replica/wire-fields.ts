@@ -6,38 +6,66 @@ import { DecodeError, WireStatus } from "./messages.ts";
 export const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
+// Integers go in and out byte by byte: a DataView per message (several per mirrored write, on
+// each node) costs more than the fields it would read, since the engine must give each fresh
+// buffer an ArrayBuffer object first. Only the rare 64-bit bigint fields make one.
+
+export function getUint16(bytes: Uint8Array, offset: number): number {
+  return bytes[offset]! | (bytes[offset + 1]! << 8);
+}
+
+export function getUint32(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset]! | (bytes[offset + 1]! << 8) | (bytes[offset + 2]! << 16) | (bytes[offset + 3]! << 24)) >>> 0;
+}
+
+export function setUint16(bytes: Uint8Array, offset: number, value: number): void {
+  bytes[offset] = value;
+  bytes[offset + 1] = value >>> 8;
+}
+
+/** Little endian, `value` taken modulo 2^32 as DataView.setUint32 takes it. */
+export function setUint32(bytes: Uint8Array, offset: number, value: number): void {
+  const word = value >>> 0;
+  bytes[offset] = word;
+  bytes[offset + 1] = word >>> 8;
+  bytes[offset + 2] = word >>> 16;
+  bytes[offset + 3] = word >>> 24;
+}
+
+function bigView(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
 export class FieldWriter {
   readonly bytes: Uint8Array;
-  private readonly view: DataView;
   offset: number;
   constructor(length: number, start: number) {
     this.bytes = new Uint8Array(length);
-    this.view = new DataView(this.bytes.buffer);
     this.offset = start;
   }
   u8(value: number): this {
-    this.view.setUint8(this.offset, value);
+    this.bytes[this.offset] = value;
     this.offset += 1;
     return this;
   }
   u16(value: number): this {
-    this.view.setUint16(this.offset, value, true);
+    setUint16(this.bytes, this.offset, value);
     this.offset += 2;
     return this;
   }
   u32(value: number): this {
-    this.view.setUint32(this.offset, value >>> 0, true);
+    setUint32(this.bytes, this.offset, value);
     this.offset += 4;
     return this;
   }
   u64(value: number): this {
-    this.view.setUint32(this.offset, value % 0x100000000, true);
-    this.view.setUint32(this.offset + 4, Math.floor(value / 0x100000000), true);
+    setUint32(this.bytes, this.offset, value % 0x100000000);
+    setUint32(this.bytes, this.offset + 4, Math.floor(value / 0x100000000));
     this.offset += 8;
     return this;
   }
   big64(value: bigint): this {
-    this.view.setBigUint64(this.offset, value, true);
+    bigView(this.bytes).setBigUint64(this.offset, value, true);
     this.offset += 8;
     return this;
   }
@@ -49,41 +77,38 @@ export class FieldWriter {
 }
 
 export class FieldReader {
-  private readonly view: DataView;
   offset = 0;
-  constructor(private readonly bytes: Uint8Array) {
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  }
+  constructor(private readonly bytes: Uint8Array) {}
   private need(count: number, what: string): void {
     if (this.offset + count > this.bytes.length) throw new DecodeError(`payload too short for ${what}`);
   }
   u8(what: string): number {
     this.need(1, what);
-    return this.view.getUint8(this.offset++);
+    return this.bytes[this.offset++]!;
   }
   u16(what: string): number {
     this.need(2, what);
-    const value = this.view.getUint16(this.offset, true);
+    const value = getUint16(this.bytes, this.offset);
     this.offset += 2;
     return value;
   }
   u32(what: string): number {
     this.need(4, what);
-    const value = this.view.getUint32(this.offset, true);
+    const value = getUint32(this.bytes, this.offset);
     this.offset += 4;
     return value;
   }
   u64(what: string): number {
     this.need(8, what);
-    const low = this.view.getUint32(this.offset, true);
-    const high = this.view.getUint32(this.offset + 4, true);
+    const low = getUint32(this.bytes, this.offset);
+    const high = getUint32(this.bytes, this.offset + 4);
     this.offset += 8;
     if (high >= 0x200000) throw new DecodeError(`${what} is beyond 2^53`);
     return high * 0x100000000 + low;
   }
   big64(what: string): bigint {
     this.need(8, what);
-    const value = this.view.getBigUint64(this.offset, true);
+    const value = bigView(this.bytes).getBigUint64(this.offset, true);
     this.offset += 8;
     return value;
   }

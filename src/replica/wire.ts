@@ -15,7 +15,7 @@
 // then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
 import { type BitRun, DataState, DecisionKind, type Generations } from "./model.ts";
-import { FieldReader, FieldWriter, textEncoder, wireStatus, writeText } from "./wire-fields.ts";
+import { FieldReader, FieldWriter, getUint16, getUint32, setUint16, setUint32, textEncoder, wireStatus, writeText } from "./wire-fields.ts";
 import {
   admissionBytesMax,
   type Base,
@@ -46,17 +46,16 @@ export * from "./messages.ts";
 // ---- frames ----
 
 function finishHeader(bytes: Uint8Array, type: number, volumeId: number, requestId: number, payloadLength: number, payloadCrc: number): void {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, frameHeaderBytes);
-  view.setUint32(0, frameMagic, true);
-  view.setUint8(4, type);
-  view.setUint8(5, 0);
-  view.setUint16(6, 0, true);
-  view.setUint32(8, volumeId >>> 0, true);
-  view.setUint32(12, payloadLength, true);
-  view.setUint32(16, requestId % 0x100000000, true);
-  view.setUint32(20, Math.floor(requestId / 0x100000000), true);
-  view.setUint32(24, payloadCrc, true);
-  view.setUint32(28, checksum(bytes.subarray(0, 28)), true);
+  setUint32(bytes, 0, frameMagic);
+  bytes[4] = type;
+  bytes[5] = 0;
+  setUint16(bytes, 6, 0);
+  setUint32(bytes, 8, volumeId);
+  setUint32(bytes, 12, payloadLength);
+  setUint32(bytes, 16, requestId % 0x100000000);
+  setUint32(bytes, 20, Math.floor(requestId / 0x100000000));
+  setUint32(bytes, 24, payloadCrc);
+  setUint32(bytes, 28, checksum(bytes.subarray(0, 28)));
 }
 
 /**
@@ -79,9 +78,8 @@ function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, d
  * tag, and recompute its header CRC. The caller appends the tag as the frame's last part.
  */
 export function markFrameTagged(head: Uint8Array): void {
-  const view = new DataView(head.buffer, head.byteOffset, frameHeaderBytes);
-  view.setUint8(5, view.getUint8(5) | FrameFlags.Tagged);
-  view.setUint32(28, checksum(head.subarray(0, 28)), true);
+  head[5] = head[5]! | FrameFlags.Tagged;
+  setUint32(head, 28, checksum(head.subarray(0, 28)));
 }
 
 function fields(length: number): FieldWriter {
@@ -367,17 +365,16 @@ export function joinParts(parts: readonly Uint8Array[]): Uint8Array {
  */
 export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: number): { frame: Frame; size: number } | NeedMore {
   if (bytes.length - offset < frameHeaderBytes) return NEED_MORE;
-  const view = new DataView(bytes.buffer, bytes.byteOffset + offset, frameHeaderBytes);
-  const magic = view.getUint32(0, true);
+  const magic = getUint32(bytes, offset);
   if (magic !== frameMagic) throw new DecodeError(`bad frame magic 0x${magic.toString(16)}`);
-  const headerCrc = view.getUint32(28, true);
+  const headerCrc = getUint32(bytes, offset + 28);
   if (checksum(bytes.subarray(offset, offset + 28)) !== headerCrc) throw new DecodeError("frame header checksum mismatch");
-  const flags = view.getUint8(5);
-  if ((flags & ~FrameFlags.Tagged) !== 0 || view.getUint16(6, true) !== 0) throw new DecodeError("reserved frame header bits set");
-  const payloadLength = view.getUint32(12, true);
+  const flags = bytes[offset + 5]!;
+  if ((flags & ~FrameFlags.Tagged) !== 0 || getUint16(bytes, offset + 6) !== 0) throw new DecodeError("reserved frame header bits set");
+  const payloadLength = getUint32(bytes, offset + 12);
   const tagLength = flags & FrameFlags.Tagged ? frameTagBytes : 0;
   if (payloadLength + frameHeaderBytes + tagLength > frameBytesMax) throw new DecodeError(`frame of ${payloadLength} payload bytes exceeds the ${frameBytesMax}-byte limit`);
-  const high = view.getUint32(20, true);
+  const high = getUint32(bytes, offset + 20);
   if (high >= 0x200000) throw new DecodeError("request id beyond 2^53");
   const size = frameHeaderBytes + payloadLength + tagLength;
   if (bytes.length - offset < size) return NEED_MORE;
@@ -385,11 +382,11 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
   const payload = bytes.subarray(offset + frameHeaderBytes, payloadEnd);
   return {
     frame: {
-      type: view.getUint8(4),
-      volumeId: view.getUint32(8, true),
-      requestId: high * 0x100000000 + view.getUint32(16, true),
+      type: bytes[offset + 4]!,
+      volumeId: getUint32(bytes, offset + 8),
+      requestId: high * 0x100000000 + getUint32(bytes, offset + 16),
       payload,
-      payloadIntact: checksum(payload) === view.getUint32(24, true),
+      payloadIntact: checksum(payload) === getUint32(bytes, offset + 24),
       header: bytes.subarray(offset, offset + frameHeaderBytes),
       tag: tagLength > 0 ? bytes.subarray(payloadEnd, payloadEnd + tagLength) : undefined,
     },
@@ -399,8 +396,7 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
 
 /** Bytes of the whole frame whose header is at `offset` (header, payload, tag), read from the header alone. */
 function frameSize(bytes: Uint8Array, offset: number): number {
-  const view = new DataView(bytes.buffer, bytes.byteOffset + offset, frameHeaderBytes);
-  return frameHeaderBytes + view.getUint32(12, true) + (view.getUint8(5) & FrameFlags.Tagged ? frameTagBytes : 0);
+  return frameHeaderBytes + getUint32(bytes, offset + 12) + (bytes[offset + 5]! & FrameFlags.Tagged ? frameTagBytes : 0);
 }
 
 /** Decode a frame's payload into a message. The payload must be intact (checked by the caller). */

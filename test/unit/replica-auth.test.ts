@@ -154,4 +154,15 @@ describe("frame tags", () => {
     expect(frame.tag).toEqual(webCrypto);
     expect(frameTag(keys.dialerToAcceptor, 1, [frame.header, frame.payload])).toEqual(webCrypto);
   });
+
+  test("the nonce carries the whole sequence number, little endian, beyond 32 bits", async () => {
+    const frame = frameOf(joinParts(new FrameSealer(undefined).seal(message(3))));
+    const key = await crypto.subtle.importKey("raw", keys.dialerToAcceptor.slice(), "AES-GCM", false, ["encrypt"]);
+    for (const sequence of [0x1_0000_0000 + 0x0102_0304, 2 ** 53 - 1]) {
+      const nonce = new Uint8Array(12);
+      new DataView(nonce.buffer).setBigUint64(0, BigInt(sequence), true);
+      const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, frame.payload]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
+      expect(new Uint8Array(frameTag(keys.dialerToAcceptor, sequence, [frame.header, frame.payload]))).toEqual(webCrypto);
+    }
+  });
 });

@@ -46,6 +46,8 @@ interface LabFile {
   nodes: string[];
   /** Replication listeners of the nodes, and the relay ports that forward to them (loopback). */
   ports: { listen: Record<string, number>; relay: Record<string, number> };
+  /** The nodes dial each other's listener, as production nodes do: no relay, so no cut, heal or delay. */
+  direct?: boolean;
 }
 
 /** How to run this program again: the compiled binary alone, or the runtime with the entry script. */
@@ -119,12 +121,13 @@ function writeNodeConfig(dir: string, node: string, lab: LabFile): void {
     nbd: { socket: "nbd.sock" },
     vhost: { socketDir: "vhost" },
     log: { level: "info" },
-    // The node reaches its peer through the lab's relay (which `lab cut|heal|delay` acts on). The
-    // first node dials, the second accepts; the dialer still listens, to refuse and report what connects.
+    // The node reaches its peer through the lab's relay (which `lab cut|heal|delay` acts on), or
+    // straight at the peer's listener in a direct lab. The first node dials, the second accepts;
+    // the dialer still listens, to refuse and report what connects.
     peer: {
       name: peer,
       connect: node === lab.nodes[0] ? "dial" : "accept",
-      address: `127.0.0.1:${lab.ports.relay[peer]}`,
+      address: `127.0.0.1:${lab.direct ? lab.ports.listen[peer] : lab.ports.relay[peer]}`,
       listen: `127.0.0.1:${lab.ports.listen[node]}`,
       secretFile: "../pairing.secret",
       clusterId: fs.readFileSync(path.join(dir, "cluster.id"), "utf8").trim(),
@@ -260,7 +263,7 @@ async function startRelayProcess(dir: string): Promise<void> {
 /** Ask the lab's relay to cut, heal or delay the link; returns its state. */
 export async function relayRequest<T>(dir: string, action: "cut" | "heal" | "delay" | "state", body: Record<string, unknown> = {}): Promise<T> {
   dir = path.resolve(dir);
-  readLab(dir);
+  if (readLab(dir).direct) throw new TandemError("failed_precondition", `the lab in ${dir} links its nodes directly (lab up --direct): there is no relay to ${action === "state" ? "ask" : action}; start a lab without --direct for fault drills`);
   const socket = path.join(dir, "relay.sock");
   let response: Response;
   try {
@@ -293,8 +296,12 @@ export async function labInfo(dir: string): Promise<LabInfo> {
   return { dir, nodes, volumes, witness: labWitnessState(dir) };
 }
 
-/** Bring the lab up in `dir` (created if needed); idempotent: a running lab is left as it is. */
-export async function labUp(dir: string, progress: (step: string) => void = () => {}): Promise<LabInfo> {
+/**
+ * Bring the lab up in `dir` (created if needed); idempotent: a running lab is left as it is.
+ * `direct`: the nodes link straight to each other (what production does, and what benchmarks
+ * measure) instead of through the relay the fault drills need; fixed when the lab is created.
+ */
+export async function labUp(dir: string, progress: (step: string) => void = () => {}, options: { direct?: boolean } = {}): Promise<LabInfo> {
   dir = path.resolve(dir);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const labFile = path.join(dir, "lab.json");
@@ -308,6 +315,7 @@ export async function labUp(dir: string, progress: (step: string) => void = () =
         listen: Object.fromEntries(labNodeNames.map((node, index) => [node, ports[index]!])),
         relay: Object.fromEntries(labNodeNames.map((node, index) => [node, ports[labNodeNames.length + index]!])),
       },
+      ...(options.direct ? { direct: true } : {}),
     };
     const secret = new Uint8Array(32);
     crypto.getRandomValues(secret);
@@ -317,6 +325,9 @@ export async function labUp(dir: string, progress: (step: string) => void = () =
     fs.writeFileSync(labFile, JSON.stringify(lab, null, 2) + "\n");
   }
   const lab = readLab(dir);
+  if (options.direct !== undefined && options.direct !== (lab.direct === true)) {
+    throw new TandemError("failed_precondition", `the lab in ${dir} was created ${lab.direct ? "with" : "without"} --direct; remove it (lab down, then delete ${dir}) to change how its nodes link`);
+  }
   // The witness both nodes name (DIR/witness.img), served so that drills can fail or hang it.
   progress("starting the witness");
   const witness = await startLabWitness(dir);
@@ -325,8 +336,10 @@ export async function labUp(dir: string, progress: (step: string) => void = () =
     const clusterId = parseClusterId(fs.readFileSync(path.join(dir, "cluster.id"), "utf8").trim());
     await formatWitness(path.join(dir, "witness.img"), { clusterId, timing: defaultQuorumTiming, force: false, nowMs: Date.now() });
   }
-  progress("starting the link relay");
-  await startRelayProcess(dir);
+  if (!lab.direct) {
+    progress("starting the link relay");
+    await startRelayProcess(dir);
+  }
   for (const node of lab.nodes) {
     progress(`starting node ${node}`);
     await startLabNode(dir, node);

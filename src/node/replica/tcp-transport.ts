@@ -17,6 +17,8 @@ export const replicaSendQueueBytesMax = 256 * 1024 * 1024;
 
 /** Parts gathered in one turn are copied into one buffer up to this size and written at once. */
 const coalesceBytesMax = 512 * 1024;
+/** The join buffer a connection starts with: a 4 KiB write's frame and a few answers. */
+const scratchBytesInitial = 16 * 1024;
 
 interface ConnectionData {
   id: number;
@@ -24,6 +26,11 @@ interface ConnectionData {
   output: SocketWriteQueue;
   /** Parts sent this turn, written together when the turn ends (one syscall, one TCP segment train). */
   pending: Uint8Array[];
+  /**
+   * Where a turn's parts are joined before the write: kept from turn to turn (grown up to
+   * coalesceBytesMax), since SocketWriteQueue copies whatever the kernel does not take at once.
+   */
+  scratch: Uint8Array;
   /** Closed by us (`close`): the handler is not told. */
   closedByUs: boolean;
   reported: boolean;
@@ -99,13 +106,14 @@ export class TcpPeerTransport implements PeerTransport {
     const writeRun = () => {
       if (run.length === 1) data.output.write(socket, run[0]!);
       else if (run.length > 1) {
-        const joined = new Uint8Array(runBytes);
+        if (data.scratch.length < runBytes) data.scratch = new Uint8Array(Math.min(coalesceBytesMax, Math.max(runBytes, 2 * data.scratch.length)));
+        const joined = data.scratch;
         let offset = 0;
         for (const part of run) {
           joined.set(part, offset);
           offset += part.length;
         }
-        data.output.write(socket, joined);
+        data.output.write(socket, joined.subarray(0, runBytes));
       }
       run = [];
       runBytes = 0;
@@ -117,7 +125,7 @@ export class TcpPeerTransport implements PeerTransport {
     }
     writeRun();
     // What waits is a copy (SocketWriteQueue): a caller's buffer (guest memory, say) may be reused
-    // once the write it belongs to has completed without the peer.
+    // once the write it belongs to has completed without the peer, and the scratch buffer at once.
     if (data.output.queuedBytes > replicaSendQueueBytesMax) {
       this.options.log.warn("peer is not reading; closing the replication connection", { queuedBytes: data.output.queuedBytes });
       this.drop(socket, "the peer stopped reading (send queue full)");
@@ -159,15 +167,17 @@ export class TcpPeerTransport implements PeerTransport {
       open: (socket: Socket<ConnectionData>) => {
         if (this.stopped) return void socket.terminate();
         const id = this.nextId++;
-        socket.data = { id, output: new SocketWriteQueue(), pending: [], closedByUs: false, reported: false };
+        socket.data = { id, output: new SocketWriteQueue(), pending: [], scratch: new Uint8Array(scratchBytesInitial), closedByUs: false, reported: false };
         socket.setNoDelay(true);
         this.sockets.set(id, socket);
         this.handler?.connected(id, dialled, { host: socket.remoteAddress, port: socket.remotePort ?? 0 });
       },
       data: (socket: Socket<ConnectionData>, bytes: Buffer) => {
         if (!socket.data || socket.data.closedByUs) return;
-        // The handler keeps the buffer; Bun may reuse its own, so hand over a copy.
-        this.handler?.data(socket.data.id, new Uint8Array(bytes));
+        // The handler keeps the buffer (the framer returns frames as views of it): Bun hands each
+        // call a buffer of its own, as the NBD server's input queue also relies on, and
+        // test/integration/replica-transport.test.ts checks it by keeping every chunk to the end.
+        this.handler?.data(socket.data.id, bytes);
       },
       drain: (socket: Socket<ConnectionData>) => socket.data?.output.drain(socket),
       close: (socket: Socket<ConnectionData>, error?: Error) => {

@@ -125,7 +125,7 @@ export class VolumeContext {
   /** The record of a completed IO (removed from the table). */
   completed(io: number): PendingIo {
     const pending = this.io.get(io);
-    assert(pending, `completion ${io} matches an issued IO`);
+    assert(pending, () => `completion ${io} matches an issued IO`);
     this.io.delete(io);
     return pending;
   }
@@ -153,7 +153,7 @@ export class VolumeContext {
 
   /** Remember a request sent to the peer until its answer (or the link's loss). */
   expect(request: PendingRequest): void {
-    assert(!this.requests.has(request.requestId), `request ${request.requestId} is pending once`);
+    assert(!this.requests.has(request.requestId), () => `request ${request.requestId} is pending once`);
     this.requests.set(request.requestId, request);
   }
 

@@ -110,6 +110,13 @@ export class WritePath {
   /** Start what can start, in order; overlapping operations keep their arrival order. */
   pump(): void {
     if (!this.v.lifecycle.serving) return;
+    // Most calls find the queue empty (a write finishing, an answer sent): nothing to walk.
+    if (this.queue.length > 0) this.startQueued();
+    this.pumpRewrites();
+    this.v.lifecycle.tryFinish();
+  }
+
+  private startQueued(): void {
     const activityLog = this.v.context.activityLog;
     const blocked: { start: number; end: number }[] = [];
     const overlapsBlocked = (start: number, end: number) => blocked.some((range) => range.start < end && start < range.end);
@@ -160,8 +167,6 @@ export class WritePath {
     }
     this.queue = remaining;
     if (activityWanted.length > 0) this.v.persistence.activityTransaction(activityWanted, activityProtected);
-    this.pumpRewrites();
-    this.v.lifecycle.tryFinish();
   }
 
   private tryStartClient(op: ClientOp, overlapsBlocked: (start: number, end: number) => boolean): StartOutcome {

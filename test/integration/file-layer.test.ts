@@ -1,0 +1,51 @@
+// The buffered (page cache) file layer's writes: the common case, a write without FUA, is one
+// pwrite done before the call returns; it must still answer through its promise, with the same
+// errors as the general path (EPERM on a read-only layer, ESHUTDOWN once closed), never by
+// throwing at the caller. FUA writes take the general path and reach the file too.
+import { afterAll, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { FileLayer } from "../../src/node/block/file.ts";
+
+const directory = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-file-layer-"));
+afterAll(() => fs.rmSync(directory, { recursive: true, force: true }));
+
+function backing(name: string): string {
+  const file = path.join(directory, name);
+  FileLayer.createSparse(file, 1024 * 1024);
+  return file;
+}
+
+test("writes with and without FUA land in the file and read back", async () => {
+  const file = backing("rw.img");
+  const layer = FileLayer.open({ path: file });
+  await layer.write(4096, new Uint8Array(4096).fill(0x11));
+  await layer.write(8192 + 5, new Uint8Array(100).fill(0x22), { fua: true });
+  const back = new Uint8Array(4096);
+  await layer.read(4096, back);
+  expect(back.every((byte) => byte === 0x11)).toBe(true);
+  await layer.close();
+  const bytes = fs.readFileSync(file);
+  expect(bytes.subarray(4096, 8192).every((byte) => byte === 0x11)).toBe(true);
+  expect(bytes.subarray(8192 + 5, 8192 + 105).every((byte) => byte === 0x22)).toBe(true);
+  expect(bytes[8192 + 4]).toBe(0);
+});
+
+test("a write to a read-only layer, or to a closed one, is a rejected promise with its code", async () => {
+  const readOnly = FileLayer.open({ path: backing("ro.img"), readOnly: true });
+  let thrown: unknown;
+  let promise: Promise<void> | undefined;
+  try {
+    promise = readOnly.write(0, new Uint8Array(512));
+  } catch (error) {
+    thrown = error;
+  }
+  expect(thrown).toBeUndefined();
+  await expect(promise!).rejects.toMatchObject({ code: "EPERM" });
+  await readOnly.close();
+
+  const closed = FileLayer.open({ path: backing("closed.img") });
+  await closed.close();
+  await expect(closed.write(0, new Uint8Array(512))).rejects.toMatchObject({ code: "ESHUTDOWN" });
+});

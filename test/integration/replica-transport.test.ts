@@ -1,0 +1,71 @@
+// The replication link's TCP transport over loopback: what one side sends, in many parts over many
+// turns and faster than the kernel takes it, arrives on the other side byte for byte and in order.
+// The transport joins each turn's parts in a buffer it reuses and leaves what the kernel did not
+// take to its write queue, which must keep a copy: a queue that kept a view of the join buffer
+// would send later turns' bytes in place of earlier ones, and this test would see them. The
+// receiving side hands the chunks Bun gives it to the handler without copying them: the test keeps
+// every chunk until the end, so a runtime (or a transport) that reused a receive buffer fails it.
+import { afterEach, expect, test } from "bun:test";
+import { silentLogger } from "../../src/common/log.ts";
+import { TcpPeerTransport } from "../../src/node/replica/tcp-transport.ts";
+import type { PeerTransportHandler } from "../../src/replica/io.ts";
+import { until } from "../helpers/until.ts";
+
+const transports: TcpPeerTransport[] = [];
+afterEach(() => {
+  for (const transport of transports.splice(0)) transport.stop();
+});
+
+function recorder() {
+  const state = { connections: [] as number[], received: [] as Uint8Array[], bytes: 0, closed: [] as string[] };
+  const handler: PeerTransportHandler = {
+    connected: (connection) => void state.connections.push(connection),
+    dialFailed: (reason) => void state.closed.push(`dial failed: ${reason}`),
+    data: (_connection, bytes) => {
+      state.received.push(bytes);
+      state.bytes += bytes.length;
+    },
+    closed: (_connection, reason) => void state.closed.push(reason),
+  };
+  return { state, handler };
+}
+
+/** The bytes of turn `turn`, part `part`: a pattern that differs from every other turn's. */
+function part(turn: number, index: number, length: number): Uint8Array {
+  const bytes = new Uint8Array(length);
+  for (let offset = 0; offset < length; offset++) bytes[offset] = (turn * 31 + index * 7 + offset) & 0xff;
+  return bytes;
+}
+
+test("parts sent over many turns arrive whole and in order, also when the kernel takes them in pieces", async () => {
+  const acceptor = recorder();
+  const listening = new TcpPeerTransport({ listen: { hostname: "127.0.0.1", port: 0 }, peer: { hostname: "127.0.0.1", port: 1 }, log: silentLogger });
+  transports.push(listening);
+  listening.attach(acceptor.handler);
+  listening.listen();
+  const dialer = recorder();
+  const dialling = new TcpPeerTransport({ listen: undefined, peer: { hostname: "127.0.0.1", port: listening.listenPort! }, log: silentLogger });
+  transports.push(dialling);
+  dialling.attach(dialer.handler);
+  dialling.dial();
+  const connection = await until("the dialer connected", () => dialer.state.connections[0]);
+  await until("the listener accepted", () => acceptor.state.connections.length > 0);
+
+  // 200 turns of a frame-like message (a small head, a 60 KiB body, a tag): 12 MiB, more than
+  // loopback's socket buffers hold, sent before the receiver gets a turn to read any of it.
+  const expected: Uint8Array[] = [];
+  for (let turn = 0; turn < 200; turn++) {
+    const parts = [part(turn, 0, 40), part(turn, 1, 60 * 1024), part(turn, 2, 16)];
+    expected.push(...parts);
+    dialling.send(connection, parts);
+    await Promise.resolve(); // the turn ends: the transport writes what it gathered
+  }
+  const total = expected.reduce((sum, bytes) => sum + bytes.length, 0);
+  await until("everything arrived", () => acceptor.state.bytes >= total, 30_000);
+  expect(acceptor.state.bytes).toBe(total);
+  expect(acceptor.state.closed).toEqual([]);
+  const sent = Buffer.concat(expected);
+  const received = Buffer.concat(acceptor.state.received);
+  const firstDifference = sent.findIndex((byte, index) => byte !== received[index]);
+  expect(firstDifference).toBe(-1);
+});
