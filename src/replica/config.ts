@@ -85,6 +85,11 @@ export interface ReplicaConfig {
   barrierIntervalTicks: number;
   bitmapWritebackIntervalTicks: number;
   rateWindowTicks: number;
+  /**
+   * Link loss freezes a primary's IO until its WriteAuthority grants again (the witness quorum,
+   * DESIGN.md §5 rule 2); false: the primary goes on alone, DEGRADED (the static authority).
+   */
+  freezeOnLinkLoss: boolean;
   bugs: ReplicaBugs;
 }
 
@@ -123,6 +128,7 @@ export function defaultReplicaConfig(overrides: Partial<ReplicaConfig> = {}): Re
     barrierIntervalTicks: ticks(replicaBarrierIntervalMs, tickMs),
     bitmapWritebackIntervalTicks: ticks(replicaBitmapWritebackIntervalMs, tickMs),
     rateWindowTicks: ticks(replicaRateWindowMs, tickMs),
+    freezeOnLinkLoss: false,
     bugs: {},
     ...overrides,
   };

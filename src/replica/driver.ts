@@ -42,6 +42,8 @@ export interface ReplicaDriverOptions {
   observer?: ReplicaObserver;
   /** The peer's daemon asks ours something (control plane); `reply` once, ok=false for "cannot". */
   onPeerRequest?(payload: Uint8Array, reply: (ok: boolean, payload: Uint8Array) => void): void;
+  /** The peer's quorum core sent a message on the authenticated link (src/quorum/ decodes it). */
+  onQuorumMessage?(payload: Uint8Array): void;
 }
 
 interface PendingRequest {
@@ -88,6 +90,16 @@ export class ReplicaDriver implements PeerTransportHandler {
     this.stopped = true;
     this.ticker?.cancel();
     this.unsubscribe?.();
+  }
+
+  /** Send the quorum core's message to the peer (nothing while the link is down). */
+  sendQuorum(payload: Uint8Array): void {
+    this.feed({ kind: "quorumSend", payload });
+  }
+
+  /** Close the replication connection now (the quorum judged the peer gone). */
+  dropLink(reason: string): void {
+    this.feed({ kind: "dropLink", reason });
   }
 
   /** Write a fresh metadata area (volume creation, or a replaced disk when no initial generation is given). */
@@ -276,6 +288,9 @@ export class ReplicaDriver implements PeerTransportHandler {
         }
         return;
       }
+      case "quorumReceived":
+        this.options.onQuorumMessage?.(action.payload);
+        return;
       case "report": {
         const report = action.report;
         this.log(report);

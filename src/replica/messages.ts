@@ -23,6 +23,8 @@ export const protocolVersionMax = 2;
 
 /** Largest control-plane payload (PeerRequest / PeerReply) between the daemons. */
 export const peerPayloadBytesMax = 1024 * 1024;
+/** Largest quorum payload the link carries (the quorum message is 48 bytes in its version 1). */
+export const quorumPayloadBytesMax = 256;
 
 export const NEED_MORE = Symbol("need more bytes");
 export type NeedMore = typeof NEED_MORE;
@@ -41,6 +43,8 @@ export const enum MessageType {
   /** Control plane between the daemons (create a replica, describe volumes): opaque payloads. */
   PeerRequest = 8,
   PeerReply = 9,
+  /** The quorum cores' message to each other (src/quorum/message.ts), carried opaquely. */
+  Quorum = 10,
   // Volume negotiation and resync control.
   VolumeHello = 16,
   VolumeDecision = 17,
@@ -133,6 +137,10 @@ export interface PeerReplyMessage extends Base {
   type: MessageType.PeerReply;
   /** False: the receiving daemon could not handle the request (no handler); payload says why. */
   ok: boolean;
+  payload: Uint8Array;
+}
+export interface QuorumLinkMessage extends Base {
+  type: MessageType.Quorum;
   payload: Uint8Array;
 }
 export interface VolumeHelloMessage extends Base {
@@ -254,6 +262,7 @@ export type Message =
   | GoodbyeMessage
   | PeerRequestMessage
   | PeerReplyMessage
+  | QuorumLinkMessage
   | VolumeHelloMessage
   | VolumeDecisionMessage
   | EmptyVolumeMessage

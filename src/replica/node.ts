@@ -256,6 +256,11 @@ export class NodeCore {
         if (this.active === call.connection) this.sendOn(call.connection, { type: MessageType.PeerReply, volumeId: 0, requestId: call.requestId, ok: event.ok, payload: event.payload });
         return;
       }
+      case "quorumSend":
+        if (this.active) this.sendOn(this.active, { type: MessageType.Quorum, volumeId: 0, requestId: 0, payload: event.payload });
+        return;
+      case "dropLink":
+        return this.dropActive(event.reason);
       case "shutdown":
         this.stopped = true;
         if (this.active) this.send({ type: MessageType.Goodbye, volumeId: 0, requestId: 0, reason: "node shutting down" });
@@ -495,6 +500,10 @@ export class NodeCore {
         this.out.push({ kind: "peerCall", call, payload: message.payload });
         return;
       }
+      case MessageType.Quorum:
+        // Only the current link speaks for the peer's quorum core.
+        if (connection === this.active) this.out.push({ kind: "quorumReceived", payload: message.payload });
+        return;
       case MessageType.PeerReply: {
         const request = this.peerRequests.get(message.requestId);
         if (request === undefined) return; // answers a request that already failed

@@ -44,6 +44,10 @@ export type CoreEvent =
   | { kind: "peerRequest"; request: number; payload: Uint8Array }
   /** The daemon answered a `peerCall`. */
   | { kind: "peerCallReply"; call: number; ok: boolean; payload: Uint8Array }
+  /** Send the quorum core's message to the peer on the authenticated link (dropped when the link is down). */
+  | { kind: "quorumSend"; payload: Uint8Array }
+  /** Close the replication connection (the quorum counts the peer as gone). */
+  | { kind: "dropLink"; reason: string }
   | { kind: "shutdown" };
 
 export type CoreAction =
@@ -61,7 +65,9 @@ export type CoreAction =
   | { kind: "complete"; request: number; error: IoError | null; message?: string; mirrored?: boolean; epoch?: number; result?: unknown }
   | { kind: "report"; report: ReplicaReport }
   /** The peer's daemon asks ours something: answer with a `peerCallReply` event for `call`. */
-  | { kind: "peerCall"; call: number; payload: Uint8Array };
+  | { kind: "peerCall"; call: number; payload: Uint8Array }
+  /** The peer's quorum core sent ours a message (on the authenticated link). */
+  | { kind: "quorumReceived"; payload: Uint8Array };
 
 export type SyncState =
   /** Both replicas hold the same data and writes are mirrored. */

@@ -37,6 +37,7 @@ import {
   peerPayloadBytesMax,
   protocolVersionMax,
   protocolVersionMin,
+  quorumPayloadBytesMax,
   reasonBytesMax,
   WireStatus,
 } from "./messages.ts";
@@ -133,6 +134,12 @@ const layouts: Partial<Record<MessageType, Layout>> = {
   [MessageType.Goodbye]: { fields: [reason] },
   [MessageType.PeerRequest]: { fields: [{ kind: "payload", name: "payload", label: "peer request", bytesMax: peerPayloadBytesMax }] },
   [MessageType.PeerReply]: { fields: [bool("ok"), { kind: "payload", name: "payload", label: "peer reply", bytesMax: peerPayloadBytesMax }] },
+  [MessageType.Quorum]: {
+    fields: [{ kind: "payload", name: "payload", label: "quorum message", bytesMax: quorumPayloadBytesMax }],
+    check: (message) => {
+      if ((message.payload as Uint8Array).length === 0) throw new DecodeError("empty quorum message");
+    },
+  },
   [MessageType.VolumeHello]: {
     fields: [u32("seq"), u64("sizeBytes", "size"), u32("granuleBytes", "granule"), { kind: "generations", name: "generations" }, { kind: "enum", name: "dataState", label: "data state", max: DataState.Inconsistent }, bool("mayWrite"), u64("bitsSet", "bits set"), bool("redecide")],
   },

@@ -66,6 +66,7 @@ export class VolumeCore implements Parts {
   setGrant(grant: Grant): void {
     const before = this.context.grant;
     this.context.grant = grant;
+    this.writes.grantChanged();
     this.negotiation.grantChanged(before, grant);
   }
 
@@ -74,6 +75,10 @@ export class VolumeCore implements Parts {
   }
 
   linkDownEvent(): void {
+    // DESIGN.md §5 rule 2: under the quorum a lost link freezes at once, before anything in flight
+    // can complete without the peer; the quorum's next grant says who goes on.
+    const context = this.context;
+    if (context.config.freezeOnLinkLoss && context.grant.kind === "write") context.grant = { kind: "frozen", reason: "the link to the peer was lost: frozen until the quorum decides" };
     this.negotiation.linkDownEvent();
   }
 

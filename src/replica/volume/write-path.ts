@@ -45,6 +45,13 @@ export class WritePath {
    */
   private rewrites: number[] = [];
   private rewriting = false;
+  /**
+   * Writes and flushes the peer never acknowledged because the link was lost, held (not answered)
+   * while the write grant is frozen (config.freezeOnLinkLoss): the quorum decides whether this node
+   * goes on alone (they complete as written here only) or lost (they fail). Never acknowledged
+   * before that, so a node that loses the lease acknowledged nothing the winner lacks.
+   */
+  private heldForGrant: ClientOp[] = [];
 
   constructor(private readonly v: Parts) {}
 
@@ -202,8 +209,30 @@ export class WritePath {
     return "started";
   }
 
+  /**
+   * A request that would complete without the peer, under the quorum (config.freezeOnLinkLoss):
+   * held while the grant is frozen, failed when this node may no longer write. True: handled here.
+   */
+  private holdForGrant(op: ClientOp): boolean {
+    const context = this.v.context;
+    if (!context.config.freezeOnLinkLoss || context.grant.kind === "write") return false;
+    if (context.grant.kind === "frozen") this.heldForGrant.push(op);
+    else this.completeClient(op, "EIO", `the link to the peer was lost before it acknowledged this ${op.kind}, and this node may no longer write (${context.grant.reason})`);
+    return true;
+  }
+
+  /** The grant changed: held requests complete alone (write grant) or fail (this node lost it). */
+  grantChanged(): void {
+    if (this.v.context.grant.kind === "frozen") return;
+    for (const op of this.heldForGrant.splice(0)) {
+      if (op.kind === "flush") this.finishFlush(op);
+      else this.finishWrite(op);
+    }
+  }
+
   /** Fail every queued client request (the volume is closing). */
   failQueuedClientOps(error: IoError, message: string): void {
+    for (const op of this.heldForGrant.splice(0)) this.completeClient(op, error, message);
     for (const op of this.queue) if (op.source === "client") this.completeClient(op, error, message);
     this.queue = this.queue.filter((op) => op.source === "peer");
   }
@@ -404,6 +433,7 @@ export class WritePath {
       return;
     }
     if (op.peerLost || !op.mirrored) {
+      if (this.holdForGrant(op)) return;
       if (context.dataState !== DataState.Consistent) {
         // A resync target cannot vouch for data alone: the peer's copy of this region wins later.
         this.completeClient(op, "EIO", "the link to the peer holding the good data was lost before the write reached it");
@@ -511,6 +541,7 @@ export class WritePath {
       this.flushErrorToReport = false;
       return this.completeClient(op, "EIO", "an earlier flush of this volume failed: writes made since the flush before it may be lost here");
     }
+    if (op.peerLost && this.holdForGrant(op)) return;
     if (context.mayWrite && (!op.mirrored || op.peerLost) && context.bitmap.setCount > 0 && context.dataState === DataState.Consistent) {
       // Durable here only: the peer lacks data we promise is durable, so this is a new generation.
       this.v.persistence.ensureAlone({ kind: "flush", op });
