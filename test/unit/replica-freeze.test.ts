@@ -21,6 +21,10 @@ function frozenPair(): { scenario: Scenario; inFlight: ReturnType<Scenario["writ
   expect(scenario.messages.slice(seen).some((entry) => entry.from === "a" && entry.message.type === MessageType.Write && entry.message.offset === 2 * blockBytes)).toBe(true);
   scenario.crash("b");
   scenario.runUntil(() => !scenario.linkUp("a"), "a sees its link go down");
+  // Long enough for a's local write to finish: the write is held, not merely still running.
+  scenario.runFor(50);
+  expect(scenario.status("a")?.writesInFlight).toBe(0);
+  expect(inFlight.done).toBe(false);
   return { scenario, inFlight };
 }
 

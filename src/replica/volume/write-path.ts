@@ -226,7 +226,7 @@ export class WritePath {
     if (this.v.context.grant.kind === "frozen") return;
     for (const op of this.heldForGrant.splice(0)) {
       if (op.kind === "flush") this.finishFlush(op);
-      else this.finishWrite(op);
+      else this.completeAlone(op);
     }
   }
 
@@ -432,21 +432,24 @@ export class WritePath {
       this.pump();
       return;
     }
-    if (op.peerLost || !op.mirrored) {
-      if (this.holdForGrant(op)) return;
-      if (context.dataState !== DataState.Consistent) {
-        // A resync target cannot vouch for data alone: the peer's copy of this region wins later.
-        this.completeClient(op, "EIO", "the link to the peer holding the good data was lost before the write reached it");
-        this.pump();
-        return;
-      }
-      // Completing without the peer: this node now holds data the peer lacks.
-      assert(this.isMarked(op.offset, op.length), "a write made without the peer is in the dirty bitmap before it completes");
-      this.v.persistence.ensureAlone({ kind: "write", op });
-      return;
-    }
+    if (op.peerLost || !op.mirrored) return this.completeAlone(op);
     this.completeClient(op, null, undefined, true);
     this.pump();
+  }
+
+  /** A finished write the peer does not have: it completes on this node alone (or waits for the grant). */
+  private completeAlone(op: ClientOp): void {
+    if (this.holdForGrant(op)) return;
+    const context = this.v.context;
+    if (context.dataState !== DataState.Consistent) {
+      // A resync target cannot vouch for data alone: the peer's copy of this region wins later.
+      this.completeClient(op, "EIO", "the link to the peer holding the good data was lost before the write reached it");
+      this.pump();
+      return;
+    }
+    // Completing without the peer: this node now holds data the peer lacks.
+    assert(this.isMarked(op.offset, op.length), "a write made without the peer is in the dirty bitmap before it completes");
+    this.v.persistence.ensureAlone({ kind: "write", op });
   }
 
   private isMarked(offset: number, length: number): boolean {
