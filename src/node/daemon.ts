@@ -15,7 +15,7 @@ import { shutdownDrainTimeoutMs, vhostQueuesMax } from "../constants.ts";
 import type { NodeConfig } from "./config.ts";
 import { formatHostPort } from "./config.ts";
 import { type ControlRequest, type ControlServer, type Route, startControlServer } from "./control/server.ts";
-import { assessStatus, type ExportReport, type LinkReport, type StatusReport, statusSchemaVersion } from "./control/status.ts";
+import { assessStatus, type ExportReport, type LinkReport, type QuorumReport, type StatusReport, statusSchemaVersion } from "./control/status.ts";
 import { CopyOuts } from "./copy-out.ts";
 import { startNbdServer, type NbdServer } from "./export/nbd/server.ts";
 import type { ExportSessionInfo } from "./export/types.ts";
@@ -25,12 +25,25 @@ import { PairedVolumes, type ReplicationService } from "./pairing.ts";
 import { type EventRecord, NodeState, type VhostExportRecord } from "./state.ts";
 import { VolumeManager } from "./volumes.ts";
 import { WitnessService } from "./witness.ts";
+import type { QuorumListener } from "./replica/replication.ts";
+import type { QuorumWriteAuthority as QuorumNodeAuthority } from "./replica/quorum-authority.ts";
+import { quorumEvent } from "./quorum-events.ts";
 
 /** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
 export type ReplicationFactory = (
   config: NodeConfig,
   log: Logger,
-) => Promise<ReplicationService & { start(): void; stop(): Promise<void>; onEvent(listener: (event: { level: EventRecord["level"]; kind: string; message: string }) => void): void }>;
+  dependencies: { state: NodeState; witness: WitnessService | undefined },
+) => Promise<
+  ReplicationService & {
+    start(): void;
+    stop(): Promise<void>;
+    onEvent(listener: (event: { level: EventRecord["level"]; kind: string; message: string }) => void): void;
+    /** The witness quorum, when the config names a witness (absent: static roles). */
+    quorum?: QuorumNodeAuthority;
+    onQuorum?(listener: QuorumListener): void;
+  }
+>;
 
 export { tandemVersion };
 
@@ -202,7 +215,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let copyOuts: CopyOuts | undefined;
   let control: ControlServer | undefined;
   let paired: PairedVolumes | undefined;
-  let replication: (ReplicationService & { start(): void; stop(): Promise<void> }) | undefined;
+  let replication: (ReplicationService & { start(): void; stop(): Promise<void>; quorum?: QuorumNodeAuthority }) | undefined;
   let witness: WitnessService | undefined;
   let resolveStopped!: (outcome: { clean: boolean }) => void;
   const stopped = new Promise<{ clean: boolean }>((resolve) => (resolveStopped = resolve));
@@ -256,10 +269,30 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     const manager = volumes;
     if (config.peer) {
       if (!replicationFactory) throw new TandemError("invalid_argument", "this build cannot pair nodes");
-      const pair = await replicationFactory(config, log);
+      const pair = await replicationFactory(config, log, { state, witness });
       replication = pair;
       // Link events (up, down, refused connections, rejected frames) go to `tandem events`.
       pair.onEvent((event) => nodeState.addEvent(event.level, event.kind, null, event.message));
+      const quorum = pair.quorum;
+      if (quorum) {
+        // DESIGN.md §5 rule 2: a volume the quorum freezes stops at its gate at once (IO waits, or
+        // fails with EIO when its onFreeze says so), before anything reaches the replica layer.
+        const holdOf = (id: number) => {
+          const grant = quorum.grant(id);
+          return grant.kind === "frozen" ? grant.reason : null;
+        };
+        manager.quorumHoldOf = holdOf;
+        pair.onQuorum?.({
+          grantsChanged: (changes) => {
+            for (const { volumeId } of changes) manager.quorumHold(volumeId, holdOf(volumeId));
+          },
+          roleChanged: (volumeId) => manager.reloadRecord(volumeId),
+          report: (report) => {
+            const event = quorumEvent(report, config.peer!.name);
+            if (event) nodeState.addEvent(event.level, event.kind, null, event.message);
+          },
+        });
+      }
       paired = new PairedVolumes(config.name, config.peer.name, config.dataDir, replication, state, log.child("pairing"));
       manager.setReplication(paired);
       replication.start();
@@ -290,17 +323,50 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
 
     const report = (): StatusReport => {
       const link = service ? ({ ...service.link(), rttMs: paired?.linkRttMs() ?? null } as LinkReport) : null;
-      const assessed = assessStatus({ nodeName: config.name, peerName: config.peer?.name ?? null, link, volumes: manager.views(), pending: pair?.pending() ?? [], broken: manager.broken() });
+      const quorumReport = quorumStatus();
+      const quorumSummary = quorumReport.state === "not-configured" ? undefined : { state: quorumReport.state, reason: quorumReport.reason, nextSafeAction: quorumReport.nextSafeAction, witnessReachable: quorumReport.witness.reachable, witnessFailure: quorumReport.witness.failure };
+      const assessed = assessStatus({ nodeName: config.name, peerName: config.peer?.name ?? null, link, volumes: manager.views(), pending: pair?.pending() ?? [], broken: manager.broken(), quorum: quorumSummary });
       const base = status();
       return {
         schemaVersion: statusSchemaVersion,
         timeMs: Date.now(),
         health: assessed.health,
-        quorum: witnessService ? { state: "not-configured", witness: witnessService.status() } : { state: "not-configured" },
+        quorum: quorumReport,
         ...base,
         exports: base.exports as ExportReport[],
         node: { ...base.node, link },
         volumes: assessed.volumes,
+      };
+    };
+    const quorumStatus = (): QuorumReport => {
+      const quorum = service?.quorum;
+      if (!quorum || !witnessService || !config.witness) return witnessService ? { state: "not-configured", witness: witnessService.status() } : { state: "not-configured" };
+      const lease = quorum.status();
+      const witnessStatus = witnessService.status();
+      return {
+        state: lease.quorum,
+        epoch: Number(lease.epoch),
+        phase: lease.phase,
+        reason: lease.reason,
+        version: Number(lease.version),
+        record: lease.record,
+        dataHolders: lease.dataHolders,
+        outdated: lease.outdated,
+        nextSafeAction: lease.nextSafeAction,
+        leaseRemainingMs: lease.leaseRemainingMs,
+        peerHeartbeat: lease.peerHeartbeat,
+        witness: {
+          ...witnessStatus,
+          reachable: lease.witness.reachable,
+          failure: lease.witness.failure,
+          lastReadAgeMs: lease.witness.lastReadAgeMs,
+          lastWriteAgeMs: lease.witness.lastWriteAgeMs,
+          lastHeartbeatAgeMs: lease.witness.lastHeartbeatAgeMs,
+          outstandingMs: lease.ioOutstandingMs === null ? null : Math.round(lease.ioOutstandingMs),
+          latency: lease.latency.read,
+          writeLatency: lease.latency.write,
+        },
+        timing: { ...config.witness.timing, leaseMarginMs: witnessStatus.timing.leaseMarginMs },
       };
     };
     const status = () => ({

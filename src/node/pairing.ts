@@ -151,7 +151,9 @@ export class PairedVolumes implements VolumeReplication {
 
   mayWrite(record: VolumeRecord): boolean {
     const status = this.service.status(record.id);
-    return record.primary === this.nodeName && status?.role === "primary";
+    // A frozen primary (the quorum deciding after a link loss) stays writable to its clients: their
+    // IO waits at the gate or in the replica core and goes on, or fails, once the quorum decides.
+    return record.primary === this.nodeName && (status?.role === "primary" || status?.role === "frozen");
   }
 
   replicas(record: VolumeRecord, localBacking: string): ReplicaView[] {

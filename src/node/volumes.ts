@@ -16,7 +16,7 @@ import { isInside, realPathOfExisting } from "../common/paths.ts";
 import { formatSize } from "../common/size.ts";
 import { volumeCountMax, volumeNamePattern, volumeSizeAlignmentBytes, volumeSizeBytesMax, volumeSizeBytesMin } from "../constants.ts";
 import { describeFileType, FileLayer } from "./block/file.ts";
-import { GateLayer, type GateCounters, type GateState } from "./block/gate.ts";
+import { type FreezeMode, GateLayer, type GateCounters, type GateState, type QuorumHold } from "./block/gate.ts";
 import type { BlockLayer } from "./block/layer.ts";
 import { PointInTimeLayer } from "./block/point-in-time.ts";
 import type { ExportHandle, ExportInfo, ExportResolver } from "./export/types.ts";
@@ -139,6 +139,10 @@ export interface VolumeView {
   /** Whether this node may write the volume now. */
   writable: boolean;
   gate: GateState["kind"];
+  /** What IO does while the quorum forbids it: wait (suspend) or fail with EIO (error). */
+  onFreeze: FreezeMode;
+  /** The quorum's hold on the volume now (IO waits or fails), or null. */
+  quorumHold: QuorumHold | null;
   sessions: number;
   io: GateCounters;
   nodes: ReplicaView[];
@@ -220,6 +224,8 @@ export class VolumeManager implements ExportResolver {
       const top = await this.replication.open(record, file);
       const pointInTime = new PointInTimeLayer(top);
       const entry: OpenVolume = { record, file, gate: new GateLayer(pointInTime), pointInTime, handles: new Set() };
+      const hold = this.quorumHoldOf?.(record.id);
+      if (hold) entry.gate.holdForQuorum(hold, this.freezeMode(record.name));
       this.opened.set(record.name, entry);
       return entry;
     } catch (error) {
@@ -428,6 +434,41 @@ export class VolumeManager implements ExportResolver {
     }
   }
 
+  /** Why the quorum forbids IO on a volume now (null: it does not); asked when a volume opens. */
+  quorumHoldOf: ((id: number) => string | null) | undefined;
+
+  /** The quorum forbids IO on the volume (`reason`), or allows it again (null). Unknown ids are ignored. */
+  quorumHold(id: number, reason: string | null): void {
+    const entry = this.entryById(id);
+    if (!entry) return;
+    if (reason === null) entry.gate.releaseQuorumHold();
+    else entry.gate.holdForQuorum(reason, this.freezeMode(entry.record.name));
+  }
+
+  /** Per volume: what IO does while the quorum forbids it (kept in the state database; default suspend). */
+  freezeMode(name: string): FreezeMode {
+    return this.options.state.meta(`onFreeze:${name}`) === "error" ? "error" : "suspend";
+  }
+
+  setFreezeMode(name: string, mode: FreezeMode): void {
+    const entry = this.entry(name);
+    this.options.state.setMeta(`onFreeze:${name}`, mode);
+    const hold = entry.gate.hold;
+    if (hold) entry.gate.holdForQuorum(hold.reason, mode);
+  }
+
+  /** The record changed in the state database (the quorum moved the role): reload it. */
+  reloadRecord(id: number): void {
+    const entry = this.entryById(id);
+    const record = this.options.state.volumeById(id);
+    if (entry && record) entry.record = record;
+  }
+
+  private entryById(id: number): OpenVolume | undefined {
+    for (const entry of this.opened.values()) if (entry.record.id === id) return entry;
+    return undefined;
+  }
+
   freeze(name: string, reason: string): void {
     this.entry(name).gate.freeze(reason);
   }
@@ -464,6 +505,8 @@ export class VolumeManager implements ExportResolver {
       createdMs: record.createdMs,
       writable: this.replication.mayWrite(record),
       gate: entry.gate.state.kind,
+      onFreeze: this.freezeMode(record.name),
+      quorumHold: entry.gate.hold ?? null,
       sessions: entry.handles.size,
       io: { ...entry.gate.counters },
       nodes: this.replication.replicas(record, record.backing),

@@ -10,7 +10,7 @@ import { TandemError } from "../common/errors.ts";
 import { leaseMarginMs, timingDifference, timingFromWitness, timingRelations } from "../quorum/config.ts";
 import { describeWitness, type WitnessView } from "../quorum/describe.ts";
 import { DirectWitnessDisk } from "../quorum/disk.ts";
-import { LatencyRecorder, type LatencyFigures } from "../quorum/driver.ts";
+import { LatencyRecorder, type LatencyFigures, type WitnessDisk } from "../quorum/driver.ts";
 import { clusterIdHex, decodeWitness, witnessLayout } from "../quorum/format.ts";
 import { Watchdog, type WatchdogState } from "../quorum/watchdog.ts";
 import type { NodeConfig } from "./config.ts";
@@ -129,6 +129,38 @@ export class WitnessService {
       timing: { relations: timingRelations(timing), leaseMarginMs: Math.round(leaseMarginMs(timing)) },
       watchdog: { ...this.watchdog.state },
     };
+  }
+
+  /**
+   * Hand the witness to the quorum driver: from now on the lease's own reads (one per heartbeat
+   * interval, with their deadlines) are the ones `status` and `witness show` report, and this
+   * service stops reading and feeding the watchdog by itself — the core feeds it (feedWatchdog)
+   * while the node honours its lease.
+   */
+  quorumDisk(): WitnessDisk {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.outstanding = undefined;
+    const disk = this.disk;
+    return {
+      read: (sector, count, done) => {
+        const started = performance.now();
+        this.outstanding = { sinceMs: started, timedOut: false };
+        disk.read(sector, count, (error, bytes) => {
+          this.outstanding = undefined;
+          this.latency.record(performance.now() - started, error !== null);
+          if (error || !bytes) this.setReachable(false, error ?? "short read");
+          else if (sector === 0 && count === witnessLayout.sectors) this.absorb(bytes);
+          done(error, bytes);
+        });
+      },
+      write: (sector, bytes, done) => disk.write(sector, bytes, done),
+    };
+  }
+
+  /** The quorum core says the node honours its lease. */
+  feedWatchdog(): void {
+    this.watchdog.feed();
   }
 
   /** Every record as last read (for `tandem witness show` without a path). */

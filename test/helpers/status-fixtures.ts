@@ -40,6 +40,8 @@ export function statusFixture(options: { node?: string; peer?: string | null; li
       createdMs: fixtureTimeMs - 3_600_000,
       writable: primary === node,
       gate: "open",
+      onFreeze: "suspend",
+      quorumHold: null,
       sessions: 0,
       io: { readOps: (volume.readBytes ?? 0) / 4096, readBytes: volume.readBytes ?? 0, writeOps: (volume.writeBytes ?? 0) / 4096, writeBytes: volume.writeBytes ?? 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 },
       nodes,

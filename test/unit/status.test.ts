@@ -9,7 +9,7 @@ import type { ReplicaView, VolumeView } from "../../src/node/volumes.ts";
 const io = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
 
 function view(name: string, nodes: ReplicaView[], options: Partial<VolumeView> = {}): VolumeView {
-  return { name, id: 1, size: 1 << 20, sizeHuman: "1 MiB", backing: `/d/${name}.img`, direct: false, primary: "a", epoch: 0, createdMs: 0, writable: true, gate: "open", sessions: 0, io, nodes, ...options };
+  return { name, id: 1, size: 1 << 20, sizeHuman: "1 MiB", backing: `/d/${name}.img`, direct: false, primary: "a", epoch: 0, createdMs: 0, writable: true, gate: "open", onFreeze: "suspend", quorumHold: null, sessions: 0, io, nodes, ...options };
 }
 const link = (connected: boolean): LinkReport => ({ state: connected ? "up" : "down", connected, peer: "b", sinceMs: 0, rttMs: connected ? 0.4 : null });
 const pair = (a: string, b: string, options: Partial<VolumeView> = {}, detail?: Record<string, unknown>) =>

@@ -20,9 +20,24 @@ export interface GateCounters {
 
 export type GateState = { kind: "open" } | { kind: "frozen"; reason: string; sinceMs: number } | { kind: "closed" };
 
+/**
+ * What a volume does while the quorum forbids IO on it (DESIGN.md §5 rule 2): `suspend` (requests
+ * wait, the VM sees latency) or `error` (requests fail with EIO at once, for a VM that must notice).
+ */
+export type FreezeMode = "suspend" | "error";
+export const freezeModes: readonly FreezeMode[] = ["suspend", "error"];
+
+/** The quorum's hold on a volume: separate from `freeze`, which a copy-out takes and gives back. */
+export interface QuorumHold {
+  reason: string;
+  mode: FreezeMode;
+  sinceMs: number;
+}
+
 export class GateLayer extends PassThroughLayer {
   readonly kind = "gate";
   private gateState: GateState = { kind: "open" };
+  private quorumHold: QuorumHold | undefined;
   private inFlight = 0;
   private thawWaiters: (() => void)[] = [];
   private idleWaiters: (() => void)[] = [];
@@ -40,6 +55,27 @@ export class GateLayer extends PassThroughLayer {
     return this.inFlight;
   }
 
+  get hold(): QuorumHold | undefined {
+    return this.quorumHold;
+  }
+
+  /** The quorum forbids IO: new requests wait (suspend) or fail with EIO (error) until `release`. */
+  holdForQuorum(reason: string, mode: FreezeMode): void {
+    const sinceMs = this.quorumHold?.sinceMs ?? this.now();
+    this.quorumHold = { reason, mode, sinceMs };
+    if (mode === "error") for (const wake of this.thawWaiters.splice(0)) wake();
+  }
+
+  releaseQuorumHold(): void {
+    if (!this.quorumHold) return;
+    this.quorumHold = undefined;
+    if (this.gateState.kind !== "frozen") for (const wake of this.thawWaiters.splice(0)) wake();
+  }
+
+  private get passes(): boolean {
+    return this.gateState.kind === "open" && this.quorumHold === undefined;
+  }
+
   /** New requests wait until `thaw`; requests already below the gate complete normally. */
   freeze(reason: string): void {
     if (this.gateState.kind === "open") this.gateState = { kind: "frozen", reason, sinceMs: this.now() };
@@ -48,7 +84,7 @@ export class GateLayer extends PassThroughLayer {
   thaw(): void {
     if (this.gateState.kind !== "frozen") return;
     this.gateState = { kind: "open" };
-    for (const wake of this.thawWaiters.splice(0)) wake();
+    if (this.quorumHold?.mode !== "suspend") for (const wake of this.thawWaiters.splice(0)) wake();
   }
 
   /** Resolves when no request is in flight below the gate. */
@@ -70,8 +106,12 @@ export class GateLayer extends PassThroughLayer {
   }
 
   private async pass<T>(run: () => Promise<T>): Promise<T> {
-    while (this.gateState.kind === "frozen") await new Promise<void>((resolve) => this.thawWaiters.push(resolve));
-    if (this.gateState.kind === "closed") throw new BlockError("ESHUTDOWN", "volume is shutting down");
+    for (;;) {
+      if (this.gateState.kind === "closed") throw new BlockError("ESHUTDOWN", "volume is shutting down");
+      if (this.quorumHold?.mode === "error") throw new BlockError("EIO", `no IO on this volume now: ${this.quorumHold.reason}`);
+      if (this.gateState.kind === "open" && this.quorumHold === undefined) break;
+      await new Promise<void>((resolve) => this.thawWaiters.push(resolve));
+    }
     this.inFlight++;
     try {
       return await run();
@@ -86,14 +126,14 @@ export class GateLayer extends PassThroughLayer {
   override read(offset: number, target: Uint8Array): Promise<void> {
     this.counters.readOps++;
     this.counters.readBytes += target.length;
-    if (this.gateState.kind === "open") return this.passOpen(() => this.below.read(offset, target));
+    if (this.passes) return this.passOpen(() => this.below.read(offset, target));
     return this.pass(() => this.below.read(offset, target));
   }
 
   override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
     this.counters.writeOps++;
     this.counters.writeBytes += source.length;
-    if (this.gateState.kind === "open") return this.passOpen(() => this.below.write(offset, source, flags));
+    if (this.passes) return this.passOpen(() => this.below.write(offset, source, flags));
     return this.pass(() => this.below.write(offset, source, flags));
   }
 

@@ -33,11 +33,37 @@ export interface LinkReport {
   [more: string]: unknown;
 }
 
+/** The lease's view when the quorum governs writes (a node whose config names a witness and a peer). */
+export interface QuorumLeaseReport {
+  /** shared: connected to the peer; solo: owns the lease alone; frozen: deciding or outdated; no-quorum: link and witness both lost. */
+  state: "shared" | "solo" | "frozen" | "no-quorum";
+  /** The epoch of the newest decided record. */
+  epoch: number;
+  /** The core's phase (starting, connected, deciding, owner, outdated, selfFenced). */
+  phase: string;
+  reason: string;
+  version: number;
+  /** The newest decided record, in words ("SOLO(a) epoch 3, data on a"). */
+  record: string;
+  /** The nodes that hold the latest data. */
+  dataHolders: string[];
+  /** This node lost an epoch and resyncs before it may write again. */
+  outdated: boolean;
+  /** What an operator can do when this node waits (cold start without the data holder, outdated). */
+  nextSafeAction: string | null;
+  /** How long this node may still serve alone before it must fence itself (owner only). */
+  leaseRemainingMs: number | null;
+  peerHeartbeat: { value: string | null; stillForMs: number; fencedEpoch: string };
+  witness: WitnessStatus & { lastWriteAgeMs: number | null; lastHeartbeatAgeMs: number | null; writeLatency: WitnessStatus["latency"] };
+  /** The configured timings (ms, and ρ) and the current lease margin. */
+  timing: Record<string, number>;
+}
+
 /**
- * The witness quorum's view; only "not-configured" exists until the lease governs writes. A node
- * whose config names a witness already reports what it sees of it in `witness`.
+ * The witness quorum's view: "not-configured" on a node without a witness (or without a peer); a
+ * node whose config names only a witness reports what it sees of it in `witness`.
  */
-export type QuorumReport = { state: "not-configured"; witness?: WitnessStatus };
+export type QuorumReport = { state: "not-configured"; witness?: WitnessStatus } | QuorumLeaseReport;
 
 export interface VolumeAccess {
   /** Whether this node accepts writes to the volume now. */
@@ -101,6 +127,8 @@ export interface AssessInput {
   volumes: VolumeView[];
   pending: PendingVolume[];
   broken: { name: string; backing: string }[];
+  /** The quorum's summary when it governs writes. */
+  quorum?: { state: QuorumLeaseReport["state"]; reason: string; nextSafeAction: string | null; witnessReachable: boolean; witnessFailure: string | null };
 }
 
 function detailReason(view: VolumeView): string | undefined {
@@ -116,6 +144,11 @@ export function volumeAccess(view: VolumeView, input: AssessInput): VolumeAccess
   const progress = typeof local?.detail?.progress === "string" ? ` (${local.detail.progress})` : "";
   if (view.gate === "closed") return { write: false, reason: "the volume is closing (the node is stopping or deleting it)", next: "tandem status once the node is back" };
   if (view.gate === "frozen") return { write: false, reason: "IO is frozen on this node (clients wait, they get no errors)", next: "tandem events (IO resumes when the node may write again)" };
+  const hold = view.quorumHold;
+  if (hold) {
+    const clients = hold.mode === "suspend" ? "clients wait, they get no errors" : "clients get EIO (onFreeze error)";
+    return { write: false, reason: `frozen by the quorum: ${hold.reason} (${clients})`, next: input.quorum?.nextSafeAction ?? "tandem status (IO resumes once this node may write again)" };
+  }
   if (local?.state === "split-brain") {
     const other = peer ?? "the peer";
     return {
@@ -154,6 +187,17 @@ export function assessStatus(input: AssessInput): { health: Health; volumes: Vol
     }
     return { ...view, access };
   });
+  const quorum = input.quorum;
+  if (quorum) {
+    if (quorum.state === "no-quorum") {
+      noQuorum = true;
+      reasons.push(`NO QUORUM: ${quorum.reason}`);
+    } else if (quorum.state === "frozen") {
+      if (volumes.length > 0) noQuorum = true;
+      reasons.push(`quorum frozen: ${quorum.reason}`);
+    } else if (quorum.state === "solo") reasons.push(`writing alone: ${quorum.reason}`);
+    if (!quorum.witnessReachable && quorum.state !== "no-quorum") reasons.push(`witness lost: ${quorum.witnessFailure ?? "unreachable"}`);
+  }
   for (const entry of input.pending) reasons.push(`${entry.volume}: ${entry.state} on ${entry.node}: ${entry.next}`);
   for (const broken of input.broken) reasons.push(`${broken.name}: could not be opened (backing ${broken.backing})`);
   const state: HealthState = noQuorum ? "no-quorum" : reasons.length > 0 ? "degraded" : "healthy";

@@ -1,6 +1,8 @@
 // The node's replication service: one ReplicaDriver (src/replica/, the pure cores with their thin
-// driver) over a TCP transport, the process clock and randomness, and the static write authority
-// (roles set by configuration and operator until the witness quorum takes over). The daemon asks it
+// driver) over a TCP transport, the process clock and randomness, and a write authority: the
+// witness quorum (quorum-authority.ts) when the config names a witness — link loss freezes, the
+// lease decides who writes, promotions move roles — else the static one (roles set by configuration
+// and operator; a primary that loses its peer goes on alone, DEGRADED). The daemon asks it
 // to format, open and close volumes (each gets a MirrorLayer for its stack), for status, verify
 // and split-brain resolution, and it carries the daemons' control-plane requests over the
 // authenticated link. Each volume's replication metadata (superblock, activity log, dirty bitmap)
@@ -12,6 +14,13 @@ import type { Logger } from "../../common/log.ts";
 import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitmapGranuleBytesMax, replicaBitmapGranuleBytesMin, replicaTickMs } from "../../constants.ts";
 import { StaticWriteAuthority } from "../../replica/authority.ts";
 import { installChecksum } from "../../replica/checksum.ts";
+import type { WriteAuthority } from "../../replica/io.ts";
+import type { Grant } from "../../replica/types.ts";
+import { initialDecided, nodeIndexOf } from "../../quorum/format.ts";
+import type { QuorumPersisted, QuorumReport } from "../../quorum/lease.ts";
+import type { NodeState } from "../state.ts";
+import type { WitnessService } from "../witness.ts";
+import { QuorumWriteAuthority } from "./quorum-authority.ts";
 import { defaultReplicaConfig } from "../../replica/config.ts";
 import { ReplicaDriver } from "../../replica/driver.ts";
 import { BlockLayerMetadataStore, BlockLayerStorage, systemClock, systemRandom } from "./io-adapters.ts";
@@ -50,16 +59,60 @@ function benchmarkUntaggedFrames(log: Logger): boolean {
   return true;
 }
 
+/** What the quorum needs from the node besides the config: its state database and its witness. */
+export interface ReplicationDependencies {
+  state?: NodeState;
+  witness?: WitnessService;
+}
+
+/** What the node hears from the quorum (the daemon freezes gates, logs, runs hooks). */
+export interface QuorumListener {
+  grantsChanged?(changes: { volumeId: number; grant: Grant }[]): void;
+  roleChanged?(volumeId: number, primary: boolean, epoch: bigint): void;
+  report?(report: QuorumReport): void;
+}
+
+const quorumStateKey = "quorum";
+
+/** The quorum's persisted state, as the state database keeps it (bigints as decimal strings). */
+export function loadQuorumState(state: NodeState): QuorumPersisted | undefined {
+  const text = state.meta(quorumStateKey);
+  if (!text) return undefined;
+  const raw = JSON.parse(text) as { outdatedEpoch: string; promotionEpoch: string; lastDecided: { version: string; value: { epoch: string; mode: number; owner: number; holders: number[]; forced: boolean } } };
+  const value = raw.lastDecided.value;
+  return {
+    outdatedEpoch: BigInt(raw.outdatedEpoch),
+    promotionEpoch: BigInt(raw.promotionEpoch),
+    lastDecided: { version: BigInt(raw.lastDecided.version), value: { ...initialDecided.value, ...value, epoch: BigInt(value.epoch) } as QuorumPersisted["lastDecided"]["value"] },
+  };
+}
+
+function saveQuorumState(state: NodeState, persisted: QuorumPersisted): void {
+  state.setMeta(quorumStateKey, JSON.stringify(persisted, (_key, value) => (typeof value === "bigint" ? value.toString() : value)));
+}
+
+export const quorumClock = {
+  now: () => performance.now(),
+  every(intervalMs: number, callback: () => void) {
+    const timer = setInterval(callback, intervalMs);
+    return { cancel: () => clearInterval(timer) };
+  },
+};
+
 export class NodeReplication implements ReplicationService {
   private readonly transport: TcpPeerTransport;
-  private readonly authority = new StaticWriteAuthority();
+  private readonly authority: WriteAuthority;
+  private readonly staticAuthority: StaticWriteAuthority | undefined;
+  readonly quorum: QuorumWriteAuthority | undefined;
+  private readonly quorumListeners = new Set<QuorumListener>();
+  private lastSynced: boolean | undefined;
   private readonly driver: ReplicaDriver;
   private readonly metadataLayers = new Map<number, FileLayer>();
   private peerHandler: ((payload: Uint8Array) => Promise<Uint8Array>) | undefined;
   private linkSinceMs = Date.now();
   private readonly reportListeners = new Set<(report: ReplicaReport) => void>();
 
-  constructor(config: NodeConfig, log: Logger) {
+  constructor(config: NodeConfig, log: Logger, dependencies: ReplicationDependencies = {}) {
     const peer = config.peer;
     if (!peer) throw new BlockError("EINVAL", "replication needs a [peer] section in the config");
     // Every frame and block on the link carries a CRC32C: use the processor's where it is faster.
@@ -67,15 +120,54 @@ export class NodeReplication implements ReplicationService {
     const refused = crc32c.name === "native" ? installChecksum(crc32c.crc32c, "native") : undefined;
     log.info("replication checksum", { crc32c: refused ? "typescript" : crc32c.name, reason: refused ?? crc32c.reason });
     this.transport = new TcpPeerTransport({ listen: peer.listen, peer: peer.address, log: log.child("link") });
+    const { state, witness } = dependencies;
+    if (config.witness && witness && state) {
+      const me = nodeIndexOf(config.name, peer.name);
+      const quorumLog = log.child("quorum");
+      this.quorum = new QuorumWriteAuthority({
+        me,
+        names: me === 0 ? [config.name, peer.name] : [peer.name, config.name],
+        clusterId: peer.clusterId,
+        timing: config.witness.timing,
+        disk: witness.quorumDisk(),
+        clock: quorumClock,
+        random: systemRandom,
+        persisted: loadQuorumState(state),
+        logger: quorumLog,
+        host: {
+          sendPeer: (payload) => this.driver.sendQuorum(payload),
+          dropLink: (reason) => this.driver.dropLink(reason),
+          grantsChanged: (changes) => {
+            for (const listener of this.quorumListeners) listener.grantsChanged?.(changes);
+          },
+          roleChanged: (volumeId, primary, epoch) => {
+            const record = state.volumeById(volumeId);
+            if (record) state.setVolumeRole(record.name, primary ? config.name : peer.name, Number(epoch));
+            for (const listener of this.quorumListeners) listener.roleChanged?.(volumeId, primary, epoch);
+          },
+          persist: (persisted) => saveQuorumState(state, persisted),
+          feedWatchdog: () => witness.feedWatchdog(),
+          report: (report) => {
+            quorumLog.info(report.kind, JSON.parse(JSON.stringify(report, (_key, value) => (typeof value === "bigint" ? value.toString() : value))));
+            for (const listener of this.quorumListeners) listener.report?.(report);
+          },
+        },
+      });
+      this.authority = this.quorum;
+    } else {
+      this.staticAuthority = new StaticWriteAuthority();
+      this.authority = this.staticAuthority;
+    }
     this.driver = new ReplicaDriver({
       identity: { nodeId: config.name, peerNodeId: peer.name, clusterId: peer.clusterId, secret: peer.secret, connect: peer.connect, untaggedFrames: benchmarkUntaggedFrames(log) },
       transport: this.transport,
       clock: systemClock,
       random: systemRandom,
       authority: this.authority,
-      config: defaultReplicaConfig({ resyncRateBytesPerTick: Math.ceil((peer.resyncRateBytesPerSecond * replicaTickMs) / 1000) }),
+      config: defaultReplicaConfig({ resyncRateBytesPerTick: Math.ceil((peer.resyncRateBytesPerSecond * replicaTickMs) / 1000), freezeOnLinkLoss: this.quorum !== undefined }),
       logger: log.child("replica"),
       observer: { report: (report) => this.observe(report) },
+      onQuorumMessage: (payload) => this.quorum?.peerMessage(payload),
       onPeerRequest: (payload, reply) => {
         const handler = this.peerHandler;
         if (!handler) return reply(false, new TextEncoder().encode("the node is still starting"));
@@ -91,6 +183,22 @@ export class NodeReplication implements ReplicationService {
     // The core counts ticks; status shows wall-clock time since the link last went up or down.
     if (report.kind === "linkUp" || report.kind === "linkDown") this.linkSinceMs = Date.now();
     for (const listener of this.reportListeners) listener(report);
+    this.updateSynced();
+  }
+
+  /** Tell the quorum whether every volume is in sync with the peer (it records SHARED once both say so). */
+  private updateSynced(): void {
+    if (!this.quorum) return;
+    const ids = [...this.metadataLayers.keys()];
+    const synced = this.driver.link().state === "up" && ids.every((id) => this.driver.status(id)?.sync === "synced");
+    if (synced === this.lastSynced) return;
+    this.lastSynced = synced;
+    this.quorum.synced(synced);
+  }
+
+  /** Watch the quorum's decisions (no-op without a witness). */
+  onQuorum(listener: QuorumListener): void {
+    this.quorumListeners.add(listener);
   }
 
   /** Watch the driver's reports. */
@@ -115,9 +223,11 @@ export class NodeReplication implements ReplicationService {
   start(): void {
     this.transport.listen();
     this.driver.start();
+    this.quorum?.start();
   }
 
   async stop(): Promise<void> {
+    this.quorum?.stop();
     this.driver.stop();
     this.transport.stop();
     await Promise.all([...this.metadataLayers.values()].map((layer) => layer.close().catch(() => {})));
@@ -151,15 +261,18 @@ export class NodeReplication implements ReplicationService {
 
   async openVolume(volumeId: number, local: BlockLayer, metadataPath: string, role: { primary: boolean; epoch: number }): Promise<BlockLayer> {
     if (!fs.existsSync(metadataPath)) throw new BlockError("EINVAL", `replication metadata ${metadataPath} is missing`);
-    this.authority.setRole(volumeId, role);
+    if (this.quorum) this.quorum.setVolume(volumeId, role.primary);
+    else this.staticAuthority!.setRole(volumeId, role);
     const metadata = FileLayer.open({ path: metadataPath });
     try {
       await promised<void>((done) => this.driver.openVolume(volumeId, new BlockLayerStorage(local), new BlockLayerMetadataStore(metadata), done));
     } catch (error) {
+      this.quorum?.removeVolume(volumeId);
       await metadata.close();
       throw error;
     }
     this.metadataLayers.set(volumeId, metadata);
+    this.updateSynced();
     return new MirrorLayer(this.driver, volumeId, local);
   }
 
@@ -167,6 +280,7 @@ export class NodeReplication implements ReplicationService {
     try {
       await promised<void>((done) => this.driver.closeVolume(volumeId, done));
     } finally {
+      this.quorum?.removeVolume(volumeId);
       const metadata = this.metadataLayers.get(volumeId);
       this.metadataLayers.delete(volumeId);
       await metadata?.close();
@@ -200,6 +314,6 @@ export class NodeReplication implements ReplicationService {
 }
 
 /** The daemon's ReplicationFactory. */
-export async function createNodeReplication(config: NodeConfig, log: Logger): Promise<NodeReplication> {
-  return new NodeReplication(config, log);
+export async function createNodeReplication(config: NodeConfig, log: Logger, dependencies: ReplicationDependencies = {}): Promise<NodeReplication> {
+  return new NodeReplication(config, log, dependencies);
 }
