@@ -20,6 +20,12 @@ import { blockBytes, fillBlock, identifyBlock } from "./oracle.ts";
 import { SimRandom } from "./random.ts";
 import { Scheduler } from "./scheduler.ts";
 import { DataState } from "../../src/replica/model.ts";
+import { witnessRecordBytes } from "../../src/constants.ts";
+import { defaultQuorumTiming, type QuorumTiming, timingToWitness } from "../../src/quorum/config.ts";
+import { encodeFormattedArea, witnessLayout } from "../../src/quorum/format.ts";
+import type { QuorumPersisted, QuorumReport } from "../../src/quorum/lease.ts";
+import { QuorumWriteAuthority } from "../../src/node/replica/quorum-authority.ts";
+import { SimWitness } from "./quorum-witness.ts";
 
 export type NodeName = "a" | "b";
 export const nodeNames: readonly NodeName[] = ["a", "b"];
@@ -56,6 +62,11 @@ export interface ScenarioOptions {
   diskFaults?: Partial<DiskFaults>;
   /** Start both nodes at once (default true). */
   start?: boolean;
+  /**
+   * Run the witness quorum as each node's write authority (src/node/replica/quorum-authority.ts)
+   * over a simulated witness: link loss freezes, the lease decides, promotions move roles.
+   */
+  quorum?: { timing?: QuorumTiming; witnessLatencyUs?: number };
 }
 
 /** A request a scenario made; `done` once the node answered. */
@@ -86,6 +97,10 @@ interface ScenarioNode {
   authority: StaticWriteAuthority;
   disks: Map<number, { data: SimDisk; meta: SimDisk }>;
   open: Set<number>;
+  /** Under the quorum: the authority of the running incarnation, and what survives a crash. */
+  quorum: QuorumWriteAuthority | undefined;
+  quorumPersisted: QuorumPersisted | undefined;
+  roles: Map<number, boolean>;
 }
 
 const initialGeneration = sharedGeneration;
@@ -102,6 +117,10 @@ export class Scenario {
   private readonly random = new SimRandom(1);
   private readonly framers = new Map<string, Framer>();
   private nextTag = 1;
+  /** The shared witness when the scenario runs the quorum. */
+  readonly witness: SimWitness | undefined;
+  readonly quorumTiming: QuorumTiming | undefined;
+  readonly quorumReports: { atUs: number; node: NodeName; report: QuorumReport }[] = [];
 
   constructor(options: ScenarioOptions = {}) {
     this.volumeIds = options.volumes ?? [1];
@@ -127,7 +146,18 @@ export class Scenario {
       rateWindowTicks: 100,
       frameBytesMax: 1 << 20,
       ...options.config,
+      ...(options.quorum ? { freezeOnLinkLoss: true } : {}),
     });
+    if (options.quorum) {
+      const timing = options.quorum.timing ?? defaultQuorumTiming;
+      this.quorumTiming = timing;
+      const area = encodeFormattedArea(new Uint8Array(16).fill(7), { recordBytes: witnessRecordBytes, areaBytes: 128 * 1024, formattedAtMs: 0, timing: timingToWitness(timing) }).slice(0, witnessLayout.sectors * witnessRecordBytes);
+      const latencyUs = options.quorum.witnessLatencyUs ?? 500;
+      this.witness = new SimWitness(area, this.scheduler, this.random.fork("witness"), { latencyUs: [latencyUs, latencyUs], errorProbability: 0, tearProbability: 0 }, (node, incarnation, run) => {
+        const target = this.nodes.get(nodeNames[node]!)!;
+        if (target.alive && target.incarnation === incarnation) run();
+      });
+    }
     const latency = options.networkLatencyUs ?? 50;
     this.network = new SimNetwork(
       this.scheduler,
@@ -194,7 +224,7 @@ export class Scenario {
         disks.set(volumeId, { data, meta });
       }
       const authority = new StaticWriteAuthority(this.volumeIds.map((id) => [id, { primary: primary === name, epoch: 1 }]));
-      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set() });
+      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primary === name])) });
     }
     if (options.start !== false) for (const name of nodeNames) this.start(name);
   }
@@ -255,13 +285,15 @@ export class Scenario {
         return { cancel: () => (cancelled = true) };
       },
     };
+    const quorum = this.witness ? this.startQuorum(node, incarnation, clock) : undefined;
+    const source: WriteAuthority = quorum ?? node.authority;
     const authority: WriteAuthority = {
-      grant: (volumeId) => node.authority.grant(volumeId),
+      grant: (volumeId) => source.grant(volumeId),
       subscribe: (listener) =>
-        node.authority.subscribe((volumeId) => {
+        source.subscribe((volumeId) => {
           if (node.incarnation === incarnation && node.alive) listener(volumeId);
         }),
-      linkChanged: (up) => node.authority.linkChanged(up),
+      linkChanged: (up) => source.linkChanged(up),
     };
     const driver = new ReplicaDriver({
       identity: { nodeId: name, peerNodeId: peerOf(name), clusterId: new Uint8Array(16).fill(7), secret: new TextEncoder().encode("scenario secret"), connect: name === "a" ? "dial" : "accept" },
@@ -272,14 +304,71 @@ export class Scenario {
       config: this.config,
       observer: {
         report: (report) => {
-          if (node.incarnation === incarnation) this.reports.push({ atUs: this.nowUs, node: name, report });
+          if (node.incarnation !== incarnation) return;
+          this.reports.push({ atUs: this.nowUs, node: name, report });
+          if (quorum) reportSynced();
+        },
+      },
+      onQuorumMessage: (payload) => {
+        if (node.incarnation === incarnation && node.alive) quorum?.peerMessage(payload);
+      },
+    });
+    const reportSynced = () => quorum?.synced(driver.link().state === "up" && [...node.open].every((id) => driver.status(id)?.sync === "synced"));
+    if (quorum) clock.every(100, reportSynced);
+    node.driver = driver;
+    node.open.clear();
+    if (quorum) for (const volumeId of volumes) quorum.setVolume(volumeId, node.roles.get(volumeId) ?? false);
+    for (const volumeId of volumes) this.openVolume(name, volumeId);
+    driver.start();
+    quorum?.start();
+  }
+
+  private startQuorum(node: ScenarioNode, incarnation: number, clock: Clock): QuorumWriteAuthority {
+    const name = node.name;
+    const index = nodeNames.indexOf(name) as 0 | 1;
+    const live = () => node.alive && node.incarnation === incarnation;
+    const scheduler = this.scheduler;
+    const quorum = new QuorumWriteAuthority({
+      me: index,
+      names: ["a", "b"],
+      clusterId: new Uint8Array(16).fill(7),
+      timing: this.quorumTiming!,
+      disk: this.witness!.endpoint(index, incarnation),
+      clock: { now: () => scheduler.now / 1000, every: (intervalMs, callback) => clock.every(intervalMs, callback) },
+      random: this.random.fork(`${name}-quorum-${incarnation}`),
+      persisted: node.quorumPersisted,
+      host: {
+        sendPeer: (payload) => {
+          if (live()) node.driver?.sendQuorum(payload);
+        },
+        dropLink: (reason) => {
+          if (live()) node.driver?.dropLink(reason);
+        },
+        roleChanged: (volumeId, primary) => {
+          if (live()) node.roles.set(volumeId, primary);
+        },
+        persist: (state) => {
+          if (live()) node.quorumPersisted = state;
+        },
+        report: (report) => {
+          if (live()) this.quorumReports.push({ atUs: this.nowUs, node: name, report });
         },
       },
     });
-    node.driver = driver;
-    node.open.clear();
-    for (const volumeId of volumes) this.openVolume(name, volumeId);
-    driver.start();
+    node.quorum = quorum;
+    return quorum;
+  }
+
+  /** The quorum authority of a running node (scenarios with `quorum`). */
+  quorumOf(name: NodeName): QuorumWriteAuthority {
+    const quorum = this.node(name).quorum;
+    if (!quorum || !this.node(name).alive) throw new Error(`${name} runs no quorum now`);
+    return quorum;
+  }
+
+  /** This node's role for a volume as last persisted (under the quorum). */
+  roleOf(name: NodeName, volumeId = this.volumeIds[0]!): boolean | undefined {
+    return this.node(name).roles.get(volumeId);
   }
 
   /** Power loss of one node: unflushed writes may vanish (the disks' crash rules), nothing pending completes. */
@@ -289,6 +378,9 @@ export class Scenario {
     node.alive = false;
     node.driver = undefined;
     node.open.clear();
+    node.quorum?.stop();
+    node.quorum = undefined;
+    this.witness?.crash(nodeNames.indexOf(name));
     this.network.crash(name);
     for (const disks of node.disks.values()) {
       disks.data.crash();
