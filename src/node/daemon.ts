@@ -400,7 +400,10 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         path: "/volumes",
         handler: async () => {
           await pair?.refreshPeer();
-          return { volumes: manager.views(), pending: pair?.pending() ?? [] };
+          const quorum = quorumStatus();
+          // The quorum in brief (the whole of it is in /status): whether it lets this node write, and why not.
+          const brief = quorum.state === "not-configured" ? { state: quorum.state } : { state: quorum.state, epoch: quorum.epoch, reason: quorum.reason, dataHolders: quorum.dataHolders, nextSafeAction: quorum.nextSafeAction };
+          return { volumes: manager.views(), pending: pair?.pending() ?? [], quorum: brief };
         },
       },
       { method: "GET", path: "/volumes/:name", handler: ({ params }) => manager.view(params.name!) },

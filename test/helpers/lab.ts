@@ -20,6 +20,8 @@ export interface ReplicaJson {
 export interface LabVolumeJson {
   name: string;
   size: number;
+  /** The node that is the volume's primary now (under the quorum it moves on failover). */
+  primary: string;
   nodes: ReplicaJson[];
 }
 

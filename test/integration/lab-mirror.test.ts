@@ -127,7 +127,10 @@ describe("mirrored volume in the two-node lab", () => {
     expect((await runCli(["lab", "start", "a", "--dir", dir])).code).toBe(0);
     await waitSynced();
 
-    const verify = await cli(["verify", volume, "--json"]);
+    // Under the witness quorum b may have promoted the volume while a was dead (a then rejoined as
+    // its secondary): verify runs on whichever node is the primary now.
+    const primary = (await volumeState("a"))!.primary;
+    const verify = await cli(["verify", volume, "--json"], primary);
     expect(verify.code).toBe(0);
     const report = JSON.parse(verify.stdout) as { mismatchCount: number; extentsCompared: number; complete: boolean };
     expect(report.complete).toBe(true);

@@ -18,6 +18,22 @@ export function writeSummary(volume: VolumeReport): string {
   return next ? `${head}; next: ${next}` : head;
 }
 
+const ms = (value: number | null) => (value === null ? "never" : `${Math.round(value)} ms`);
+
+/** The quorum in a few lines: state and epoch, who holds data, the witness, the timings and margin. */
+export function quorumLines(quorum: StatusReport["quorum"]): string[] {
+  if (quorum.state === "not-configured") return [`  quorum   not configured${quorum.witness ? ` (witness ${quorum.witness.path} watched: ${quorum.witness.reachable ? "reachable" : "UNREACHABLE"})` : ""}`];
+  const lines = [`  quorum   ${quorum.state.toUpperCase()}, epoch ${quorum.epoch} (${quorum.record}): ${quorum.reason}`];
+  lines.push(`  data     held by ${quorum.dataHolders.length > 0 ? quorum.dataHolders.join(", ") : "nobody yet"}${quorum.outdated ? "; this node is OUTDATED" : ""}`);
+  const w = quorum.witness;
+  const latency = w.latency.p50Ms === null ? "" : `, read p50 ${w.latency.p50Ms} ms p99 ${w.latency.p99Ms} ms, write p50 ${w.writeLatency.p50Ms ?? "-"} ms`;
+  lines.push(`  witness  ${w.path}: ${w.reachable ? "reachable" : `UNREACHABLE (${w.failure ?? "no answer"})`}, last write ${ms(w.lastWriteAgeMs)} ago${latency}`);
+  const t = quorum.timing;
+  lines.push(`  timing   heartbeat ${t.heartbeatIntervalMs} ms, link ${t.linkTimeoutMs} ms, head start ${t.headStartMs} ms, self-fence ${t.selfFenceTimeoutMs} ms, dead ${t.deadTimeoutMs} ms; lease margin ${t.leaseMarginMs} ms${quorum.leaseRemainingMs !== null ? `; lease left ${quorum.leaseRemainingMs} ms` : ""}`);
+  if (quorum.nextSafeAction) lines.push(`  next     ${quorum.nextSafeAction}`);
+  return lines;
+}
+
 export function renderStatus(s: StatusReport): string {
   const lines: string[] = [];
   lines.push(`node ${s.node.name} (tandem ${s.node.version}, pid ${s.node.pid}, up ${formatDuration(s.node.uptimeMs)}): ${healthWords[s.health.state]}`);
@@ -26,7 +42,7 @@ export function renderStatus(s: StatusReport): string {
   const link = s.node.link;
   const linkText = link ? ` (link ${link.state}${link.rttMs !== null ? `, rtt ${link.rttMs.toFixed(1)} ms` : ""})` : "";
   lines.push(`  peer     ${s.node.peer ? `${s.node.peer.name} at ${s.node.peer.address}${linkText}` : "none (standalone)"}`);
-  lines.push(`  quorum   ${s.quorum.state === "not-configured" ? "not configured" : s.quorum.state}`);
+  lines.push(...quorumLines(s.quorum));
   for (const reason of s.health.reasons) lines.push(`  ! ${reason}`);
   lines.push("");
   if (s.volumes.length === 0) lines.push("no volumes");

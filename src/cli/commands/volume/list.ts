@@ -14,21 +14,26 @@ export class VolumeListCommand extends TandemCommand {
       With --json prints {"volumes": [...], "pending": [...]}, each volume with at least name, size
       (bytes) and nodes: one entry per node holding a replica with node, backing, role and state.
       These fields are stable. On a pair, "pending" lists creates and deletes not yet finished on
-      both nodes and volumes only one node holds, each with the next safe action ("next").
+      both nodes and volumes only one node holds, each with the next safe action ("next"). With a
+      witness, "quorum" says the quorum state (shared, solo, frozen, no-quorum), its epoch and why,
+      and each volume says whether this node can write it ("writable", and "quorumHold" with the
+      reason while the quorum freezes it; "onFreeze": suspend or error).
     `,
     examples: [["List volumes as JSON", "tandem volume list --json"]],
   });
 
   async run(): Promise<void> {
-    const reply = await this.client().request<{ volumes: VolumeView[]; pending?: PendingVolume[] }>("GET", "/volumes");
-    this.output(reply, ({ volumes, pending }) => {
+    const reply = await this.client().request<{ volumes: VolumeView[]; pending?: PendingVolume[]; quorum?: { state: string; epoch?: number; reason?: string } }>("GET", "/volumes");
+    this.output(reply, ({ volumes, pending, quorum }) => {
       const lines = pendingLines(pending);
-      if (volumes.length === 0) return ["no volumes", ...lines].join("\n");
+      const head = quorum && quorum.state !== "not-configured" ? [`quorum ${quorum.state.toUpperCase()}, epoch ${quorum.epoch}: ${quorum.reason}`] : [];
+      if (volumes.length === 0) return [...head, "no volumes", ...lines].join("\n");
+      const write = (v: VolumeView) => (v.quorumHold ? `NO: frozen (${v.quorumHold.reason}; IO ${v.onFreeze === "error" ? "fails" : "waits"})` : v.writable ? "yes" : "no");
       const rows = table([
-        ["NAME", "SIZE", "PRIMARY", "STATE", "SESSIONS", "BACKING"],
-        ...volumes.map((v) => [v.name, v.sizeHuman, v.primary, replicaSummary(v), String(v.sessions), v.backing]),
+        ["NAME", "SIZE", "PRIMARY", "EPOCH", "STATE", "SESSIONS", "WRITE", "BACKING"],
+        ...volumes.map((v) => [v.name, v.sizeHuman, v.primary, String(v.epoch), replicaSummary(v), String(v.sessions), write(v), v.backing]),
       ]);
-      return [rows, ...lines].join("\n");
+      return [...head, rows, ...lines].join("\n");
     });
   }
 }
