@@ -413,3 +413,12 @@ assert(nbdStorageBytesPerTurnMax >= nbdReadPieceBytes, "a turn of the event loop
 assert(nbdStallCheckIntervalMs <= nbdClientStallTimeoutMs && nbdClientStallTimeoutMs > nbdPausedProbeIntervalMs, "stalls are checked well within their timeout, and a hang-up is noticed first");
 
 export const units = { KiB, MiB, GiB, TiB } as const;
+
+// ---- failover (src/node/failover.ts) ----
+/** How often a switchover with --wait looks whether the old primary's clients are gone. */
+export const failoverWaitPollMs = 100;
+/** Longest a switchover waits for the old primary's IO in flight to drain after it froze the volume. */
+export const failoverDrainTimeoutMs = 5_000;
+/** Longest `tandem failover --wait` waits for clients to disconnect (the CLI's request timeout). */
+export const failoverWaitMsMax = 600_000;
+assert(failoverWaitPollMs * 10 <= failoverDrainTimeoutMs, "a drain outlasts several polls");

@@ -9,6 +9,7 @@ import { ExportVhostCommand } from "./commands/export/vhost.ts";
 import { LabDownCommand } from "./commands/lab/down.ts";
 import { LabCutCommand, LabDelayCommand, LabHealCommand } from "./commands/lab/link.ts";
 import { VerifyCommand } from "./commands/verify.ts";
+import { FailoverCommand } from "./commands/failover.ts";
 import { VolumeResolveCommand } from "./commands/volume/resolve.ts";
 import { LabKillCommand } from "./commands/lab/kill.ts";
 import { LabRelayCommand } from "./commands/lab/relay.ts";
@@ -54,6 +55,7 @@ export const commands = [
   LabPauseCommand,
   LabResumeCommand,
   VerifyCommand,
+  FailoverCommand,
   VolumeResolveCommand,
   TuiCommand,
   VolumeCopyOutCommand,

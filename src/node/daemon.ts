@@ -28,6 +28,7 @@ import { WitnessService } from "./witness.ts";
 import type { QuorumListener } from "./replica/replication.ts";
 import type { QuorumWriteAuthority as QuorumNodeAuthority } from "./replica/quorum-authority.ts";
 import { quorumEvent } from "./quorum-events.ts";
+import { Failover } from "./failover.ts";
 
 /** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
 export type ReplicationFactory = (
@@ -42,6 +43,8 @@ export type ReplicationFactory = (
     /** The witness quorum, when the config names a witness (absent: static roles). */
     quorum?: QuorumNodeAuthority;
     onQuorum?(listener: QuorumListener): void;
+    /** A switchover moved this node's role for a volume. */
+    setRole?(volumeId: number, primary: boolean, epoch: number): void;
   }
 >;
 
@@ -215,7 +218,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let copyOuts: CopyOuts | undefined;
   let control: ControlServer | undefined;
   let paired: PairedVolumes | undefined;
-  let replication: (ReplicationService & { start(): void; stop(): Promise<void>; quorum?: QuorumNodeAuthority }) | undefined;
+  let replication: (ReplicationService & { start(): void; stop(): Promise<void>; quorum?: QuorumNodeAuthority; setRole?(volumeId: number, primary: boolean, epoch: number): void }) | undefined;
   let witness: WitnessService | undefined;
   let resolveStopped!: (outcome: { clean: boolean }) => void;
   const stopped = new Promise<{ clean: boolean }>((resolve) => (resolveStopped = resolve));
@@ -302,6 +305,22 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
     const deleteLocal = (name: string, force: boolean) =>
       manager.delete(name, { force, exportsOf: (volume) => vhostExports.of(volume), dropExports: (volume) => vhostExports.remove(volume, false) });
     const pair = paired;
+    const replicationService = replication;
+    const failover =
+      pair && replicationService && config.peer
+        ? new Failover({
+            nodeName: config.name,
+            peerName: config.peer.name,
+            state,
+            volumes: manager,
+            quorum: replicationService.quorum,
+            setRole: (volumeId, primary, epoch) => replicationService.setRole?.(volumeId, primary, epoch),
+            linkUp: () => replicationService.link().connected === true,
+            askPeer: (op) => pair.askPeer(op),
+            log: log.child("failover"),
+          })
+        : undefined;
+    if (pair) pair.failover = failover;
     pair?.attach({ volumes: manager, deleteLocal, exportsOf: (volume) => vhostExports.of(volume) });
     // This node's half of a create or delete a crash interrupted, before anything is opened.
     await pair?.recover();
@@ -427,6 +446,14 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
           const size = sizeField(body, "size") ?? fail("size is required");
           if (pair) throw new TandemError("failed_precondition", `growing a mirrored volume is not supported yet (both replicas and their bitmaps must grow together)`);
           return manager.resize(params.name!, size);
+        },
+      },
+      {
+        method: "POST",
+        path: "/volumes/:name/failover",
+        handler: ({ params, body }) => {
+          if (!failover) throw new TandemError("failed_precondition", "failover needs a paired node; this one is standalone");
+          return failover.run({ volume: params.name!, to: stringField(body, "to", true), wait: booleanField(body, "wait"), force: booleanField(body, "force") });
         },
       },
       {

@@ -14,6 +14,7 @@
 // so the two nodes can create at the same moment and a leftover can never collide with a new volume.
 // Roles: the creating node is the volume's primary; the peer holds the secondary, which refuses
 // writes. Until the witness quorum exists, roles change only by operator action.
+import type { FailoverPeerOp } from "./failover.ts";
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../common/errors.ts";
@@ -50,7 +51,9 @@ export type PeerRequestBody =
   | { op: "commit"; name: string; id: number }
   /** Remove the replica of (name, id), if there is one; `force` even while it is in use. */
   | { op: "delete"; name: string; id: number; force: boolean }
-  | { op: "describe" };
+  | { op: "describe" }
+  /** A switchover's steps on this node (src/node/failover.ts). */
+  | FailoverPeerOp;
 
 type PeerReplyBody = { ok: true; result: unknown } | { ok: false; code: TandemError["code"]; message: string };
 
@@ -536,8 +539,21 @@ export class PairedVolumes implements VolumeReplication {
     return encoder.encode(JSON.stringify(reply));
   }
 
+  /** Answers the peer's switchover steps (set by the daemon). */
+  failover: { answer(op: FailoverPeerOp): Promise<unknown> } | undefined;
+
+  /** A switchover step on the peer. */
+  askPeer(op: FailoverPeerOp): Promise<unknown> {
+    return this.ask(op);
+  }
+
   private async handle(body: PeerRequestBody): Promise<unknown> {
     switch (body.op) {
+      case "release":
+      case "adopt":
+      case "thaw":
+        if (!this.failover) throw new TandemError("unavailable", `${this.nodeName} cannot take part in a failover yet`);
+        return this.failover.answer(body);
       case "describe":
         return {
           volumes: this.state.volumes().map((record) => ({ name: record.name, id: record.id, backing: record.backing, sizeBytes: record.sizeBytes })),

@@ -469,6 +469,31 @@ export class VolumeManager implements ExportResolver {
     return undefined;
   }
 
+  /** The clients with a session on the volume now (export sessions and copy-outs). */
+  clientsOf(name: string): string[] {
+    return [...this.entry(name).handles].map((handle) => handle.client);
+  }
+
+  /**
+   * Stop new IO at the gate, wait for the IO in flight, and flush what is below it (a switchover:
+   * everything acknowledged is then durable on both replicas). The gate stays frozen until `thaw`.
+   */
+  async quiesce(name: string, reason: string, timeoutMs: number): Promise<void> {
+    const entry = this.entry(name);
+    entry.gate.freeze(reason);
+    try {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), timeoutMs)));
+      const outcome = await Promise.race([entry.gate.idle().then(() => "idle" as const), timedOut]);
+      clearTimeout(timer);
+      if (outcome === "timeout") throw new TandemError("failed_precondition", `${name}: IO in flight did not drain within ${timeoutMs} ms`);
+      await entry.pointInTime.flush();
+    } catch (error) {
+      entry.gate.thaw();
+      throw error;
+    }
+  }
+
   freeze(name: string, reason: string): void {
     this.entry(name).gate.freeze(reason);
   }

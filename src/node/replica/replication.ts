@@ -196,6 +196,12 @@ export class NodeReplication implements ReplicationService {
     this.quorum.synced(synced);
   }
 
+  /** An operator moved the volume's role (a switchover step): the authority follows. */
+  setRole(volumeId: number, primary: boolean, epoch: number): void {
+    if (this.quorum) this.quorum.setVolume(volumeId, primary);
+    else this.staticAuthority!.setRole(volumeId, { primary, epoch });
+  }
+
   /** Watch the quorum's decisions (no-op without a witness). */
   onQuorum(listener: QuorumListener): void {
     this.quorumListeners.add(listener);
