@@ -271,6 +271,8 @@ export const linkRttStaleAfterMs = 1_000;
 export const tuiPollIntervalMs = 1_000;
 /** One TUI request gives up after this long, so a hung daemon never blocks the screen. */
 export const tuiRequestTimeoutMs = 800;
+/** Longest the TUI waits for a failover it asked for (a switchover drains and flushes; a forced one runs a ballot). */
+export const tuiFailoverTimeoutMs = 30_000;
 /** The TUI marks its data stale once the last good snapshot is older than this. */
 export const tuiStaleAfterMs = 3_000;
 /** Events the TUI keeps (and asks for) for its events pane. */

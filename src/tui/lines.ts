@@ -81,8 +81,13 @@ function nodesLine(state: DashboardState): Line {
 
 function quorumLine(state: DashboardState): Line {
   const quorum = state.latest!.status.quorum;
-  const word = quorum.state === "not-configured" ? "not configured" : quorum.state;
-  return [{ text: `quorum ${word}   witness ${quorum.state === "not-configured" ? "not configured" : "?"}`, tone: "dim" }];
+  if (quorum.state === "not-configured") return [{ text: `quorum not configured   witness ${quorum.witness ? (quorum.witness.reachable ? "reachable" : "UNREACHABLE") : "not configured"}`, tone: "dim" }];
+  const tone: Tone = quorum.state === "shared" ? "good" : quorum.state === "solo" ? "warn" : "bad";
+  const witness = quorum.witness.reachable ? `witness ok (write ${quorum.witness.lastWriteAgeMs ?? "?"} ms ago)` : "witness LOST";
+  return [
+    { text: `quorum ${quorum.state.toUpperCase()} epoch ${quorum.epoch}`, tone },
+    { text: `   data ${quorum.dataHolders.join("+") || "-"}   ${witness}   margin ${quorum.timing.leaseMarginMs ?? "?"} ms`, tone: quorum.witness.reachable ? "dim" : "bad" },
+  ];
 }
 
 function volumeLine(volume: VolumeReport, selected: boolean, state: DashboardState): Line {
@@ -204,9 +209,16 @@ function failoverLines(state: DashboardState, width: number, height: number): Li
     lines.push(plain(`Type the volume's name (${plan.volume}) and Enter to force it; Esc to go back.`, "bad"));
     lines.push([{ text: "  > " }, { text: screen.typed }, { text: "_", tone: "dim" }]);
     footer = "type the name, Enter force  Esc back";
-  } else if (screen.step === "requested" && plan.kind !== "impossible") {
-    for (const text of wrap(`Not done: failover is not available in this version (it comes with the witness quorum). The command it will run is: ${plan.command}`, width)) lines.push(plain(text, "warn"));
-    footer = "Enter or Esc back";
+  } else if (screen.step === "requested") {
+    const outcome = screen.outcome;
+    if (outcome?.kind === "running") {
+      lines.push(plain(`${outcome.force ? "Forcing" : "Moving"} ${screen.volume} to ${outcome.to}...`, "warn"));
+      footer = "waiting for the daemon";
+    } else {
+      if (outcome?.kind === "done") for (const text of wrap(`Done: ${outcome.message}`, width)) lines.push(plain(text, "good"));
+      if (outcome?.kind === "failed") for (const text of wrap(`Failed: ${outcome.error}`, width)) lines.push(plain(text, "bad"));
+      footer = "Enter or Esc back";
+    }
   }
   return [...lines.slice(0, height - 1), ...Array.from({ length: Math.max(0, height - 1 - lines.length) }, () => [] as Line), plain(footer, "dim")];
 }

@@ -9,13 +9,15 @@ import { TandemError } from "../common/errors.ts";
 import { ControlClient } from "../node/control/client.ts";
 import { statusSchemaVersion } from "../node/control/status.ts";
 import type { EventRecord } from "../node/state.ts";
-import { tuiEventsKept, tuiPollIntervalMs, tuiRequestTimeoutMs } from "../constants.ts";
+import { tuiEventsKept, tuiFailoverTimeoutMs, tuiPollIntervalMs, tuiRequestTimeoutMs } from "../constants.ts";
 import { Screen } from "./screens.tsx";
 import { type Action, initialState, type KeyName, reduce } from "./state.ts";
 
 /** Where snapshots come from: started once, stopped on quit; `refresh` asks at once. */
 export interface DashboardSource {
   start(dispatch: (action: Action) => void): { refresh(): void; stop(): void };
+  /** Run `tandem failover VOLUME --to NODE [--force]` through the daemon; resolves to its message. */
+  failover?(volume: string, to: string, force: boolean): Promise<string>;
 }
 
 /** The dashboard's key for what Ink read; "char" for anything else (typed into the confirmation). */
@@ -60,6 +62,10 @@ export function controlSource(client: ControlClient, now: () => number = Date.no
         },
       };
     },
+    async failover(volume, to, force) {
+      const result = await client.request<{ message: string }>("POST", `/volumes/${encodeURIComponent(volume)}/failover`, { to, wait: false, force }, { timeoutMs: tuiFailoverTimeoutMs });
+      return result.message;
+    },
   };
 }
 
@@ -92,6 +98,16 @@ export function App({ socket, source, color, width, height, now = Date.now }: Ap
       exit();
     }
   }, [state.screen.kind, exit]);
+  const screen = state.screen;
+  const request = screen.kind === "failover" && screen.outcome?.kind === "running" ? { volume: screen.volume, to: screen.outcome.to, force: screen.outcome.force } : undefined;
+  useEffect(() => {
+    if (!request) return;
+    const answer = source.failover ? source.failover(request.volume, request.to, request.force) : Promise.reject(new Error("this dashboard cannot run a failover"));
+    answer.then(
+      (message) => dispatch({ kind: "failoverResult", volume: request.volume, ok: true, message }),
+      (error: Error) => dispatch({ kind: "failoverResult", volume: request.volume, ok: false, message: error?.message ?? String(error) }),
+    );
+  }, [request?.volume, request?.to, request?.force, source]);
   useInput((input, key) => dispatch({ kind: "key", key: keyOf(input, key), char: input }));
 
   return <Screen state={state} width={width ?? Math.max(40, window.columns)} height={height ?? Math.max(10, window.rows)} color={color} />;

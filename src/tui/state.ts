@@ -39,10 +39,13 @@ export type Freshness =
 
 export type FailoverStep = "review" | "confirm" | "requested";
 
+/** What became of the failover the operator confirmed: running (the request is out), then done or failed. */
+export type FailoverOutcome = { kind: "running"; to: string; force: boolean } | { kind: "done"; message: string } | { kind: "failed"; error: string };
+
 export type Screen =
   | { kind: "dashboard" }
   | { kind: "help" }
-  | { kind: "failover"; volume: string; step: FailoverStep; typed: string }
+  | { kind: "failover"; volume: string; step: FailoverStep; typed: string; outcome?: FailoverOutcome }
   | { kind: "quit" };
 
 export type KeyName = "up" | "down" | "enter" | "escape" | "backspace" | "help" | "failover" | "quit" | "refresh" | "yes" | "char";
@@ -51,7 +54,9 @@ export type Action =
   | { kind: "snapshot"; status: StatusReport; events: EventRecord[]; atMs: number }
   | { kind: "pollFailed"; error: string; atMs: number }
   | { kind: "tick"; nowMs: number }
-  | { kind: "key"; key: KeyName; char?: string };
+  | { kind: "key"; key: KeyName; char?: string }
+  /** The failover request the screen made has answered. */
+  | { kind: "failoverResult"; volume: string; ok: boolean; message: string };
 
 export interface DashboardState {
   /** The control socket the dashboard watches (shown when it cannot be reached). */
@@ -104,7 +109,7 @@ function onKey(state: DashboardState, key: KeyName, char: string | undefined): D
   const screen = state.screen;
   if (screen.kind === "failover") {
     if (key === "escape") return { ...state, screen: screen.step === "review" ? { kind: "dashboard" } : { ...screen, step: "review", typed: "" } };
-    if (screen.step === "requested") return key === "enter" ? { ...state, screen: { kind: "dashboard" } } : state;
+    if (screen.step === "requested") return key === "enter" && screen.outcome?.kind !== "running" ? { ...state, screen: { kind: "dashboard" } } : state;
     const plan = state.latest ? planFailover(state.latest.status, screen.volume) : undefined;
     if (screen.step === "review") {
       if (key === "enter" && plan && plan.kind !== "impossible") return { ...state, screen: { ...screen, step: "confirm", typed: "" } };
@@ -112,9 +117,9 @@ function onKey(state: DashboardState, key: KeyName, char: string | undefined): D
       return state;
     }
     // confirm: a planned switchover takes `y`; a forced promotion takes the volume's name typed out.
-    if (plan?.kind === "switchover") return key === "yes" ? { ...state, screen: { ...screen, step: "requested" } } : state;
+    if (plan?.kind === "switchover") return key === "yes" ? { ...state, screen: { ...screen, step: "requested", outcome: { kind: "running", to: plan.to, force: false } } } : state;
     if (key === "backspace") return { ...state, screen: { ...screen, typed: screen.typed.slice(0, -1) } };
-    if (key === "enter") return screen.typed === screen.volume ? { ...state, screen: { ...screen, step: "requested" } } : state;
+    if (key === "enter") return screen.typed === screen.volume && plan?.kind === "forced" ? { ...state, screen: { ...screen, step: "requested", outcome: { kind: "running", to: plan.to, force: true } } } : state;
     // Every printable key types itself here, whatever it means elsewhere (q, f, j, k...).
     const typedChar = char !== undefined && char.length === 1 && char >= " " && char !== "\u007f" ? char : undefined;
     return typedChar && screen.typed.length < 64 ? { ...state, screen: { ...screen, typed: screen.typed + typedChar } } : state;
@@ -154,6 +159,12 @@ export function reduce(state: DashboardState, action: Action): DashboardState {
       return { ...state, nowMs: Math.max(state.nowMs, action.nowMs) };
     case "key":
       return onKey(state, action.key, action.char);
+    case "failoverResult": {
+      const screen = state.screen;
+      if (screen.kind !== "failover" || screen.volume !== action.volume || screen.outcome?.kind !== "running") return state;
+      const outcome: FailoverOutcome = action.ok ? { kind: "done", message: action.message } : { kind: "failed", error: action.message };
+      return { ...state, screen: { ...screen, outcome }, refreshRequested: true };
+    }
   }
 }
 

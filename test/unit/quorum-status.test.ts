@@ -6,6 +6,9 @@ import { describe, expect, test } from "bun:test";
 import { quorumLines, statusExitCodes } from "../../src/cli/commands/status.ts";
 import { type AssessInput, assessStatus, type QuorumLeaseReport } from "../../src/node/control/status.ts";
 import type { VolumeView } from "../../src/node/volumes.ts";
+import { screenLines } from "../../src/tui/lines.ts";
+import { initialState, reduce } from "../../src/tui/state.ts";
+import { fixtureTimeMs, statusFixture } from "../helpers/status-fixtures.ts";
 
 const io = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
 const volume = (options: Partial<VolumeView> = {}): VolumeView => ({
@@ -103,4 +106,14 @@ test("the text shows the quorum state, epoch, data holders, witness, timings and
   expect(text).toContain("held by a");
   expect(text).toContain("/dev/disk/by-id/witness: reachable, last write 80 ms ago, read p50 0.4 ms p99 1.2 ms, write p50 0.9 ms");
   expect(text).toContain("lease margin 1361 ms; lease left 2400 ms");
+});
+
+test("the TUI dashboard shows the quorum state, epoch, data holders, witness and margin", () => {
+  const status = statusFixture({ volumes: [{ name: "vm1", local: "degraded" }], linkUp: false });
+  const solo = { state: "solo", epoch: 3, reason: "owns epoch 3 alone", dataHolders: ["a"], witness: { reachable: true, lastWriteAgeMs: 80 }, timing: { leaseMarginMs: 1361 } } as unknown as QuorumLeaseReport;
+  const state = reduce(initialState("/s", fixtureTimeMs), { kind: "snapshot", status: { ...status, quorum: solo }, events: [], atMs: fixtureTimeMs });
+  const text = screenLines(state, 100, 30)
+    .map((line) => line.map((part) => part.text).join(""))
+    .join("\n");
+  expect(text).toContain("quorum SOLO epoch 3   data a   witness ok (write 80 ms ago)   margin 1361 ms");
 });

@@ -115,16 +115,22 @@ describe("dashboard screens at 80x24", () => {
 });
 
 describe("keys through the App", () => {
-  function scripted(): { source: DashboardSource; send: (action: Action) => void } {
+  /** A source the test feeds; its failover requests are recorded and answered by the test. */
+  function scripted(): { source: DashboardSource; send: (action: Action) => void; failovers: { volume: string; to: string; force: boolean; answer: (outcome: Error | string) => void }[] } {
     let dispatch: ((action: Action) => void) | undefined;
+    const failovers: { volume: string; to: string; force: boolean; answer: (outcome: Error | string) => void }[] = [];
     return {
-      source: { start: (next) => ((dispatch = next), { refresh() {}, stop() {} }) },
+      source: {
+        start: (next) => ((dispatch = next), { refresh() {}, stop() {} }),
+        failover: (volume, to, force) => new Promise((resolve, reject) => failovers.push({ volume, to, force, answer: (outcome) => (typeof outcome === "string" ? resolve(outcome) : reject(outcome)) })),
+      },
       send: (action) => dispatch!(action),
+      failovers,
     };
   }
 
-  test("? shows the keys; f on a synced pair walks review, confirm (y) and the not-yet-wired notice", async () => {
-    const { source, send } = scripted();
+  test("? shows the keys; f on a synced pair walks review, confirm (y), runs the failover and shows its answer", async () => {
+    const { source, send, failovers } = scripted();
     const app = render(<App socket={socket} source={source} color={false} width={80} height={24} now={() => t0} />);
     await until("the source started", () => app.lastFrame()?.includes("connecting"));
     send(snapshot(statusFixture({ volumes: [{ name: "vm1", local: "synced" }] })));
@@ -142,12 +148,15 @@ describe("keys through the App", () => {
     app.stdin.write("\r");
     await until("the confirmation", () => app.lastFrame()?.includes("Press y to confirm"));
     app.stdin.write("y");
-    await until("the notice", () => app.lastFrame()?.includes("tandem failover --to b vm1"));
-    expect(app.lastFrame()).toContain("Not done: failover is not available in this version");
+    await until("the request", () => (failovers.length === 1 ? failovers : undefined));
+    expect(failovers.map(({ volume, to, force }) => ({ volume, to, force }))).toEqual([{ volume: "vm1", to: "b", force: false }]);
+    await until("running", () => app.lastFrame()?.includes("Moving vm1 to b..."));
+    failovers[0]!.answer("vm1: primary moved from a to b (role epoch 2); IO paused 14 ms");
+    await until("the answer", () => app.lastFrame()?.includes("Done: vm1: primary moved from a to b (role epoch 2); IO paused 14 ms"));
   });
 
   test("a forced promotion states what is discarded and takes the volume's name typed out", async () => {
-    const { source, send } = scripted();
+    const { source, send, failovers } = scripted();
     const app = render(<App socket={socket} source={source} color={false} width={80} height={24} now={() => t0} />);
     await until("the source started", () => app.lastFrame()?.includes("connecting"));
     send(snapshot(statusFixture({ node: "b", peer: "a", linkUp: false, volumes: [{ name: "vm1", primary: "a", local: "synced" }] })));
@@ -164,6 +173,9 @@ describe("keys through the App", () => {
     for (const char of "vm1") app.stdin.write(char);
     await until("the name typed", () => app.lastFrame()?.includes("  > vm1_"));
     app.stdin.write("\r");
-    await until("the notice", () => app.lastFrame()?.includes("tandem failover --to b vm1 --force"));
+    await until("the request", () => (failovers.length === 1 ? failovers : undefined));
+    expect(failovers.map(({ volume, to, force }) => ({ volume, to, force }))).toEqual([{ volume: "vm1", to: "b", force: true }]);
+    failovers[0]!.answer(new Error("a is connected: use a planned switchover (without --force)"));
+    await until("the refusal", () => app.lastFrame()?.includes("Failed: a is connected"));
   });
 });

@@ -80,8 +80,16 @@ describe("keys", () => {
     expect(state.screen).toMatchObject({ step: "confirm" });
     expect(keys(state, "escape").screen).toMatchObject({ step: "review" });
     expect(keys(state, "n").screen).toMatchObject({ step: "confirm" });
-    expect(keys(state, "yes").screen).toMatchObject({ step: "requested" });
-    expect(keys(state, "yes", "enter").screen).toEqual({ kind: "dashboard" });
+    // y asks the daemon (the screen runs it): Enter waits for the answer, then goes back.
+    const requested = keys(state, "yes");
+    expect(requested.screen).toMatchObject({ step: "requested", outcome: { kind: "running", to: "b", force: false } });
+    expect(keys(requested, "enter").screen).toMatchObject({ step: "requested" });
+    const answered = reduce(requested, { kind: "failoverResult", volume: "vm2", ok: true, message: "vm2: primary moved from a to b" });
+    expect(answered.screen).toMatchObject({ outcome: { kind: "done", message: "vm2: primary moved from a to b" } });
+    expect(answered.refreshRequested).toBe(true);
+    expect(keys(answered, "enter").screen).toEqual({ kind: "dashboard" });
+    const refused = reduce(requested, { kind: "failoverResult", volume: "vm2", ok: false, message: "vm2 is open for writing on a by nbd unix #1" });
+    expect(refused.screen).toMatchObject({ outcome: { kind: "failed", error: "vm2 is open for writing on a by nbd unix #1" } });
   });
 
   test("forced promotion: only the volume's name typed out confirms it; y does not", () => {
@@ -91,7 +99,7 @@ describe("keys", () => {
     state = keys(state, "yes", "enter");
     expect(state.screen).toMatchObject({ step: "confirm", typed: "y" });
     state = keys(state, "backspace", "v", "m", "1", "enter");
-    expect(state.screen).toEqual({ kind: "failover", volume: "vm1", step: "requested", typed: "vm1" });
+    expect(state.screen).toEqual({ kind: "failover", volume: "vm1", step: "requested", typed: "vm1", outcome: { kind: "running", to: "b", force: true } });
   });
 
   test("a forced confirmation types every printable key, even those that are commands elsewhere", () => {
@@ -107,7 +115,7 @@ describe("keys", () => {
       { kind: "key", key: "up", char: "" },
       { kind: "key", key: "enter", char: "\r" },
     ]);
-    expect(state.screen).toEqual({ kind: "failover", volume: "jfq-kr", step: "requested", typed: "jfq-kr" });
+    expect(state.screen).toEqual({ kind: "failover", volume: "jfq-kr", step: "requested", typed: "jfq-kr", outcome: { kind: "running", to: "b", force: true } });
   });
 
   test("when failover is impossible, Enter goes back to the dashboard instead of asking", () => {
