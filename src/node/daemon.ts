@@ -285,6 +285,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
           return grant.kind === "frozen" ? grant.reason : null;
         };
         manager.quorumHoldOf = holdOf;
+        // A node that was stopped must see its lease run out before it serves what queued meanwhile.
+        manager.beforeRequest = () => quorum.catchUp();
         pair.onQuorum?.({
           grantsChanged: (changes) => {
             for (const { volumeId } of changes) manager.quorumHold(volumeId, holdOf(volumeId));

@@ -226,6 +226,7 @@ export class VolumeManager implements ExportResolver {
       const entry: OpenVolume = { record, file, gate: new GateLayer(pointInTime), pointInTime, handles: new Set() };
       const hold = this.quorumHoldOf?.(record.id);
       if (hold) entry.gate.holdForQuorum(hold, this.freezeMode(record.name));
+      entry.gate.beforeRequest = this.beforeRequest;
       this.opened.set(record.name, entry);
       return entry;
     } catch (error) {
@@ -433,6 +434,9 @@ export class VolumeManager implements ExportResolver {
       await this.closeEntry(entry);
     }
   }
+
+  /** Runs before every client request on every volume (the quorum catches up with the clock). */
+  beforeRequest: (() => void) | undefined;
 
   /** Why the quorum forbids IO on a volume now (null: it does not); asked when a volume opens. */
   quorumHoldOf: ((id: number) => string | null) | undefined;

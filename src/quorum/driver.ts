@@ -146,6 +146,15 @@ export class QuorumDriver {
     return this.core.grant(volumeId);
   }
 
+  /**
+   * Feed the ticks that elapsed, now. The node calls it before it admits client IO: a process that
+   * was stopped (SIGSTOP, a hung host) may find client requests queued before its timers run, and
+   * must see its lease run out before it serves any of them.
+   */
+  catchUpNow(): void {
+    this.feed(undefined);
+  }
+
   status(): QuorumStatus & { latency: { read: LatencyFigures; write: LatencyFigures }; ioOutstandingMs: number | null } {
     return { ...this.core.status(), latency: { read: this.reads.figures(), write: this.writes.figures() }, ioOutstandingMs: this.ioBusy ? this.options.clock.now() - this.ioBusy.sinceMs : null };
   }

@@ -38,6 +38,8 @@ export class GateLayer extends PassThroughLayer {
   readonly kind = "gate";
   private gateState: GateState = { kind: "open" };
   private quorumHold: QuorumHold | undefined;
+  /** Runs before each request is admitted (the quorum catches up with the clock, and may hold the gate). */
+  beforeRequest: (() => void) | undefined;
   private inFlight = 0;
   private thawWaiters: (() => void)[] = [];
   private idleWaiters: (() => void)[] = [];
@@ -106,6 +108,7 @@ export class GateLayer extends PassThroughLayer {
   }
 
   private async pass<T>(run: () => Promise<T>): Promise<T> {
+    this.beforeRequest?.();
     for (;;) {
       if (this.gateState.kind === "closed") throw new BlockError("ESHUTDOWN", "volume is shutting down");
       if (this.quorumHold?.mode === "error") throw new BlockError("EIO", `no IO on this volume now: ${this.quorumHold.reason}`);
@@ -126,6 +129,7 @@ export class GateLayer extends PassThroughLayer {
   override read(offset: number, target: Uint8Array): Promise<void> {
     this.counters.readOps++;
     this.counters.readBytes += target.length;
+    this.beforeRequest?.();
     if (this.passes) return this.passOpen(() => this.below.read(offset, target));
     return this.pass(() => this.below.read(offset, target));
   }
@@ -133,6 +137,7 @@ export class GateLayer extends PassThroughLayer {
   override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
     this.counters.writeOps++;
     this.counters.writeBytes += source.length;
+    this.beforeRequest?.();
     if (this.passes) return this.passOpen(() => this.below.write(offset, source, flags));
     return this.pass(() => this.below.write(offset, source, flags));
   }

@@ -87,6 +87,11 @@ export class QuorumWriteAuthority implements WriteAuthority {
     this.driver.stop();
   }
 
+  /** Bring the lease up to date with the clock before client IO is admitted (see QuorumDriver.catchUpNow). */
+  catchUp(): void {
+    this.driver.catchUpNow();
+  }
+
   grant(volumeId: number): Grant {
     if (!this.roles.has(volumeId)) return { kind: "frozen", reason: "the volume is not known to the quorum yet" };
     return this.driver.grant(volumeId);
