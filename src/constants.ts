@@ -424,3 +424,9 @@ export const failoverDrainTimeoutMs = 5_000;
 /** Longest `tandem failover --wait` waits for clients to disconnect (the CLI's request timeout). */
 export const failoverWaitMsMax = 600_000;
 assert(failoverWaitPollMs * 10 <= failoverDrainTimeoutMs, "a drain outlasts several polls");
+
+// ---- hooks (src/node/hooks.ts) ----
+/** A hook command (hooks.promoted / hooks.fenced) is killed after this long. */
+export const hookTimeoutMs = 30_000;
+/** Bytes of a hook's output kept in the log and the event log. */
+export const hookOutputBytesMax = 4096;

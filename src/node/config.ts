@@ -63,11 +63,27 @@ export interface NodeConfig {
   witness: WitnessConfig | undefined;
   /** `watchdog`: auto | required | off, and the device. */
   watchdog: WatchdogConfig;
+  /** `[hooks]`: commands run when this node gains (promoted) or loses (fenced) a volume's primary role. */
+  hooks: HookConfig;
   /** The file this came from, for status. */
   source: string;
 }
 
 const nodeNamePattern = /^[a-z0-9][a-z0-9_-]{0,30}$/;
+
+/** A hook command: argv (an array in the config), or a shell command line (a string, run by /bin/sh -c). */
+export interface HookConfig {
+  promoted: string[] | undefined;
+  fenced: string[] | undefined;
+}
+
+function hookCommand(source: string, raw: Raw, field: "promoted" | "fenced"): string[] | undefined {
+  const value = raw[field];
+  if (value === undefined) return undefined;
+  if (typeof value === "string" && value.trim() !== "") return ["/bin/sh", "-c", value];
+  if (Array.isArray(value) && value.length > 0 && value.every((part) => typeof part === "string" && part !== "")) return value as string[];
+  return fail(source, `hooks.${field}`, "must be a command line (a string) or a non-empty array of arguments");
+}
 
 function fail(source: string, field: string, why: string): never {
   throw new TandemError("invalid_argument", `${source}: ${field}: ${why}`);
@@ -109,7 +125,8 @@ function flag(source: string, raw: Raw, field: string, prefix: string): boolean 
 
 /** The keys each table may hold; anything else is a mistake (a typo would otherwise be ignored). */
 const knownFields = {
-  "": ["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness", "watchdog"],
+  "": ["name", "dataDir", "controlSocket", "nbd", "vhost", "log", "peer", "witness", "watchdog", "hooks"],
+  "hooks.": ["promoted", "fenced"],
   "nbd.": ["socket", "tcp", "memoryBudget"],
   "vhost.": ["socketDir", "socketGroup", "allowAnyPath"],
   "log.": ["level"],
@@ -209,6 +226,9 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
   const witness = witnessTable ? parseWitnessConfig(witnessTable, source, resolve) : undefined;
   const witnessPath = witness?.path;
   const watchdog = parseWatchdogConfig(top.watchdog, source);
+  const hooksRaw = table(source, top, "hooks") ?? {};
+  refuseUnknown(source, hooksRaw, "hooks.");
+  const hooks: HookConfig = { promoted: hookCommand(source, hooksRaw, "promoted"), fenced: hookCommand(source, hooksRaw, "fenced") };
 
   let peer: PeerConfig | undefined;
   const peerRaw = table(source, top, "peer");
@@ -245,7 +265,7 @@ export function parseNodeConfig(raw: unknown, baseDir: string, source = "config"
     peer = { name: peerName, connect, address, listen, secret, clusterId, resyncRateBytesPerSecond };
   }
 
-  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, nbdMemoryBudgetBytes, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, witness, watchdog, source };
+  return { name, dataDir, controlSocket, nbdSocket, nbdTcp, nbdMemoryBudgetBytes, vhostSocketDir, vhostSocketGroup, vhostAllowAnyPath, logLevel: level, peer, witnessPath, witness, watchdog, hooks, source };
 }
 
 /** Read and parse a config file: JSON when it ends in .json, TOML otherwise. */

@@ -29,6 +29,7 @@ import type { QuorumListener } from "./replica/replication.ts";
 import type { QuorumWriteAuthority as QuorumNodeAuthority } from "./replica/quorum-authority.ts";
 import { quorumEvent } from "./quorum-events.ts";
 import { Failover } from "./failover.ts";
+import { Hooks } from "./hooks.ts";
 
 /** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
 export type ReplicationFactory = (
@@ -220,6 +221,7 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
   let paired: PairedVolumes | undefined;
   let replication: (ReplicationService & { start(): void; stop(): Promise<void>; quorum?: QuorumNodeAuthority; setRole?(volumeId: number, primary: boolean, epoch: number): void }) | undefined;
   let witness: WitnessService | undefined;
+  let nodeHooks: Hooks | undefined;
   let resolveStopped!: (outcome: { clean: boolean }) => void;
   const stopped = new Promise<{ clean: boolean }>((resolve) => (resolveStopped = resolve));
   let stopping: Promise<void> | undefined;
@@ -277,6 +279,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
       // Link events (up, down, refused connections, rejected frames) go to `tandem events`.
       pair.onEvent((event) => nodeState.addEvent(event.level, event.kind, null, event.message));
       const quorum = pair.quorum;
+      const hooks = new Hooks(config.hooks, log.child("hooks"), (level, kind, volume, message) => nodeState.addEvent(level, kind, volume, message));
+      nodeHooks = hooks;
       if (quorum) {
         // DESIGN.md §5 rule 2: a volume the quorum freezes stops at its gate at once (IO waits, or
         // fails with EIO when its onFreeze says so), before anything reaches the replica layer.
@@ -291,10 +295,18 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
           grantsChanged: (changes) => {
             for (const { volumeId } of changes) manager.quorumHold(volumeId, holdOf(volumeId));
           },
-          roleChanged: (volumeId) => manager.reloadRecord(volumeId),
+          roleChanged: (volumeId, primary, epoch) => {
+            manager.reloadRecord(volumeId);
+            const record = nodeState.volumeById(volumeId);
+            if (record) void hooks.fire({ event: primary ? "promoted" : "fenced", node: config.name, volume: record.name, volumeId, epoch: Number(epoch), reason: primary ? "the quorum promoted this node" : "this node lost the lease", timeMs: Date.now() });
+          },
           report: (report) => {
             const event = quorumEvent(report, config.peer!.name);
             if (event) nodeState.addEvent(event.level, event.kind, null, event.message);
+            if (report.kind === "selfFenced") {
+              // Every volume this node served is stopped: the hypervisor should stop its VMs.
+              for (const record of nodeState.volumes()) if (record.primary === config.name) void hooks.fire({ event: "fenced", node: config.name, volume: record.name, volumeId: record.id, epoch: record.epoch, reason: "self-fenced: own heartbeat writes stalled while the link was down", timeMs: Date.now() });
+            }
           },
         });
       }
@@ -316,7 +328,11 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
             state,
             volumes: manager,
             quorum: replicationService.quorum,
-            setRole: (volumeId, primary, epoch) => replicationService.setRole?.(volumeId, primary, epoch),
+            setRole: (volumeId, primary, epoch) => {
+              replicationService.setRole?.(volumeId, primary, epoch);
+              const record = nodeState.volumeById(volumeId);
+              if (record) void nodeHooks?.fire({ event: primary ? "promoted" : "fenced", node: config.name, volume: record.name, volumeId, epoch, reason: "planned switchover", timeMs: Date.now() });
+            },
             linkUp: () => replicationService.link().connected === true,
             askPeer: (op) => pair.askPeer(op),
             log: log.child("failover"),

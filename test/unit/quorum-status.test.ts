@@ -103,7 +103,7 @@ test("the text shows the quorum state, epoch, data holders, witness, timings and
   } as unknown as QuorumLeaseReport;
   const text = quorumLines(report).join("\n");
   expect(text).toContain("SOLO, epoch 3 (SOLO(a), epoch 3, data holders: a): owns epoch 3 alone");
-  expect(text).toContain("held by a");
+  expect(text).toContain("holders  a");
   expect(text).toContain("/dev/disk/by-id/witness: reachable, last write 80 ms ago, read p50 0.4 ms p99 1.2 ms, write p50 0.9 ms");
   expect(text).toContain("lease margin 1361 ms; lease left 2400 ms");
 });

@@ -24,7 +24,7 @@ const ms = (value: number | null) => (value === null ? "never" : `${Math.round(v
 export function quorumLines(quorum: StatusReport["quorum"]): string[] {
   if (quorum.state === "not-configured") return [`  quorum   not configured${quorum.witness ? ` (witness ${quorum.witness.path} watched: ${quorum.witness.reachable ? "reachable" : "UNREACHABLE"})` : ""}`];
   const lines = [`  quorum   ${quorum.state.toUpperCase()}, epoch ${quorum.epoch} (${quorum.record}): ${quorum.reason}`];
-  lines.push(`  data     held by ${quorum.dataHolders.length > 0 ? quorum.dataHolders.join(", ") : "nobody yet"}${quorum.outdated ? "; this node is OUTDATED" : ""}`);
+  lines.push(`  holders  ${quorum.dataHolders.length > 0 ? quorum.dataHolders.join(", ") : "nobody yet"}${quorum.outdated ? "; this node is OUTDATED" : ""}`);
   const w = quorum.witness;
   const latency = w.latency.p50Ms === null ? "" : `, read p50 ${w.latency.p50Ms} ms p99 ${w.latency.p99Ms} ms, write p50 ${w.writeLatency.p50Ms ?? "-"} ms`;
   lines.push(`  witness  ${w.path}: ${w.reachable ? "reachable" : `UNREACHABLE (${w.failure ?? "no answer"})`}, last write ${ms(w.lastWriteAgeMs)} ago${latency}`);

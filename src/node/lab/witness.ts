@@ -2,7 +2,8 @@
 // the path both lab nodes name), so witness faults are real IO faults the nodes' drivers see, not
 // flags inside the daemon:
 //   - fail: QMP blockdev-reopen points the exported throttle node at a blkdebug node that fails
-//     every request with EIO;
+//     every read and write with EIO (not flushes: a heal reopens the node, which flushes the failing
+//     child first, and a failed flush there would refuse the heal once the nodes have written);
 //   - hang: the storage daemon is stopped (SIGSTOP): every witness IO blocks in the kernel until it
 //     is continued, exactly as a witness whose path stopped answering;
 //   - heal: continue it and point the export back at the image.
@@ -137,7 +138,7 @@ export async function startLabWitness(dir: string): Promise<{ created: boolean; 
   writeFlags(dir, { failing: false });
   const args = [
     "--blockdev", `driver=file,node-name=image,filename=${files.disk},cache.direct=on`,
-    "--blockdev", JSON.stringify({ driver: "blkdebug", "node-name": "failing", image: "image", "inject-error": [{ event: "none", errno: 5 }] }),
+    "--blockdev", JSON.stringify({ driver: "blkdebug", "node-name": "failing", image: "image", "inject-error": [{ event: "none", iotype: "read", errno: 5 }, { event: "none", iotype: "write", errno: 5 }] }),
     "--object", "throttle-group,id=witness-group",
     "--blockdev", "driver=throttle,node-name=witness,throttle-group=witness-group,file=image",
     "--export", `type=fuse,id=witness,node-name=witness,mountpoint=${files.image},writable=on`,
