@@ -26,6 +26,7 @@ import { VolumeCreateCommand } from "./commands/volume/create.ts";
 import { VolumeDeleteCommand } from "./commands/volume/delete.ts";
 import { VolumeListCommand } from "./commands/volume/list.ts";
 import { VolumeResizeCommand } from "./commands/volume/resize.ts";
+import { VolumeOnFreezeCommand } from "./commands/volume/on-freeze.ts";
 import { WitnessFormatCommand } from "./commands/witness/format.ts";
 import { WitnessShowCommand } from "./commands/witness/show.ts";
 
@@ -36,6 +37,7 @@ export const commands = [
   VolumeCreateCommand,
   VolumeListCommand,
   VolumeResizeCommand,
+  VolumeOnFreezeCommand,
   VolumeDeleteCommand,
   ExportVhostCommand,
   ExportListCommand,

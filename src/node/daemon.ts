@@ -30,6 +30,7 @@ import type { QuorumWriteAuthority as QuorumNodeAuthority } from "./replica/quor
 import { quorumEvent } from "./quorum-events.ts";
 import { Failover } from "./failover.ts";
 import { Hooks } from "./hooks.ts";
+import { type FreezeMode, freezeModes } from "./block/gate.ts";
 
 /** Makes the node's replication service when the config names a peer (the daemon's only link to src/node/replica). */
 export type ReplicationFactory = (
@@ -464,6 +465,16 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
           const size = sizeField(body, "size") ?? fail("size is required");
           if (pair) throw new TandemError("failed_precondition", `growing a mirrored volume is not supported yet (both replicas and their bitmaps must grow together)`);
           return manager.resize(params.name!, size);
+        },
+      },
+      {
+        method: "POST",
+        path: "/volumes/:name/on-freeze",
+        handler: ({ params, body }) => {
+          const mode = stringField(body, "mode", true);
+          if (!freezeModes.includes(mode as FreezeMode)) throw new TandemError("invalid_argument", `mode must be suspend or error, not "${mode}"`);
+          manager.setFreezeMode(params.name!, mode as FreezeMode);
+          return manager.view(params.name!);
         },
       },
       {
