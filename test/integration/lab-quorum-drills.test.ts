@@ -125,7 +125,8 @@ describe("the failure table on the lab, under fio --verify", () => {
 
   afterAll(async () => {
     await runCli(["lab", "down", "--dir", dir]);
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (process.env.TANDEM_KEEP_LAB) console.log(`lab kept in ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
     console.log(["failure table drills (lab, default timings, machine shared with other test runs):", ...figures].join("\n  "));
   });
 

@@ -25,7 +25,8 @@ import { defaultQuorumTiming, type QuorumTiming, timingToWitness } from "../../s
 import { encodeFormattedArea, witnessLayout } from "../../src/quorum/format.ts";
 import type { QuorumPersisted, QuorumReport } from "../../src/quorum/lease.ts";
 import { QuorumWriteAuthority } from "../../src/node/replica/quorum-authority.ts";
-import { SimWitness } from "./quorum-witness.ts";
+import { SimWitness, type WitnessFaults } from "./quorum-witness.ts";
+import type { QuorumBugs } from "../../src/quorum/lease.ts";
 
 export type NodeName = "a" | "b";
 export const nodeNames: readonly NodeName[] = ["a", "b"];
@@ -52,6 +53,8 @@ export interface ScenarioOptions {
   blocks?: number;
   /** The primary of every volume (null: both secondary). */
   primary?: NodeName | null;
+  /** The primary of each volume named here (overrides `primary` for it). */
+  primaries?: Record<number, NodeName>;
   format?: Partial<Record<NodeName, FormatChoice>>;
   /** Blocks a node's disk holds before the run (data imported with the volume), as tagged writes. */
   preload?: Partial<Record<NodeName, number[]>>;
@@ -66,7 +69,9 @@ export interface ScenarioOptions {
    * Run the witness quorum as each node's write authority (src/node/replica/quorum-authority.ts)
    * over a simulated witness: link loss freezes, the lease decides, promotions move roles.
    */
-  quorum?: { timing?: QuorumTiming; witnessLatencyUs?: number };
+  quorum?: { timing?: QuorumTiming; witnessLatencyUs?: number; witnessFaults?: Partial<WitnessFaults>; bugs?: QuorumBugs; seed?: number };
+  /** Each node's clock rate (1: real time; 1.01: 1% fast), for drift within the quorum's bound. */
+  clockRates?: Partial<Record<NodeName, number>>;
 }
 
 /** A request a scenario made; `done` once the node answered. */
@@ -121,9 +126,13 @@ export class Scenario {
   readonly witness: SimWitness | undefined;
   readonly quorumTiming: QuorumTiming | undefined;
   readonly quorumReports: { atUs: number; node: NodeName; report: QuorumReport }[] = [];
+  private readonly quorumBugs: QuorumBugs | undefined;
+  private readonly clockRates: Partial<Record<NodeName, number>>;
 
   constructor(options: ScenarioOptions = {}) {
     this.volumeIds = options.volumes ?? [1];
+    this.quorumBugs = options.quorum?.bugs;
+    this.clockRates = options.clockRates ?? {};
     this.blocks = options.blocks ?? 16;
     this.config = defaultReplicaConfig({
       tickMs: 10,
@@ -145,15 +154,15 @@ export class Scenario {
       bitmapWritebackIntervalTicks: 30,
       rateWindowTicks: 100,
       frameBytesMax: 1 << 20,
-      ...options.config,
       ...(options.quorum ? { freezeOnLinkLoss: true } : {}),
+      ...options.config,
     });
     if (options.quorum) {
       const timing = options.quorum.timing ?? defaultQuorumTiming;
       this.quorumTiming = timing;
       const area = encodeFormattedArea(new Uint8Array(16).fill(7), { recordBytes: witnessRecordBytes, areaBytes: 128 * 1024, formattedAtMs: 0, timing: timingToWitness(timing) }).slice(0, witnessLayout.sectors * witnessRecordBytes);
       const latencyUs = options.quorum.witnessLatencyUs ?? 500;
-      this.witness = new SimWitness(area, this.scheduler, this.random.fork("witness"), { latencyUs: [latencyUs, latencyUs], errorProbability: 0, tearProbability: 0 }, (node, incarnation, run) => {
+      this.witness = new SimWitness(area, this.scheduler, this.random.fork("witness"), { latencyUs: [latencyUs, latencyUs], errorProbability: 0, tearProbability: 0, ...options.quorum.witnessFaults }, (node, incarnation, run) => {
         const target = this.nodes.get(nodeNames[node]!)!;
         if (target.alive && target.incarnation === incarnation) run();
       });
@@ -223,8 +232,9 @@ export class Scenario {
         }
         disks.set(volumeId, { data, meta });
       }
-      const authority = new StaticWriteAuthority(this.volumeIds.map((id) => [id, { primary: primary === name, epoch: 1 }]));
-      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primary === name])) });
+      const primaryOf = (id: number) => (options.primaries?.[id] ?? primary) === name;
+      const authority = new StaticWriteAuthority(this.volumeIds.map((id) => [id, { primary: primaryOf(id), epoch: 1 }]));
+      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primaryOf(id)])) });
     }
     if (options.start !== false) for (const name of nodeNames) this.start(name);
   }
@@ -272,16 +282,17 @@ export class Scenario {
     node.incarnation++;
     const incarnation = node.incarnation;
     const scheduler = this.scheduler;
+    const rate = this.clockRates[name] ?? 1;
     const clock: Clock = {
       every(intervalMs, callback) {
         let cancelled = false;
         const fire = () => {
           if (cancelled || node.incarnation !== incarnation || !node.alive) return;
           callback();
-          scheduler.after(intervalMs * 1000, fire);
+          scheduler.after((intervalMs * 1000) / rate, fire);
         };
         // The two nodes tick out of phase, as two machines would.
-        scheduler.after(name === "a" ? intervalMs * 1000 : intervalMs * 500, fire);
+        scheduler.after(((name === "a" ? intervalMs * 1000 : intervalMs * 500)) / rate, fire);
         return { cancel: () => (cancelled = true) };
       },
     };
@@ -317,7 +328,6 @@ export class Scenario {
     if (quorum) clock.every(100, reportSynced);
     node.driver = driver;
     node.open.clear();
-    if (quorum) for (const volumeId of volumes) quorum.setVolume(volumeId, node.roles.get(volumeId) ?? false);
     for (const volumeId of volumes) this.openVolume(name, volumeId);
     driver.start();
     quorum?.start();
@@ -334,7 +344,8 @@ export class Scenario {
       clusterId: new Uint8Array(16).fill(7),
       timing: this.quorumTiming!,
       disk: this.witness!.endpoint(index, incarnation),
-      clock: { now: () => scheduler.now / 1000, every: (intervalMs, callback) => clock.every(intervalMs, callback) },
+      clock: { now: () => (scheduler.now / 1000) * (this.clockRates[name] ?? 1), every: (intervalMs, callback) => clock.every(intervalMs, callback) },
+      bugs: this.quorumBugs,
       random: this.random.fork(`${name}-quorum-${incarnation}`),
       persisted: node.quorumPersisted,
       host: {
@@ -419,6 +430,8 @@ export class Scenario {
     const op = this.op(`open v${volumeId} on ${name}`);
     const node = this.node(name);
     const disks = node.disks.get(volumeId)!;
+    // Under the quorum, the volume's persisted role goes to the authority first (as the daemon does).
+    node.quorum?.setVolume(volumeId, node.roles.get(volumeId) ?? false);
     node.driver!.openVolume(volumeId, disks.data, disks.meta.asMetadataStore(), (error) => {
       if (!error) node.open.add(volumeId);
       this.settle(op, error);

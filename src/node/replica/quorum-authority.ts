@@ -11,7 +11,7 @@ import type { Logger } from "../../common/log.ts";
 import type { QuorumTiming } from "../../quorum/config.ts";
 import { type LatencyFigures, type QuorumClock, QuorumDriver, type WitnessDisk } from "../../quorum/driver.ts";
 import type { NodeIndex } from "../../quorum/format.ts";
-import type { QuorumPersisted, QuorumReport, QuorumStatus } from "../../quorum/lease.ts";
+import type { QuorumBugs, QuorumPersisted, QuorumReport, QuorumStatus } from "../../quorum/lease.ts";
 import { decodeQuorumMessage, encodeQuorumMessage, QuorumMessageError } from "../../quorum/message.ts";
 import type { Random, WriteAuthority } from "../../replica/io.ts";
 import type { Grant } from "../../replica/types.ts";
@@ -42,6 +42,8 @@ export interface QuorumAuthorityOptions {
   host: QuorumAuthorityHost;
   logger?: Logger;
   tickMs?: number;
+  /** Planted quorum bugs, for the simulator only. */
+  bugs?: QuorumBugs;
 }
 
 export class QuorumWriteAuthority implements WriteAuthority {
@@ -63,6 +65,7 @@ export class QuorumWriteAuthority implements WriteAuthority {
       clock: options.clock,
       tickMs: options.tickMs,
       logger: options.logger,
+      bugs: options.bugs,
       host: {
         grants: (changes) => {
           for (const { volumeId } of changes) for (const listener of this.listeners) listener(volumeId);

@@ -1,0 +1,269 @@
+// The quorum core and the replica core together, seeded: two replica drivers whose write authority
+// is the witness quorum (test/sim/scenario.ts with `quorum`), two volumes with one primary on each
+// node, FUA writes from clients to whichever node holds the write grant, and a fault mix drawn from
+// the seed — link partitions, node crashes (power loss: unflushed writes vanish) and restarts,
+// witness IO errors, torn witness writes, a failing or hung witness path for one node or both, and
+// clock rates that differ within the configured bound ρ. Afterwards everything heals and the pair
+// must converge. Checked by name:
+//   - `singleWriter`: never two nodes holding the write grant for one volume (sampled every 10 ms),
+//     and never a write acknowledged by one node while the other holds the grant;
+//   - `ackedWriteKept`: after convergence each block holds its last acknowledged write, or a write
+//     issued after it (never an older value, never another node's stale copy);
+//   - `onlyHoldersWin`: a node wins an epoch without force only if the record before named it a
+//     data holder (rule 3);
+//   - `replicasIdentical`: the converged replicas are byte-identical;
+//   - `ioResumes`: with the link and the witness healthy, the pair is SHARED and synced, and a write
+//     completes, within a bound derived from the timings (liveness).
+// A seed replays exactly: `bun test/sim/quorum-replica.ts --seed N [--long] [--bug NAME]`.
+// Pauses longer than the lease (a stopped process) are the quorum simulator's (quorum-simulation.ts):
+// this harness's nodes run or are down.
+import { defaultQuorumTiming } from "../../src/quorum/config.ts";
+import type { DecidedRecord } from "../../src/quorum/format.ts";
+import type { QuorumBugs } from "../../src/quorum/lease.ts";
+import { SimRandom } from "./random.ts";
+import { type NodeName, nodeNames, type Op, peerOf, Scenario } from "./scenario.ts";
+
+export type CombinedBug = keyof QuorumBugs | "noFreezeOnLinkLoss";
+export const combinedBugs: CombinedBug[] = ["noFreezeOnLinkLoss", "promoteWithoutFence", "nonHolderWins"];
+
+export interface CombinedOptions {
+  seed: number;
+  /** Longer chaos (2 minutes of simulated time instead of 20 s). */
+  long?: boolean;
+  bug?: CombinedBug;
+}
+
+export interface CombinedResult {
+  seed: number;
+  failures: string[];
+  stats: { writesAcked: number; writesFailed: number; partitions: number; crashes: number; witnessFaults: number; wins: number; promotions: number; simulatedMs: number };
+}
+
+const volumes = [1, 2];
+const blocks = 8;
+
+interface Issued {
+  tag: number;
+  acked: boolean;
+  node: NodeName;
+}
+
+export function runCombined(options: CombinedOptions): CombinedResult {
+  const random = new SimRandom(options.seed);
+  const timing = defaultQuorumTiming;
+  const rho = timing.clockRateBound;
+  const clockRates = { a: 1 + (random.float() * 2 - 1) * rho * 0.9, b: 1 + (random.float() * 2 - 1) * rho * 0.9 };
+  const witnessErrors = random.chance(0.3);
+  const quorumBugs: QuorumBugs = options.bug && options.bug !== "noFreezeOnLinkLoss" ? { [options.bug]: true } : {};
+  const scenario = new Scenario({
+    volumes,
+    blocks,
+    primaries: { 1: "a", 2: "b" },
+    quorum: { timing, bugs: quorumBugs, witnessFaults: { errorProbability: witnessErrors ? 0.02 : 0, tearProbability: 0.5, latencyUs: [200, random.chance(0.2) ? 400_000 : 3_000] } },
+    config: options.bug === "noFreezeOnLinkLoss" ? { freezeOnLinkLoss: false } : {},
+    clockRates,
+  });
+  const failures: string[] = [];
+  const fail = (checker: string, why: string) => {
+    if (failures.length < 10) failures.push(`${checker}: ${why} (at ${(scenario.nowUs / 1000).toFixed(0)} ms)`);
+  };
+  const stats: CombinedResult["stats"] = { writesAcked: 0, writesFailed: 0, partitions: 0, crashes: 0, witnessFaults: 0, wins: 0, promotions: 0, simulatedMs: 0 };
+  const history = new Map<string, Issued[]>();
+  const inFlight = new Set<string>();
+  const key = (volumeId: number, block: number) => `${volumeId}:${block}`;
+  const grantOf = (name: NodeName, volumeId: number) => (scenario.alive(name) ? scenario.quorumOf(name).grant(volumeId) : undefined);
+
+  // Records by version, from every node's reports, for onlyHoldersWin.
+  const records = new Map<bigint, DecidedRecord>();
+  let reportsSeen = 0;
+  const scanReports = () => {
+    for (; reportsSeen < scenario.quorumReports.length; reportsSeen++) {
+      const { node, report } = scenario.quorumReports[reportsSeen]!;
+      if (report.kind === "decided") records.set(report.record.version, report.record);
+      if (report.kind === "promoted") stats.promotions++;
+      if (report.kind === "won") {
+        stats.wins++;
+        if (report.forced) continue;
+        const won = [...records.values()].find((record) => record.value.epoch === report.epoch);
+        const before = won && records.get(won.version - 1n);
+        const index = nodeNames.indexOf(node);
+        if (before && !before.value.holders.includes(index as 0 | 1)) fail("onlyHoldersWin", `${node} won epoch ${report.epoch} but the record before (version ${before.version}) names holders ${before.value.holders.join(",") || "none"}`);
+      }
+    }
+  };
+
+  const issueWrites = () => {
+    for (const volumeId of volumes) {
+      const writer = nodeNames.find((name) => grantOf(name, volumeId)?.kind === "write");
+      if (!writer || !random.chance(0.5)) continue;
+      const block = random.int(blocks);
+      if (inFlight.has(key(volumeId, block))) continue;
+      inFlight.add(key(volumeId, block));
+      const op = scenario.write(writer, block, { volumeId, fua: true });
+      const entry: Issued = { tag: op.tag, acked: false, node: writer };
+      const list = history.get(key(volumeId, block)) ?? [];
+      list.push(entry);
+      history.set(key(volumeId, block), list);
+      watch(op, entry, volumeId, block);
+    }
+  };
+  const pending: { op: Op; entry: Issued; volumeId: number; block: number }[] = [];
+  const watch = (op: Op, entry: Issued, volumeId: number, block: number) => pending.push({ op, entry, volumeId, block });
+  const settle = () => {
+    for (let index = pending.length - 1; index >= 0; index--) {
+      const { op, entry, volumeId, block } = pending[index]!;
+      const crashed = !scenario.alive(entry.node);
+      if (!op.done && !crashed) continue;
+      pending.splice(index, 1);
+      inFlight.delete(key(volumeId, block));
+      if (op.done && op.error === null) {
+        entry.acked = true;
+        stats.writesAcked++;
+        const other = grantOf(peerOf(entry.node), volumeId);
+        if (other?.kind === "write") fail("singleWriter", `${entry.node} acknowledged write #${entry.tag} to volume ${volumeId} block ${block} while ${peerOf(entry.node)} held the write grant (epoch ${other.epoch})`);
+      } else stats.writesFailed++;
+    }
+  };
+  const sampleGrants = () => {
+    for (const volumeId of volumes) {
+      const a = grantOf("a", volumeId);
+      const b = grantOf("b", volumeId);
+      if (a?.kind === "write" && b?.kind === "write") fail("singleWriter", `both nodes hold the write grant for volume ${volumeId} (epochs ${a.epoch} and ${b.epoch})`);
+    }
+  };
+  const step = (ms: number) => {
+    for (let elapsed = 0; elapsed < ms; elapsed += 10) {
+      scenario.runFor(10);
+      settle();
+      sampleGrants();
+      scanReports();
+    }
+  };
+
+  // Start: connected, synced and SHARED with both holders.
+  const shared = (name: NodeName) => scenario.alive(name) && scenario.quorumOf(name).status().quorum === "shared" && scenario.quorumOf(name).status().dataHolders.length === 2;
+  const converged = () => shared("a") && shared("b") && volumes.every((volumeId) => scenario.isSynced(volumeId));
+  try {
+    scenario.runUntil(converged, "the pair starts SHARED", 20_000);
+  } catch (error) {
+    fail("ioResumes", (error as Error).message);
+    return { seed: options.seed, failures, stats };
+  }
+
+  // Chaos.
+  const chaosMs = options.long ? 120_000 : 20_000;
+  const restartAt = new Map<NodeName, number>();
+  const endAt = scenario.nowUs + chaosMs * 1000;
+  const witnessFaultUntil: { untilUs: number; undo: () => void }[] = [];
+  while (scenario.nowUs < endAt) {
+    issueWrites();
+    const roll = random.float();
+    if (roll < 0.04) {
+      stats.partitions++;
+      scenario.network.partition(random.range(300, 7000) * 1000);
+    } else if (roll < 0.06 && nodeNames.every((name) => scenario.alive(name))) {
+      const victim = random.pick(nodeNames);
+      stats.crashes++;
+      scenario.crash(victim);
+      restartAt.set(victim, scenario.nowUs + random.range(500, 9000) * 1000);
+    } else if (roll < 0.09) {
+      stats.witnessFaults++;
+      const nodes = random.pick([[0], [1], [0, 1]]);
+      const hang = random.chance(0.4);
+      if (hang) scenario.witness!.setHung(nodes, true);
+      else scenario.witness!.setFailing(nodes, true);
+      witnessFaultUntil.push({ untilUs: scenario.nowUs + random.range(300, 6000) * 1000, undo: () => (hang ? scenario.witness!.setHung(nodes, false) : scenario.witness!.setFailing(nodes, false)) });
+    }
+    step(random.range(20, 200));
+    for (const [name, at] of restartAt) {
+      if (scenario.nowUs >= at) {
+        restartAt.delete(name);
+        scenario.start(name);
+      }
+    }
+    for (let index = witnessFaultUntil.length - 1; index >= 0; index--) {
+      if (scenario.nowUs >= witnessFaultUntil[index]!.untilUs) {
+        witnessFaultUntil[index]!.undo();
+        witnessFaultUntil.splice(index, 1);
+      }
+    }
+  }
+
+  // Heal everything and converge.
+  for (const fault of witnessFaultUntil) fault.undo();
+  scenario.witness!.healAll();
+  for (const name of nodeNames) if (!scenario.alive(name)) scenario.start(name);
+  const healedUs = scenario.nowUs;
+  const boundMs = 30 * timing.deadTimeoutMs;
+  while (!converged() && scenario.nowUs - healedUs < boundMs * 1000) step(100);
+  // The network partition in force may outlast the chaos: let it end (the bound counts from its end).
+  if (!converged()) {
+    fail("ioResumes", `not SHARED and synced within ${boundMs} ms of healing: ${scenario.describe()}; a: ${scenario.quorumOf("a").status().reason}; b: ${scenario.quorumOf("b").status().reason}`);
+    return finish();
+  }
+  while (pending.length > 0 && scenario.nowUs - healedUs < 2 * boundMs * 1000) step(50);
+  for (const volumeId of volumes) {
+    const writer = nodeNames.find((name) => grantOf(name, volumeId)?.kind === "write");
+    if (!writer) {
+      fail("ioResumes", `no node holds the write grant for volume ${volumeId} after convergence`);
+      continue;
+    }
+    const probe = scenario.write(writer, blocks - 1, { volumeId, fua: true });
+    try {
+      scenario.complete(probe, 2 * timing.linkTimeoutMs);
+    } catch {
+      fail("ioResumes", `a write to volume ${volumeId} on ${writer} did not complete within ${2 * timing.linkTimeoutMs} ms of convergence`);
+      continue;
+    }
+    if (probe.error) fail("ioResumes", `a write to volume ${volumeId} on ${writer} failed after convergence: ${probe.error.message}`);
+    const list = history.get(key(volumeId, blocks - 1)) ?? [];
+    list.push({ tag: probe.tag, acked: probe.error === null, node: writer });
+    history.set(key(volumeId, blocks - 1), list);
+  }
+  scenario.runUntil(() => volumes.every((volumeId) => scenario.isSynced(volumeId)), "synced after the probes", 10_000);
+  for (const volumeId of volumes) {
+    const differing = scenario.differingBlocks(volumeId);
+    if (differing.length > 0) fail("replicasIdentical", `volume ${volumeId} differs in blocks ${differing.join(", ")}`);
+    for (let block = 0; block < blocks; block++) {
+      const list = history.get(key(volumeId, block)) ?? [];
+      const lastAcked = list.map((entry) => entry.acked).lastIndexOf(true);
+      const allowed = new Set(list.slice(Math.max(0, lastAcked)).map((entry) => entry.tag));
+      if (lastAcked < 0) allowed.add(0);
+      const primary = nodeNames.find((name) => grantOf(name, volumeId)?.kind === "write") ?? "a";
+      const value = scenario.blockValue(primary, block, { volumeId });
+      if (!allowed.has(value as number)) {
+        const acked = lastAcked >= 0 ? list[lastAcked]! : undefined;
+        fail("ackedWriteKept", `volume ${volumeId} block ${block} holds ${value} on ${primary}; ${acked ? `write #${acked.tag} (acknowledged by ${acked.node})` : "nothing acknowledged"} or a later write was expected`);
+      }
+    }
+  }
+  return finish();
+
+  function finish(): CombinedResult {
+    stats.simulatedMs = Math.round(scenario.nowUs / 1000);
+    return { seed: options.seed, failures, stats };
+  }
+}
+
+if (import.meta.main) {
+  const args = process.argv.slice(2);
+  const value = (flag: string) => {
+    const index = args.indexOf(flag);
+    return index >= 0 ? args[index + 1] : undefined;
+  };
+  const bug = value("--bug") as CombinedBug | undefined;
+  const long = args.includes("--long");
+  const single = value("--seed");
+  const seeds = single !== undefined ? [Number(single)] : Array.from({ length: Number(value("--seeds") ?? 100) }, (_, index) => Number(value("--from") ?? 1) + index);
+  let failed = 0;
+  const started = performance.now();
+  for (const seed of seeds) {
+    const result = runCombined({ seed, long, bug });
+    if (result.failures.length > 0) {
+      failed++;
+      console.log(`seed ${seed} FAILED:\n  ${result.failures.join("\n  ")}\n  ${JSON.stringify(result.stats)}`);
+    } else if (single !== undefined) console.log(`seed ${seed} ok ${JSON.stringify(result.stats)}`);
+  }
+  console.log(`${seeds.length} seeds, ${failed} failed, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  process.exit(failed > 0 ? 1 : 0);
+}
