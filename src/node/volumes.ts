@@ -210,6 +210,9 @@ export class VolumeManager implements ExportResolver {
   }
 
   private async openRecord(record: VolumeRecord): Promise<OpenVolume> {
+    // The state database is the truth for the role: the quorum may have moved it since the caller
+    // read the record (a node that learns at start-up that its peer won demotes every volume).
+    record = this.options.state.volumeById(record.id) ?? record;
     const file = FileLayer.open({ path: record.backing, direct: record.direct });
     if (file.ioEngineFallbackReason) this.log.warn("direct IO runs on the thread pool", { volume: record.name, reason: file.ioEngineFallbackReason });
     try {
@@ -228,6 +231,7 @@ export class VolumeManager implements ExportResolver {
       if (hold) entry.gate.holdForQuorum(hold, this.freezeMode(record.name));
       entry.gate.beforeRequest = this.beforeRequest;
       this.opened.set(record.name, entry);
+      entry.record = this.options.state.volumeById(record.id) ?? record; // moved while it opened?
       return entry;
     } catch (error) {
       await file.close().catch(() => {});

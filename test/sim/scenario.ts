@@ -362,7 +362,10 @@ export class Scenario {
           if (live()) node.quorumPersisted = state;
         },
         report: (report) => {
-          if (live()) this.quorumReports.push({ atUs: this.nowUs, node: name, report });
+          if (!live()) return;
+          this.quorumReports.push({ atUs: this.nowUs, node: name, report });
+          // As the daemon does: losing the lease gives up the role of every volume, open or not.
+          if (report.kind === "lost") for (const volumeId of node.roles.keys()) node.roles.set(volumeId, false);
         },
       },
     });

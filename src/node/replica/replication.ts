@@ -149,6 +149,15 @@ export class NodeReplication implements ReplicationService {
           feedWatchdog: () => witness.feedWatchdog(),
           report: (report) => {
             quorumLog.info(report.kind, JSON.parse(JSON.stringify(report, (_key, value) => (typeof value === "bigint" ? value.toString() : value))));
+            if (report.kind === "lost") {
+              // The core demoted the volumes it knows; a volume not open yet gives up its role too,
+              // so that it opens as the peer's secondary.
+              for (const record of state.volumes()) {
+                if (record.primary !== config.name) continue;
+                state.setVolumeRole(record.name, peer.name, Number(report.epoch));
+                for (const listener of this.quorumListeners) listener.roleChanged?.(record.id, false, report.epoch);
+              }
+            }
             for (const listener of this.quorumListeners) listener.report?.(report);
           },
         },
