@@ -186,14 +186,15 @@ describe("the failure table on the lab, under fio --verify", () => {
     await primaryOnA();
     const run = fio("a", 30);
     await Bun.sleep(1500);
-    expect((await lab(["kill", "a"])).code).toBe(0);
+    // Timed from the kill request: an upper bound (the CLI's own start-up is counted).
     const killedAt = performance.now();
+    expect((await lab(["kill", "a"])).code).toBe(0);
     await run.done; // its server died
     const writableMs = await eventually("b accepts a write", async () => {
       await probeWrite("b", 8 * MiB, 0x42, 2000);
       return performance.now() - killedAt;
     }, decisionMs, 50);
-    figures.push(`node death: b wrote ${writableMs.toFixed(0)} ms after kill -9 of a (target ≤ 8000)`);
+    figures.push(`node death: b wrote ${writableMs.toFixed(0)} ms after the kill -9 of a was requested (target ≤ 8000)`);
     expect(writableMs).toBeLessThanOrEqual(8000);
     expect(await primaryOf("b")).toBe("b");
     await expectFioClean(fio("b", 5));
