@@ -396,7 +396,8 @@ export async function startNode(config: NodeConfig, log: Logger, replicationFact
         witness: {
           ...witnessStatus,
           reachable: lease.witness.reachable,
-          failure: lease.witness.failure,
+          // An IO outstanding past its deadline is the witness hanging, whatever the core's last failure says ("busy").
+          failure: lease.ioOutstandingMs !== null && lease.ioOutstandingMs > config.witness.timing.ioTimeoutMs ? `no answer within ${config.witness.timing.ioTimeoutMs} ms (the witness hangs)` : lease.witness.failure,
           lastReadAgeMs: lease.witness.lastReadAgeMs,
           lastWriteAgeMs: lease.witness.lastWriteAgeMs,
           lastHeartbeatAgeMs: lease.witness.lastHeartbeatAgeMs,
