@@ -209,6 +209,22 @@ describe("the failure table on the lab, under fio --verify", () => {
     const layout = ["--randrepeat=1", "--randseed=4242"];
     const write = await fio("a", 4, [...layout, "--verify_backlog=0", "--do_verify=0"]).done;
     expect(write.code).toBe(0);
+    // A client still holding the volume on a: refused, naming it; with --wait, done once it leaves.
+    const holder = Bun.spawn(["nbdsh", "-u", nbdUri("a"), "-c", "import sys; sys.stdin.readline()"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
+    await eventually("the client's session is open on a", async () => (await status("a")).sessions.length > 0, 10_000);
+    const refused = await cli(["failover", volume, "--to", "b"], "a");
+    expect(refused.code).toBe(5);
+    expect(refused.stderr).toContain("is open for writing on a by nbd unix");
+    const waiting = cli(["failover", volume, "--to", "b", "--wait", "--json"], "a");
+    await eventually("the switchover waits for the client", async () => (await primaryOf("a")) === "a" && (await status("a")).sessions.length > 0, 10_000);
+    holder.stdin.write("done\n");
+    holder.stdin.flush();
+    const waited = await waiting;
+    expect(waited.code).toBe(0);
+    expect((JSON.parse(waited.stdout) as { to: string }).to).toBe("b");
+    await holder.exited;
+    // And back to a, then the measured switchover.
+    expect((await cli(["failover", volume, "--to", "a"], "b")).code).toBe(0);
     const moved = await cli(["failover", volume, "--to", "b", "--json"], "a");
     expect(moved.code).toBe(0);
     const result = JSON.parse(moved.stdout) as { pauseMs: number; to: string };
