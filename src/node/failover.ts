@@ -15,7 +15,7 @@
 // lease decides those moves, not an operator. With `force` on a node that is not a data holder and
 // whose peer is gone, the quorum runs a forced promotion (src/quorum/lease.ts); the CLI first says
 // what it discards.
-import { failoverDrainTimeoutMs, failoverWaitPollMs } from "../constants.ts";
+import { failoverDrainTimeoutMs, failoverWaitMsMax, failoverWaitPollMs } from "../constants.ts";
 import { TandemError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
 import type { NodeState, VolumeRecord } from "./state.ts";
@@ -133,10 +133,12 @@ export class Failover {
     const record = this.recordOf(op.name, op.id);
     if (record.primary !== this.deps.nodeName) throw new TandemError("failed_precondition", `${this.deps.nodeName} is not the primary of ${op.name} (${record.primary} is)`);
     const volumes = this.deps.volumes;
+    const deadline = performance.now() + failoverWaitMsMax;
     for (;;) {
       const users = volumes.clientsOf(op.name);
       if (users.length === 0) break;
       if (!op.wait) throw new TandemError("in_use", `${op.name} is open for writing on ${this.deps.nodeName} by ${users.join(", ")}: stop it there first, or pass --wait to wait until it disconnects`);
+      if (performance.now() > deadline) throw new TandemError("in_use", `${op.name} is still open on ${this.deps.nodeName} by ${users.join(", ")} after ${failoverWaitMsMax / 1000} s of waiting: nothing moved`);
       await Bun.sleep(failoverWaitPollMs);
     }
     const frozenAt = performance.now();
