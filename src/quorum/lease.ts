@@ -342,7 +342,6 @@ export class QuorumCore {
       case "volumes":
         this.volumes.clear();
         for (const volume of event.volumes) this.volumes.set(volume.id, volume.primary);
-        this.demoteUnderPeersLease();
         break;
       case "synced":
         this.synced = event.synced;
@@ -575,23 +574,6 @@ export class QuorumCore {
       if (this.phase.kind === "owner") this.setPhase({ kind: "deciding", sinceTick: this.now }, `a newer record was decided: ${describeValue(value, this.names)}`);
     }
     if (value.mode === LeaseMode.Solo && value.owner !== this.me) this.lose(value.epoch);
-  }
-
-  /**
-   * Under SOLO(peer) this node is the primary of nothing. A volume that says otherwise had its role
-   * recorded before this node lost (it was down, or its volumes opened after it learnt the record):
-   * it is demoted at once, as lose() demotes the volumes it knows.
-   */
-  private demoteUnderPeersLease(): void {
-    const value = this.latest.value;
-    if (value.mode !== LeaseMode.Solo || value.owner === this.me) return;
-    const demoted: number[] = [];
-    for (const [volumeId, primary] of this.volumes) {
-      if (!primary) continue;
-      this.volumes.set(volumeId, false);
-      demoted.push(volumeId);
-    }
-    for (const volumeId of demoted) this.emit({ kind: "demote", volumeId, epoch: value.epoch });
   }
 
   /** The peer owns `epoch`: freeze for good, give up primaries, persist outdated, say fenced(epoch). */
