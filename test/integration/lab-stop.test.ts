@@ -87,7 +87,10 @@ function fio(seconds: number) {
 }
 
 async function verifyReplicas(): Promise<{ mismatchCount: number; complete: boolean }> {
-  const verify = await cli(["verify", volume, "--json"]);
+  // Under the witness quorum the survivor may have promoted the volume while its primary was
+  // stopped: verify runs on whichever node is the primary now.
+  const primary = (await labVolume(dir, volume, "a"))?.primary ?? "a";
+  const verify = await cli(["verify", volume, "--json"], primary);
   expect(verify.code).toBe(0);
   return JSON.parse(verify.stdout) as { mismatchCount: number; complete: boolean };
 }
