@@ -57,7 +57,7 @@ describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
   });
 
   test("healthy pair, the keys, a cut link, the failover screen, a healed link", async () => {
-    const healthy = await waitScreen(["TANDEM node a  HEALTHY", "link UP", "> demo", "synced", "quorum not configured"]);
+    const healthy = await waitScreen(["TANDEM node a  HEALTHY", "link UP", "> demo", "synced", "quorum SHARED epoch"]);
     expect(healthy.split("\n").every((line) => line.length <= 80)).toBe(true);
     expect(healthy).not.toContain("\u001b");
 
