@@ -3,6 +3,7 @@
 // quorum freezes says it cannot write, why, and the next safe step; the text rendering shows the
 // state, epoch, data holders, witness and timings with the lease margin.
 import { describe, expect, test } from "bun:test";
+import { forceDiscards } from "../../src/cli/commands/failover.ts";
 import { quorumLines, statusExitCodes } from "../../src/cli/commands/status.ts";
 import { type AssessInput, assessStatus, type QuorumLeaseReport } from "../../src/node/control/status.ts";
 import type { VolumeView } from "../../src/node/volumes.ts";
@@ -116,4 +117,14 @@ test("the TUI dashboard shows the quorum state, epoch, data holders, witness and
     .map((line) => line.map((part) => part.text).join(""))
     .join("\n");
   expect(text).toContain("quorum SOLO epoch 3   data a   witness ok (write 80 ms ago)   margin 1361 ms");
+});
+
+test("tandem failover --force states what it discards, from the status report", () => {
+  const base = statusFixture({ node: "b", peer: "a", linkUp: false, volumes: [{ name: "vm1", primary: "a", local: "degraded", dirtyBytes: 8192 }] });
+  const waiting = { state: "frozen", epoch: 5, dataHolders: ["a"] } as unknown as QuorumLeaseReport;
+  expect(forceDiscards({ ...base, quorum: waiting }, "vm1")).toBe("every write a made since epoch 5 — an unknown number of regions while a is unreachable; they are overwritten by this node's data when a returns. This node's own unmirrored data: 8192 bytes");
+  for (const holders of [["a", "b"], ["b"]]) {
+    const holder = { state: "frozen", epoch: 5, dataHolders: holders } as unknown as QuorumLeaseReport;
+    expect(forceDiscards({ ...base, quorum: holder }, "vm1")).toBe("nothing: b holds the latest data (epoch 5)");
+  }
 });

@@ -17,7 +17,7 @@ export function forceDiscards(status: StatusReport, volume: string): string {
   const holders = quorum.dataHolders.filter((node) => node !== status.node.name);
   const view = status.volumes.find((candidate) => candidate.name === volume);
   const dirty = Number(view?.nodes[0]?.detail?.dirtyBytes ?? 0);
-  if (holders.length === 0) return `nothing: ${status.node.name} holds the latest data (epoch ${quorum.epoch})`;
+  if (quorum.dataHolders.includes(status.node.name) || holders.length === 0) return `nothing: ${status.node.name} holds the latest data (epoch ${quorum.epoch})`;
   return `every write ${holders.join(" and ")} made since epoch ${quorum.epoch} — an unknown number of regions while ${peer} is unreachable; they are overwritten by this node's data when ${peer} returns. This node's own unmirrored data: ${dirty} bytes`;
 }
 
