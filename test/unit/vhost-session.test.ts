@@ -18,6 +18,7 @@ import { requestsInFlightPerConnectionMax, vhostStopDrainTimeoutMs } from "../..
 import { BlkRequestType, BlkStatus } from "../../src/node/export/vhost/blk.ts";
 import { HeaderFlag, ProtocolFeatureBit, Request, bit } from "../../src/node/export/vhost/protocol.ts";
 import { startVhostExport, type VhostExport } from "../../src/node/export/vhost/server.ts";
+import type { VhostQueueInfo } from "../../src/node/export/types.ts";
 import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT, type FrontEndOptions } from "../helpers/vhost-frontend.ts";
 import { TestVolumes } from "../helpers/vhost-volumes.ts";
 
@@ -67,6 +68,23 @@ function pattern(length: number, seed: number): Uint8Array {
     bytes[i] = x >>> 24;
   }
   return bytes;
+}
+
+/** A queue's state and kick count as the export's status reports them. */
+function queueInfo(started: VhostExport, index = 0): VhostQueueInfo {
+  const info = started.sessions()[0]?.queues?.[index];
+  if (!info) throw new Error(`no session reporting queue ${index}`);
+  return info;
+}
+
+/**
+ * Kick and wait until the back-end has handled a kick since: it has looked at the ring after
+ * everything published before this call (a pending earlier kick read now counts too, as it does).
+ */
+async function kickHandled(started: VhostExport, queue: { index: number; kick(): void }): Promise<void> {
+  const before = queueInfo(started, queue.index).kicks;
+  queue.kick();
+  await until(`queue ${queue.index} to handle the kick`, () => queueInfo(started, queue.index).kicks > before);
 }
 
 function sessionEndReasons(): string[] {
@@ -123,16 +141,21 @@ describe("control messages", () => {
 
   test("SET_VRING_ENABLE 0 holds new requests in the ring; 1 serves them", async () => {
     volumes.add("disk", volumeBytes);
-    const fe = connect(await serve("disk"));
+    const started = await serve("disk");
+    const fe = connect(started);
     const [q] = await fe.setup();
     fe.send(Request.SetVringEnable, { kind: "state", index: 0, num: 0 });
     // A kick can overtake a message the back-end has not read yet; one round trip on the socket
     // makes sure the disable was handled before the request is queued (as a front-end would).
     await fe.call(Request.GetQueueNum);
+    expect(queueInfo(started).state).toBe("disabled");
     const request = fe.blkRequest(BlkRequestType.In, 0, { length: 512, write: true });
     const head = q!.addChain(request.buffers);
-    q!.push(head);
-    await Bun.sleep(30);
+    q!.offer(head);
+    q!.publish();
+    // The back-end has read the kick and looked at the ring: the request is still there.
+    await kickHandled(started, q!);
+    expect(started.sessions()[0]!.requestsInFlight).toBe(0);
     expect(q!.usedIndex()).toBe(0);
     fe.send(Request.SetVringEnable, { kind: "state", index: 0, num: 1 });
     const [used] = await q!.waitUsed(1);
@@ -292,8 +315,9 @@ describe("requests", () => {
       const heads = Array.from({ length: 100 }, () => queue.addChain(fe.blkRequest(BlkRequestType.In, 0, { length: 512, write: true }).buffers, { indirect: true }));
       queue.push(...heads);
     }
-    await until("the limit to fill", () => started.sessions()[0]?.requestsInFlight === requestsInFlightPerConnectionMax);
-    await Bun.sleep(20);
+    await until("the limit to fill", () => started.sessions()[0]!.requestsInFlight >= requestsInFlightPerConnectionMax);
+    // Each queue looks at its ring once more, with requests still waiting there: none is taken.
+    for (const queue of queues) await kickHandled(started, queue);
     expect(started.sessions()[0]!.requestsInFlight).toBe(requestsInFlightPerConnectionMax);
     volume.gate.thaw();
     for (const queue of queues) expect((await queue.waitUsed(100)).length).toBe(100);
@@ -370,11 +394,14 @@ describe("stop, restart and reconnect", () => {
     expect(statuses.map((at) => fe.guest[at])).toEqual([0, 0, 0]);
     for (let i = 0; i < 3; i++) expect(await volumes.bytes("disk", i * 4096, 4096)).toEqual(pattern(4096, 10 + i));
     q!.takeUsed();
-    // A stopped ring takes nothing: this request waits for the restart.
+    // A stopped queue takes nothing: it has no ring to take from and no longer reads its kick
+    // descriptor (the reply above came after both were dropped), so this request waits for the restart.
+    expect(queueInfo(started).state).toBe("stopped");
     const pending = fe.blkRequest(BlkRequestType.In, 0, { length: 4096, write: true });
     const head = q!.addChain(pending.buffers);
     q!.push(head);
-    await Bun.sleep(20);
+    expect(queueInfo(started).state).toBe("stopped");
+    expect(started.sessions()[0]!.requestsInFlight).toBe(0);
     expect(q!.usedIndex()).toBe(3);
     await fe.startQueue(q!, 3);
     const [used] = await q!.waitUsed(1);
@@ -403,14 +430,15 @@ describe("stop, restart and reconnect", () => {
       expect(logs.some((line) => line.includes("they stay in flight for resubmission"))).toBe(true);
       // The abandoned requests finish below but are not published by the stopped ring.
       volume.gate.thaw();
-      await Bun.sleep(20);
+      await until("the abandoned requests to settle", () => started.sessions()[0]!.requestsInFlight === 0);
       expect(q!.usedIndex()).toBe(0);
       expect(requests.map((r) => fe.guest[r.status])).toEqual([0xff, 0xff]);
       // The restart resubmits both, exactly once, whatever base the front-end gives.
       await fe.startQueue(q!, 2);
       const used = await q!.waitUsed(2);
       expect(used.map((u) => u.head).sort((a, b) => a - b)).toEqual(requests.map((r) => r.head).sort((a, b) => a - b));
-      await Bun.sleep(20);
+      // Once nothing is in flight, nothing more can be published: no request ran twice.
+      await until("nothing in flight", () => started.sessions()[0]!.requestsInFlight === 0);
       expect(q!.takeUsed()).toEqual([]);
       expect(requests.map((r) => fe.guest[r.status])).toEqual([0, 0]);
       for (let i = 0; i < 2; i++) expect(await volumes.bytes("disk", i * 4096, 4096)).toEqual(pattern(4096, 40 + i));
@@ -456,8 +484,8 @@ describe("stop, restart and reconnect", () => {
     for (const request of requests) expect(fe.guest[request.status]).toBe(BlkStatus.Ok);
     for (let i = 0; i <= 4; i++) expect(await volumes.bytes("disk", i * 4096, 4096)).toEqual(pattern(4096, 20 + i));
     expect(logs.some((line) => line.includes("resubmitting requests left in flight"))).toBe(true);
-    // Nothing more arrives, and the queue carries on after them.
-    await Bun.sleep(20);
+    // Nothing more arrives (once nothing is in flight, nothing can be published), and the queue carries on after them.
+    await until("nothing in flight", () => second.sessions()[0]!.requestsInFlight === 0);
     expect(q!.takeUsed()).toEqual([]);
     expect((await fe.read(q!, 8, 4096)).data).toEqual(pattern(4096, 21));
   });

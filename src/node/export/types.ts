@@ -41,4 +41,15 @@ export interface ExportSessionInfo {
   client: string;
   sinceMs: number;
   requestsInFlight: number;
+  /** vhost-user: each virtqueue's state and the kicks it has handled. */
+  queues?: VhostQueueInfo[];
+}
+
+/** One vhost-user virtqueue, as status reports it. */
+export interface VhostQueueInfo {
+  index: number;
+  /** stopped: no ring (never started, or stopped by GET_VRING_BASE); draining: being stopped; disabled: SET_VRING_ENABLE 0. */
+  state: "stopped" | "running" | "draining" | "disabled";
+  /** Kick notifications read from the front-end's eventfd since the session began (each one looks at the ring). */
+  kicks: number;
 }

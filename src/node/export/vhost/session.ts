@@ -41,7 +41,7 @@ import {
 } from "../../../constants.ts";
 import { checkRange, type BlockLayer } from "../../block/layer.ts";
 import { emulating } from "../../block/emulate.ts";
-import type { ExportHandle, ExportSessionInfo } from "../types.ts";
+import type { ExportHandle, ExportSessionInfo, VhostQueueInfo } from "../types.ts";
 import {
   BlkChainError,
   BlkFeatureBit,
@@ -132,10 +132,17 @@ class Queue {
   idleWaiters: (() => void)[] = [];
   inflight: InflightQueue | undefined;
   notifyPending = false;
+  /** Kick notifications read from the front-end's eventfd, for status. */
+  kicks = 0;
   constructor(readonly index: number) {}
 
   get started(): boolean {
     return this.ring !== undefined;
+  }
+
+  info(): VhostQueueInfo {
+    const state = !this.ring ? "stopped" : !this.accepting ? "draining" : !this.enabled ? "disabled" : "running";
+    return { index: this.index, state, kicks: this.kicks };
   }
 
   whenIdle(): Promise<void> {
@@ -235,7 +242,7 @@ export class VhostSession {
   }
 
   info(): ExportSessionInfo {
-    return { id: this.id, kind: "vhost", volume: this.options.volume, client: this.options.client, sinceMs: this.sinceMs, requestsInFlight: this.running };
+    return { id: this.id, kind: "vhost", volume: this.options.volume, client: this.options.client, sinceMs: this.sinceMs, requestsInFlight: this.running, queues: this.queues.map((queue) => queue.info()) };
   }
 
   get ended(): boolean {
@@ -638,7 +645,7 @@ export class VhostSession {
     if (this.stopping) return;
     if (queue.ring) {
       // A new kick descriptor for a running ring: just watch the new one.
-      queue.kickWatch = this.options.poller.watchEventFd(kickFd, () => this.service(queue));
+      queue.kickWatch = this.watchKick(queue, kickFd);
       this.service(queue);
       return;
     }
@@ -669,7 +676,7 @@ export class VhostSession {
     }
     queue.ring = ring;
     queue.accepting = true;
-    queue.kickWatch = this.options.poller.watchEventFd(kickFd, () => this.service(queue));
+    queue.kickWatch = this.watchKick(queue, kickFd);
     this.log.debug("queue started", { queue: queue.index, size: queue.size, base: ring.nextAvailableIndex, resubmitted: resubmit.length });
     if (resubmit.length > 0) {
       this.log.info("resubmitting requests left in flight", { queue: queue.index, requests: resubmit.length });
@@ -718,6 +725,13 @@ export class VhostSession {
     queue.base = ring.nextAvailableIndex;
     if (this.ending) return;
     this.reply(Request.GetVringBase, { kind: "state", index: queue.index, num: ring.nextAvailableIndex });
+  }
+
+  private watchKick(queue: Queue, kickFd: number): Watch {
+    return this.options.poller.watchEventFd(kickFd, () => {
+      queue.kicks++;
+      this.service(queue);
+    });
   }
 
   /** Take every available request the in-flight limit allows, then arm the kick. */
