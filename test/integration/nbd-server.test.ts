@@ -261,12 +261,14 @@ describe("NBD server", () => {
     const writer = await NbdClient.connect(address);
     const data = pattern(8 * MiB, 11);
     await writer.write(0, data);
+    const writerSession = server.sessions()[0]!.id;
     const raw = await NbdClient.connect(address, { structured: false });
     raw.connection.pause();
     const count = 160; // 160 MiB of replies: far more than the socket buffers hold
     const replies = Array.from({ length: count }, (_, index) => raw.read((index % 8) * MiB, MiB));
-    await Bun.sleep(300);
     // The server stopped reading requests while its replies could not leave.
+    const session = await until("the server to pause the reader's input", () => server.sessions().find((s) => s.id !== writerSession && s.inputPaused));
+    expect(session.requestsInFlight).toBeLessThan(count);
     expect(layer.count("read")).toBeLessThan(count);
     raw.connection.resume();
     const results = await Promise.all(replies);

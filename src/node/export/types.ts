@@ -41,6 +41,8 @@ export interface ExportSessionInfo {
   client: string;
   sinceMs: number;
   requestsInFlight: number;
+  /** NBD: the session has stopped reading requests (replies the client does not read, the in-flight limit, memory). */
+  inputPaused?: boolean;
   /** vhost-user: each virtqueue's state and the kicks it has handled. */
   queues?: VhostQueueInfo[];
 }

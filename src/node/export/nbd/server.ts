@@ -892,7 +892,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       for (const connection of connections) {
         const volume = connection.volume;
         if (volume === undefined) continue;
-        out.push({ id: connection.id, kind: "nbd", volume, client: connection.client, sinceMs: connection.sinceMs, requestsInFlight: connection.session.requestsInFlight });
+        out.push({ id: connection.id, kind: "nbd", volume, client: connection.client, sinceMs: connection.sinceMs, requestsInFlight: connection.session.requestsInFlight, inputPaused: connection.session.readingPaused });
       }
       return out;
     },

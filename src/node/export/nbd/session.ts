@@ -525,6 +525,11 @@ export class NbdSession {
     return this.requestCount;
   }
 
+  /** Whether the session has asked its driver to stop reading requests. */
+  get readingPaused(): boolean {
+    return this.inputPaused;
+  }
+
   /** The export this session serves, once transmission has begun. */
   get exportName(): string | undefined {
     return this.exportDescription?.name;
