@@ -12,6 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { tandemVersion } from "../../src/common/version.ts";
 import { repositoryRoot } from "../helpers/daemon.ts";
+import { until } from "../helpers/until.ts";
 
 const deb = path.join(repositoryRoot, "dist", `tandem_${tandemVersion}_amd64.deb`);
 const hasSystemdAnalyze = Bun.which("systemd-analyze") !== null;
@@ -72,11 +73,10 @@ describe("the Debian package in a clean root", () => {
     const killTimer = setTimeout(() => daemon.kill("SIGKILL"), 60_000);
     try {
       const socket = path.join(root, "run/tandem/control.sock");
-      const deadline = Date.now() + 20_000;
-      while (!fs.existsSync(socket)) {
-        if (daemon.exitCode !== null || Date.now() > deadline) throw new Error(`the packaged daemon did not start:\n${fs.readFileSync(log, "utf8")}`);
-        await Bun.sleep(50);
-      }
+      const started = await until("the packaged daemon's control socket", () => (fs.existsSync(socket) ? "started" : daemon.exitCode !== null && `exited with ${daemon.exitCode}`), 20_000).catch(
+        (error: Error) => error.message,
+      );
+      if (started !== "started") throw new Error(`the packaged daemon did not start (${started}):\n${fs.readFileSync(log, "utf8")}`);
       expect(run(inRoot(root, ["volume", "create", "v1", "--size", "8M"])).code).toBe(0);
       const status = run(inRoot(root, ["status", "--json"]));
       expect(status.code).toBe(0);

@@ -14,6 +14,7 @@ import type { CopyOutResult } from "../../src/node/copy-out-runner.ts";
 import { runCli, TestDaemon, tandemCommand } from "../helpers/daemon.ts";
 import { NbdClient } from "../helpers/nbd-client.ts";
 import { pattern } from "../helpers/pattern.ts";
+import { eventually, until } from "../helpers/until.ts";
 
 const MiB = 1024 * 1024;
 const volumeBytes = 32 * MiB;
@@ -66,19 +67,17 @@ describe.skipIf(!hasTools)("volume copy-out", () => {
     const nbdkit = Bun.spawn(["nbdkit", "--foreground", "--exit-with-parent", "-U", socket, "--filter=delay", "data", `data=0xff*${volumeBytes}`, "wdelay=300ms"], { stdout: "ignore", stderr: "pipe" });
     const killTimer = setTimeout(() => nbdkit.kill("SIGKILL"), 120_000);
     try {
-      const deadline = Date.now() + 10_000;
-      while (!fs.existsSync(socket) && Date.now() < deadline) await Bun.sleep(20);
+      await until("nbdkit's socket", () => fs.existsSync(socket), 10_000);
       const target = `nbd+unix:///?socket=${socket}`;
       const eventsBefore = (await daemon.api<{ events: { id: number }[] }>("GET", "/events?limit=1")).events.at(-1)?.id ?? 0;
       const copy = Bun.spawn([...tandemCommand, "volume", "copy-out", "vm1", target, "--json", "--socket", daemon.controlSocket], { stdout: "pipe", stderr: "pipe" });
       // As soon as the point is taken (the daemon logs it), rewrite the first 4 MiB while the copy runs.
-      const eventsDeadline = Date.now() + 30_000;
-      for (;;) {
-        const events = await daemon.api<{ events: { id: number; kind: string }[] }>("GET", "/events?limit=20");
-        if (events.events.some((event) => event.id > eventsBefore && event.kind === "copy-out-started")) break;
-        if (Date.now() > eventsDeadline) throw new Error("the copy-out never took its point");
-        await Bun.sleep(20);
-      }
+      await eventually(
+        "the copy-out to take its point",
+        async () => (await daemon.api<{ events: { id: number; kind: string }[] }>("GET", "/events?limit=20")).events.some((event) => event.id > eventsBefore && event.kind === "copy-out-started"),
+        30_000,
+        20,
+      );
       const client = await NbdClient.connect({ unix: daemon.nbdSocket }, { name: "vm1" });
       const rewritten = pattern(2, 4 * MiB);
       await client.write(0, rewritten);

@@ -11,6 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { runCli } from "../helpers/daemon.ts";
 import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
+import { eventually, until } from "../helpers/until.ts";
 
 const MiB = 1024 * 1024;
 const volume = "ops";
@@ -89,10 +90,7 @@ describe("operating the two-node lab", () => {
       expect((await lab(["start", "b"])).code).toBe(0);
       // b refuses a's Hello (signed with the other secret); a learns it as a refusal during its handshake.
       const refused = (node: string, code: string) => logRecords(node).some((record) => record.msg === "connectionRefused" && record.code === code);
-      const deadline = Date.now() + 15_000;
-      while (!(refused("b", "wrong-secret") && refused("a", "closed-by-peer")) && Date.now() < deadline) await Bun.sleep(100);
-      expect(refused("b", "wrong-secret")).toBe(true);
-      expect(refused("a", "closed-by-peer")).toBe(true);
+      await until("b to refuse a's Hello and a to see the refusal", () => refused("b", "wrong-secret") && refused("a", "closed-by-peer"), 15_000);
       expect(await linkConnected("a")).toBe(false);
       expect(await linkConnected("b")).toBe(false);
       expect(refused("b", "malformed")).toBe(true); // the stranger on b
@@ -145,17 +143,20 @@ describe("operating the two-node lab", () => {
     expect((await lab(["heal"])).code).toBe(0);
     const seen: string[] = [];
     let statusText = "";
-    const deadline = Date.now() + 120_000;
-    while (Date.now() < deadline) {
-      const a = await replicas("a");
-      const progress = a.find((replica) => replica.node === "a")?.detail?.progress;
-      if (a[0]?.state === "resyncing" && progress) {
-        seen.push(progress);
-        if (!statusText) statusText = (await cli(["status"])).stdout;
-      }
-      if (a.length === 2 && a.every((replica) => replica.state === "synced")) break;
-      await Bun.sleep(100);
-    }
+    // Sample the progress line at every poll until the resync ends.
+    await eventually(
+      "the resync to finish",
+      async () => {
+        const a = await replicas("a");
+        const progress = a.find((replica) => replica.node === "a")?.detail?.progress;
+        if (a[0]?.state === "resyncing" && progress) {
+          seen.push(progress);
+          if (!statusText) statusText = (await cli(["status"])).stdout;
+        }
+        return a.length === 2 && a.every((replica) => replica.state === "synced");
+      },
+      120_000,
+    );
     expect((await lab(["delay", "0"])).code).toBe(0);
     expect(seen.length).toBeGreaterThan(0);
     expect(seen[0]).toMatch(/^\d+% at [\d.]+ MiB\/s(, ETA \d+s)?$/);

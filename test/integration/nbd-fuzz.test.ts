@@ -28,9 +28,11 @@ import {
 } from "../../src/node/export/nbd/codec.ts";
 import { ClientFlag, Command, CommandFlag, ErrorValue, Info, Option, OptionReply, ReplyFlag, ReplyType } from "../../src/node/export/nbd/protocol.ts";
 import { createLogger } from "../../src/common/log.ts";
+import { nbdPausedProbeIntervalMs } from "../../src/constants.ts";
 import { NbdClient, RawConnection } from "../helpers/nbd-client.ts";
 import { ControlClient } from "../../src/node/control/client.ts";
 import { startDaemonNbdTarget, startInProcessNbdTarget } from "../helpers/nbd-harness.ts";
+import { eventually, until } from "../helpers/until.ts";
 
 const MiB = 1024 * 1024;
 const volumeBytes = 8 * MiB;
@@ -384,9 +386,7 @@ async function inProcessTarget(): Promise<FuzzTarget> {
     connections: async () => served.server.connectionCount(),
     async expectNoSessions() {
       // Every hostile session is gone and gave its handle back.
-      const deadline = Date.now() + 5000;
-      while (served.exports.held("fuzz") > 0 && Date.now() < deadline) await Bun.sleep(10);
-      expect(served.exports.held("fuzz")).toBe(0);
+      await until("every session to release the export", () => served.exports.held("fuzz") === 0, 5000);
       expect(served.server.sessions()).toEqual([]);
     },
     settle: () => served.layer.flush(),
@@ -412,9 +412,7 @@ async function daemonTarget(): Promise<FuzzTarget> {
     async expectNoSessions() {
       const client = new ControlClient(served.daemon.controlSocket);
       const sessions = async () => ((await client.request("GET", "/exports")) as { sessions: unknown[] }).sessions;
-      const deadline = Date.now() + 5000;
-      while ((await sessions()).length > 0 && Date.now() < deadline) await Bun.sleep(20);
-      expect(await sessions()).toEqual([]);
+      await eventually("every session to end", async () => (await sessions()).length === 0, 5000, 20);
     },
     async settle() {
       // Still the same process, and it stops cleanly: drained, flushed, exit code 0.
@@ -451,8 +449,8 @@ afterAll(async () => {
 let opened = 0;
 async function pace(): Promise<void> {
   if (++opened % 64 !== 0) return;
-  const deadline = Date.now() + 5000;
-  while ((await served.connections()) > 16 && Date.now() < deadline) await Bun.sleep(5);
+  // A paused connection notices its hang-up at its next probe.
+  await eventually("the server to let go of hung-up clients", async () => (await served.connections()) <= 16, nbdPausedProbeIntervalMs * 5, 5);
 }
 
 test(`hostile clients get the protocol's answer and change nothing while another connection keeps working (seed ${seed})`, async () => {

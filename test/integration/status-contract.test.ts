@@ -7,6 +7,7 @@ import type { StatusReport } from "../../src/node/control/status.ts";
 import { TestDaemon } from "../helpers/daemon.ts";
 import { labCli, startLab, type TestLab, waitLabSynced } from "../helpers/lab.ts";
 import { assertStatusSchema } from "../helpers/status-schema.ts";
+import { eventually } from "../helpers/until.ts";
 
 async function statusOf(run: () => Promise<{ code: number; stdout: string }>): Promise<{ code: number; report: StatusReport }> {
   const result = await run();
@@ -56,23 +57,20 @@ describe("status contract: the two-node lab", () => {
     expect(a.report.node.link?.connected).toBe(true);
     expect(b.report.volumes[0]!.access).toEqual({ write: false, reason: "secondary replica (synced); a is the primary", next: "serve it from a" });
     // The round trip is measured in the background once the link is up.
-    const deadline = Date.now() + 15_000;
-    let rtt: number | null = null;
-    while (rtt === null && Date.now() < deadline) {
-      rtt = (await statusOf(() => labCli(dir, ["status", "--json"], "a"))).report.node.link?.rttMs ?? null;
-      if (rtt === null) await Bun.sleep(100);
-    }
+    const rtt = await eventually("a measured round trip", async () => (await statusOf(() => labCli(dir, ["status", "--json"], "a"))).report.node.link?.rttMs ?? undefined, 15_000);
     expect(rtt).toBeGreaterThan(0);
   });
 
   test("link cut: exit 6 and a degraded report that matches the schema; healed: exit 0 again", async () => {
     expect((await lab(["cut"])).code).toBe(0);
-    let cut = await statusOf(() => labCli(dir, ["status", "--json"], "a"));
-    const deadline = Date.now() + 30_000;
-    while (cut.report.node.link?.connected && Date.now() < deadline) {
-      await Bun.sleep(100);
-      cut = await statusOf(() => labCli(dir, ["status", "--json"], "a"));
-    }
+    const cut = await eventually(
+      "a to see the link down",
+      async () => {
+        const seen = await statusOf(() => labCli(dir, ["status", "--json"], "a"));
+        return !seen.report.node.link?.connected && seen;
+      },
+      30_000,
+    );
     assertStatusSchema(cut.report);
     expect(cut.code).toBe(6);
     expect(cut.report.health.state).toBe("degraded");
