@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { runCli, TestDaemon } from "../helpers/daemon.ts";
 import { startBackendProcess, type BackendProcess } from "../helpers/vhost-backend-process.ts";
+import { until } from "../helpers/until.ts";
 import { fioScript, loadExt4, runGuest, vhostLabDirectory } from "../helpers/vhost-guest.ts";
 
 const GiB = 1024 * 1024 * 1024;
@@ -130,11 +131,14 @@ describe("vhost-user-blk with a QEMU guest", () => {
       const writeDelayMs = 5;
       await backend(1, writeDelayMs);
       const restarts: Promise<void>[] = [];
-      const killAndRestart = async (afterMs: number) => {
-        await Bun.sleep(afterMs);
+      const killAndRestart = async (runMs: number) => {
         const victim = backends[backends.length - 1]!;
+        // QEMU is serving the guest through this back-end (after a restart, once it has reconnected:
+        // it retries every second, slower under TCG and load).
+        await until("QEMU connected to the back-end", () => logRecords(victim).some((record) => record.msg === "front-end connected"), 60_000);
+        await Bun.sleep(runMs); // fio writes through it a while before the kill (time that must pass)
         await victim.stop("SIGKILL");
-        await Bun.sleep(1000);
+        await Bun.sleep(1000); // the back-end stays down while QEMU sees it gone and retries (time that must pass)
         await backend(1, writeDelayMs);
       };
       const guest = await runGuest({
@@ -149,7 +153,7 @@ describe("vhost-user-blk with a QEMU guest", () => {
         onMark: (mark) => {
           if (mark === "fio-start") restarts.push((async () => {
             await killAndRestart(1500);
-            await killAndRestart(2500);
+            await killAndRestart(1500);
           })());
         },
       });
@@ -191,9 +195,9 @@ describe("vhost-user-blk with a QEMU guest", () => {
           onMark: (mark) => {
             if (mark !== "fio-start") return;
             restarted = (async () => {
-              await Bun.sleep(1500);
+              await Bun.sleep(1500); // fio writes through the daemon a while before the kill (time that must pass)
               await daemon.kill();
-              await Bun.sleep(1000);
+              await Bun.sleep(1000); // the daemon stays down while QEMU sees it gone and retries (time that must pass)
               await daemon.start(); // the export is in the node's state: it comes back by itself
             })();
           },
