@@ -17,6 +17,7 @@ import { ControlClient } from "../../src/node/control/client.ts";
 import { startLabNode } from "../../src/node/lab/lab.ts";
 import { runCli } from "../helpers/daemon.ts";
 import { labSettleTimeoutMs, waitLabSettled } from "../helpers/lab.ts";
+import { until } from "../helpers/until.ts";
 
 const stepMs = Number(process.env.TANDEM_KILL_STEP_MS ?? "10");
 const windowMs = Number(process.env.TANDEM_KILL_WINDOW_MS ?? "80");
@@ -45,11 +46,7 @@ function alive(pid: number): boolean {
 async function killNode(node: string): Promise<void> {
   const pid = pidOf(node);
   process.kill(pid, "SIGKILL");
-  const deadline = Date.now() + 10_000;
-  while (alive(pid)) {
-    if (Date.now() > deadline) throw new Error(`${node} (pid ${pid}) survived SIGKILL for 10 s`);
-    await Bun.sleep(5);
-  }
+  await until(`${node} (pid ${pid}) to exit after SIGKILL`, () => !alive(pid), 10_000);
 }
 
 /** Files a node keeps for `volume` in its data directory. */

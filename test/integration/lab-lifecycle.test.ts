@@ -13,6 +13,7 @@ import os from "node:os";
 import path from "node:path";
 import { runCli } from "../helpers/daemon.ts";
 import { labCli, labHoldings, labVolume, waitLabSettled, waitLabSynced } from "../helpers/lab.ts";
+import { eventually } from "../helpers/until.ts";
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -89,12 +90,14 @@ describe("mirrored create and delete across the pair", () => {
     forgetVolume("b", "left2");
     expect((await lab(["start", "b"])).code).toBe(0);
 
-    const deadline = Date.now() + 30_000;
-    let pendingA: { volume: string; state: string; next: string }[] = [];
-    while (Date.now() < deadline && pendingA.length < 2) {
-      pendingA = (await labHoldings(dir, "a"))?.pending ?? [];
-      await Bun.sleep(100);
-    }
+    const pendingA = await eventually(
+      "a to list both volumes left on one node",
+      async () => {
+        const pending = (await labHoldings(dir, "a"))?.pending ?? [];
+        return pending.length >= 2 && pending;
+      },
+      30_000,
+    );
     expect(pendingA).toEqual([
       { volume: "left2", id: ids.get("left2"), state: "only-here", node: "a", sinceMs: null, next: "b has no replica of it: `tandem volume delete left2 --force` removes it here" },
       { volume: "left1", id: ids.get("left1"), state: "only-on-peer", node: "b", sinceMs: null, next: "only b holds it: `tandem volume delete left1 --force` (on either node) removes it there" },
