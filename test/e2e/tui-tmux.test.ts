@@ -3,13 +3,15 @@
 // must still draw on a terminal), the test sends keys and reads the screen with capture-pane. It shows the pair
 // healthy; `?` lists the keys; after `tandem lab cut` the link is DOWN and the node DEGRADED, and
 // the failover screen explains why a failover from a is not possible; after `lab heal` it is back.
+// On the healthy pair, the failover screen drives a planned switchover to b: y confirms, the
+// daemon's answer shows, and both nodes then name b the primary.
 // With the daemon frozen (SIGSTOP, a hung daemon) the screen keeps answering keys and marks the data
 // STALE with its age, and turns live again on SIGCONT. `q` quits. Every wait polls the screen with
 // a deadline; the lab and the tmux server are ours and are stopped by the test.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { tandemCommand } from "../helpers/daemon.ts";
+import { runCli, tandemCommand } from "../helpers/daemon.ts";
 import { startLab, type TestLab } from "../helpers/lab.ts";
 
 const tmuxServer = `tandem-tui-${process.pid}`;
@@ -93,6 +95,26 @@ describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
       process.kill(pid, "SIGCONT");
     }
     await waitScreen(["HEALTHY  live"]);
+  }, 120_000);
+
+  test("a planned switchover driven from the failover screen: the review, y to confirm, the daemon's answer, b primary after", async () => {
+    const primaryOn = async (node: string) => {
+      const result = await runCli(["status", "--json", "--socket", path.join(dir, node, "control.sock")]);
+      const status = JSON.parse(result.stdout) as { volumes: { name: string; primary: string }[] };
+      return status.volumes.find((volume) => volume.name === "demo")?.primary;
+    };
+    expect(await primaryOn("a")).toBe("a");
+    await waitScreen(["HEALTHY", "quorum SHARED", "> demo", "synced"], 60_000);
+    tmux(["send-keys", "-t", "tui", "f"]);
+    await waitScreen(["Planned switchover of demo: a -> b", "What is discarded", "nothing: both replicas hold every acknowledged write"]);
+    tmux(["send-keys", "-t", "tui", "Enter"]);
+    await waitScreen(["Move the primary role of demo to b? Press y to confirm"]);
+    tmux(["send-keys", "-t", "tui", "y"]);
+    await waitScreen(["Done:"], 60_000);
+    expect(await primaryOn("b")).toBe("b");
+    expect(await primaryOn("a")).toBe("b");
+    tmux(["send-keys", "-t", "tui", "Enter"]);
+    await waitScreen(["> demo", "EVENTS"]);
   }, 120_000);
 
   test("q quits the dashboard", async () => {
