@@ -62,7 +62,7 @@ describe("tandem daemon and CLI", () => {
 
     const text = await daemon.cli(["volume", "list"]);
     expect(text.code).toBe(0);
-    expect(text.stdout).toMatch(/vol1\s+128 MiB\s+a\s+standalone/);
+    expect(text.stdout).toMatch(/vol1\s+128 MiB\s+a\s+1\s+standalone/); // name, size, primary, epoch, state
 
     const deleted = await daemon.cli(["volume", "delete", "vol1"]);
     expect(deleted.code).toBe(0);
