@@ -1,12 +1,13 @@
 // The quorum core and the replica core together in CI (test/sim/quorum-replica.ts):
 // TANDEM_QUORUM_REPLICA_SEEDS seeds (default 2000) in batches, each a seeded mix of link partitions,
-// crashes and restarts, witness errors, tears and hangs, and clock drift within ρ, under FUA writes
+// crashes and restarts, pauses (some longer than the lease), witness errors, tears and hangs, and
+// clock drift within ρ, under FUA writes
 // to both volumes; the named checkers (singleWriter, ackedWriteKept, onlyHoldersWin,
 // replicasIdentical, ioResumes) must all hold. A failing seed replays with
 // `bun test/sim/quorum-replica.ts --seed N`; the long setting is `--long` (2 minutes of chaos).
-// Two planted bugs show the checkers can fail: the replica core degrading instead of freezing on
-// link loss, and a node without the latest data winning an epoch. (Promotion without fence evidence
-// needs a peer that is paused or cut one way — the quorum simulator's faults — and is caught there.)
+// Three planted bugs show the checkers can fail: the replica core degrading instead of freezing on
+// link loss, a node without the latest data winning an epoch, and a node promoting its peer's
+// volumes without fence evidence (which needs a peer that is paused while it holds the lease).
 import { describe, expect, test } from "bun:test";
 import { type CombinedBug, runCombined } from "./quorum-replica.ts";
 
@@ -39,6 +40,7 @@ describe("the checkers catch deliberately broken cores", () => {
   const cases: [CombinedBug, string, string[]][] = [
     ["noFreezeOnLinkLoss", "a primary that goes on alone when its link drops writes beside the winner (split brain, lost writes)", ["ioResumes", "ackedWriteKept", "singleWriter", "replicasIdentical"]],
     ["nonHolderWins", "a node without the latest data wins an epoch", ["onlyHoldersWin", "ackedWriteKept"]],
+    ["promoteWithoutFence", "a node promotes its paused peer's volumes while the peer still holds the lease (two writers)", ["singleWriter", "ackedWriteKept"]],
   ];
   for (const [bug, what, checkers] of cases) {
     test(`${bug}: ${what}`, () => {

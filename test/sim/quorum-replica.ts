@@ -2,11 +2,15 @@
 // is the witness quorum (test/sim/scenario.ts with `quorum`), two volumes with one primary on each
 // node, FUA writes from clients to whichever node holds the write grant, and a fault mix drawn from
 // the seed — link partitions, node crashes (power loss: unflushed writes vanish) and restarts,
-// witness IO errors, torn witness writes, a failing or hung witness path for one node or both, and
-// clock rates that differ within the configured bound ρ. Afterwards everything heals and the pair
+// pauses (a stopped process: Scenario.pause), half of them longer than the peer's deadTimeout so
+// the peer wins the lease and promotes while the paused node still believes it holds it, witness IO
+// errors, torn witness writes, a failing or hung witness path for one node or both, and clock rates
+// that differ within the configured bound ρ. Afterwards everything heals and the pair
 // must converge. Checked by name:
-//   - `singleWriter`: never two nodes holding the write grant for one volume (sampled every 10 ms),
-//     and never a write acknowledged by one node while the other holds the grant;
+//   - `singleWriter`: never two running nodes holding the write grant for one volume (sampled every
+//     10 ms; a paused node acts on nothing until it resumes and catches its lease up), and never a
+//     write acknowledged by one node while the other holds the grant without holding that write
+//     durably (a node paused after mirroring a write acknowledges it late, which is no second writer);
 //   - `ackedWriteKept`: after convergence each block holds its last acknowledged write, or a write
 //     issued after it (never an older value, never another node's stale copy);
 //   - `onlyHoldersWin`: a node wins an epoch without force only if the record before named it a
@@ -15,8 +19,6 @@
 //   - `ioResumes`: with the link and the witness healthy, the pair is SHARED and synced, and a write
 //     completes, within a bound derived from the timings (liveness).
 // A seed replays exactly: `bun test/sim/quorum-replica.ts --seed N [--long] [--bug NAME]`.
-// Pauses longer than the lease (a stopped process) are the quorum simulator's (quorum-simulation.ts):
-// this harness's nodes run or are down.
 import { defaultQuorumTiming } from "../../src/quorum/config.ts";
 import type { DecidedRecord } from "../../src/quorum/format.ts";
 import type { QuorumBugs } from "../../src/quorum/lease.ts";
@@ -38,7 +40,7 @@ export interface CombinedOptions {
 export interface CombinedResult {
   seed: number;
   failures: string[];
-  stats: { writesAcked: number; writesFailed: number; partitions: number; crashes: number; witnessFaults: number; wins: number; promotions: number; simulatedMs: number };
+  stats: { writesAcked: number; writesFailed: number; partitions: number; crashes: number; pauses: number; longPauses: number; promotedOverPaused: number; witnessFaults: number; wins: number; promotions: number; simulatedMs: number };
 }
 
 const volumes = [1, 2];
@@ -69,11 +71,13 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   const fail = (checker: string, why: string) => {
     if (failures.length < 10) failures.push(`${checker}: ${why} (at ${(scenario.nowUs / 1000).toFixed(0)} ms)`);
   };
-  const stats: CombinedResult["stats"] = { writesAcked: 0, writesFailed: 0, partitions: 0, crashes: 0, witnessFaults: 0, wins: 0, promotions: 0, simulatedMs: 0 };
+  const stats: CombinedResult["stats"] = { writesAcked: 0, writesFailed: 0, partitions: 0, crashes: 0, pauses: 0, longPauses: 0, promotedOverPaused: 0, witnessFaults: 0, wins: 0, promotions: 0, simulatedMs: 0 };
   const history = new Map<string, Issued[]>();
   const inFlight = new Set<string>();
   const key = (volumeId: number, block: number) => `${volumeId}:${block}`;
-  const grantOf = (name: NodeName, volumeId: number) => (scenario.alive(name) ? scenario.quorumOf(name).grant(volumeId) : undefined);
+  // A paused node's grant is the one it held when it stopped; it can neither write nor acknowledge
+  // under it until it resumes, and it catches its lease up before anything else when it does.
+  const grantOf = (name: NodeName, volumeId: number) => (scenario.alive(name) && !scenario.paused(name) ? scenario.quorumOf(name).grant(volumeId) : undefined);
 
   // Records by version, from every node's reports, for onlyHoldersWin.
   const records = new Map<bigint, DecidedRecord>();
@@ -82,7 +86,10 @@ export function runCombined(options: CombinedOptions): CombinedResult {
     for (; reportsSeen < scenario.quorumReports.length; reportsSeen++) {
       const { node, report } = scenario.quorumReports[reportsSeen]!;
       if (report.kind === "decided") records.set(report.record.version, report.record);
-      if (report.kind === "promoted") stats.promotions++;
+      if (report.kind === "promoted") {
+        stats.promotions++;
+        if (scenario.paused(peerOf(node))) stats.promotedOverPaused++;
+      }
       if (report.kind === "won") {
         stats.wins++;
         if (report.forced) continue;
@@ -121,8 +128,12 @@ export function runCombined(options: CombinedOptions): CombinedResult {
       if (op.done && op.error === null) {
         entry.acked = true;
         stats.writesAcked++;
+        // A node paused after mirroring a write acknowledges it when it resumes, perhaps after the
+        // peer took the grant; that is no second writer as long as the new writer holds the write
+        // durably (or a later one). An acknowledgement of anything else beside the grant holder is.
         const other = grantOf(peerOf(entry.node), volumeId);
-        if (other?.kind === "write") fail("singleWriter", `${entry.node} acknowledged write #${entry.tag} to volume ${volumeId} block ${block} while ${peerOf(entry.node)} held the write grant (epoch ${other.epoch})`);
+        const held = scenario.blockValue(peerOf(entry.node), block, { volumeId, image: "durable" });
+        if (other?.kind === "write" && !(typeof held === "number" && held >= entry.tag)) fail("singleWriter", `${entry.node} acknowledged write #${entry.tag} to volume ${volumeId} block ${block} while ${peerOf(entry.node)} held the write grant (epoch ${other.epoch}) without it (it holds ${held})`);
       } else stats.writesFailed++;
     }
   };
@@ -155,6 +166,7 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   // Chaos.
   const chaosMs = options.chaosMs ?? (options.long ? 120_000 : 8_000);
   const restartAt = new Map<NodeName, number>();
+  const resumeAt = new Map<NodeName, number>();
   const endAt = scenario.nowUs + chaosMs * 1000;
   const witnessFaultUntil: { untilUs: number; undo: () => void }[] = [];
   while (scenario.nowUs < endAt) {
@@ -168,7 +180,17 @@ export function runCombined(options: CombinedOptions): CombinedResult {
       stats.crashes++;
       scenario.crash(victim);
       restartAt.set(victim, scenario.nowUs + random.range(500, 9000) * 1000);
-    } else if (roll < 0.09) {
+    } else if (roll < 0.075 && nodeNames.some((name) => scenario.alive(name) && !scenario.paused(name))) {
+      // A stopped process (SIGSTOP, a long GC): half the time for longer than the peer's deadTimeout,
+      // so the peer wins the lease and promotes while this node still believes it holds it.
+      const victim = random.pick(nodeNames.filter((name) => scenario.alive(name) && !scenario.paused(name)));
+      const long = random.chance(0.5);
+      const ms = long ? random.range(timing.deadTimeoutMs + 500, 3 * timing.deadTimeoutMs) : random.range(50, 2000);
+      stats.pauses++;
+      if (long) stats.longPauses++;
+      scenario.pause(victim);
+      resumeAt.set(victim, scenario.nowUs + ms * 1000);
+    } else if (roll < 0.105) {
       stats.witnessFaults++;
       const nodes = random.pick([[0], [1], [0, 1]]);
       const hang = random.chance(0.4);
@@ -177,6 +199,12 @@ export function runCombined(options: CombinedOptions): CombinedResult {
       witnessFaultUntil.push({ untilUs: scenario.nowUs + random.range(300, 6000) * 1000, undo: () => (hang ? scenario.witness!.setHung(nodes, false) : scenario.witness!.setFailing(nodes, false)) });
     }
     step(random.range(20, 200));
+    for (const [name, at] of resumeAt) {
+      if (scenario.nowUs >= at) {
+        resumeAt.delete(name);
+        scenario.resume(name);
+      }
+    }
     for (const [name, at] of restartAt) {
       if (scenario.nowUs >= at) {
         restartAt.delete(name);
@@ -194,6 +222,7 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   // Heal everything and converge.
   for (const fault of witnessFaultUntil) fault.undo();
   scenario.witness!.healAll();
+  for (const name of nodeNames) scenario.resume(name);
   for (const name of nodeNames) if (!scenario.alive(name)) scenario.start(name);
   const healedUs = scenario.nowUs;
   const boundMs = 30 * timing.deadTimeoutMs;

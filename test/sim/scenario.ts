@@ -9,7 +9,7 @@ import type { BlockError } from "../../src/common/errors.ts";
 import { StaticWriteAuthority } from "../../src/replica/authority.ts";
 import { defaultReplicaConfig, type ReplicaConfig } from "../../src/replica/config.ts";
 import { type CompletionInfo, ReplicaDriver } from "../../src/replica/driver.ts";
-import type { Clock, WriteAuthority } from "../../src/replica/io.ts";
+import type { Clock, PeerTransport, WriteAuthority } from "../../src/replica/io.ts";
 import { DirtyBitmap } from "../../src/replica/bitmap.ts";
 import { bitmapPageWrite, formatMetadata, metadataLayout, superblockWrite } from "../../src/replica/metadata-format.ts";
 import type { ReplicaReport, VolumeStatus } from "../../src/replica/types.ts";
@@ -106,6 +106,9 @@ interface ScenarioNode {
   quorum: QuorumWriteAuthority | undefined;
   quorumPersisted: QuorumPersisted | undefined;
   roles: Map<number, boolean>;
+  /** A stopped process (SIGSTOP, a long GC): it runs nothing; what reaches it waits in `deferred`. */
+  paused: boolean;
+  deferred: (() => void)[];
 }
 
 const initialGeneration = sharedGeneration;
@@ -163,8 +166,7 @@ export class Scenario {
       const area = encodeFormattedArea(new Uint8Array(16).fill(7), { recordBytes: witnessRecordBytes, areaBytes: 128 * 1024, formattedAtMs: 0, timing: timingToWitness(timing) }).slice(0, witnessLayout.sectors * witnessRecordBytes);
       const latencyUs = options.quorum.witnessLatencyUs ?? 500;
       this.witness = new SimWitness(area, this.scheduler, this.random.fork("witness"), { latencyUs: [latencyUs, latencyUs], errorProbability: 0, tearProbability: 0, ...options.quorum.witnessFaults }, (node, incarnation, run) => {
-        const target = this.nodes.get(nodeNames[node]!)!;
-        if (target.alive && target.incarnation === incarnation) run();
+        this.onNode(this.nodes.get(nodeNames[node]!)!, incarnation, run);
       });
     }
     const latency = options.networkLatencyUs ?? 50;
@@ -234,7 +236,7 @@ export class Scenario {
       }
       const primaryOf = (id: number) => (options.primaries?.[id] ?? primary) === name;
       const authority = new StaticWriteAuthority(this.volumeIds.map((id) => [id, { primary: primaryOf(id), epoch: 1 }]));
-      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primaryOf(id)])) });
+      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primaryOf(id)])), paused: false, deferred: [] });
     }
     if (options.start !== false) for (const name of nodeNames) this.start(name);
   }
@@ -274,11 +276,42 @@ export class Scenario {
 
   // ---------------------------------------------------------------- nodes
 
+  /** Runs `run` on a node's incarnation: at once, deferred while the node is paused, dropped once it is gone. */
+  private onNode(node: ScenarioNode, incarnation: number, run: () => void): void {
+    if (!node.alive || node.incarnation !== incarnation) return;
+    if (node.paused) node.deferred.push(run);
+    else run();
+  }
+
+  /** `target` with every callback it is handed delivered through onNode (disk completions, link events). */
+  private gated<T extends object>(node: ScenarioNode, incarnation: number, target: T): T {
+    const wrap = (value: unknown) => (typeof value === "function" ? (...args: unknown[]) => this.onNode(node, incarnation, () => value(...args)) : value);
+    return new Proxy(target, {
+      get: (object, property) => {
+        const member = Reflect.get(object, property, object);
+        if (typeof member !== "function") return member;
+        return (...args: unknown[]) => member.apply(object, args.map(wrap));
+      },
+    });
+  }
+
+  /** A client request reaching a node: as the daemon does, the lease catches up before it is admitted; a paused node takes it when it resumes. */
+  private submit(name: NodeName, run: (driver: ReplicaDriver) => void): void {
+    const node = this.node(name);
+    const driver = node.driver!;
+    this.onNode(node, node.incarnation, () => {
+      node.quorum?.catchUp();
+      run(driver);
+    });
+  }
+
   /** Start a node's process and open its volumes (all, or those named). */
   start(name: NodeName, volumes: number[] = this.volumeIds): void {
     const node = this.node(name);
     if (node.alive) return;
     node.alive = true;
+    node.paused = false;
+    node.deferred = [];
     node.incarnation++;
     const incarnation = node.incarnation;
     const scheduler = this.scheduler;
@@ -286,9 +319,18 @@ export class Scenario {
     const clock: Clock = {
       every(intervalMs, callback) {
         let cancelled = false;
+        let waiting = false;
         const fire = () => {
           if (cancelled || node.incarnation !== incarnation || !node.alive) return;
-          callback();
+          if (!node.paused) callback();
+          else if (!waiting) {
+            // A stopped process gets no timer callbacks; it runs one late callback when it resumes.
+            waiting = true;
+            node.deferred.push(() => {
+              waiting = false;
+              if (!cancelled) callback();
+            });
+          }
           scheduler.after((intervalMs * 1000) / rate, fire);
         };
         // The two nodes tick out of phase, as two machines would.
@@ -308,7 +350,7 @@ export class Scenario {
     };
     const driver = new ReplicaDriver({
       identity: { nodeId: name, peerNodeId: peerOf(name), clusterId: new Uint8Array(16).fill(7), secret: new TextEncoder().encode("scenario secret"), connect: name === "a" ? "dial" : "accept" },
-      transport: this.network.endpoint(name, incarnation),
+      transport: this.gatedTransport(node, incarnation),
       clock,
       random: this.random.fork(`${name}-${incarnation}`),
       authority,
@@ -331,6 +373,21 @@ export class Scenario {
     for (const volumeId of volumes) this.openVolume(name, volumeId);
     driver.start();
     quorum?.start();
+  }
+
+  private gatedTransport(node: ScenarioNode, incarnation: number): PeerTransport {
+    const transport = this.network.endpoint(node.name, incarnation);
+    const on = (run: () => void) => this.onNode(node, incarnation, run);
+    return {
+      ...transport,
+      attach: (handler) =>
+        transport.attach({
+          connected: (connection, dialled, remote) => on(() => handler.connected(connection, dialled, remote)),
+          dialFailed: (reason) => on(() => handler.dialFailed(reason)),
+          data: (connection, bytes) => on(() => handler.data(connection, bytes)),
+          closed: (connection, reason) => on(() => handler.closed(connection, reason)),
+        }),
+    };
   }
 
   private startQuorum(node: ScenarioNode, incarnation: number, clock: Clock): QuorumWriteAuthority {
@@ -385,11 +442,40 @@ export class Scenario {
     return this.node(name).roles.get(volumeId);
   }
 
+  /**
+   * Stop a node's process (SIGSTOP, a long GC pause): no ticks, no messages, no disk or witness
+   * completions, no client requests are processed until `resume`; they wait, as in a stopped
+   * process's sockets and completion queues. Its peer sees nothing but silence.
+   */
+  pause(name: NodeName): void {
+    const node = this.node(name);
+    if (node.alive) node.paused = true;
+  }
+
+  /** Continue a paused node: its clock has advanced, so the lease catches up first (as the quorum driver does before any event), then what arrived meanwhile runs in order. */
+  resume(name: NodeName): void {
+    const node = this.node(name);
+    if (!node.alive || !node.paused) return;
+    node.paused = false;
+    const incarnation = node.incarnation;
+    node.quorum?.catchUp();
+    for (const run of node.deferred.splice(0)) {
+      if (!node.alive || node.incarnation !== incarnation) break;
+      run();
+    }
+  }
+
+  paused(name: NodeName): boolean {
+    return this.node(name).paused;
+  }
+
   /** Power loss of one node: unflushed writes may vanish (the disks' crash rules), nothing pending completes. */
   crash(name: NodeName): void {
     const node = this.node(name);
     if (!node.alive) return;
     node.alive = false;
+    node.paused = false;
+    node.deferred = [];
     node.driver = undefined;
     node.open.clear();
     node.quorum?.stop();
@@ -435,20 +521,25 @@ export class Scenario {
     const disks = node.disks.get(volumeId)!;
     // Under the quorum, the volume's persisted role goes to the authority first (as the daemon does).
     node.quorum?.setVolume(volumeId, node.roles.get(volumeId) ?? false);
-    node.driver!.openVolume(volumeId, disks.data, disks.meta.asMetadataStore(), (error) => {
-      if (!error) node.open.add(volumeId);
-      this.settle(op, error);
-    });
+    const incarnation = node.incarnation;
+    this.submit(name, (driver) =>
+      driver.openVolume(volumeId, this.gated(node, incarnation, disks.data), this.gated(node, incarnation, disks.meta.asMetadataStore()), (error) => {
+        if (!error) node.open.add(volumeId);
+        this.settle(op, error);
+      }),
+    );
     return op;
   }
 
   closeVolume(name: NodeName, volumeId: number): Op {
     const op = this.op(`close v${volumeId} on ${name}`);
     const node = this.node(name);
-    node.driver!.closeVolume(volumeId, (error) => {
-      node.open.delete(volumeId);
-      this.settle(op, error);
-    });
+    this.submit(name, (driver) =>
+      driver.closeVolume(volumeId, (error) => {
+        node.open.delete(volumeId);
+        this.settle(op, error);
+      }),
+    );
     return op;
   }
 
@@ -499,7 +590,7 @@ export class Scenario {
     const op = this.op(`write block ${block}${count > 1 ? `+${count}` : ""} on ${name}`);
     op.tag = this.nextTag++;
     const data = this.tagged(op.tag, volumeId, block, count);
-    this.node(name).driver!.write(volumeId, block * blockBytes, data, options.fua === true, (error, info) => this.settle(op, error, info));
+    this.submit(name, (driver) => driver.write(volumeId, block * blockBytes, data, options.fua === true, (error, info) => this.settle(op, error, info)));
     return op;
   }
 
@@ -514,7 +605,7 @@ export class Scenario {
   writeBuffer(name: NodeName, block: number, data: Uint8Array, options: { volumeId?: number } = {}): Op {
     const volumeId = options.volumeId ?? this.volumeIds[0]!;
     const op = this.op(`write block ${block} on ${name}`);
-    this.node(name).driver!.write(volumeId, block * blockBytes, data, false, (error, info) => this.settle(op, error, info));
+    this.submit(name, (driver) => driver.write(volumeId, block * blockBytes, data, false, (error, info) => this.settle(op, error, info)));
     return op;
   }
 
@@ -523,39 +614,39 @@ export class Scenario {
     const op = this.op(`read block ${block} on ${name}`);
     const target = new Uint8Array((options.count ?? 1) * blockBytes);
     op.data = target;
-    this.node(name).driver!.read(volumeId, block * blockBytes, target, (error, info) => this.settle(op, error, info));
+    this.submit(name, (driver) => driver.read(volumeId, block * blockBytes, target, (error, info) => this.settle(op, error, info)));
     return op;
   }
 
   flush(name: NodeName, volumeId = this.volumeIds[0]!): Op {
     const op = this.op(`flush on ${name}`);
-    this.node(name).driver!.flush(volumeId, (error, info) => this.settle(op, error, info));
+    this.submit(name, (driver) => driver.flush(volumeId, (error, info) => this.settle(op, error, info)));
     return op;
   }
 
   trim(name: NodeName, block: number, options: { count?: number; fua?: boolean; volumeId?: number } = {}): Op {
     const volumeId = options.volumeId ?? this.volumeIds[0]!;
     const op = this.op(`trim block ${block} on ${name}`);
-    this.node(name).driver!.trim(volumeId, block * blockBytes, (options.count ?? 1) * blockBytes, options.fua === true, (error, info) => this.settle(op, error, info));
+    this.submit(name, (driver) => driver.trim(volumeId, block * blockBytes, (options.count ?? 1) * blockBytes, options.fua === true, (error, info) => this.settle(op, error, info)));
     return op;
   }
 
   zero(name: NodeName, block: number, options: { count?: number; fua?: boolean; volumeId?: number } = {}): Op {
     const volumeId = options.volumeId ?? this.volumeIds[0]!;
     const op = this.op(`zero block ${block} on ${name}`);
-    this.node(name).driver!.zero(volumeId, block * blockBytes, (options.count ?? 1) * blockBytes, { fua: options.fua === true, noHole: false }, (error, info) => this.settle(op, error, info));
+    this.submit(name, (driver) => driver.zero(volumeId, block * blockBytes, (options.count ?? 1) * blockBytes, { fua: options.fua === true, noHole: false }, (error, info) => this.settle(op, error, info)));
     return op;
   }
 
   verify(name: NodeName, repair: boolean, volumeId = this.volumeIds[0]!): Op {
     const op = this.op(`verify on ${name}`);
-    this.node(name).driver!.verify(volumeId, repair, (error, result) => this.settle(op, error, undefined, result));
+    this.submit(name, (driver) => driver.verify(volumeId, repair, (error, result) => this.settle(op, error, undefined, result)));
     return op;
   }
 
   resolve(name: NodeName, keep: "local" | "peer", volumeId = this.volumeIds[0]!): Op {
     const op = this.op(`resolve on ${name} keeping ${keep}`);
-    this.node(name).driver!.resolveSplitBrain(volumeId, keep, (error) => this.settle(op, error));
+    this.submit(name, (driver) => driver.resolveSplitBrain(volumeId, keep, (error) => this.settle(op, error)));
     return op;
   }
 
