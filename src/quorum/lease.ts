@@ -306,6 +306,10 @@ export class QuorumCore {
     this.bugs = options.bugs ?? {};
     this.latest = options.persisted?.lastDecided ?? initialDecided;
     this.outdatedEpoch = options.persisted?.outdatedEpoch ?? 0n;
+    // A node that persisted outdated(E) gave up everything in E: it says fenced(E) from the start,
+    // even if its fenced(E) heartbeat never reached the witness before it went down, or the winner
+    // waits for that evidence forever.
+    this.fencedEpoch = this.outdatedEpoch;
     const promotionEpoch = options.persisted?.promotionEpoch ?? 0n;
     if (promotionEpoch !== 0n) this.pendingPromotion = promotionEpoch;
     for (const volume of options.volumes ?? []) this.volumes.set(volume.id, volume.primary);

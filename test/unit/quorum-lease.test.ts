@@ -294,3 +294,31 @@ describe("a hung witness", () => {
     expect(a.driver.status().latency.write.count + a.driver.status().latency.read.count).toBeGreaterThan(10);
   });
 });
+
+describe("rule 5 across a restart", () => {
+  test("a loser whose fenced(epoch) never reached the witness before it went down says fenced(epoch) when it comes back, so the winner promotes its volumes", () => {
+    // Found by the combined simulation (test/sim/quorum-replica.ts): without this, the winner waits
+    // for fence evidence forever, and once the pair is SHARED again no node is primary of b's volume.
+    const pair = sharedPair({ primariesOnA: [1, 2], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    // b's slot writes fail: it learns that it lost, but its fenced(epoch) never lands; nor does a's
+    // fence request in b's mailbox (a paused or hung then, as in the simulation).
+    b.ioFate = (io) => (io.kind === "write" && io.sector === witnessLayout.slot(1) ? "fail" : "ok");
+    a.ioFate = (io) => (io.kind === "write" && io.sector === witnessLayout.mailbox(1) ? "fail" : "ok");
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    const epoch = epochOf(a);
+    pair.until("b knows it lost", () => b.driver.core.phaseName === "outdated");
+    expect(b.persisted.outdatedEpoch).toBe(epoch);
+    expect(a.writable()).toEqual([1, 2]);
+    // b loses power and comes back with a healthy witness; the link returns.
+    b.driver.stop();
+    b.ioFate = undefined;
+    expect(pair.state().slots[1].newest?.record.fencedEpoch ?? 0n).toBeLessThan(epoch);
+    b.start();
+    pair.connect();
+    pair.until("a promotes b's volume", () => a.writable().length === 3, 3 * timing.deadTimeoutMs);
+    expect(a.report("promoted")[0]).toMatchObject({ epoch, volumes: [3], evidence: "fenced" });
+    expect(b.writable()).toEqual([]);
+  });
+});
