@@ -167,6 +167,14 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   const chaosMs = options.chaosMs ?? (options.long ? 120_000 : 8_000);
   const restartAt = new Map<NodeName, number>();
   const resumeAt = new Map<NodeName, number>();
+  const resumeDue = () => {
+    for (const [name, at] of resumeAt) {
+      if (scenario.nowUs >= at) {
+        resumeAt.delete(name);
+        scenario.resume(name);
+      }
+    }
+  };
   const endAt = scenario.nowUs + chaosMs * 1000;
   const witnessFaultUntil: { untilUs: number; undo: () => void }[] = [];
   while (scenario.nowUs < endAt) {
@@ -199,12 +207,7 @@ export function runCombined(options: CombinedOptions): CombinedResult {
       witnessFaultUntil.push({ untilUs: scenario.nowUs + random.range(300, 6000) * 1000, undo: () => (hang ? scenario.witness!.setHung(nodes, false) : scenario.witness!.setFailing(nodes, false)) });
     }
     step(random.range(20, 200));
-    for (const [name, at] of resumeAt) {
-      if (scenario.nowUs >= at) {
-        resumeAt.delete(name);
-        scenario.resume(name);
-      }
-    }
+    resumeDue();
     for (const [name, at] of restartAt) {
       if (scenario.nowUs >= at) {
         restartAt.delete(name);
@@ -222,7 +225,12 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   // Heal everything and converge.
   for (const fault of witnessFaultUntil) fault.undo();
   scenario.witness!.healAll();
-  for (const name of nodeNames) scenario.resume(name);
+  // A pause runs its course (a stopped process is not healed, it is continued): one that began late in
+  // the chaos still outlasts the lease, and the peer still promotes while it lasts.
+  while (resumeAt.size > 0) {
+    step(100);
+    resumeDue();
+  }
   for (const name of nodeNames) if (!scenario.alive(name)) scenario.start(name);
   const healedUs = scenario.nowUs;
   const boundMs = 30 * timing.deadTimeoutMs;
