@@ -13,6 +13,7 @@ import { runBounded } from "../helpers/run.ts";
 import { eventually } from "../helpers/until.ts";
 import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
 import { replicaLinkTimeoutMs } from "../../src/constants.ts";
+import { verifiedWorkload } from "../helpers/fio.ts";
 
 const MiB = 1024 * 1024;
 const volume = "mirror";
@@ -37,22 +38,6 @@ function fio(args: string[], timeoutMs: number) {
   const uri = `nbd+unix:///${volume}?socket=${lab.nodes[0]!.nbd}`;
   return runBounded(["fio", "--name=mirror", "--ioengine=nbd", `--uri=${uri}`, "--output-format=json", "--group_reporting", ...args], { timeoutMs, cwd: dir });
 }
-
-/**
- * Random writes over the whole volume for `seconds` (long enough to span the fault), each block
- * read back and checked while the run goes on (verify_backlog) and all of them again at the end.
- */
-const verifiedWorkload = (seconds: number) => [
-  "--rw=randwrite",
-  "--bs=4k",
-  "--iodepth=32",
-  `--size=${volumeBytes}`,
-  "--time_based=1",
-  `--runtime=${seconds}`,
-  "--verify=crc32c",
-  "--verify_backlog=256",
-  "--verify_fatal=1",
-];
 
 /** fio's JSON: bytes written and blocks verified (read back), to show the run really spanned the fault. */
 function fioTotals(stdout: string): { writtenBytes: number; verifiedBytes: number } {
@@ -90,7 +75,7 @@ describe("mirrored volume in the two-node lab", () => {
   });
 
   test("fio verifies while the link is cut and healed; the pair resyncs by itself", async () => {
-    const run = fio(verifiedWorkload(8), 120_000);
+    const run = fio(verifiedWorkload({ sizeBytes: volumeBytes, seconds: 8, iodepth: 32 }), 120_000);
     await letFioWrite(1500);
     expect((await runCli(["lab", "cut", "--dir", dir])).code).toBe(0);
     await waitDegraded();
@@ -106,7 +91,7 @@ describe("mirrored volume in the two-node lab", () => {
   });
 
   test("fio verifies while the secondary is SIGKILLed and restarted", async () => {
-    const run = fio(verifiedWorkload(8), 120_000);
+    const run = fio(verifiedWorkload({ sizeBytes: volumeBytes, seconds: 8, iodepth: 32 }), 120_000);
     await letFioWrite(1500);
     expect((await runCli(["lab", "kill", "b", "--dir", dir])).code).toBe(0);
     await waitDegraded();

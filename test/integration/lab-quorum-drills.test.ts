@@ -17,6 +17,7 @@ import type { StatusReport } from "../../src/node/control/status.ts";
 import { runCli } from "../helpers/daemon.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { labCli, waitLabSynced } from "../helpers/lab.ts";
+import { verifiedWorkload } from "../helpers/fio.ts";
 
 const MiB = 1024 * 1024;
 const volume = "drill";
@@ -43,7 +44,7 @@ interface FioRun {
 /** fio through `node`'s export: random 4 KiB writes, each read back and checked (crc32c) during and after the run. */
 function fio(node: string, seconds: number, extra: string[] = []): FioRun {
   const child = Bun.spawn(
-    ["fio", "--name=drill", "--ioengine=nbd", `--uri=${nbdUri(node)}`, "--output-format=json", "--rw=randwrite", "--bs=4k", "--iodepth=16", `--size=${volumeBytes}`, "--time_based=1", `--runtime=${seconds}`, "--verify=crc32c", "--verify_backlog=256", "--verify_fatal=1", ...extra],
+    ["fio", "--name=drill", "--ioengine=nbd", `--uri=${nbdUri(node)}`, "--output-format=json", ...verifiedWorkload({ sizeBytes: volumeBytes, seconds, iodepth: 16 }), ...extra],
     { stdout: "pipe", stderr: "pipe", cwd: dir },
   );
   const timer = setTimeout(() => child.kill("SIGKILL"), (seconds + 60) * 1000);

@@ -12,6 +12,7 @@ import { runCli } from "../helpers/daemon.ts";
 import { labCli, labVolume, waitLabSynced } from "../helpers/lab.ts";
 import { runBounded } from "../helpers/run.ts";
 import { eventually } from "../helpers/until.ts";
+import { verifiedWorkload } from "../helpers/fio.ts";
 
 const MiB = 1024 * 1024;
 const volume = "stop";
@@ -71,15 +72,7 @@ function fio(seconds: number) {
       "--name=lifecycle",
       "--ioengine=nbd",
       `--uri=nbd+unix:///${volume}?socket=${nbd.a}`,
-      "--rw=randwrite",
-      "--bs=4k",
-      "--iodepth=32",
-      `--size=${volumeBytes}`,
-      "--time_based=1",
-      `--runtime=${seconds}`,
-      "--verify=crc32c",
-      "--verify_backlog=256",
-      "--verify_fatal=1",
+      ...verifiedWorkload({ sizeBytes: volumeBytes, seconds, iodepth: 32 }),
       "--output-format=json",
     ],
     { timeoutMs: 120_000, cwd: dir },

@@ -12,6 +12,7 @@ import { runBounded } from "../helpers/run.ts";
 import { eventually } from "../helpers/until.ts";
 import { replicaLinkTimeoutMs } from "../../src/constants.ts";
 import { createNamespacePair, type NamespacePair } from "../helpers/netns.ts";
+import { verifiedWorkload } from "../helpers/fio.ts";
 
 const MiB = 1024 * 1024;
 const port = 7788;
@@ -73,7 +74,7 @@ describe("mirroring across network namespaces", () => {
     await waitSynced();
 
     const fio = runBounded(
-      ["fio", "--name=ns", "--ioengine=nbd", `--uri=${a.nbdUri("nsvol")}`, "--rw=randwrite", "--bs=4k", "--iodepth=16", `--size=${32 * MiB}`, "--time_based=1", "--runtime=6", "--verify=crc32c", "--verify_backlog=256", "--verify_fatal=1", "--output-format=json"],
+      ["fio", "--name=ns", "--ioengine=nbd", `--uri=${a.nbdUri("nsvol")}`, ...verifiedWorkload({ sizeBytes: 32 * MiB, seconds: 6, iodepth: 16 }), "--output-format=json"],
       { timeoutMs: 120_000, cwd: root }, // fio leaves its verify state file in its directory
     );
     await Bun.sleep(1000); // fio writes a while before the cut, so its run spans it (time that must pass)
