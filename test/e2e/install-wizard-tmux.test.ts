@@ -1,5 +1,5 @@
 // The install wizard for real, in two terminals: tmux runs `tandem install` for node a and node b
-// (80x24, NO_COLOR) on two fresh node directories. On a the test types the answers (name, witness,
+// (80x24, NO_COLOR, CI=true as on a CI runner: the wizard must still draw) on two fresh node directories. On a the test types the answers (name, witness,
 // "show a code", the replication address), accepts the preflight's warnings (if any), and reads the
 // pairing code off a's screen; on b (told --peer) it does the same and types that code. Both then
 // walk the rest: a formats the witness and b sees it, the service step starts each daemon (through
@@ -68,7 +68,7 @@ describe.skipIf(!hasTmux)("tandem install's wizard in two terminals", () => {
 
   function start(session: string, args: string[], env: Record<string, string>): void {
     const command = [...tandemCommand, "install", ...args].map(quote).join(" ");
-    const environment = Object.entries({ ...env, NO_COLOR: "1" }).map(([key, value]) => `${key}=${quote(value)}`).join(" ");
+    const environment = Object.entries({ ...env, NO_COLOR: "1", CI: "true" }).map(([key, value]) => `${key}=${quote(value)}`).join(" ");
     const started = tmux(["new-session", "-d", "-s", session, "-x", "80", "-y", "24", `${environment} ${command}; sleep 600`]);
     if (started.code !== 0) throw new Error(`tmux could not start ${session}`);
   }

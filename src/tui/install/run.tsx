@@ -97,7 +97,8 @@ export async function runInstallWizard(options: { settings: InstallSettings; col
   const height = Math.max(20, process.stdout.rows ?? 24);
   const instance = render(
     <WizardApp initial={initial} run={(settings, ui) => runInstall(settings, ui, defaultEnvironment(controller.signal))} color={options.color} width={width} height={height} onFinished={(done) => (report = done)} />,
-    { exitOnCtrlC: true, patchConsole: false, alternateScreen: true },
+    // Ink takes CI=true to mean "not interactive" and draws nothing until exit; a terminal is a terminal.
+    { exitOnCtrlC: true, patchConsole: false, alternateScreen: true, interactive: Boolean(process.stdout.isTTY) },
   );
   await instance.waitUntilExit();
   // Ctrl-C before the end: stop whatever step waits (the pairing listener, a dial, the daemon).
