@@ -9,6 +9,10 @@
 //                      for one write (its 4 KiB Write and WriteAck, each tagged and checked);
 //   qemu-quorum        qemu-storage-daemon with a `quorum` node, vote-threshold 2, children a local
 //                      file and an NBD client to a second qemu-storage-daemon serving the peer's file;
+//                      the NBD client reaches its peer over loopback TCP, as Tandem's link does
+//                      (`--anchor-link unix` gives the anchors a unix socket instead: cheaper than
+//                      any link between two machines, the form of the figures before 2026-11-30's
+//                      second quiet run);
 //   qemu-mirror        qemu-storage-daemon serving a local file while a `blockdev-mirror
 //                      copy-mode=write-blocking` job (started over QMP, waited for until ready)
 //                      mirrors every write to an NBD client of a second qemu-storage-daemon;
@@ -24,7 +28,7 @@
 // It prints the tables and the ratios against the targets of the mirrored-write issue.
 //
 //   bun bench/replica.ts [--size 1G] [--runtime 10] [--runs 3] [--systems a,b,...]
-//                        [--workloads w4k1,...] [--dir DIR] [--json FILE] [--smoke]
+//                        [--workloads w4k1,...] [--anchor-link tcp|unix] [--dir DIR] [--json FILE] [--smoke]
 // The full setting is the default (3 rounds × 10 s per cell, 1 GiB: about 15 minutes). --smoke is
 // the CI setting (64 MiB, 1 round of 1 s: proves every system starts and every cell is measured,
 // figures meaningless). Not a test: it exits 0 unless something fails to run.
@@ -92,8 +96,11 @@ const { values } = parseArgs({
     dir: { type: "string", default: path.join(os.tmpdir(), "tandem-replica-bench") },
     json: { type: "string" },
     smoke: { type: "boolean", default: false },
+    "anchor-link": { type: "string", default: "tcp" },
   },
 });
+const anchorLink = values["anchor-link"];
+if (anchorLink !== "tcp" && anchorLink !== "unix") throw new Error(`--anchor-link is tcp or unix, not ${anchorLink}`);
 const smoke = values.smoke === true;
 const sizeBytes = parseSize(values.size ?? (smoke ? "64M" : "1G"));
 const runtimeSeconds = Number(values.runtime ?? (smoke ? "1" : "10"));
@@ -160,14 +167,17 @@ async function waitFor(what: string, check: () => boolean | Promise<boolean>, ti
   }
 }
 
-const socketAnswers = (socket: string) =>
-  Bun.connect({ unix: socket, socket: { data() {}, connectError() {} } }).then(
+const socketAnswers = (socket: string | { hostname: string; port: number }) => {
+  const handlers = { data() {}, connectError() {} };
+  const connecting = typeof socket === "string" ? Bun.connect({ unix: socket, socket: handlers }) : Bun.connect({ ...socket, socket: handlers });
+  return connecting.then(
     (connection) => {
       connection.terminate();
       return true;
     },
     () => false,
   );
+};
 
 /** A file of `sizeBytes` of random data, written through the page cache (where it stays). */
 async function filledFile(file: string): Promise<void> {
@@ -240,26 +250,39 @@ async function startTandemUnmirrored(): Promise<System> {
   return { name: "tandem-unmirrored", uri, processes: { node: daemon.pid } };
 }
 
-/** A qemu-storage-daemon serving `file` as export "disk" on `socket` (page cache): a peer of the QEMU anchors. */
-async function startQsdPeer(name: string, file: string): Promise<{ pid: number; socket: string }> {
-  const socket = path.join(dir, `${name}.sock`);
+/** A TCP port nothing listens on now, on loopback (the kernel picks it; freed at once for the peer to take). */
+function freeLoopbackPort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  return port;
+}
+
+/** Where a QEMU anchor's NBD client finds its peer: a loopback TCP port (default) or a unix socket. */
+type PeerAddress = { kind: "tcp"; port: number } | { kind: "unix"; socket: string };
+
+/** A qemu-storage-daemon serving `file` as export "disk" (page cache): a peer of the QEMU anchors. */
+async function startQsdPeer(name: string, file: string): Promise<{ pid: number; address: PeerAddress }> {
+  const address: PeerAddress = anchorLink === "tcp" ? { kind: "tcp", port: freeLoopbackPort() } : { kind: "unix", socket: path.join(dir, `${name}.sock`) };
   const peer = spawn(name, [
     "qemu-storage-daemon",
     "--blockdev", `driver=file,node-name=file0,filename=${file},cache.direct=off,aio=threads`,
     "--blockdev", "driver=raw,node-name=disk0,file=file0",
-    "--nbd-server", `addr.type=unix,addr.path=${socket}`,
+    "--nbd-server", address.kind === "tcp" ? `addr.type=inet,addr.host=127.0.0.1,addr.port=${address.port}` : `addr.type=unix,addr.path=${address.socket}`,
     "--export", "type=nbd,id=export0,node-name=disk0,name=disk,writable=on",
   ]);
-  await waitFor(`${name} listening`, () => fs.existsSync(socket) && socketAnswers(socket), 30_000, peer);
-  return { pid: peer.pid, socket };
+  const answers = () => (address.kind === "tcp" ? socketAnswers({ hostname: "127.0.0.1", port: address.port }) : fs.existsSync(address.socket) && socketAnswers(address.socket));
+  await waitFor(`${name} listening`, answers, 30_000, peer);
+  return { pid: peer.pid, address };
 }
 
 /** The blockdevs both QEMU anchors share: `localNode` over the local file, `remoteNode` an NBD client of the peer. */
-function anchorBlockdevs(local: string, localNode: string, peerSocket: string, remoteNode: string): string[] {
+function anchorBlockdevs(local: string, localNode: string, peer: PeerAddress, remoteNode: string): string[] {
+  const server = peer.kind === "tcp" ? `server.type=inet,server.host=127.0.0.1,server.port=${peer.port}` : `server.type=unix,server.path=${peer.socket}`;
   return [
     "--blockdev", `driver=file,node-name=localfile,filename=${local},cache.direct=off,aio=threads`,
     "--blockdev", `driver=raw,node-name=${localNode},file=localfile`,
-    "--blockdev", `driver=nbd,node-name=${remoteNode},server.type=unix,server.path=${peerSocket},export=disk`,
+    "--blockdev", `driver=nbd,node-name=${remoteNode},${server},export=disk`,
   ];
 }
 
@@ -274,7 +297,7 @@ async function startQemuQuorum(): Promise<System> {
   const socket = path.join(dir, "quorum.sock");
   const primary = spawn("quorum", [
     "qemu-storage-daemon",
-    ...anchorBlockdevs(local, "local", peer.socket, "remote"),
+    ...anchorBlockdevs(local, "local", peer.address, "remote"),
     "--blockdev", "driver=quorum,node-name=quorum0,vote-threshold=2,children.0=local,children.1=remote",
     "--nbd-server", `addr.type=unix,addr.path=${socket}`,
     "--export", "type=nbd,id=export0,node-name=quorum0,name=disk,writable=on",
@@ -343,7 +366,7 @@ async function startQemuMirror(): Promise<System> {
   // the export and the file, so every write the export takes goes through the mirror.
   const primary = spawn("mirror", [
     "qemu-storage-daemon",
-    ...anchorBlockdevs(local, "source", peer.socket, "target"),
+    ...anchorBlockdevs(local, "source", peer.address, "target"),
     "--nbd-server", `addr.type=unix,addr.path=${socket}`,
     "--export", "type=nbd,id=export0,node-name=source,name=disk,writable=on",
     "--chardev", `socket,id=monitor0,path=${monitor},server=on,wait=off`,
@@ -542,7 +565,7 @@ const spread = (system: SystemName, workload: WorkloadName, field: (sample: Samp
 
 const lines: string[] = [];
 lines.push(
-  `Mirrored writes against QEMU's synchronous mirrors: ${values.size ?? (smoke ? "64M" : "1G")} volumes, ${rounds} rotated round(s) × ${runtimeSeconds} s per cell, medians (min–max); fio nbd engine over unix sockets, page cache everywhere; ${os.cpus().length} CPUs, load average during the runs ${format(median(load.length ? load : [0]), 1)}; ${new Date().toISOString()}`,
+  `Mirrored writes against QEMU's synchronous mirrors: ${values.size ?? (smoke ? "64M" : "1G")} volumes, ${rounds} rotated round(s) × ${runtimeSeconds} s per cell, medians (min–max); fio nbd engine over unix sockets, page cache everywhere; the QEMU anchors reach their peer over ${anchorLink === "tcp" ? "loopback TCP (as Tandem does)" : "a unix socket"}; ${os.cpus().length} CPUs, load average during the runs ${format(median(load.length ? load : [0]), 1)}; ${new Date().toISOString()}`,
   "",
   "| system | 4k write QD1 mean µs | p50 µs | p99 µs | 4k write QD32 IOPS | 4k read QD1 IOPS | 4k read QD32 IOPS | 1M seq write MiB/s |",
   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -604,4 +627,4 @@ if (mirroredCpu !== undefined && unmirroredCpu !== undefined) addTarget("server 
 
 lines.push("", "Targets of the mirrored-write issue (ratios from this run):", "", ...targets);
 console.log(lines.join("\n"));
-if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, samples }, null, 1));
+if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke, anchorLink }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, samples }, null, 1));
