@@ -21,7 +21,7 @@
 //    and the sequence only grows.
 import { createCipheriv, createHash, createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
 import { assert } from "../common/assert.ts";
-import { clusterIdBytes, type Frame, frameTagBytes, type LinkRole, macBytes, markFrameTagged } from "./wire.ts";
+import { clusterIdBytes, type Frame, FrameFlags, type FrameMode, frameTagBytes, type LinkRole, macBytes, markFrameTagged, plainFrames, protocolVersionTagOnly } from "./wire.ts";
 
 const encoder = new TextEncoder();
 const label = {
@@ -137,12 +137,24 @@ export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint
  */
 export class FrameSealer {
   private sequence = 0;
-  constructor(private readonly key: Uint8Array | undefined) {}
+  /** How this session's frames are encoded (encodeMessage's mode): tagged or not, with or without a payload CRC. */
+  readonly mode: FrameMode;
 
-  /** Flag the frame as tagged and append its tag (the parts come from encodeMessage, header first). */
+  /** `version`: the link's agreed protocol version (3 and later: tagged frames carry no payload CRC). */
+  constructor(
+    private readonly key: Uint8Array | undefined,
+    version = protocolVersionTagOnly,
+  ) {
+    this.mode = key ? { tagged: true, payloadCrc: version < protocolVersionTagOnly } : plainFrames;
+  }
+
+  /**
+   * Append the frame's tag (the parts come from encodeMessage, header first). A frame encoded
+   * without this session's mode gets its Tagged flag here (its header CRC computed again).
+   */
   seal(parts: Uint8Array[]): Uint8Array[] {
     if (!this.key) return parts;
-    markFrameTagged(parts[0]!);
+    if ((parts[0]![5]! & FrameFlags.Tagged) === 0) markFrameTagged(parts[0]!);
     parts.push(frameTag(this.key, this.sequence++, parts));
     return parts;
   }

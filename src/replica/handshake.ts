@@ -203,7 +203,7 @@ export class Handshake {
   }
 
   private session(version: number, untagged: boolean, sendKey: Uint8Array, receiveKey: Uint8Array): LinkSession {
-    return { version, sealer: new FrameSealer(untagged ? undefined : sendKey), opener: new FrameOpener(untagged ? undefined : receiveKey), tagged: !untagged };
+    return { version, sealer: new FrameSealer(untagged ? undefined : sendKey, version), opener: new FrameOpener(untagged ? undefined : receiveKey), tagged: !untagged };
   }
 
   /** Checks common to both Hellos; returns a refusal or the agreed version and frame mode. */

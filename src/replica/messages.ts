@@ -17,9 +17,13 @@ export const enum FrameFlags {
 /** The protocol versions this build speaks. A newer node offers a wider range and both pick the
  * highest common version (see negotiateVersion); messages added later are only sent when agreed.
  * Version 1 had a handshake that could be reflected (each side proved itself to anyone who sent a
- * Hello) and unauthenticated frames: it is not spoken any more, so a version-1 node is refused. */
+ * Hello) and unauthenticated frames: it is not spoken any more, so a version-1 node is refused.
+ * Version 3 leaves the payload CRC of a tagged frame out (zero): its tag covers the same bytes and
+ * is checked first, so the CRC never decided anything; a version-2 peer still gets it. */
 export const protocolVersionMin = 2;
-export const protocolVersionMax = 2;
+export const protocolVersionMax = 3;
+/** The first version whose tagged frames carry no payload CRC. */
+export const protocolVersionTagOnly = 3;
 
 /** Largest control-plane payload (PeerRequest / PeerReply) between the daemons. */
 export const peerPayloadBytesMax = 1024 * 1024;
@@ -281,7 +285,11 @@ export type Message =
   | ResyncAckMessage
   | VerifyReplyMessage;
 
-/** A frame whose header checked out; `payloadIntact` is false when the payload failed its CRC. */
+/**
+ * A frame whose header checked out; `payloadIntact` is false when the payload failed its CRC. A
+ * tagged frame's payload is not checked here (its tag covers it, and version 3 sends no CRC for
+ * it): `payloadIntact` is true and the frame must be opened (auth.ts) before it is acted on.
+ */
 export interface Frame {
   type: number;
   volumeId: number;

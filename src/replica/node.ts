@@ -546,8 +546,9 @@ export class NodeCore {
 
   private sendOn(connection: Connection, message: Message): void {
     connection.lastSentTick = this.tickCount;
-    const parts = encodeMessage(message);
-    this.out.push({ kind: "send", connection: connection.id, parts: connection.state.kind === "established" ? connection.state.session.sealer.seal(parts) : parts });
+    if (connection.state.kind !== "established") return void this.out.push({ kind: "send", connection: connection.id, parts: encodeMessage(message) });
+    const sealer = connection.state.session.sealer;
+    this.out.push({ kind: "send", connection: connection.id, parts: sealer.seal(encodeMessage(message, sealer.mode)) });
   }
 
   /** Close a connection in its handshake, and report why (rate-limited). */

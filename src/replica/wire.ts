@@ -9,6 +9,10 @@
 // ready for a vectored send (data payloads are never copied), decoders return NEED_MORE or a value,
 // or throw DecodeError.
 //
+// On an authenticated link of version 3 or later the payload CRC of a tagged frame is zero and the
+// receiver never checks a tagged frame's payload CRC: the tag covers the same bytes and is checked
+// before anything else (a version-2 peer still gets the CRC, and a version-2 sender's is ignored).
+//
 // Frame header, 32 bytes, little endian:
 //   0 u32 magic "TDM1"   4 u8 type   5 u8 flags   6 u16 reserved (0)   8 u32 volume id
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
@@ -46,10 +50,19 @@ export * from "./messages.ts";
 
 // ---- frames ----
 
-function finishHeader(bytes: Uint8Array, type: number, volumeId: number, requestId: number, payloadLength: number, payloadCrc: number): void {
+/** How a frame is sent: tagged (the flag set now, the tag appended by the session) and with or without its payload CRC. */
+export interface FrameMode {
+  tagged: boolean;
+  payloadCrc: boolean;
+}
+
+/** Handshake frames and links that agreed on untagged frames. */
+export const plainFrames: FrameMode = { tagged: false, payloadCrc: true };
+
+function finishHeader(bytes: Uint8Array, type: number, flags: number, volumeId: number, requestId: number, payloadLength: number, payloadCrc: number): void {
   setUint32(bytes, 0, frameMagic);
   bytes[4] = type;
-  bytes[5] = 0;
+  bytes[5] = flags;
   setUint16(bytes, 6, 0);
   setUint32(bytes, 8, volumeId);
   setUint32(bytes, 12, payloadLength);
@@ -63,13 +76,16 @@ function finishHeader(bytes: Uint8Array, type: number, volumeId: number, request
  * A frame as parts for a vectored send: header and fixed fields in one new buffer, then `data`
  * untouched (it is not copied; the caller keeps it alive and unchanged until sent).
  */
-function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, data?: Uint8Array): Uint8Array[] {
+function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, data: Uint8Array | undefined, mode: FrameMode): Uint8Array[] {
   const head = fields ?? new FieldWriter(frameHeaderBytes, frameHeaderBytes);
   const fieldBytes = head.bytes.subarray(frameHeaderBytes, head.offset);
-  let crc = checksum(fieldBytes);
-  if (data && data.length > 0) crc = checksum(data, crc);
+  let crc = 0;
+  if (mode.payloadCrc) {
+    crc = checksum(fieldBytes);
+    if (data && data.length > 0) crc = checksum(data, crc);
+  }
   const payloadLength = fieldBytes.length + (data?.length ?? 0);
-  finishHeader(head.bytes, type, base.volumeId, base.requestId, payloadLength, crc);
+  finishHeader(head.bytes, type, mode.tagged ? FrameFlags.Tagged : 0, base.volumeId, base.requestId, payloadLength, crc);
   const headBytes = head.bytes.subarray(0, head.offset);
   return data && data.length > 0 ? [headBytes, data] : [headBytes];
 }
@@ -324,8 +340,11 @@ function readField(reader: FieldReader, field: Field): unknown {
   }
 }
 
-/** Encode one message as frame parts (header+fields, then the data payload if any). */
-export function encodeMessage(message: Message): Uint8Array[] {
+/**
+ * Encode one message as frame parts (header+fields, then the data payload if any). A tagged mode
+ * sets the header's flag now (the session appends the tag, FrameSealer.seal).
+ */
+export function encodeMessage(message: Message, mode: FrameMode = plainFrames): Uint8Array[] {
   if (message.type === MessageType.Hello) return encodeHello(message);
   const layout = layouts[message.type];
   if (!layout) throw new DecodeError(`no layout for message type ${message.type}`);
@@ -338,7 +357,7 @@ export function encodeMessage(message: Message): Uint8Array[] {
     if (field.kind === "data") payload = values[field.name] as Uint8Array;
     else writeField(writer, field, values[field.name]);
   }
-  return frame(message.type, message, size > 0 ? writer : undefined, payload);
+  return frame(message.type, message, size > 0 ? writer : undefined, payload, mode);
 }
 
 function encodeHello(message: HelloMessage): Uint8Array[] {
@@ -350,7 +369,7 @@ function encodeHello(message: HelloMessage): Uint8Array[] {
   writeText(writer, nodeId);
   writer.u8(message.nonce.length).raw(message.nonce);
   writer.u8(message.role).u8(message.flags).u8(message.admission.length).raw(message.admission);
-  return frame(message.type, message, writer);
+  return frame(message.type, message, writer, undefined, plainFrames);
 }
 
 /** Concatenate frame parts (tests and transports without vectored writes). */
@@ -393,7 +412,7 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
       volumeId: getUint32(bytes, offset + 8),
       requestId: high * 0x100000000 + getUint32(bytes, offset + 16),
       payload,
-      payloadIntact: checksum(payload) === getUint32(bytes, offset + 24),
+      payloadIntact: tagLength > 0 || checksum(payload) === getUint32(bytes, offset + 24),
       header: bytes.subarray(offset, offset + frameHeaderBytes),
       tag: tagLength > 0 ? bytes.subarray(payloadEnd, payloadEnd + tagLength) : undefined,
     },

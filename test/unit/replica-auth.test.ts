@@ -7,7 +7,8 @@
 // Key derivation and tags are checked against WebCrypto, an implementation outside node:crypto.
 import { describe, expect, test } from "bun:test";
 import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, frameTag, type HelloFields, sessionKeys, transcriptHash, verifyMac } from "../../src/replica/auth.ts";
-import { decodeFrame, encodeMessage, type Frame, joinParts, LinkRole, MessageType, NEED_MORE } from "../../src/replica/wire.ts";
+import { checksum } from "../../src/replica/checksum.ts";
+import { decodeFrame, decodeMessage, encodeMessage, type Frame, frameHeaderBytes, FrameFlags, joinParts, LinkRole, MessageType, NEED_MORE } from "../../src/replica/wire.ts";
 
 const encoder = new TextEncoder();
 const secret = encoder.encode("pairing secret of the box");
@@ -125,6 +126,52 @@ describe("frame tags", () => {
       }
       expect(result).not.toBe("ok");
     }
+  });
+
+  describe("the payload CRC of a tagged frame (protocol version 3 leaves it out)", () => {
+    const data = new Uint8Array(4096).map((_, index) => (index * 7 + 1) & 0xff);
+    const write = () => ({ type: MessageType.Write as const, volumeId: 5, requestId: 77, offset: 8192, fua: false, data });
+    const payloadCrcField = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset).getUint32(24, true);
+    const sealWith = (version: number) => {
+      const sealer = new FrameSealer(keys.dialerToAcceptor, version);
+      return joinParts(sealer.seal(encodeMessage(write(), sealer.mode)));
+    };
+
+    test("version 3: the field is zero, the frame is flagged tagged, opens and decodes to the same write", () => {
+      const bytes = sealWith(3);
+      expect(payloadCrcField(bytes)).toBe(0);
+      expect(bytes[5]! & FrameFlags.Tagged).toBe(FrameFlags.Tagged);
+      const frame = frameOf(bytes);
+      expect(frame.payloadIntact).toBe(true);
+      expect(new FrameOpener(keys.dialerToAcceptor).open(frame)).toBe("ok");
+      expect(decodeMessage(frame)).toMatchObject({ type: MessageType.Write, volumeId: 5, requestId: 77, offset: 8192, data });
+    });
+
+    test("version 2: a peer that checks it still gets the CRC of the payload", () => {
+      const bytes = sealWith(2);
+      const payload = bytes.subarray(frameHeaderBytes, bytes.length - 16);
+      expect(payloadCrcField(bytes)).toBe(checksum(payload));
+      expect(new FrameOpener(keys.dialerToAcceptor).open(frameOf(bytes))).toBe("ok");
+    });
+
+    test("a damaged payload is caught by the tag in both versions; an untagged frame's by its CRC", () => {
+      for (const version of [2, 3]) {
+        const bytes = sealWith(version);
+        bytes[frameHeaderBytes + 100] = bytes[frameHeaderBytes + 100]! ^ 0x10;
+        expect(new FrameOpener(keys.dialerToAcceptor).open(frameOf(bytes))).toBe("bad");
+      }
+      const plain = joinParts(encodeMessage(write()));
+      expect(frameOf(plain).payloadIntact).toBe(true);
+      plain[frameHeaderBytes + 100] = plain[frameHeaderBytes + 100]! ^ 0x10;
+      expect(frameOf(plain).payloadIntact).toBe(false);
+    });
+
+    test("a frame encoded plain and sealed gets its flag and a valid header: the older path still works", () => {
+      const sealer = new FrameSealer(keys.dialerToAcceptor, 3);
+      const bytes = joinParts(sealer.seal(encodeMessage(write())));
+      expect(payloadCrcField(bytes)).not.toBe(0);
+      expect(new FrameOpener(keys.dialerToAcceptor).open(frameOf(bytes))).toBe("ok");
+    });
   });
 
   test("a frame spliced from another session, or sent back the other way, fails", () => {

@@ -74,7 +74,7 @@ describe("the handshake", () => {
     const { harness, a, b } = linkedPair();
     expect(linkUps(a)).toBe(1);
     expect(linkUps(b)).toBe(1);
-    expect(a.core.linkStatus()).toMatchObject({ state: "up", role: "dial", framesTagged: true, version: 2 });
+    expect(a.core.linkStatus()).toMatchObject({ state: "up", role: "dial", framesTagged: true, version: 3 });
     expect(b.core.linkStatus()).toMatchObject({ state: "up", role: "accept", framesTagged: true });
     harness.step(a, { kind: "peerRequest", request: 1, payload: new TextEncoder().encode("describe") });
     harness.run();
@@ -292,9 +292,9 @@ describe("refused with the right code", () => {
     const harness = new LinkHarness();
     const b = harness.node({ nodeId: "b", peerNodeId: "a", connect: "accept" });
     const attacker = harness.attacker("newer");
-    harness.send(harness.attack(attacker, b), bytesOf(forgedHello("a", LinkRole.Dialer, 3, [3, 4])));
+    harness.send(harness.attack(attacker, b), bytesOf(forgedHello("a", LinkRole.Dialer, 4, [4, 5])));
     expect(codes(b)).toEqual(["version"]);
-    expect(refusals(b)[0]!.reason).toMatch(/ours 2\.\.2, peer 3\.\.4/);
+    expect(refusals(b)[0]!.reason).toMatch(/ours 2\.\.3, peer 4\.\.5/);
   });
 
   test("a dialer and a peer that disagree on untagged frames are refused", () => {
