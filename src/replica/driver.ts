@@ -146,8 +146,9 @@ export class ReplicaDriver implements PeerTransportHandler {
     this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientRead", volumeId, request, offset, target }));
   }
 
-  write(volumeId: number, offset: number, data: Uint8Array, fua: boolean, done: Completion): void {
-    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientWrite", volumeId, request, offset, data, fua }));
+  /** `stable`: the caller never changes nor reuses `data` (WriteFlags.stable), so the core keeps it instead of a copy. */
+  write(volumeId: number, offset: number, data: Uint8Array, fua: boolean, done: Completion, stable = false): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientWrite", volumeId, request, offset, data, fua, stable }));
   }
 
   flush(volumeId: number, done: Completion): void {

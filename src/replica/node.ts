@@ -219,7 +219,7 @@ export class NodeCore {
       case "clientRead":
         return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("read", event.request, event.offset, event.target.length, { target: event.target });
       case "clientWrite":
-        return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("write", event.request, event.offset, event.data.length, { data: event.data, fua: event.fua });
+        return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("write", event.request, event.offset, event.data.length, { data: event.data, fua: event.fua, stable: event.stable === true });
       case "clientFlush":
         return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("flush", event.request, 0, 0, {});
       case "clientTrim":

@@ -10,6 +10,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { silentLogger } from "../../src/common/log.ts";
+import { type BlockLayer, PassThroughLayer, type WriteFlags } from "../../src/node/block/layer.ts";
 import { MemoryLayer } from "../../src/node/block/memory.ts";
 import { startNbdServer } from "../../src/node/export/nbd/server.ts";
 import { ClientFlag, Command, CommandFlag, ErrorValue, Option, TransmissionFlag } from "../../src/node/export/nbd/protocol.ts";
@@ -35,7 +36,7 @@ function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-async function serve(volumes: Record<string, { layer: ControlledLayer | MemoryLayer; readOnly?: boolean }>, tcp = false, options: { memoryBudgetBytes?: number; stallTimeoutMs?: number } = {}) {
+async function serve(volumes: Record<string, { layer: BlockLayer; readOnly?: boolean }>, tcp = false, options: { memoryBudgetBytes?: number; stallTimeoutMs?: number } = {}) {
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-nbd-server-"));
   const exports = new TestExports();
   for (const [name, volume] of Object.entries(volumes)) exports.add(name, volume.layer, { readOnly: volume.readOnly });
@@ -56,7 +57,38 @@ function errorOf(promise: Promise<unknown>): Promise<unknown> {
 }
 
 
+/** Keeps every buffer a write hands it, with a copy of what it held then (the mirror keeps stable buffers uncopied). */
+class KeepingLayer extends PassThroughLayer {
+  readonly kind = "keeping";
+  readonly kept: { buffer: Uint8Array; then: Uint8Array; stable: boolean }[] = [];
+  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+    this.kept.push({ buffer: source, then: source.slice(), stable: flags?.stable === true });
+    return super.write(offset, source, flags);
+  }
+}
+
 describe("NBD server", () => {
+  test("a write's payload is handed to the layer as stable, and a kept buffer never changes after its write completed", async () => {
+    const layer = new KeepingLayer(new MemoryLayer(16 * MiB));
+    const { address } = await serve({ vol0: { layer } });
+    const client = await NbdClient.connect(address);
+    // Small writes (views of received chunks or carved from slabs), large ones (gathered across
+    // chunks), many of them in flight, then reads that fill buffers of their own.
+    for (let round = 0; round < 4; round++) {
+      const writes = Array.from({ length: 48 }, (_, index) => {
+        const length = index % 6 === 0 ? 512 * 1024 : 4096 * (1 + (index % 3));
+        return client.write((index * 640 * 1024) % (15 * MiB), pattern(length, round * 100 + index + 1));
+      });
+      await Promise.all(writes);
+      await Promise.all(Array.from({ length: 16 }, (_, index) => client.read(index * 8192, 64 * 1024)));
+    }
+    expect(layer.kept.length).toBe(4 * 48);
+    expect(layer.kept.every((write) => write.stable)).toBe(true);
+    const changed = layer.kept.filter((write) => !Buffer.from(write.buffer).equals(Buffer.from(write.then)));
+    expect(changed.length).toBe(0);
+    await client.disconnect();
+  }, 60_000);
+
   test("writes through one connection read back through another; FLUSH reaches the layer", async () => {
     const layer = new ControlledLayer(new MemoryLayer(16 * MiB));
     const { address } = await serve({ vol0: { layer } });

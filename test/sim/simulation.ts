@@ -662,8 +662,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       // A guest may reuse the buffer while the write is in flight (no stable pages): once the
       // write was submitted, its bytes change under it.
       const mutateAfterUs = mix.mutateBuffers && workloadRandom.chance(0.5) ? workloadRandom.range(0, 3000) : undefined;
+      // A write whose buffer nothing changes is handed over as stable (as the NBD server does)
+      // every other time, so both admission paths run; decided without a draw, so seeds replay.
+      const stable = mutateAfterUs === undefined && record.id % 2 === 0;
       gate.enter(() => {
-        driver.write(volumeId, offset, data, fua, done);
+        driver.write(volumeId, offset, data, fua, done, stable);
         if (mutateAfterUs !== undefined) scheduler.after(mutateAfterUs, () => data.fill(0xa5, 16, 80));
       });
     },

@@ -11,6 +11,9 @@ import { assert } from "../../common/assert.ts";
 import { BlockError } from "../../common/errors.ts";
 import { type BlockCapabilities, type BlockLayer, PassThroughLayer, type WriteFlags, type ZeroFlags } from "./layer.ts";
 
+/** The flags of a plain write whose buffer is stable (one object, not one per write). */
+const stableOnly: WriteFlags = Object.freeze({ stable: true });
+
 /** Largest zero-filled buffer an emulated zero writes at once. */
 const zeroChunkBytes = 1024 * 1024;
 
@@ -23,9 +26,10 @@ export class EmulatingLayer extends PassThroughLayer {
   }
 
   override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+    const stable = flags?.stable === true;
     // Most writes are not FUA: straight down, without the closure and the async frame of durably.
-    if (flags?.fua !== true) return this.below.write(offset, source);
-    return this.durably(true, (fua) => this.below.write(offset, source, fua ? { fua } : undefined));
+    if (flags?.fua !== true) return this.below.write(offset, source, stable ? stableOnly : undefined);
+    return this.durably(true, (fua) => this.below.write(offset, source, fua ? { fua, stable } : stable ? stableOnly : undefined));
   }
 
   override flush(): Promise<void> {

@@ -33,6 +33,12 @@ export interface BlockCapabilities {
 export interface WriteFlags {
   /** Force unit access: durable before completion. */
   fua?: boolean;
+  /**
+   * The caller's buffer is its own and stays as it is (it is never changed nor reused, even after
+   * the write completes): a layer may keep it, or a view of it, instead of copying it. The NBD
+   * server's payload buffers are; guest memory (vhost-user-blk) never is.
+   */
+  stable?: boolean;
 }
 
 export interface ZeroFlags extends WriteFlags {

@@ -46,7 +46,7 @@ export class MirrorLayer implements BlockLayer {
   }
 
   write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
-    return new Promise((resolve, reject) => this.driver.write(this.volumeId, offset, source, flags?.fua === true, completion(resolve, reject)));
+    return new Promise((resolve, reject) => this.driver.write(this.volumeId, offset, source, flags?.fua === true, completion(resolve, reject), flags?.stable === true));
   }
 
   flush(): Promise<void> {

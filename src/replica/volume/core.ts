@@ -16,7 +16,7 @@ import { type Message } from "../wire.ts";
 import { formatGeneration } from "../generations.ts";
 import { type Parts, VolumeContext, type VolumeHost } from "./context.ts";
 import { VolumeLifecycle } from "./lifecycle.ts";
-import type { OpKind, PendingIo } from "./model.ts";
+import type { ClientFields, OpKind, PendingIo } from "./model.ts";
 import { Negotiation } from "./negotiation.ts";
 import { PeerService } from "./peer-service.ts";
 import { Persistence } from "./persistence.ts";
@@ -92,7 +92,7 @@ export class VolumeCore implements Parts {
     this.writes.pump();
   }
 
-  clientRequest(kind: OpKind, request: number, offset: number, length: number, fields: { data?: Uint8Array; target?: Uint8Array; fua?: boolean; noHole?: boolean }): void {
+  clientRequest(kind: OpKind, request: number, offset: number, length: number, fields: ClientFields): void {
     this.writes.clientRequest(kind, request, offset, length, fields);
   }
 

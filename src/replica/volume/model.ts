@@ -9,6 +9,16 @@ import type { BitRun } from "../model.ts";
 
 export type OpKind = "read" | "write" | "trim" | "zero" | "flush";
 
+/** What a client request brings besides its kind and range. */
+export interface ClientFields {
+  data?: Uint8Array;
+  target?: Uint8Array;
+  fua?: boolean;
+  noHole?: boolean;
+  /** `data` is never changed nor reused by the caller: kept as it is, not copied at admission. */
+  stable?: boolean;
+}
+
 /** A client request on this node (through the export above the mirror). */
 export interface ClientOp {
   source: "client";

@@ -11,7 +11,7 @@ import { noGeneration } from "../generations.ts";
 import type { IoError } from "../types.ts";
 import { type Message, MessageType, WireStatus } from "../wire.ts";
 import type { Parts } from "./context.ts";
-import type { BarrierPurpose, ClientOp, OpKind, PeerOp, PendingIo, PendingRequest, QueuedOp } from "./model.ts";
+import type { BarrierPurpose, ClientFields, ClientOp, OpKind, PeerOp, PendingIo, PendingRequest, QueuedOp } from "./model.ts";
 import { DataState } from "../model.ts";
 
 export function errorToStatus(error: IoError | null): WireStatus {
@@ -57,7 +57,7 @@ export class WritePath {
 
   // ---------------------------------------------------------------- admission
 
-  clientRequest(kind: OpKind, request: number, offset: number, length: number, fields: { data?: Uint8Array; target?: Uint8Array; fua?: boolean; noHole?: boolean }): void {
+  clientRequest(kind: OpKind, request: number, offset: number, length: number, fields: ClientFields): void {
     const context = this.v.context;
     if (this.v.lifecycle.refusesRequests) {
       context.emit({ kind: "complete", request, error: "ESHUTDOWN", message: "volume is closing" });
@@ -83,8 +83,9 @@ export class WritePath {
       length,
       // One copy at admission: a guest may change its buffer while the write is in flight (virtio
       // has no stable pages), and the local disk and the peer read it at different times. From
-      // here on both take their bytes from this copy, which nothing changes.
-      data: context.config.bugs.shareClientBuffer ? fields.data : fields.data?.slice(),
+      // here on both take their bytes from this copy, which nothing changes. A caller whose
+      // buffer is stable (never changed nor reused: the NBD server's) hands over the buffer itself.
+      data: context.config.bugs.shareClientBuffer || fields.stable === true ? fields.data : fields.data?.slice(),
       target: fields.target,
       fua: fields.fua === true,
       noHole: !trim && fields.noHole === true,

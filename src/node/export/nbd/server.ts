@@ -552,7 +552,9 @@ class Connection {
         return layer.read(io.offset, io.target);
       case "write":
         checkWritable(handle, layer, io.offset, io.data.length, "write");
-        return emulating(layer).write(io.offset, io.data, { fua: io.fua });
+        // A payload buffer is this server's alone and never reused (AlignedBuffers, or a view of
+        // a received chunk): the mirror keeps it rather than copying it.
+        return emulating(layer).write(io.offset, io.data, { fua: io.fua, stable: true });
       case "flush":
         return emulating(layer).flush();
       case "trim":
