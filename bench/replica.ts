@@ -37,6 +37,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { freeLoopbackPorts } from "../src/common/ports.ts";
 import { parseSize } from "../src/common/size.ts";
 import { cliEntry, runCli } from "../test/helpers/daemon.ts";
 import { median } from "./stats.ts";
@@ -250,20 +251,12 @@ async function startTandemUnmirrored(): Promise<System> {
   return { name: "tandem-unmirrored", uri, processes: { node: daemon.pid } };
 }
 
-/** A TCP port nothing listens on now, on loopback (the kernel picks it; freed at once for the peer to take). */
-function freeLoopbackPort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
-}
-
 /** Where a QEMU anchor's NBD client finds its peer: a loopback TCP port (default) or a unix socket. */
 type PeerAddress = { kind: "tcp"; port: number } | { kind: "unix"; socket: string };
 
 /** A qemu-storage-daemon serving `file` as export "disk" (page cache): a peer of the QEMU anchors. */
 async function startQsdPeer(name: string, file: string): Promise<{ pid: number; address: PeerAddress }> {
-  const address: PeerAddress = anchorLink === "tcp" ? { kind: "tcp", port: freeLoopbackPort() } : { kind: "unix", socket: path.join(dir, `${name}.sock`) };
+  const address: PeerAddress = anchorLink === "tcp" ? { kind: "tcp", port: freeLoopbackPorts(1)[0]! } : { kind: "unix", socket: path.join(dir, `${name}.sock`) };
   const peer = spawn(name, [
     "qemu-storage-daemon",
     "--blockdev", `driver=file,node-name=file0,filename=${file},cache.direct=off,aio=threads`,

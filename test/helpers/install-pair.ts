@@ -4,9 +4,9 @@
 // per node (fake-systemctl.ts) that starts the real daemon when the install enables the unit.
 // `cleanup` stops those daemons (by pid) and removes the directory.
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { freeLoopbackPorts } from "../../src/common/ports.ts";
 import { writeFakeSystemctl, type FakeSystemctl } from "./fake-systemctl.ts";
 
 export interface InstallNode {
@@ -30,24 +30,11 @@ export interface InstallPair {
   cleanup(): Promise<void>;
 }
 
-/** Free loopback ports (bound by the kernel's choice, then released). */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<net.Server>((resolve) => {
-      const server = net.createServer();
-      server.listen({ host: "127.0.0.1", port: 0 }, () => resolve(server));
-    })),
-  );
-  const ports = servers.map((server) => (server.address() as net.AddressInfo).port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
-}
-
 export async function installPair(prefix = "tandem-install-"): Promise<InstallPair> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   const witness = path.join(dir, "witness.img");
   fs.writeFileSync(witness, new Uint8Array(1024 * 1024), { mode: 0o600 });
-  const ports = await freePorts(2);
+  const ports = freeLoopbackPorts(2);
   const node = (name: string, port: number): InstallNode => {
     const base = path.join(dir, name);
     fs.mkdirSync(base, { recursive: true, mode: 0o700 });

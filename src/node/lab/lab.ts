@@ -9,6 +9,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
+import { freeLoopbackPorts } from "../../common/ports.ts";
 import { ControlClient } from "../control/client.ts";
 import type { VolumeView } from "../volumes.ts";
 import { defaultQuorumTiming } from "../../quorum/config.ts";
@@ -100,14 +101,6 @@ function labProcessAlive(pid: number | null, configPath: string): boolean {
   } catch {
     return true;
   }
-}
-
-/** Free loopback TCP ports, found by binding port 0 (the kernel picks) and releasing them. */
-function freePorts(count: number): number[] {
-  const listeners = Array.from({ length: count }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
-  const ports = listeners.map((listener) => listener.port);
-  for (const listener of listeners) listener.stop(true);
-  return ports;
 }
 
 function writeNodeConfig(dir: string, node: string, lab: LabFile): void {
@@ -307,7 +300,7 @@ export async function labUp(dir: string, progress: (step: string) => void = () =
   const labFile = path.join(dir, "lab.json");
   if (!fs.existsSync(labFile)) {
     progress("writing node configs");
-    const ports = freePorts(labNodeNames.length * 2);
+    const ports = freeLoopbackPorts(labNodeNames.length * 2);
     const lab: LabFile = {
       version: 2,
       nodes: [...labNodeNames],
