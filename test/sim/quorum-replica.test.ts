@@ -10,17 +10,13 @@
 // volumes without fence evidence (which needs a peer that is paused while it holds the lease).
 import { describe, expect, test } from "bun:test";
 import { type CombinedBug, runCombined } from "./quorum-replica.ts";
+import { seedBatches } from "./seed-batches.ts";
 
 const seeds = Number(process.env.TANDEM_QUORUM_REPLICA_SEEDS ?? 2000);
 const from = Number(process.env.TANDEM_QUORUM_REPLICA_FROM ?? 1);
-const batches = Math.max(1, Math.min(10, Math.ceil(seeds / 200)));
-const batchSize = Math.ceil(seeds / batches);
 
 describe(`quorum and replica cores together: ${seeds} seeds from ${from}`, () => {
-  for (let batch = 0; batch < batches; batch++) {
-    const first = from + batch * batchSize;
-    const count = Math.min(batchSize, from + seeds - first);
-    if (count <= 0) continue;
+  for (const { first, count } of seedBatches(seeds, from)) {
     test(`seeds ${first}..${first + count - 1}: one writer per volume, no acknowledged write lost, only holders win, converged and identical`, () => {
       const started = performance.now();
       const failing: string[] = [];

@@ -7,17 +7,13 @@
 import { describe, expect, test } from "bun:test";
 import type { QuorumBugs } from "../../src/quorum/lease.ts";
 import { runQuorumSeeds } from "./quorum-simulation.ts";
+import { seedBatches } from "./seed-batches.ts";
 
 const seeds = Number(process.env.TANDEM_QUORUM_SIM_SEEDS ?? 2000);
 const from = Number(process.env.TANDEM_QUORUM_SIM_FROM ?? 1);
-const batches = Math.max(1, Math.min(10, Math.ceil(seeds / 200)));
-const batchSize = Math.ceil(seeds / batches);
 
 describe(`the witness quorum under faults: ${seeds} seeds from ${from}`, () => {
-  for (let batch = 0; batch < batches; batch++) {
-    const first = from + batch * batchSize;
-    const count = Math.min(batchSize, from + seeds - first);
-    if (count <= 0) continue;
+  for (const { first, count } of seedBatches(seeds, from)) {
     test(`seeds ${first}..${first + count - 1}: every rule holds and the pair converges`, () => {
       const summary = runQuorumSeeds({ from: first, count });
       console.log(`quorum sim: seeds ${first}..${first + count - 1} in ${summary.seconds.toFixed(1)} s (${(count / summary.seconds).toFixed(0)} seeds/s, ${(summary.events / summary.seconds / 1000).toFixed(0)}k events/s)`);
