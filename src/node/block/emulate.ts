@@ -26,10 +26,10 @@ export class EmulatingLayer extends PassThroughLayer {
   }
 
   override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
-    const stable = flags?.stable === true;
-    // Most writes are not FUA: straight down, without the closure and the async frame of durably.
-    if (flags?.fua !== true) return this.below.write(offset, source, stable ? stableOnly : undefined);
-    return this.durably(true, (fua) => this.below.write(offset, source, fua ? { fua, stable } : stable ? stableOnly : undefined));
+    // Most writes are not FUA: straight down with the caller's flags, without the closure and the
+    // async frame of durably. A FUA write the layer below cannot do keeps only `stable`.
+    if (flags?.fua !== true) return this.below.write(offset, source, flags);
+    return this.durably(true, (fua) => this.below.write(offset, source, fua ? flags : flags.stable ? stableOnly : undefined));
   }
 
   override flush(): Promise<void> {

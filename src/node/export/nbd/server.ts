@@ -293,7 +293,7 @@ class SharedResources {
   }
 
   /** Garbage that triggers a collection now: see `dropped`. */
-  garbageThresholdBytes(): number {
+  private garbageThresholdBytes(): number {
     const free = Math.max(0, this.budgetBytes - this.budget.usedBytes);
     return Math.max(this.budgetBytes * nbdGarbageBudgetFraction, free / 2);
   }
