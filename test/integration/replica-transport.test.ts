@@ -7,6 +7,9 @@
 // every chunk until the end, so a runtime (or a transport) that reused a receive buffer fails it.
 import { afterEach, expect, test } from "bun:test";
 import { silentLogger } from "../../src/common/log.ts";
+import { MemoryLayer } from "../../src/node/block/memory.ts";
+import { PassThroughLayer, type WriteFlags, type ZeroFlags } from "../../src/node/block/layer.ts";
+import { BlockLayerStorage } from "../../src/node/replica/io-adapters.ts";
 import { TcpPeerTransport } from "../../src/node/replica/tcp-transport.ts";
 import type { PeerTransportHandler } from "../../src/replica/io.ts";
 import { until } from "../helpers/until.ts";
@@ -68,4 +71,50 @@ test("parts sent over many turns arrive whole and in order, also when the kernel
   const received = Buffer.concat(acceptor.state.received);
   const firstDifference = sent.findIndex((byte, index) => byte !== received[index]);
   expect(firstDifference).toBe(-1);
+});
+
+test("a write issued after a send in the same turn starts once the send is in the socket (the peer's half overlaps the local one)", async () => {
+  const acceptor = recorder();
+  const listening = new TcpPeerTransport({ listen: { hostname: "127.0.0.1", port: 0 }, peer: { hostname: "127.0.0.1", port: 1 }, log: silentLogger });
+  transports.push(listening);
+  listening.attach(acceptor.handler);
+  listening.listen();
+  const dialer = recorder();
+  const dialling = new TcpPeerTransport({ listen: undefined, peer: { hostname: "127.0.0.1", port: listening.listenPort! }, log: silentLogger });
+  transports.push(dialling);
+  dialling.attach(dialer.handler);
+  dialling.dial();
+  const connection = await until("the dialer connected", () => dialer.state.connections[0]);
+
+  // What the replica driver does for a mirrored write, in one turn: the core's send, then its local
+  // write. The layer notes, as each IO starts, how many bytes of the turn were still held back.
+  const heldBack: Record<string, number> = {};
+  class Watching extends PassThroughLayer {
+    readonly kind = "watching";
+    override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+      heldBack.write = dialling.gatheredBytes(connection);
+      return super.write(offset, source, flags);
+    }
+    override trim(offset: number, length: number, flags?: WriteFlags): Promise<void> {
+      heldBack.trim = dialling.gatheredBytes(connection);
+      return super.trim(offset, length, flags);
+    }
+    override zero(offset: number, length: number, flags?: ZeroFlags): Promise<void> {
+      heldBack.zero = dialling.gatheredBytes(connection);
+      return super.zero(offset, length, flags);
+    }
+  }
+  const storage = new BlockLayerStorage(new Watching(new MemoryLayer(1 << 20)));
+  const finished: (string | null)[] = [];
+  const frame = part(1, 0, 4096 + 64);
+  dialling.send(connection, [frame]);
+  storage.write(0, part(2, 0, 4096), false, (error) => finished.push(error));
+  dialling.send(connection, [frame]);
+  storage.trim(4096, 4096, false, (error) => finished.push(error));
+  dialling.send(connection, [frame]);
+  storage.zero(8192, 4096, false, false, (error) => finished.push(error));
+  expect(dialling.gatheredBytes(connection)).toBe(3 * frame.length); // nothing has started yet
+  await until("the three IOs finished", () => finished.length === 3);
+  expect({ heldBack, finished }).toEqual({ heldBack: { write: 0, trim: 0, zero: 0 }, finished: [null, null, null] });
+  await until("the frames arrived", () => acceptor.state.bytes === 3 * frame.length);
 });

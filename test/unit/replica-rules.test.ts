@@ -145,6 +145,23 @@ describe("the data path (DESIGN.md §3)", () => {
     expect({ error: write.error, mirrored: write.info?.mirrored }).toEqual({ error: null, mirrored: true });
   });
 
+  test("a mirrored write goes to the peer before the primary starts its own copy (the two halves overlap)", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 3)); // the activity log covers block 3 from here: the next write starts at once
+    // Each time a's data disk is asked to write, note how many Write messages for block 3 a has sent.
+    const disk = scenario.disk("a");
+    const write = disk.write.bind(disk);
+    const sentBeforeLocal: number[] = [];
+    disk.write = (offset, data, fua, done) => {
+      if (offset === 3 * blockBytes) sentBeforeLocal.push(scenario.sent("a", MessageType.Write).filter((message) => message.type === MessageType.Write && message.offset === offset).length);
+      write(offset, data, fua, done);
+    };
+    scenario.complete(scenario.write("a", 3));
+    // The first write of block 3 was sent earlier; the second was sent too before a started writing it.
+    expect(sentBeforeLocal).toEqual([2]);
+  });
+
   test("overlapping writes in flight are applied in the same order on both nodes", () => {
     const scenario = new Scenario({ networkLatencyUs: 2000 });
     scenario.waitSynced();

@@ -31,17 +31,24 @@ export class BlockLayerStorage implements BlockStorage {
   read(offset: number, target: Uint8Array, done: IoCallback): void {
     settle(this.layer.read(offset, target), done);
   }
+  /**
+   * Writes, trims and zeroes start after what this turn has already queued to run next, among it
+   * the replication link's flush of this turn's sends (TcpPeerTransport.send): the core sends a
+   * mirrored write to the peer before it issues the local copy, and a page-cache write is a
+   * synchronous pwrite, which would otherwise hold the frame back for its whole duration. So the
+   * peer decodes, writes and answers while this node writes its own copy.
+   */
   write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void {
-    settle(this.layer.write(offset, data, { fua }), done);
+    queueMicrotask(() => settle(this.layer.write(offset, data, { fua }), done));
   }
   flush(done: IoCallback): void {
     settle(this.layer.flush(), done);
   }
   trim(offset: number, length: number, fua: boolean, done: IoCallback): void {
-    settle(this.layer.trim(offset, length, { fua }), done);
+    queueMicrotask(() => settle(this.layer.trim(offset, length, { fua }), done));
   }
   zero(offset: number, length: number, fua: boolean, noHole: boolean, done: IoCallback): void {
-    settle(this.layer.zero(offset, length, { fua, noHole }), done);
+    queueMicrotask(() => settle(this.layer.zero(offset, length, { fua, noHole }), done));
   }
 }
 

@@ -95,6 +95,13 @@ export class TcpPeerTransport implements PeerTransport {
     if (first && data.pending.length > 0) queueMicrotask(() => this.flush(socket));
   }
 
+  /** Bytes sent on `connection` this turn and not yet handed to the socket (they go when the turn's synchronous work ends). */
+  gatheredBytes(connection: number): number {
+    let bytes = 0;
+    for (const part of this.sockets.get(connection)?.data.pending ?? []) bytes += part.length;
+    return bytes;
+  }
+
   private flush(socket: Socket<ConnectionData>): void {
     const data = socket.data;
     const parts = data.pending;

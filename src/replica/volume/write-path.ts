@@ -265,24 +265,26 @@ export class WritePath {
     context.activityLog.acquire(op.offset, op.length);
     op.activityHeld = true;
     this.running.add(op);
+    if (mirror) {
+      // The peer's half goes out before the local half starts: the driver performs actions in
+      // order, so the peer's decode, write and answer run while this node writes its own copy
+      // (CPU, or a disk's latency), instead of after it.
+      op.mirrored = true;
+      op.peerPending = true;
+      // A resync target that writes (a primary whose own data is incomplete) cannot take back from the
+      // peer a write the peer lost in a crash: a resync would copy the peer's older data over it. So
+      // the peer makes each such write durable before it answers.
+      const peerFua = op.fua || context.dataState !== DataState.Consistent;
+      const request: PendingRequest = { kind: "write", requestId: context.requestId(), op, peerFua };
+      context.expect(request);
+      context.send(this.requestMessage(request));
+    }
     const volumeId = context.volumeId;
     const pending: PendingIo = { kind: "clientWrite", op };
     if (op.kind === "write") context.issue({ kind: "storageWrite", volumeId, io: 0, offset: op.offset, data: op.data!, fua: op.fua }, pending);
     else if (op.kind === "trim") context.issue({ kind: "storageTrim", volumeId, io: 0, offset: op.offset, length: op.length, fua: op.fua }, pending);
     else context.issue({ kind: "storageZero", volumeId, io: 0, offset: op.offset, length: op.length, fua: op.fua, noHole: op.noHole }, pending);
-    if (!mirror) {
-      this.markDirty(op.offset, op.length);
-      return;
-    }
-    op.mirrored = true;
-    op.peerPending = true;
-    // A resync target that writes (a primary whose own data is incomplete) cannot take back from the
-    // peer a write the peer lost in a crash: a resync would copy the peer's older data over it. So
-    // the peer makes each such write durable before it answers.
-    const peerFua = op.fua || context.dataState !== DataState.Consistent;
-    const request: PendingRequest = { kind: "write", requestId: context.requestId(), op, peerFua };
-    context.expect(request);
-    context.send(this.requestMessage(request));
+    if (!mirror) this.markDirty(op.offset, op.length);
   }
 
   /** The local part of a client write is done. */
