@@ -142,8 +142,39 @@ export class ReplicaDriver implements PeerTransportHandler {
     }, (request) => ({ kind: "closeVolume", volumeId, request }));
   }
 
+  /**
+   * A read the core would serve from the local replica at once (NodeCore.readsLocally) goes to the
+   * local storage directly: no request, event or completion action through the core, which has
+   * nothing to order or record for it. Only between events (none queued: a grant or a link change
+   * waiting to be handled could change the answer). A failed local read goes to the core with its
+   * error, which reports it and asks the peer, as when its own read fails.
+   */
   read(volumeId: number, offset: number, target: Uint8Array, done: Completion): void {
-    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientRead", volumeId, request, offset, target }));
+    if (!this.readsLocally(volumeId, offset, target.length)) return this.coreRead(volumeId, offset, target, done);
+    const request = this.nextRequest++;
+    this.volumes.get(volumeId)!.storage.read(offset, target, (error) => {
+      if (error) return this.readAfterLocalError(volumeId, offset, target, error, done);
+      this.options.observer?.completed?.(volumeId, request, null, undefined, undefined);
+      done(null, { mirrored: undefined, epoch: undefined });
+    });
+  }
+
+  /**
+   * A client read of the range would be served from the local replica now (NodeCore.readsLocally,
+   * asked between events only), so the caller may read the local storage itself: read() does, and
+   * the mirror layer reads the layer below it.
+   */
+  readsLocally(volumeId: number, offset: number, length: number): boolean {
+    return !this.stopped && !this.draining && this.events.length === 0 && this.volumes.has(volumeId) && this.core.readsLocally(volumeId, offset, length);
+  }
+
+  /** A local read made after readsLocally failed: the core reports it and asks the peer (or fails the read). */
+  readAfterLocalError(volumeId: number, offset: number, target: Uint8Array, error: IoError, done: Completion): void {
+    this.coreRead(volumeId, offset, target, done, error);
+  }
+
+  private coreRead(volumeId: number, offset: number, target: Uint8Array, done: Completion, localError?: IoError): void {
+    this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientRead", volumeId, request, offset, target, localError }));
   }
 
   /** `stable`: the caller never changes nor reuses `data` (WriteFlags.stable), so the core keeps it instead of a copy. */

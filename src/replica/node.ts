@@ -160,6 +160,11 @@ export class NodeCore {
     return this.volumes.get(volumeId)?.status();
   }
 
+  /** A client read of the volume's range would be served from the local replica at once (a query: nothing changes). */
+  readsLocally(volumeId: number, offset: number, length: number): boolean {
+    return this.volumes.get(volumeId)?.readsLocally(offset, length) ?? false;
+  }
+
   /** A volume's IO and peer requests in flight, by kind (for tests and diagnostics). */
   volumePending(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
     return this.volumes.get(volumeId)?.pending();
@@ -217,7 +222,7 @@ export class NodeCore {
         return;
       }
       case "clientRead":
-        return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("read", event.request, event.offset, event.target.length, { target: event.target });
+        return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("read", event.request, event.offset, event.target.length, { target: event.target, localError: event.localError });
       case "clientWrite":
         return this.volumeOrFail(event.volumeId, event.request)?.clientRequest("write", event.request, event.offset, event.data.length, { data: event.data, fua: event.fua, stable: event.stable === true });
       case "clientFlush":

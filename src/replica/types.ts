@@ -29,7 +29,7 @@ export type CoreEvent =
   | { kind: "dialFailed"; reason: string }
   | { kind: "data"; connection: number; bytes: Uint8Array }
   | { kind: "closed"; connection: number; reason: string }
-  | { kind: "clientRead"; volumeId: number; request: number; offset: number; target: Uint8Array }
+  | { kind: "clientRead"; volumeId: number; request: number; offset: number; target: Uint8Array; localError?: IoError }
   | { kind: "clientWrite"; volumeId: number; request: number; offset: number; data: Uint8Array; fua: boolean; stable?: boolean }
   | { kind: "clientFlush"; volumeId: number; request: number }
   | { kind: "clientTrim"; volumeId: number; request: number; offset: number; length: number; fua: boolean }

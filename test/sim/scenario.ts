@@ -560,6 +560,11 @@ export class Scenario {
     return this.node(name).disks.get(volumeId)!.meta;
   }
 
+  /** A volume's IO and peer requests in flight on a node, as its core counts them, by kind. */
+  inFlight(name: NodeName, volumeId = this.volumeIds[0]!): { io: Record<string, number>; requests: Record<string, number> } | undefined {
+    return this.node(name).driver?.inFlight(volumeId);
+  }
+
   status(name: NodeName, volumeId = this.volumeIds[0]!): VolumeStatus | undefined {
     const node = this.node(name);
     return node.alive ? node.driver?.status(volumeId) : undefined;

@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import type { ReplicaReport } from "../../src/replica/types.ts";
 import { MessageType } from "../../src/replica/wire.ts";
-import { blockBytes } from "../sim/oracle.ts";
+import { blockBytes, identifyBlock } from "../sim/oracle.ts";
 import { type FormatChoice, type NodeName, Scenario, sharedGeneration as G } from "../sim/scenario.ts";
 
 const H1 = 0x1111n;
@@ -207,6 +207,31 @@ describe("the data path (DESIGN.md §3)", () => {
     const clean = scenario.complete(scenario.read("b", 4));
     expect(clean.error).toBeNull();
     expect(scenario.sent("b", MessageType.ReadRequest).length).toBe(before + 1); // served locally
+  });
+
+  test("a read that fails on the local disk is reported and served by the peer", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    const write = scenario.complete(scenario.write("a", 6));
+    scenario.disk("a").inject({ op: "read", offset: 6 * blockBytes, length: blockBytes, error: "EIO" });
+    const before = scenario.sent("a", MessageType.ReadRequest).length;
+    const read = scenario.complete(scenario.read("a", 6));
+    expect({ error: read.error, block: identifyBlock(read.data!, 1, 6) }).toEqual({ error: null, block: { kind: "write", id: write.tag } });
+    expect(scenario.sent("a", MessageType.ReadRequest).length).toBe(before + 1);
+    expect(scenario.reportsOf("a", "ioError").map((report) => (report as { what: string }).what)).toEqual([`read ${6 * blockBytes}+${blockBytes}`]);
+  });
+
+  test("a read of data the primary holds goes to its disk without a request through the core", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    const write = scenario.complete(scenario.write("a", 2));
+    const readsBefore = scenario.disk("a").counters.reads;
+    const read = scenario.read("a", 2);
+    // The disk read started at once, and the core has no IO of its own for it.
+    expect({ diskReads: scenario.disk("a").counters.reads - readsBefore, coreIo: scenario.inFlight("a")?.io }).toEqual({ diskReads: 1, coreIo: {} });
+    scenario.complete(read);
+    expect({ error: read.error, block: identifyBlock(read.data!, 1, 2) }).toEqual({ error: null, block: { kind: "write", id: write.tag } });
+    // Where the replica is not valid, reads still go through the core: the resync test above.
   });
 
   test("while the peer is away, writes mark the dirty bitmap; on its return only those regions move", () => {

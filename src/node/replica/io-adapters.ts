@@ -7,7 +7,8 @@ import type { IoError } from "../../replica/types.ts";
 import { emulating } from "../block/emulate.ts";
 import type { BlockLayer } from "../block/layer.ts";
 
-function ioErrorOf(error: unknown): IoError {
+/** The replica core's IO error for what a BlockLayer threw. */
+export function ioErrorOf(error: unknown): IoError {
   if (error instanceof BlockError) return error.code;
   const code = (error as { code?: string })?.code;
   const known: BlockErrorCode[] = ["EIO", "ENOSPC", "EINVAL", "EPERM", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN"];

@@ -7,6 +7,7 @@
 import { BlockError } from "../../common/errors.ts";
 import type { BlockCapabilities, BlockLayer, Extent, WriteFlags, ZeroFlags } from "../block/layer.ts";
 import type { Completion, ReplicaDriver } from "../../replica/driver.ts";
+import { ioErrorOf } from "./io-adapters.ts";
 
 function completion(resolve: () => void, reject: (error: Error) => void): Completion {
   return (error) => (error ? reject(error) : resolve());
@@ -41,7 +42,18 @@ export class MirrorLayer implements BlockLayer {
     };
   }
 
+  /**
+   * A read the replica would serve from this node's copy goes to the layer below at once, as on an
+   * unmirrored volume (ReplicaDriver.readsLocally); if that fails, the driver reports it and asks
+   * the peer. Other reads (a region this node is still receiving in a resync, a frozen grant, a
+   * stale secondary) take the driver's way.
+   */
   read(offset: number, target: Uint8Array): Promise<void> {
+    if (this.driver.readsLocally(this.volumeId, offset, target.length)) {
+      return this.local.read(offset, target).catch(
+        (error) => new Promise<void>((resolve, reject) => this.driver.readAfterLocalError(this.volumeId, offset, target, ioErrorOf(error), completion(resolve, reject))),
+      );
+    }
     return new Promise((resolve, reject) => this.driver.read(this.volumeId, offset, target, completion(resolve, reject)));
   }
 

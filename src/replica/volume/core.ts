@@ -63,6 +63,11 @@ export class VolumeCore implements Parts {
     this.lifecycle.close(request);
   }
 
+  /** A client read of the range would be served locally at once (WritePath.readsLocally). */
+  readsLocally(offset: number, length: number): boolean {
+    return this.writes.readsLocally(offset, length);
+  }
+
   setGrant(grant: Grant): void {
     const before = this.context.grant;
     this.context.grant = grant;

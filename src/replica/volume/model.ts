@@ -17,6 +17,8 @@ export interface ClientFields {
   noHole?: boolean;
   /** `data` is never changed nor reused by the caller: kept as it is, not copied at admission. */
   stable?: boolean;
+  /** A read the driver already tried on the local replica, and how it failed (ReplicaDriver.read). */
+  localError?: IoError;
 }
 
 /** A client request on this node (through the export above the mirror). */

@@ -90,7 +90,7 @@ export class WritePath {
       fua: fields.fua === true,
       noHole: !trim && fields.noHole === true,
       localDone: false,
-      localError: null,
+      localError: fields.localError ?? null,
       peerPending: false,
       peerError: false,
       mirrored: false,
@@ -113,6 +113,23 @@ export class WritePath {
     if (round && round.stage.kind === "exchange") return false;
     const { first, last } = context.granules(offset, length);
     return !context.bitmap.anySet(first, last);
+  }
+
+  /**
+   * Whether a client read of [offset, offset+length) would be served from the local replica at once
+   * if it arrived now: the volume serves, its grant is not frozen (a frozen grant holds every
+   * request, reads too), this node is the primary or a replicating secondary, and its data is valid
+   * for the range (startRead's conditions). Reads wait for nothing else in the queue, so the driver
+   * then reads the local storage itself, without a request through the core (a pure query: nothing
+   * changes). A range outside the volume says false: the core's path answers it with EINVAL.
+   */
+  readsLocally(offset: number, length: number): boolean {
+    const context = this.v.context;
+    if (!this.v.lifecycle.serving || this.v.lifecycle.refusesRequests || context.grant.kind === "frozen") return false;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > context.sizeBytes) return false;
+    const negotiation = this.v.negotiation;
+    if (!context.mayWrite && !(negotiation.linkUp && negotiation.phase.kind === "replicating")) return false;
+    return this.localValid(offset, length);
   }
 
   /** Start what can start, in order; overlapping operations keep their arrival order. */
@@ -489,6 +506,11 @@ export class WritePath {
       if (negotiation.linkUp && phase === "negotiating") return "wait";
       this.completeClient(op, "EIO", "this node is not the primary and is not in sync with it: its data may be stale");
       return "done";
+    }
+    // The driver read the local replica already and it failed: as if this node's read had.
+    if (op.localError) {
+      this.clientReadDone(op, op.localError);
+      return "started";
     }
     if (this.localValid(op.offset, op.length)) {
       context.issue({ kind: "storageRead", volumeId: context.volumeId, io: 0, offset: op.offset, target: op.target! }, { kind: "clientRead", op });
