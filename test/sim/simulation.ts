@@ -268,6 +268,16 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   const rotted = new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()]));
   /** Blocks rot struck on a (verify may copy that rot to b): excused in the final images. */
   const rotEver = new Map<number, Set<number>>(volumeIds.map((id) => [id, new Set()]));
+  /**
+   * Blocks rot struck on each node. The node that copies to its peer (a resync source, a verify
+   * that repairs: the primary, which flips) copies its rot with the data, and both then hold it.
+   */
+  const rotOn = new Map<number, Map<string, Set<number>>>(volumeIds.map((id) => [id, new Map()]));
+  const rotCopiedFrom = (volumeId: number, name: string, blocks?: Iterable<number>) => {
+    const struck = rotOn.get(volumeId)!.get(name);
+    if (!struck) return;
+    for (const block of blocks ?? struck) if (struck.has(block)) rotEver.get(volumeId)!.add(block);
+  };
   /** When rot last struck each block. */
   const rotTimes = new Map<number, Map<number, number>>(volumeIds.map((id) => [id, new Map()]));
 
@@ -358,6 +368,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (report.decision === "splitBrain") stats.splitBrains!++;
       if (report.decision === "primaryWouldBeTarget") stats.servingTargetsRefused!++;
     } else if (report.kind === "resyncStarted") {
+      if (report.sourceIsLocal) rotCopiedFrom(report.volumeId, node.name);
       if (report.sourceIsLocal) resyncSourceMarks.set(`${node.name}:${report.volumeId}`, { written: node.disks.get(report.volumeId)!.data.writesCompleted, peerDurable: nodes.get(peerOf(node.name))!.disks.get(report.volumeId)!.data.durable.slice() });
       else resyncSourceMarks.delete(`${node.name}:${report.volumeId}`);
       if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
@@ -369,8 +380,14 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       note(`${node.name} v${report.volumeId} new generation ${report.current} (base ${report.base})`);
       oracle.generationStarted(report.volumeId, node.name, scheduler.now);
     } else if (report.kind === "verifyMismatch") {
-      // A repaired extent holds the same bytes on both sides from now on (rot later is new rot).
-      if (report.repaired) for (let block = Math.floor(report.offset / blockBytes); block < Math.ceil((report.offset + report.length) / blockBytes); block++) rotted.get(report.volumeId)!.delete(block);
+      // A repaired extent holds the same bytes on both sides from now on (rot later is new rot):
+      // the repairing node's, rot included.
+      if (report.repaired) {
+        const blocks: number[] = [];
+        for (let block = Math.floor(report.offset / blockBytes); block < Math.ceil((report.offset + report.length) / blockBytes); block++) blocks.push(block);
+        rotCopiedFrom(report.volumeId, node.name, blocks);
+        for (const block of blocks) rotted.get(report.volumeId)!.delete(block);
+      }
       if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "linkDown") {
       // Writes in flight to the peer now complete alone: this node may start a generation of its
@@ -790,6 +807,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         note(`fault: bit rot in v${volumeId} block 0x${block.toString(16)} on ${victim.name}`);
         victim.disks.get(volumeId)!.data.rot(block * blockBytes + 100, 16);
         rotted.get(volumeId)!.add(block);
+        const struck = rotOn.get(volumeId)!;
+        if (!struck.has(victim.name)) struck.set(victim.name, new Set());
+        struck.get(victim.name)!.add(block);
         rotTimes.get(volumeId)!.set(block, scheduler.now);
         // Rot on the side verify repairs from is copied to the other: both then hold it.
         if (victim.name === "a") rotEver.get(volumeId)!.add(block);
@@ -826,6 +846,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
           disks.meta.replace();
           format(disks.meta, volumeId, undefined);
           rotted.get(volumeId)!.clear();
+          rotOn.get(volumeId)!.delete(node.name);
           checkers.resyncOver(volumeId, node.name);
         }
         note("fault: b's disks replaced with new ones");
