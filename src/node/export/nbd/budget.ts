@@ -71,9 +71,10 @@ export class MemoryBudget {
 
   /** What one connection may hold now: the budget split over the connections holding or wanting memory. */
   share(): number {
-    const owners = new Set(this.held.keys());
-    for (const waiter of this.waiters) owners.add(waiter.owner);
-    const split = Math.floor(this.limits.totalBytes / Math.max(1, owners.size));
+    // Counted without building a set: it runs for every request, and an owner waits at most once.
+    let owners = this.held.size;
+    for (const waiter of this.waiters) if (!this.held.has(waiter.owner)) owners++;
+    const split = Math.floor(this.limits.totalBytes / Math.max(1, owners));
     return Math.min(this.limits.shareBytesMax, Math.max(this.limits.shareBytesMin, split));
   }
 
