@@ -63,7 +63,7 @@ export class WritePath {
       context.emit({ kind: "complete", request, error: "ESHUTDOWN", message: "volume is closing" });
       return;
     }
-    if (kind !== "flush" && (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > context.sizeBytes)) {
+    if (kind !== "flush" && !this.inVolume(offset, length)) {
       context.emit({ kind: "complete", request, error: "EINVAL", message: `range ${offset}+${length} is outside the volume` });
       return;
     }
@@ -126,10 +126,18 @@ export class WritePath {
   readsLocally(offset: number, length: number): boolean {
     const context = this.v.context;
     if (!this.v.lifecycle.serving || this.v.lifecycle.refusesRequests || context.grant.kind === "frozen") return false;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > context.sizeBytes) return false;
+    return this.inVolume(offset, length) && this.servesReads() && this.localValid(offset, length);
+  }
+
+  /** [offset, offset+length) is a non-empty range inside the volume. */
+  private inVolume(offset: number, length: number): boolean {
+    return Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset + length <= this.v.context.sizeBytes;
+  }
+
+  /** This node may answer reads: the primary, or a secondary replicating (one that is not cannot know what it missed). */
+  private servesReads(): boolean {
     const negotiation = this.v.negotiation;
-    if (!context.mayWrite && !(negotiation.linkUp && negotiation.phase.kind === "replicating")) return false;
-    return this.localValid(offset, length);
+    return this.v.context.mayWrite || (negotiation.linkUp && negotiation.phase.kind === "replicating");
   }
 
   /** Start what can start, in order; overlapping operations keep their arrival order. */
@@ -501,7 +509,7 @@ export class WritePath {
     const context = this.v.context;
     const negotiation = this.v.negotiation;
     const phase = negotiation.phase.kind;
-    if (!context.mayWrite && !(negotiation.linkUp && phase === "replicating")) {
+    if (!this.servesReads()) {
       // A secondary that is not replicating cannot know what it missed: never serve stale data.
       if (negotiation.linkUp && phase === "negotiating") return "wait";
       this.completeClient(op, "EIO", "this node is not the primary and is not in sync with it: its data may be stale");
