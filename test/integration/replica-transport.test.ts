@@ -40,7 +40,8 @@ function part(turn: number, index: number, length: number): Uint8Array {
   return bytes;
 }
 
-test("parts sent over many turns arrive whole and in order, also when the kernel takes them in pieces", async () => {
+/** A listening transport and one that dialled it, connected: the acceptor records what arrives. */
+async function connectedPair() {
   const acceptor = recorder();
   const listening = new TcpPeerTransport({ listen: { hostname: "127.0.0.1", port: 0 }, peer: { hostname: "127.0.0.1", port: 1 }, log: silentLogger });
   transports.push(listening);
@@ -53,6 +54,11 @@ test("parts sent over many turns arrive whole and in order, also when the kernel
   dialling.dial();
   const connection = await until("the dialer connected", () => dialer.state.connections[0]);
   await until("the listener accepted", () => acceptor.state.connections.length > 0);
+  return { acceptor, dialling, connection };
+}
+
+test("parts sent over many turns arrive whole and in order, also when the kernel takes them in pieces", async () => {
+  const { acceptor, dialling, connection } = await connectedPair();
 
   // 200 turns of a frame-like message (a small head, a 60 KiB body, a tag): 12 MiB, more than
   // loopback's socket buffers hold, sent before the receiver gets a turn to read any of it.
@@ -74,17 +80,7 @@ test("parts sent over many turns arrive whole and in order, also when the kernel
 });
 
 test("a write issued after a send in the same turn starts once the send is in the socket (the peer's half overlaps the local one)", async () => {
-  const acceptor = recorder();
-  const listening = new TcpPeerTransport({ listen: { hostname: "127.0.0.1", port: 0 }, peer: { hostname: "127.0.0.1", port: 1 }, log: silentLogger });
-  transports.push(listening);
-  listening.attach(acceptor.handler);
-  listening.listen();
-  const dialer = recorder();
-  const dialling = new TcpPeerTransport({ listen: undefined, peer: { hostname: "127.0.0.1", port: listening.listenPort! }, log: silentLogger });
-  transports.push(dialling);
-  dialling.attach(dialer.handler);
-  dialling.dial();
-  const connection = await until("the dialer connected", () => dialer.state.connections[0]);
+  const { acceptor, dialling, connection } = await connectedPair();
 
   // What the replica driver does for a mirrored write, in one turn: the core's send, then its local
   // write. The layer notes, as each IO starts, how many bytes of the turn were still held back.

@@ -368,9 +368,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       if (report.decision === "splitBrain") stats.splitBrains!++;
       if (report.decision === "primaryWouldBeTarget") stats.servingTargetsRefused!++;
     } else if (report.kind === "resyncStarted") {
-      if (report.sourceIsLocal) rotCopiedFrom(report.volumeId, node.name);
-      if (report.sourceIsLocal) resyncSourceMarks.set(`${node.name}:${report.volumeId}`, { written: node.disks.get(report.volumeId)!.data.writesCompleted, peerDurable: nodes.get(peerOf(node.name))!.disks.get(report.volumeId)!.data.durable.slice() });
-      else resyncSourceMarks.delete(`${node.name}:${report.volumeId}`);
+      if (report.sourceIsLocal) {
+        rotCopiedFrom(report.volumeId, node.name);
+        resyncSourceMarks.set(`${node.name}:${report.volumeId}`, { written: node.disks.get(report.volumeId)!.data.writesCompleted, peerDurable: nodes.get(peerOf(node.name))!.disks.get(report.volumeId)!.data.durable.slice() });
+      } else resyncSourceMarks.delete(`${node.name}:${report.volumeId}`);
       if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "synced") {
       note(`${node.name} v${report.volumeId} synced at ${report.current}`);
