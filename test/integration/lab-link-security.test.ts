@@ -27,6 +27,11 @@ import { DataState } from "../../src/replica/model.ts";
 const MiB = 1024 * 1024;
 const volume = "secure";
 const volumeBytes = 16 * MiB;
+// The flooding stranger is another machine on the replication network: it connects from another
+// loopback address than the lab's link (which reaches b from 127.0.0.1). A stranger sharing the
+// peer's own address can evict the peer's connection before its signed Hello arrives (see
+// makeRoomFor in the replica node); that is a process on the peer's host, not a stranger.
+const strangerAddress = process.env.STRANGER_ADDRESS ?? "127.0.0.2";
 const pattern = (fill: number) => new Uint8Array(4096).fill(fill);
 
 let dir: string;
@@ -236,7 +241,7 @@ describe("an attacker without the pairing secret on the replication ports", () =
     const floodSeconds = 20;
     const eventsBefore = (await events("b")).length;
     const refusalLinesBefore = logRecords("b").filter((record) => record.msg === "connectionRefused").length;
-    const flood = Bun.spawn([process.execPath, path.join(repositoryRoot, "test/helpers/link-stranger.ts"), "127.0.0.1", String(ports.listen.b), "30", String(floodSeconds)], { stdout: "pipe", stderr: "inherit" });
+    const flood = Bun.spawn([process.execPath, path.join(repositoryRoot, "test/helpers/link-stranger.ts"), "127.0.0.1", String(ports.listen.b), "30", String(floodSeconds), strangerAddress], { stdout: "pipe", stderr: "inherit" });
     try {
       expect((await lab(["kill", "b"])).code).toBe(0);
       expect((await lab(["start", "b"])).code).toBe(0);
