@@ -23,10 +23,19 @@ const [t0, t1, t2, t3, t4, t5, t6, t7] = tables as [Uint32Array, Uint32Array, Ui
 
 /** Continue a CRC32C over `bytes`; start with `crc = 0`. */
 export function crc32c(bytes: Uint8Array, crc = 0): number {
+  return crc32cRange(bytes, 0, bytes.length, crc);
+}
+
+/**
+ * CRC32C of bytes[start, end) without a view of them: a frame header's few bytes are checked where
+ * they lie (a subarray of a fresh array makes the engine materialise its buffer, which costs more
+ * than the checksum of 28 bytes).
+ */
+export function crc32cRange(bytes: Uint8Array, start: number, end: number, crc = 0): number {
   let c = ~crc >>> 0;
-  let i = 0;
-  const length = bytes.length;
-  const end8 = length - (length % 8);
+  let i = start;
+  const length = end;
+  const end8 = end - ((end - start) % 8);
   while (i < end8) {
     const lo = (c ^ (bytes[i]! | (bytes[i + 1]! << 8) | (bytes[i + 2]! << 16) | (bytes[i + 3]! << 24))) >>> 0;
     c =

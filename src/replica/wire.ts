@@ -18,6 +18,7 @@
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
 // then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
+import { crc32cRange } from "../common/crc32c.ts";
 import { type BitRun, DataState, DecisionKind, type Generations } from "./model.ts";
 import { FieldReader, FieldWriter, getUint16, getUint32, setUint16, setUint32, textEncoder, wireStatus, writeText } from "./wire-fields.ts";
 import {
@@ -69,7 +70,7 @@ function finishHeader(bytes: Uint8Array, type: number, flags: number, volumeId: 
   setUint32(bytes, 16, requestId % 0x100000000);
   setUint32(bytes, 20, Math.floor(requestId / 0x100000000));
   setUint32(bytes, 24, payloadCrc);
-  setUint32(bytes, 28, checksum(bytes.subarray(0, 28)));
+  setUint32(bytes, 28, crc32cRange(bytes, 0, 28));
 }
 
 /**
@@ -78,15 +79,15 @@ function finishHeader(bytes: Uint8Array, type: number, flags: number, volumeId: 
  */
 function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, data: Uint8Array | undefined, mode: FrameMode): Uint8Array[] {
   const head = fields ?? new FieldWriter(frameHeaderBytes, frameHeaderBytes);
-  const fieldBytes = head.bytes.subarray(frameHeaderBytes, head.offset);
   let crc = 0;
   if (mode.payloadCrc) {
-    crc = checksum(fieldBytes);
+    crc = checksum(head.bytes.subarray(frameHeaderBytes, head.offset));
     if (data && data.length > 0) crc = checksum(data, crc);
   }
-  const payloadLength = fieldBytes.length + (data?.length ?? 0);
+  const payloadLength = head.offset - frameHeaderBytes + (data?.length ?? 0);
   finishHeader(head.bytes, type, mode.tagged ? FrameFlags.Tagged : 0, base.volumeId, base.requestId, payloadLength, crc);
-  const headBytes = head.bytes.subarray(0, head.offset);
+  // Views only where needed: the fields usually fill their buffer exactly.
+  const headBytes = head.offset === head.bytes.length ? head.bytes : head.bytes.subarray(0, head.offset);
   return data && data.length > 0 ? [headBytes, data] : [headBytes];
 }
 
@@ -96,7 +97,7 @@ function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, d
  */
 export function markFrameTagged(head: Uint8Array): void {
   head[5] = head[5]! | FrameFlags.Tagged;
-  setUint32(head, 28, checksum(head.subarray(0, 28)));
+  setUint32(head, 28, crc32cRange(head, 0, 28));
 }
 
 function fields(length: number): FieldWriter {
@@ -394,7 +395,7 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
   const magic = getUint32(bytes, offset);
   if (magic !== frameMagic) throw new DecodeError(`bad frame magic 0x${magic.toString(16)}`);
   const headerCrc = getUint32(bytes, offset + 28);
-  if (checksum(bytes.subarray(offset, offset + 28)) !== headerCrc) throw new DecodeError("frame header checksum mismatch");
+  if (crc32cRange(bytes, offset, offset + 28) !== headerCrc) throw new DecodeError("frame header checksum mismatch");
   const flags = bytes[offset + 5]!;
   if ((flags & ~FrameFlags.Tagged) !== 0 || getUint16(bytes, offset + 6) !== 0) throw new DecodeError("reserved frame header bits set");
   const payloadLength = getUint32(bytes, offset + 12);

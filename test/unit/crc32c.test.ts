@@ -6,7 +6,7 @@
 // not load, has no crc32c, or returns wrong results leaves the reference in place.
 import { describe, expect, test } from "bun:test";
 import { chooseCrc32c, fastCrc32c } from "../../src/common/crc32c-native.ts";
-import { crc32c } from "../../src/common/crc32c.ts";
+import { crc32c, crc32cRange } from "../../src/common/crc32c.ts";
 import { crc32cNativeBytesMin } from "../../src/constants.ts";
 
 const checkInput = new TextEncoder().encode("123456789");
@@ -49,6 +49,16 @@ describe("CRC32C reference (TypeScript)", () => {
   test("continuing a CRC equals the CRC of the concatenation", () => {
     const bytes = randomBytes(1000);
     for (const split of [0, 1, 8, 9, 500, 999, 1000]) expect(crc32c(bytes.subarray(split), crc32c(bytes.subarray(0, split)))).toBe(crc32c(bytes));
+  });
+  test("the CRC of a range in place equals the CRC of a view of it, for every range of a 40-byte buffer and when continued", () => {
+    const bytes = randomBytes(40);
+    for (let start = 0; start <= bytes.length; start++) {
+      for (let end = start; end <= bytes.length; end++) {
+        expect({ start, end, crc: crc32cRange(bytes, start, end) }).toEqual({ start, end, crc: crc32c(bytes.subarray(start, end)) });
+      }
+    }
+    expect(crc32cRange(bytes, 17, 40, crc32cRange(bytes, 0, 17))).toBe(crc32c(bytes));
+    expect(crc32cRange(checkInput, 0, 9)).toBe(0xe3069283);
   });
 });
 
