@@ -468,6 +468,9 @@ function decodeHello(frame: Frame): HelloMessage {
  * framer's: a frame that lies inside one chunk is returned as a view of it (no copy); one that
  * spans chunks is assembled into a new buffer once.
  */
+/** From this size on a buffer that is filled completely at once is taken without zeroing it. */
+const uninitializedBytesMin = 64 * 1024;
+
 export class Framer {
   private chunks: Uint8Array[] = [];
   private buffered = 0;
@@ -517,9 +520,13 @@ export class Framer {
     return result.frame;
   }
 
-  /** Move the first `size` unread bytes into one new chunk at the front. */
+  /**
+   * Move the first `size` unread bytes into one new chunk at the front. Every byte of the new chunk
+   * is copied over at once, so a large one is not zeroed first (about a third of the cost of
+   * joining a 1 MiB frame).
+   */
   private coalesce(size: number): void {
-    const joined = new Uint8Array(size);
+    const joined = size >= uninitializedBytesMin ? Buffer.allocUnsafeSlow(size) : new Uint8Array(size);
     let filled = 0;
     while (filled < size) {
       const chunk = this.chunks[0]!;

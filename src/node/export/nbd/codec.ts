@@ -448,11 +448,16 @@ export function decodeExportNameReply(bytes: Uint8Array, offset: number, noZeroe
 /**
  * Provides the buffers that READ data is read into and WRITE payloads are gathered in:
  * `bytes` long, with `alignedAt` the offset where the data starts (a driver may align that offset
- * in memory for O_DIRECT). The contents need not be zeroed: every byte is written before use.
+ * in memory for O_DIRECT). `uninitialized`: the caller writes every byte before anything reads
+ * the buffer (a WRITE payload, used only once all of it arrived), so a large one need not be
+ * zeroed; read buffers stay zeroed, so a short read can never show a client old memory.
  */
-export type BufferAllocator = (bytes: number, alignedAt: number) => Uint8Array;
+export type BufferAllocator = (bytes: number, alignedAt: number, uninitialized?: boolean) => Uint8Array;
 
-export const plainAllocator: BufferAllocator = (bytes) => new Uint8Array(bytes);
+/** From this size on an `uninitialized` buffer is not zeroed (below it, zeroing costs next to nothing). */
+export const uninitializedBufferBytesMin = 64 * 1024;
+
+export const plainAllocator: BufferAllocator = (bytes, _alignedAt, uninitialized) => (uninitialized && bytes >= uninitializedBufferBytesMin ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes));
 
 // ---- Transmission: requests ----
 

@@ -101,17 +101,18 @@ const slabBytes = 1024 * 1024;
  * the data 4 KiB aligned in memory so an O_DIRECT layer can use them without a bounce copy.
  * Small ones are carved in turn from 1 MiB slabs (one allocation and one address lookup per
  * slab, not per request); a slab is freed by the collector once no buffer cut from it is held.
- * Buffers are never reused, so no request can see another's bytes.
+ * Buffers are never reused, and only WRITE payloads (written whole before use) come unzeroed, so
+ * no request can see another's bytes.
  */
 export class AlignedBuffers {
   private slab: Uint8Array | undefined;
   private address = 0;
   private used = 0;
 
-  readonly allocate = (bytes: number, alignedAt: number): Uint8Array => {
+  readonly allocate = (bytes: number, alignedAt: number, uninitialized = false): Uint8Array => {
     const alignment = directIoAlignmentBytes;
     if (bytes > slabBytes / 4) {
-      const raw = new Uint8Array(bytes + alignment);
+      const raw = uninitialized ? Buffer.allocUnsafeSlow(bytes + alignment) : new Uint8Array(bytes + alignment);
       const skew = (alignment - ((ptr(raw) + alignedAt) % alignment)) % alignment;
       return raw.subarray(skew, skew + bytes);
     }

@@ -1117,7 +1117,7 @@ export class NbdSession {
       case Command.Write: {
         if (length === 0) return this.replyOk(request);
         if (this.input.length >= length) return this.startWrite(request, this.input.take(length));
-        this.collection = { request, buffer: this.allocate(length, 0), filled: 0 };
+        this.collection = { request, buffer: this.allocate(length, 0, true), filled: 0 };
         this.collectPayload();
         return;
       }
