@@ -1,6 +1,7 @@
 // Proves the NBD driver's buffer allocator gives O_DIRECT-ready memory: the data offset of every
 // buffer is 4 KiB aligned in memory, buffers of any size (carved from slabs or allocated alone)
-// never overlap, and every byte of each can be written and read back as its own.
+// never overlap, every byte of each can be written and read back as its own, and buffers for reads
+// come zeroed (only WRITE payloads, written whole before use, may hold old memory).
 import { expect, test } from "bun:test";
 import { ptr } from "bun:ffi";
 import { AlignedBuffers } from "../../src/node/export/nbd/server.ts";
@@ -19,4 +20,26 @@ test("data offsets are 4 KiB aligned and buffers never share bytes", () => {
     handed.push({ buffer, fill: index & 0xff });
   }
   for (const { buffer, fill } of handed) expect(buffer.every((byte) => byte === fill)).toBe(true);
+});
+
+test("buffers for reads come zeroed even where dropped payload buffers held data; payload buffers are aligned and whole", () => {
+  const buffers = new AlignedBuffers();
+  const bytes = 16 + 300_000; // above the slab share: allocated alone
+  for (let round = 0; round < 10; round++) {
+    // Fill and drop payload buffers so the allocator has dirty memory to hand out again.
+    let dirty: Uint8Array[] = [];
+    for (let index = 0; index < 32; index++) {
+      const payload = buffers.allocate(bytes, 16, true);
+      expect(payload.length).toBe(bytes);
+      expect((ptr(payload) + 16) % 4096).toBe(0);
+      payload.fill(0xa5);
+      dirty.push(payload);
+    }
+    dirty = [];
+    Bun.gc(true);
+    for (let index = 0; index < 32; index++) {
+      const read = buffers.allocate(bytes, 16);
+      expect(read.every((byte) => byte === 0)).toBe(true);
+    }
+  }
 });
