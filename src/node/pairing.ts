@@ -33,6 +33,8 @@ export interface ReplicationService {
   openVolume(volumeId: number, local: BlockLayer, metadataPath: string, role: { primary: boolean; epoch: number }): Promise<BlockLayer>;
   closeVolume(volumeId: number): Promise<void>;
   status(volumeId: number): VolumeStatus | undefined;
+  /** The role status() would report (asked on every client write, so without the rest). */
+  role(volumeId: number): VolumeStatus["role"] | undefined;
   link(): Record<string, unknown>;
   /** Called (from the replication driver) each time the link to the peer comes up. */
   onLinkUp(listener: () => void): void;
@@ -153,10 +155,11 @@ export class PairedVolumes implements VolumeReplication {
   }
 
   mayWrite(record: VolumeRecord): boolean {
-    const status = this.service.status(record.id);
+    // Asked on every client write: the role alone, not the whole status.
+    const role = this.service.role(record.id);
     // A frozen primary (the quorum deciding after a link loss) stays writable to its clients: their
     // IO waits at the gate or in the replica core and goes on, or fails, once the quorum decides.
-    return record.primary === this.nodeName && (status?.role === "primary" || status?.role === "frozen");
+    return record.primary === this.nodeName && (role === "primary" || role === "frozen");
   }
 
   replicas(record: VolumeRecord, localBacking: string): ReplicaView[] {

@@ -213,6 +213,10 @@ export class ReplicaDriver implements PeerTransportHandler {
     return this.core.volumeStatus(volumeId);
   }
 
+  role(volumeId: number): VolumeStatus["role"] | undefined {
+    return this.core.volumeRole(volumeId);
+  }
+
   /** A volume's IO and peer requests in flight, by kind. */
   inFlight(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
     return this.core.volumePending(volumeId);

@@ -160,6 +160,11 @@ export class NodeCore {
     return this.volumes.get(volumeId)?.status();
   }
 
+  /** A volume's role as its status says it, without the rest of the status. */
+  volumeRole(volumeId: number): VolumeStatus["role"] | undefined {
+    return this.volumes.get(volumeId)?.role();
+  }
+
   /** A client read of the volume's range would be served from the local replica at once (a query: nothing changes). */
   readsLocally(volumeId: number, offset: number, length: number): boolean {
     return this.volumes.get(volumeId)?.readsLocally(offset, length) ?? false;

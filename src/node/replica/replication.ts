@@ -306,6 +306,10 @@ export class NodeReplication implements ReplicationService {
     return this.driver.status(volumeId);
   }
 
+  role(volumeId: number): VolumeStatus["role"] | undefined {
+    return this.driver.role(volumeId);
+  }
+
   link(): Record<string, unknown> {
     const link = this.driver.link();
     return { ...link, connected: link.state === "up", sinceMs: this.linkSinceMs };

@@ -182,6 +182,12 @@ export class VolumeCore implements Parts {
     return { io, requests };
   }
 
+  /** The role status() reports, without building the rest of it (asked on every client write). */
+  role(): VolumeStatus["role"] {
+    const kind = this.context.grant.kind;
+    return kind === "write" ? "primary" : kind === "frozen" ? "frozen" : "secondary";
+  }
+
   status(): VolumeStatus {
     const context = this.context;
     const grant = context.grant;
@@ -194,7 +200,7 @@ export class VolumeCore implements Parts {
     else sync = "degraded";
     return {
       volumeId: this.volumeId,
-      role: grant.kind === "write" ? "primary" : grant.kind === "frozen" ? "frozen" : "secondary",
+      role: this.role(),
       epoch: grant.kind === "write" ? grant.epoch : undefined,
       sync,
       refusal: phase.kind === "refused" ? phase.refusal : undefined,
