@@ -1,6 +1,6 @@
 // Proves the session's input buffer hands out exactly the bytes that arrived, in order, however
 // the socket chunked them: a seeded model test runs long random sequences of push, peek, take,
-// copyOut and skip against a plain array and compares every byte returned; and peeking twice
+// peekAt, copyOut and skip against a plain array and compares every byte returned; and peeking twice
 // without consuming (what the session does while an option's data is still arriving) must not
 // duplicate or drop bytes. A fuzz run found exactly that bug once; this keeps it found.
 import { expect, test } from "bun:test";
@@ -42,11 +42,16 @@ test("a model of the queue agrees with it over random operation sequences", () =
         const chunk = Uint8Array.from({ length }, () => counter++ & 0xff);
         queue.push(chunk);
         model.push(...chunk);
-      } else if (choice < 0.55) {
+      } else if (choice < 0.45) {
         const want = 1 + Math.floor(next() * 50);
         const view = queue.peek(want);
         if (want > model.length) expect(view).toBeUndefined();
         else expect([...view!.subarray(0, want)]).toEqual(model.slice(0, want));
+      } else if (choice < 0.55) {
+        const want = 1 + Math.floor(next() * 50);
+        const at = queue.peekAt(want);
+        if (want > model.length) expect(at).toBeUndefined();
+        else expect([...at!.chunk.subarray(at!.offset, at!.offset + want)]).toEqual(model.slice(0, want));
       } else if (choice < 0.7) {
         const want = Math.floor(next() * Math.min(60, model.length + 1));
         expect([...queue.take(want)]).toEqual(model.splice(0, want));

@@ -274,6 +274,18 @@ export class InputQueue {
     this.length += bytes.length;
   }
 
+  /**
+   * Where at least `bytes` contiguous bytes from the front lie: a chunk and the offset in it (the
+   * bytes copied together first only if they span chunks). No view is made, which costs more than
+   * decoding a request header.
+   */
+  peekAt(bytes: number): { chunk: Uint8Array; offset: number } | undefined {
+    if (this.length < bytes) return undefined;
+    const first = this.chunks[0]!;
+    if (first.length - this.head >= bytes) return { chunk: first, offset: this.head };
+    return { chunk: this.peek(bytes)!, offset: 0 };
+  }
+
   /** At least `bytes` contiguous bytes from the front (copied together only if they span chunks). */
   peek(bytes: number): Uint8Array | undefined {
     if (this.length < bytes) return undefined;
@@ -1031,9 +1043,9 @@ export class NbdSession {
   // ---- Transmission ----
 
   private readRequest(): boolean {
-    const view = this.input.peek(requestHeaderBytes);
-    if (!view) return false;
-    const decoded = decodeRequest(view, 0); // throws DecodeError on a bad magic
+    const at = this.input.peekAt(requestHeaderBytes);
+    if (!at) return false;
+    const decoded = decodeRequest(at.chunk, at.offset); // throws DecodeError on a bad magic
     assert(decoded !== NEED_MORE, "peeked enough bytes for a request header");
     const request = decoded.message;
     const refusal = request.type === Command.Disconnect ? undefined : this.refusalFor(request);
