@@ -1,7 +1,9 @@
 // Writing to a non-blocking socket without blocking and without losing bytes: what the kernel does
 // not take at once waits here, in order, and goes out from the socket's drain handler. Bytes that
-// wait are copied, so a caller may reuse its buffer as soon as `write` returns. Used by the
-// replication transport and the lab's link relay.
+// wait are copied, so a caller may reuse its buffer as soon as `write` returns, unless the caller
+// says the buffer is never changed again (`immutable`): then the buffer itself waits, which saves
+// a copy of each large message the kernel cannot take at once. Used by the replication transport
+// and the lab's link relay.
 
 /** The part of a Bun socket this needs: `write` returns how many bytes the kernel took (or < 0). */
 export interface WritableSocket {
@@ -13,15 +15,15 @@ export class SocketWriteQueue {
   /** Bytes waiting for the socket to drain. */
   queuedBytes = 0;
 
-  write(socket: WritableSocket, bytes: Uint8Array): void {
+  write(socket: WritableSocket, bytes: Uint8Array, immutable = false): void {
     if (this.waiting.length > 0) {
-      this.waiting.push(bytes.slice());
+      this.waiting.push(immutable ? bytes : bytes.slice());
       this.queuedBytes += bytes.length;
       return;
     }
     const written = Math.max(0, socket.write(bytes));
     if (written < bytes.length) {
-      this.waiting.push(bytes.slice(written));
+      this.waiting.push(immutable ? bytes.subarray(written) : bytes.slice(written));
       this.queuedBytes += bytes.length - written;
     }
   }

@@ -53,6 +53,11 @@ export interface PeerTransportHandler {
 export interface PeerTransport {
   attach(handler: PeerTransportHandler): void;
   dial(): void;
+  /**
+   * The parts are never changed after this call, by the core or anyone: they are buffers the core
+   * made (headers, tags, data it read), its admission copy of a client's write, or a client buffer
+   * that is stable (WriteFlags.stable), so a transport may queue them without a copy.
+   */
   send(connection: number, parts: readonly Uint8Array[]): void;
   close(connection: number): void;
 }

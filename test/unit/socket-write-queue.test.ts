@@ -1,4 +1,5 @@
-// SocketWriteQueue: bytes the socket does not take wait, copied and in order, and leave on drain.
+// SocketWriteQueue: bytes the socket does not take wait (copied, unless the caller says its buffer
+// never changes) and in order, and leave on drain.
 import { expect, test } from "bun:test";
 import { SocketWriteQueue } from "../../src/common/socket-write-queue.ts";
 
@@ -46,4 +47,21 @@ test("a socket that reports an error (negative) keeps every byte waiting", () =>
   socket.room = 2;
   queue.drain(socket);
   expect(socket.taken).toEqual([1, 2]);
+});
+
+test("an immutable buffer waits as it is, mixed in order with copied ones", () => {
+  const socket = fakeSocket();
+  const queue = new SocketWriteQueue();
+  socket.room = 2;
+  const large = Uint8Array.from({ length: 10 }, (_, index) => 10 + index);
+  queue.write(socket, large, true);
+  const reused = Uint8Array.of(1, 2);
+  queue.write(socket, reused);
+  reused.fill(0); // copied: the caller may reuse it
+  queue.write(socket, Uint8Array.of(3), true);
+  expect(queue.queuedBytes).toBe(11);
+  socket.room = 100;
+  queue.drain(socket);
+  expect(socket.taken).toEqual([...large, 1, 2, 3]);
+  expect(queue.queuedBytes).toBe(0);
 });

@@ -111,7 +111,7 @@ export class TcpPeerTransport implements PeerTransport {
     let run: Uint8Array[] = [];
     let runBytes = 0;
     const writeRun = () => {
-      if (run.length === 1) data.output.write(socket, run[0]!);
+      if (run.length === 1) data.output.write(socket, run[0]!, true);
       else if (run.length > 1) {
         if (data.scratch.length < runBytes) data.scratch = new Uint8Array(Math.min(coalesceBytesMax, Math.max(runBytes, 2 * data.scratch.length)));
         const joined = data.scratch;
@@ -131,8 +131,8 @@ export class TcpPeerTransport implements PeerTransport {
       runBytes += part.length;
     }
     writeRun();
-    // What waits is a copy (SocketWriteQueue): a caller's buffer (guest memory, say) may be reused
-    // once the write it belongs to has completed without the peer, and the scratch buffer at once.
+    // What waits of a joined run is a copy (the scratch buffer is reused at once); a lone part waits
+    // as it is, since the core never changes a buffer it sent (PeerTransport.send).
     if (data.output.queuedBytes > replicaSendQueueBytesMax) {
       this.options.log.warn("peer is not reading; closing the replication connection", { queuedBytes: data.output.queuedBytes });
       this.drop(socket, "the peer stopped reading (send queue full)");
