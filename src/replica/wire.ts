@@ -334,7 +334,7 @@ function readField(reader: FieldReader, field: Field): unknown {
     case "payload": {
       const payload = reader.rest();
       if (payload.length > field.bytesMax) throw new DecodeError(`${field.label} of ${payload.length} bytes`);
-      return payload.slice();
+      return new Uint8Array(payload); // a copy (a received Buffer's slice would be a view of the chunk)
     }
     case "data":
       return reader.rest();

@@ -210,6 +210,19 @@ describe("client buffers and backings", () => {
     expect(scenario.blockValue("a", 3)).toBe(900); // what the buffer held when the write was submitted
   });
 
+  test("the same with a Buffer (whose slice is a view, not a copy): the replicas still hold what it held at submission", () => {
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 3));
+    const buffer = Buffer.from(scenario.tagged(901, 1, 3));
+    const write = scenario.writeBuffer("a", 3, buffer);
+    buffer.fill(0xee, 0, 64);
+    scenario.complete(write);
+    expect(write.error).toBeNull();
+    expectConverged(scenario);
+    expect(scenario.blockValue("a", 3)).toBe(901);
+  });
+
   test("a failed flush that drops cached writes (Linux) on the primary is repaired from the peer", () => {
     const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
     scenario.waitSynced();

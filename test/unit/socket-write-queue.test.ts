@@ -65,3 +65,18 @@ test("an immutable buffer waits as it is, mixed in order with copied ones", () =
   expect(socket.taken).toEqual([...large, 1, 2, 3]);
   expect(queue.queuedBytes).toBe(0);
 });
+
+test("a Buffer (whose slice is a view) that waits is still copied: the caller may reuse it", () => {
+  const socket = fakeSocket();
+  const queue = new SocketWriteQueue();
+  socket.room = 1;
+  const buffer = Buffer.from([1, 2, 3]);
+  queue.write(socket, buffer);
+  const second = Buffer.from([4, 5]);
+  queue.write(socket, second);
+  buffer.fill(0);
+  second.fill(0);
+  socket.room = 10;
+  queue.drain(socket);
+  expect(socket.taken).toEqual([1, 2, 3, 4, 5]);
+});

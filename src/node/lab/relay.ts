@@ -123,12 +123,12 @@ export class LinkRelay {
       this.bytesForwarded += chunk.length;
       if (from.role === "client") {
         if (pair.server) pair.server.data.output.write(pair.server, chunk);
-        else pair.early.push(chunk.slice());
+        else pair.early.push(new Uint8Array(chunk)); // a copy: a Buffer's slice is a view
       } else pair.client.data.output.write(pair.client, chunk);
     };
     // Timers with equal delays fire in the order they were set, so order is kept.
     if (this.delayMs > 0) {
-      const kept = bytes.slice();
+      const kept = new Uint8Array(bytes);
       setTimeout(() => send(kept), this.delayMs);
     } else send(bytes);
   }

@@ -85,7 +85,8 @@ export class WritePath {
       // has no stable pages), and the local disk and the peer read it at different times. From
       // here on both take their bytes from this copy, which nothing changes. A caller whose
       // buffer is stable (never changed nor reused: the NBD server's) hands over the buffer itself.
-      data: context.config.bugs.shareClientBuffer || fields.stable === true ? fields.data : fields.data?.slice(),
+      // A copy by construction, not slice(): a Buffer's slice is a view of the same bytes.
+      data: context.config.bugs.shareClientBuffer || fields.stable === true || fields.data === undefined ? fields.data : new Uint8Array(fields.data),
       target: fields.target,
       fua: fields.fua === true,
       noHole: !trim && fields.noHole === true,
