@@ -61,7 +61,7 @@ self.onmessage = (event) => {
         if (count === 0) throw new Error("read past the end of the witness (the path is smaller than the witness area)");
         done += count;
       }
-      const copy = target.slice().buffer;
+      const copy = new Uint8Array(target).buffer; // an exact copy (a Buffer's slice would be a view of a larger buffer)
       postMessage({ id: request.id, ok: true, bytes: copy }, [copy]);
     } else {
       const source = aligned(request.bytes.byteLength);
@@ -125,7 +125,7 @@ export class DirectWitnessDisk implements WitnessDisk {
   write(sector: number, bytes: Uint8Array, done: (error: string | null) => void): void {
     const id = this.nextId++;
     this.pending.set(id, (error) => done(error));
-    const copy = bytes.slice().buffer;
+    const copy = new Uint8Array(bytes).buffer; // an exact copy to transfer (a Buffer's slice would be a view of a larger buffer)
     this.worker.postMessage({ op: "write", id, offset: sector * witnessRecordBytes, bytes: copy }, [copy]);
   }
 
