@@ -34,7 +34,6 @@ export function crc32c(bytes: Uint8Array, crc = 0): number {
 export function crc32cRange(bytes: Uint8Array, start: number, end: number, crc = 0): number {
   let c = ~crc >>> 0;
   let i = start;
-  const length = end;
   const end8 = end - ((end - start) % 8);
   while (i < end8) {
     const lo = (c ^ (bytes[i]! | (bytes[i + 1]! << 8) | (bytes[i + 2]! << 16) | (bytes[i + 3]! << 24))) >>> 0;
@@ -49,6 +48,6 @@ export function crc32cRange(bytes: Uint8Array, start: number, end: number, crc =
       t0[bytes[i + 7]!]!;
     i += 8;
   }
-  while (i < length) c = t0[(c ^ bytes[i++]!) & 0xff]! ^ (c >>> 8);
+  while (i < end) c = t0[(c ^ bytes[i++]!) & 0xff]! ^ (c >>> 8);
   return ~c >>> 0;
 }

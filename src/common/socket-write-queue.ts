@@ -1,9 +1,9 @@
 // Writing to a non-blocking socket without blocking and without losing bytes: what the kernel does
 // not take at once waits here, in order, and goes out from the socket's drain handler. Bytes that
-// wait are copied (by construction: a Buffer's slice would be a view), so a caller may reuse its buffer as soon as `write` returns, unless the caller
-// says the buffer is never changed again (`immutable`): then the buffer itself waits, which saves
-// a copy of each large message the kernel cannot take at once. Used by the replication transport
-// and the lab's link relay.
+// wait are copied (by construction: a Buffer's slice would be a view), so a caller may reuse its
+// buffer as soon as `write` returns, unless the caller says the buffer is never changed again
+// (`immutable`): then the buffer itself waits, which saves a copy of each large message the
+// kernel cannot take at once. Used by the replication transport and the lab's link relay.
 
 /** The part of a Bun socket this needs: `write` returns how many bytes the kernel took (or < 0). */
 export interface WritableSocket {

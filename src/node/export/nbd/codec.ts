@@ -10,6 +10,7 @@
 // The client-side halves (option requests, requests, reply decoding) serve the tests and any
 // client we write; they follow the same rules.
 import { assert } from "../../../common/assert.ts";
+import { bufferToFill } from "../../../common/bytes.ts";
 import {
   NBD_MAGIC,
   NBD_OPTION_MAGIC,
@@ -454,10 +455,7 @@ export function decodeExportNameReply(bytes: Uint8Array, offset: number, noZeroe
  */
 export type BufferAllocator = (bytes: number, alignedAt: number, uninitialized?: boolean) => Uint8Array;
 
-/** From this size on an `uninitialized` buffer is not zeroed (below it, zeroing costs next to nothing). */
-export const uninitializedBufferBytesMin = 64 * 1024;
-
-export const plainAllocator: BufferAllocator = (bytes, _alignedAt, uninitialized) => (uninitialized && bytes >= uninitializedBufferBytesMin ? Buffer.allocUnsafeSlow(bytes) : new Uint8Array(bytes));
+export const plainAllocator: BufferAllocator = (bytes, _alignedAt, uninitialized) => (uninitialized ? bufferToFill(bytes) : new Uint8Array(bytes));
 
 // ---- Transmission: requests ----
 

@@ -15,6 +15,7 @@
 import fs from "node:fs";
 import { ptr } from "bun:ffi";
 import { AssertionError } from "../../../common/assert.ts";
+import { bufferToFill } from "../../../common/bytes.ts";
 import { BlockError, TandemError } from "../../../common/errors.ts";
 import type { Logger } from "../../../common/log.ts";
 import {
@@ -112,7 +113,7 @@ export class AlignedBuffers {
   readonly allocate = (bytes: number, alignedAt: number, uninitialized = false): Uint8Array => {
     const alignment = directIoAlignmentBytes;
     if (bytes > slabBytes / 4) {
-      const raw = uninitialized ? Buffer.allocUnsafeSlow(bytes + alignment) : new Uint8Array(bytes + alignment);
+      const raw = uninitialized ? bufferToFill(bytes + alignment) : new Uint8Array(bytes + alignment);
       const skew = (alignment - ((ptr(raw) + alignedAt) % alignment)) % alignment;
       return raw.subarray(skew, skew + bytes);
     }
