@@ -90,6 +90,7 @@ export function tryLockExclusive(fd: number): boolean {
   }
 }
 
+export const POSIX_FADV_RANDOM = 1;
 export const POSIX_FADV_WILLNEED = 3;
 
 /** posix_fadvise(2); returns the error number instead of setting errno. */

@@ -1,11 +1,13 @@
 // The buffered (page cache) file layer's writes: the common case, a write without FUA, is one
 // pwrite done before the call returns; it must still answer through its promise, with the same
 // errors as the general path (EPERM on a read-only layer, ESHUTDOWN once closed), never by
-// throwing at the caller. FUA writes take the general path and reach the file too.
-import { afterAll, expect, test } from "bun:test";
+// throwing at the caller. FUA writes take the general path and reach the file too. A large write
+// goes to the kernel in pieces (constants.ts, pageCacheWritePieceBytes) and still lands whole.
+import { afterAll, expect, spyOn, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { pageCacheWritePieceBytes } from "../../src/constants.ts";
 import { FileLayer } from "../../src/node/block/file.ts";
 
 const directory = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-file-layer-"));
@@ -30,6 +32,42 @@ test("writes with and without FUA land in the file and read back", async () => {
   expect(bytes.subarray(4096, 8192).every((byte) => byte === 0x11)).toBe(true);
   expect(bytes.subarray(8192 + 5, 8192 + 105).every((byte) => byte === 0x22)).toBe(true);
   expect(bytes[8192 + 4]).toBe(0);
+});
+
+test("a large page-cache write reaches the kernel in pieces that end on piece boundaries, and reads back whole", async () => {
+  const file = backing("pieces.img");
+  const layer = FileLayer.open({ path: file });
+  const offset = 12_345;
+  const source = new Uint8Array(6 * pageCacheWritePieceBytes + 300);
+  for (let index = 0; index < source.length; index++) source[index] = (index * 7 + 3) & 0xff;
+  const pieces: { position: number; length: number }[] = [];
+  const realWriteSync = fs.writeSync;
+  const recording = spyOn(fs, "writeSync").mockImplementation(((fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: number) => {
+    pieces.push({ position, length });
+    return realWriteSync(fd, buffer, bufferOffset, length, position);
+  }) as typeof fs.writeSync);
+  try {
+    await layer.write(offset, source);
+    await layer.write(offset + source.length, new Uint8Array(3 * pageCacheWritePieceBytes).fill(0x5a), { fua: true });
+  } finally {
+    recording.mockRestore();
+  }
+  expect(pieces.length).toBeGreaterThanOrEqual(7 + 3);
+  let next = offset;
+  for (const piece of pieces) {
+    expect(piece.position).toBe(next);
+    expect(piece.length).toBeGreaterThan(0);
+    expect(Math.floor(piece.position / pageCacheWritePieceBytes)).toBe(Math.floor((piece.position + piece.length - 1) / pageCacheWritePieceBytes));
+    next += piece.length;
+  }
+  expect(next).toBe(offset + source.length + 3 * pageCacheWritePieceBytes);
+  const back = new Uint8Array(source.length);
+  await layer.read(offset, back);
+  expect(Buffer.from(back).equals(Buffer.from(source))).toBe(true);
+  await layer.close();
+  const bytes = fs.readFileSync(file);
+  expect(Buffer.from(bytes.subarray(offset, offset + source.length)).equals(Buffer.from(source))).toBe(true);
+  expect(bytes.subarray(offset + source.length, offset + source.length + 3 * pageCacheWritePieceBytes).every((byte) => byte === 0x5a)).toBe(true);
 });
 
 test("a write to a read-only layer, or to a closed one, is a rejected promise with its code", async () => {
