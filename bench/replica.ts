@@ -1,6 +1,7 @@
 // Mirrored-write benchmark: what users run, against QEMU's own synchronous mirrors, in one run.
-// Every system serves one volume (1 GiB by default, filled first, page cache everywhere) over NBD on
-// a unix socket, and fio's nbd engine drives it:
+// Every system serves one volume (1 GiB by default, page cache everywhere) over NBD on a unix socket,
+// filled with random data through that export first (1 MiB sequential writes), and fio's nbd
+// engine drives it:
 //   tandem-mirrored    two Tandem daemons of a lab whose nodes link directly (`lab up --direct`),
 //                      the volume mirrored from a to b (protocol C);
 //   tandem-untagged    the same, a second lab whose nodes run the link in the benchmark mode with
@@ -17,7 +18,11 @@
 //                      copy-mode=write-blocking` job (started over QMP, waited for until ready)
 //                      mirrors every write to an NBD client of a second qemu-storage-daemon;
 //   tandem-unmirrored  a standalone Tandem daemon (no peer) with the same volume: the floor;
-//   qemu-nbd-wb        qemu-nbd --cache=writeback on a file: QEMU's unmirrored floor.
+//   qemu-nbd-wb        qemu-nbd --cache=writeback on a file: QEMU's unmirrored floor;
+//   bun-floor-mirrored bench/floor-server.ts: the least a Bun process can do to serve NBD and mirror
+//                      every write to a peer Bun process over loopback TCP (no CRC, tags, locks,
+//                      logs or metadata): what the runtime allows, and over it what Tandem adds;
+//   bun-floor          the same server without a peer.
 // Workloads: 4k random write at iodepth 1 (mean, p50, p99 latency) and 32 (IOPS), 4k random read
 // at iodepth 1 and 32, 1 MiB sequential write at iodepth 8. Rounds rotate the order of the systems;
 // each cell is the median of the rounds. For every run the CPU time (utime + stime from
@@ -76,7 +81,7 @@ if (process.argv[2] === "--echo") {
   await new Promise(() => {});
 }
 
-const systemNames = ["tandem-mirrored", "tandem-untagged", "qemu-quorum", "qemu-mirror", "tandem-unmirrored", "qemu-nbd-wb"] as const;
+const systemNames = ["tandem-mirrored", "tandem-untagged", "qemu-quorum", "qemu-mirror", "tandem-unmirrored", "qemu-nbd-wb", "bun-floor-mirrored", "bun-floor"] as const;
 type SystemName = (typeof systemNames)[number];
 const workloadArguments = {
   w4k1: ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
@@ -180,9 +185,21 @@ const socketAnswers = (socket: string | { hostname: string; port: number }) => {
   );
 };
 
-/** A file of `sizeBytes` of random data, written through the page cache (where it stays). */
-async function filledFile(file: string): Promise<void> {
-  await run(["fio", "--name=fill", `--filename=${file}`, "--rw=write", "--bs=1M", "--iodepth=8", "--ioengine=psync", "--refill_buffers", `--size=${sizeBytes}`, "--output=/dev/null"]);
+/** A sparse file of `sizeBytes`: every system's volume starts so, and is filled through its own export. */
+function sparseFile(file: string): void {
+  fs.writeFileSync(file, "");
+  fs.truncateSync(file, sizeBytes);
+}
+
+/**
+ * Fill a system's volume with random data through its own NBD export, as a user's first write of a
+ * disk would, so that every system's files are in the page cache in the state its own writes leave
+ * them: the folios the kernel makes for a write depend on its size and on who writes
+ * (docs/benchmarks.md, "Page-cache folios"), and they decide what later small writes cost.
+ */
+async function fillThroughExport(name: string, uri: string): Promise<void> {
+  log(`${name}: filling the volume through its export`);
+  await fio(uri, [...workloadArguments.sw1m, `--size=${sizeBytes}`, "--refill_buffers"]);
 }
 
 /** CPU seconds (user + system, all threads) a process has used so far. */
@@ -217,8 +234,7 @@ async function startTandemLab(name: "tandem-mirrored" | "tandem-untagged"): Prom
   if (link.node.link.framesTagged === untagged) throw new Error(`${name}: the lab came up with framesTagged=${link.node.link.framesTagged}`);
   await tandem(["volume", "create", "bench", "--size", String(sizeBytes), "--socket", a!.control]);
   const uri = `nbd+unix:///bench?socket=${a!.nbd}`;
-  log(`${name}: filling the volume`);
-  await fio(uri, [...workloadArguments.sw1m, `--size=${sizeBytes}`, "--refill_buffers"]);
+  await fillThroughExport(name, uri);
   await waitFor(`${name} synced`, () => bothSynced(a!.control, b!.control), 300_000);
   return { name, uri, processes: { "node a": a!.pid, "node b": b!.pid } };
 }
@@ -246,8 +262,7 @@ async function startTandemUnmirrored(): Promise<System> {
   await waitFor("standalone node", () => socketAnswers(control), 30_000, daemon);
   await tandem(["volume", "create", "bench", "--size", String(sizeBytes), "--socket", control]);
   const uri = `nbd+unix:///bench?socket=${path.join(soloDir, "nbd.sock")}`;
-  log("tandem-unmirrored: filling the volume");
-  await fio(uri, [...workloadArguments.sw1m, `--size=${sizeBytes}`, "--refill_buffers"]);
+  await fillThroughExport("tandem-unmirrored", uri);
   return { name: "tandem-unmirrored", uri, processes: { node: daemon.pid } };
 }
 
@@ -283,9 +298,10 @@ async function startQemuQuorum(): Promise<System> {
   log("qemu-quorum: files and peer");
   const local = path.join(dir, "quorum-local.img");
   const remote = path.join(dir, "quorum-peer.img");
-  await filledFile(local);
-  // Quorum compares the children's data on every read: they start identical.
-  fs.copyFileSync(local, remote);
+  // Quorum compares the children's data on every read: they start identical (empty), and every
+  // write of the fill goes to both.
+  sparseFile(local);
+  sparseFile(remote);
   const peer = await startQsdPeer("quorum-peer", remote);
   const socket = path.join(dir, "quorum.sock");
   const primary = spawn("quorum", [
@@ -296,7 +312,9 @@ async function startQemuQuorum(): Promise<System> {
     "--export", "type=nbd,id=export0,node-name=quorum0,name=disk,writable=on",
   ]);
   await waitFor("qemu-quorum listening", () => fs.existsSync(socket) && socketAnswers(socket), 30_000, primary);
-  return { name: "qemu-quorum", uri: `nbd+unix:///disk?socket=${socket}`, processes: { "qsd quorum": primary.pid, "qsd peer": peer.pid } };
+  const uri = `nbd+unix:///disk?socket=${socket}`;
+  await fillThroughExport("qemu-quorum", uri);
+  return { name: "qemu-quorum", uri, processes: { "qsd quorum": primary.pid, "qsd peer": peer.pid } };
 }
 
 /** Send QMP commands on a fresh connection; resolves with each command's answer, and events seen. */
@@ -349,9 +367,8 @@ async function startQemuMirror(): Promise<System> {
   log("qemu-mirror: files and peer");
   const local = path.join(dir, "mirror-local.img");
   const remote = path.join(dir, "mirror-peer.img");
-  await filledFile(local);
-  fs.writeFileSync(remote, "");
-  fs.truncateSync(remote, sizeBytes);
+  sparseFile(local);
+  sparseFile(remote);
   const peer = await startQsdPeer("mirror-peer", remote);
   const socket = path.join(dir, "mirror.sock");
   const monitor = path.join(dir, "mirror-qmp.sock");
@@ -375,17 +392,48 @@ async function startQemuMirror(): Promise<System> {
     ],
     "BLOCK_JOB_READY",
   );
-  return { name: "qemu-mirror", uri: `nbd+unix:///disk?socket=${socket}`, processes: { "qsd mirror": primary.pid, "qsd peer": peer.pid } };
+  // Filled once the job is ready: write-blocking, every write of the fill reaches both files.
+  const uri = `nbd+unix:///disk?socket=${socket}`;
+  await fillThroughExport("qemu-mirror", uri);
+  return { name: "qemu-mirror", uri, processes: { "qsd mirror": primary.pid, "qsd peer": peer.pid } };
 }
 
 async function startQemuNbd(): Promise<System> {
   log("qemu-nbd-wb: file");
   const file = path.join(dir, "qemu-nbd.img");
-  await filledFile(file);
+  sparseFile(file);
   const socket = path.join(dir, "qemu-nbd.sock");
   const server = spawn("qemu-nbd", ["qemu-nbd", "--persistent", "--shared=16", "--format=raw", "--export-name=disk", "--cache=writeback", "--aio=threads", `--socket=${socket}`, file]);
   await waitFor("qemu-nbd listening", () => fs.existsSync(socket) && socketAnswers(socket), 30_000, server);
-  return { name: "qemu-nbd-wb", uri: `nbd+unix:///disk?socket=${socket}`, processes: { "qemu-nbd": server.pid } };
+  const uri = `nbd+unix:///disk?socket=${socket}`;
+  await fillThroughExport("qemu-nbd-wb", uri);
+  return { name: "qemu-nbd-wb", uri, processes: { "qemu-nbd": server.pid } };
+}
+
+/** bench/floor-server.ts on a filled file, mirrored to a peer process with a copy of it or alone. */
+async function startBunFloor(name: "bun-floor-mirrored" | "bun-floor"): Promise<System> {
+  log(`${name}: files${name === "bun-floor-mirrored" ? " and peer" : ""}`);
+  const server = path.join(path.dirname(import.meta.path), "floor-server.ts");
+  const local = path.join(dir, `${name}-local.img`);
+  sparseFile(local);
+  const processes: Record<string, number> = {};
+  const args: string[] = [];
+  if (name === "bun-floor-mirrored") {
+    const remote = path.join(dir, `${name}-peer.img`);
+    sparseFile(remote);
+    const portFile = path.join(dir, `${name}-peer.port`);
+    const peer = Bun.spawn([process.execPath, server, "peer", remote], { cwd: dir, stdout: Bun.file(portFile), stderr: "inherit" });
+    started.push({ name: `${name}-peer`, process: peer });
+    await waitFor(`${name} peer listening`, () => fs.existsSync(portFile) && fs.readFileSync(portFile, "utf8").includes("\n"), 30_000, peer);
+    args.push(fs.readFileSync(portFile, "utf8").trim().split(" ")[1]!);
+    processes["peer"] = peer.pid;
+  }
+  const socket = path.join(dir, `${name}.sock`);
+  const primary = spawn(name, [process.execPath, server, "nbd", local, socket, ...args]);
+  await waitFor(`${name} listening`, () => fs.existsSync(socket) && socketAnswers(socket), 30_000, primary);
+  const uri = `nbd+unix:///bench?socket=${socket}`;
+  await fillThroughExport(name, uri);
+  return { name, uri, processes: { server: primary.pid, ...processes } };
 }
 
 const starters: Record<SystemName, () => Promise<System>> = {
@@ -395,6 +443,8 @@ const starters: Record<SystemName, () => Promise<System>> = {
   "qemu-mirror": startQemuMirror,
   "tandem-unmirrored": startTandemUnmirrored,
   "qemu-nbd-wb": startQemuNbd,
+  "bun-floor-mirrored": () => startBunFloor("bun-floor-mirrored"),
+  "bun-floor": () => startBunFloor("bun-floor"),
 };
 
 // ---------------------------------------------------------------------------------- measuring
@@ -619,5 +669,28 @@ const unmirroredCpu = cell("tandem-unmirrored", "w4k1", (s) => s.cpuUsPerRequest
 if (mirroredCpu !== undefined && unmirroredCpu !== undefined) addTarget("server CPU per mirrored 4k write (QD1), both nodes, ≤ 2.5× unmirrored", `${mirroredCpu.toFixed(1)} / ${unmirroredCpu.toFixed(1)} µs`, mirroredCpu / unmirroredCpu, (r) => r <= 2.5);
 
 lines.push("", "Targets of the mirrored-write issue (ratios from this run):", "", ...targets);
+
+// What Tandem adds over the runtime's floor (bench/floor-server.ts), cell by cell.
+const floorPairs = [
+  ["tandem-mirrored", "bun-floor-mirrored"],
+  ["tandem-unmirrored", "bun-floor"],
+] as const;
+const floorRows: string[] = [];
+for (const [ours, floor] of floorPairs) {
+  const measures = [
+    ["4k write QD1 mean µs", "w4k1", (s: Sample) => s.meanUs],
+    ["4k write QD1 CPU µs/write", "w4k1", (s: Sample) => s.cpuUsPerRequestTotal],
+    ["4k write QD32 IOPS", "w4k32", (s: Sample) => s.iops],
+    ["4k write QD32 CPU µs/write", "w4k32", (s: Sample) => s.cpuUsPerRequestTotal],
+    ["4k read QD32 IOPS", "r4k32", (s: Sample) => s.iops],
+    ["1M seq write MiB/s", "sw1m", (s: Sample) => s.mibPerSecond],
+  ] as const;
+  for (const [measure, workload, field] of measures) {
+    const mine = cell(ours, workload, field);
+    const base = cell(floor, workload, field);
+    if (mine !== undefined && base !== undefined) floorRows.push(`| ${ours} / ${floor} | ${measure} | ${mine.toFixed(1)} / ${base.toFixed(1)} | ${(mine / base).toFixed(2)} |`);
+  }
+}
+if (floorRows.length > 0) lines.push("", "Tandem over the runtime's floor (bench/floor-server.ts: NBD and a mirror in bare Bun, nothing else):", "", "| systems | measure | measured | ratio |", "| --- | --- | --- | ---: |", ...floorRows);
 console.log(lines.join("\n"));
 if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke, anchorLink }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, samples }, null, 1));
