@@ -545,6 +545,7 @@ async function roundTrip(count: number): Promise<{ meanUs: number; p50Us: number
 
 // ---------------------------------------------------------------------------------- the run
 const samples: Sample[] = [];
+let completed = false;
 let rtt = { meanUs: 0, p50Us: 0 };
 const load: number[] = [];
 try {
@@ -564,9 +565,14 @@ try {
       }
     }
   }
+  completed = true;
 } finally {
   await stopAll();
   for (const stop of labStoppers) await stop();
+  // Every system's volume is a filled file of --size (each mirror two): about 14 GiB at the
+  // defaults. A run that completed leaves none of it behind; a failed one keeps DIR and its logs.
+  if (completed) fs.rmSync(dir, { recursive: true, force: true });
+  else log(`the servers' logs and files are kept in ${dir}`);
 }
 
 /** CPU µs (this process, user + system) of the tags for one mirrored 4k write: its Write frame and its WriteAck, each tagged by the sender and checked by the receiver. */
