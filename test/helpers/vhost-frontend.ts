@@ -363,14 +363,15 @@ export class VhostTestFrontEnd {
     return queue;
   }
 
-  async startQueue(queue: TestQueue, base: number): Promise<void> {
+  /** SET_VRING_NUM, BASE, ADDR, CALL (`callFd`: another descriptor than the queue's own, as QEMU's masked notifier), then KICK. */
+  async startQueue(queue: TestQueue, base: number, options: { callFd?: number } = {}): Promise<void> {
     this.send(Request.SetVringNum, { kind: "state", index: queue.index, num: queue.size });
     this.send(Request.SetVringBase, { kind: "state", index: queue.index, num: base });
     this.send(Request.SetVringAddr, {
       kind: "address",
       address: { index: queue.index, flags: 0, descriptor: userBase + queue.descriptorAddress, used: userBase + queue.usedAddress, available: userBase + queue.availableAddress, log: 0 },
     });
-    this.send(Request.SetVringCall, { kind: "vringFile", index: queue.index, noFd: false }, { fds: [queue.callFd] });
+    this.send(Request.SetVringCall, { kind: "vringFile", index: queue.index, noFd: false }, { fds: [options.callFd ?? queue.callFd] });
     const ack = await this.call(Request.SetVringKick, { kind: "vringFile", index: queue.index, noFd: false }, { fds: [queue.kickFd], needReply: true });
     if (ack.kind !== "u64" || ack.value !== 0n) throw new Error("SET_VRING_KICK refused");
   }

@@ -490,6 +490,52 @@ describe("stop, restart and reconnect", () => {
     expect((await fe.read(q!, 8, 4096)).data).toEqual(pattern(4096, 21));
   });
 
+  test("a reconnecting front-end that starts the queue before its real call descriptor still gets an interrupt for what the resubmission completed", async () => {
+    // QEMU may send SET_VRING_KICK while the queue's call descriptor is still its internal
+    // (masked) notifier, and the real one only after. Requests resubmitted at the kick can complete
+    // in between: their interrupt goes to the masked notifier, nobody reads it, and the guest waits
+    // for completions that are already in its used ring. So every SET_VRING_CALL signals the new
+    // descriptor once (a spurious interrupt is harmless: the driver finds nothing new).
+    const volume = volumes.add("disk", volumeBytes);
+    const socket = path.join(dir, "disk.sock");
+    const first = await serve("disk", { socket });
+    const fe = connect(first);
+    const [q] = await fe.setup({ inflight: true, size: 32 });
+    volume.gate.freeze("test");
+    const requests = [1, 2].map((i) => {
+      const request = fe.blkRequest(BlkRequestType.Out, i * 8, { length: 4096, write: false });
+      fe.guest.set(pattern(4096, 60 + i), request.data);
+      return { ...request, head: q!.addChain(request.buffers) };
+    });
+    q!.push(...requests.map((r) => r.head));
+    await until("two requests in flight", () => first.sessions()[0]?.requestsInFlight === 2);
+    const closing = first.close({ drain: false });
+    await fe.waitClosed();
+    volume.gate.thaw();
+    await closing;
+    q!.interrupts(); // forget what the first back-end signalled
+
+    const second = await serve("disk", { socket });
+    fe.reconnect(second.socketPath);
+    await fe.negotiate();
+    await fe.setMemoryTable();
+    await fe.sendInflight(1, 32);
+    const masked = eventFdCreate();
+    try {
+      await fe.startQueue(q!, q!.usedIndex(), { callFd: masked });
+      const used = await q!.waitUsed(2);
+      expect(used.map((u) => u.head).sort((a, b) => a - b)).toEqual(requests.map((r) => r.head).sort((a, b) => a - b));
+      await until("nothing in flight", () => second.sessions()[0]!.requestsInFlight === 0);
+      expect(q!.interrupts()).toBe(0); // so far only the masked notifier heard of them
+      // The real descriptor arrives: the guest must hear of the completions now.
+      fe.send(Request.SetVringCall, { kind: "vringFile", index: 0, noFd: false }, { fds: [q!.callFd] });
+      await until("an interrupt on the real call descriptor", () => q!.interrupts() > 0);
+      for (const request of requests) expect(fe.guest[request.status]).toBe(BlkStatus.Ok);
+    } finally {
+      closeFd(masked);
+    }
+  });
+
   test("close with drain completes requests in flight to the guest before disconnecting", async () => {
     const volume = volumes.add("disk", volumeBytes);
     const started = await serve("disk");

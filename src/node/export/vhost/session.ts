@@ -497,6 +497,13 @@ export class VhostSession {
         const fd = file.noFd ? -1 : this.eventFd(request, fds);
         closeFd(queue.callFd);
         queue.callFd = fd;
+        // One interrupt on every new call descriptor. A reconnecting QEMU may start the queue
+        // (SET_VRING_KICK) while its call descriptor is still an internal notifier nobody reads,
+        // and send the real one after: requests resubmitted at the kick that complete in between
+        // would never interrupt the guest, which then waits for completions already in its used
+        // ring. A spurious interrupt costs the driver one look at the ring. (libvhost-user does
+        // the same, "in case of I/O hang after reconnecting".)
+        if (fd >= 0) eventFdSignal(fd);
         return;
       }
       case Request.SetVringErr: {
