@@ -6,7 +6,8 @@
 // peer, which reads them, writes its page cache and answers, then answer the client). Tandem's
 // figures over these say what Tandem adds; these over QEMU's say what the runtime allows. It keeps
 // the page cache as Tandem's file layer does (writes in pieces of pageCacheWritePieceBytes, the
-// kernel's readahead off), so that the kernel's share of each write is the same.
+// kernel's readahead off), so that the kernel's share of each write is the same, and queues what a
+// socket cannot take at once in the project's SocketWriteQueue, as any writer must.
 //
 //   bun bench/floor-server.ts peer FILE                 listens on a loopback TCP port, prints "ready PORT"
 //   bun bench/floor-server.ts nbd FILE SOCKET [PORT]    serves FILE as NBD export "bench" on the unix
@@ -16,6 +17,7 @@
 // product: a measuring instrument, started and stopped by bench/replica.ts (each exits after 2 h).
 import fs from "node:fs";
 import { fadvise, POSIX_FADV_RANDOM } from "../src/common/libc.ts";
+import { SocketWriteQueue } from "../src/common/socket-write-queue.ts";
 import { pageCacheWritePieceBytes } from "../src/constants.ts";
 
 const [mode, file, socketPath, peerPort] = process.argv.slice(2);
@@ -93,33 +95,29 @@ function viewOf(bytes: Uint8Array): DataView {
 }
 
 interface Sending {
-  /** What the kernel has not taken yet, in order. */
-  unsent: Uint8Array[];
+  /** What the kernel has not taken yet (every buffer sent here is never changed again). */
+  output: SocketWriteQueue;
 }
 
 /** Send all of `bytes`: what the socket does not take now waits for its drain. */
 function send(socket: import("bun").Socket<Sending>, bytes: Uint8Array): void {
-  const unsent = socket.data.unsent;
-  if (unsent.length > 0) {
-    unsent.push(bytes);
-    return;
-  }
-  const written = socket.write(bytes);
-  if (written < bytes.length) unsent.push(bytes.subarray(Math.max(0, written)));
+  socket.data.output.write(socket, bytes, true);
 }
 
 function drain(socket: import("bun").Socket<Sending>): void {
-  const unsent = socket.data.unsent;
-  while (unsent.length > 0) {
-    const head = unsent[0]!;
-    const written = socket.write(head);
-    if (written < head.length) {
-      unsent[0] = head.subarray(Math.max(0, written));
-      return;
-    }
-    unsent.shift();
-  }
+  socket.data.output.drain(socket);
 }
+
+type LinkSocket = import("bun").Socket<{ input: Input } & Sending>;
+
+/** Both ends of the link to the peer start alike. */
+const linkSocketStart = {
+  open(socket: LinkSocket) {
+    socket.data = { input: new Input(), output: new SocketWriteQueue() };
+    socket.setNoDelay(true);
+  },
+  drain,
+};
 
 function writeAll(target: Uint8Array, offset: number): void {
   let done = 0;
@@ -136,11 +134,7 @@ if (mode === "peer") {
     hostname: "127.0.0.1",
     port: 0,
     socket: {
-      open(socket) {
-        socket.data = { input: new Input(), unsent: [] };
-        socket.setNoDelay(true);
-      },
-      drain,
+      ...linkSocketStart,
       data(socket, chunk) {
         const input = socket.data.input;
         input.push(chunk);
@@ -174,7 +168,7 @@ const transmissionFlags = 1 | 4; // HAS_FLAGS, SEND_FLUSH
 const EINVAL = 22;
 
 interface Peer {
-  socket: import("bun").Socket<{ input: Input } & Sending>;
+  socket: LinkSocket;
   nextId: number;
   /** Answers the client once the peer has written write `id`. */
   waiting: Map<number, () => void>;
@@ -186,11 +180,7 @@ if (peerPort) {
     hostname: "127.0.0.1",
     port: Number(peerPort),
     socket: {
-      open(socket) {
-        socket.data = { input: new Input(), unsent: [] };
-        socket.setNoDelay(true);
-      },
-      drain,
+      ...linkSocketStart,
       data(socket, chunk) {
         const input = socket.data.input;
         input.push(chunk);
@@ -338,7 +328,7 @@ Bun.listen<Client>({
   unix: socketPath!,
   socket: {
     open(socket) {
-      socket.data = { input: new Input(), negotiating: true, clientFlags: undefined, unsent: [] };
+      socket.data = { input: new Input(), negotiating: true, clientFlags: undefined, output: new SocketWriteQueue() };
       const greeting = new Uint8Array(18);
       const view = new DataView(greeting.buffer);
       view.setBigUint64(0, NBDMAGIC);
