@@ -19,8 +19,8 @@ import { BlkRequestType, BlkStatus } from "../../src/node/export/vhost/blk.ts";
 import { HeaderFlag, ProtocolFeatureBit, Request, bit } from "../../src/node/export/vhost/protocol.ts";
 import { startVhostExport, type VhostExport } from "../../src/node/export/vhost/server.ts";
 import type { VhostQueueInfo } from "../../src/node/export/types.ts";
-import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT, type FrontEndOptions } from "../helpers/vhost-frontend.ts";
-import { TestVolumes } from "../helpers/vhost-volumes.ts";
+import { VhostTestFrontEnd, allFeatures, until, VIRTQ_DESC_F_INDIRECT, type FrontEndOptions, type TestQueue } from "../helpers/vhost-frontend.ts";
+import { TestVolumes, type TestVolume } from "../helpers/vhost-volumes.ts";
 
 const MiB = 1024 * 1024;
 const volumeBytes = 64 * MiB;
@@ -68,6 +68,35 @@ function pattern(length: number, seed: number): Uint8Array {
     bytes[i] = x >>> 24;
   }
   return bytes;
+}
+
+/** 4 KiB writes to sectors `i * 8` with `pattern(4096, seed + i)`, all pushed to the queue at once. */
+function pushWrites(fe: VhostTestFrontEnd, q: TestQueue, indexes: number[], seed: number) {
+  const requests = indexes.map((i) => {
+    const request = fe.blkRequest(BlkRequestType.Out, i * 8, { length: 4096, write: false });
+    fe.guest.set(pattern(4096, seed + i), request.data);
+    return { ...request, head: q.addChain(request.buffers) };
+  });
+  q.push(...requests.map((r) => r.head));
+  return requests;
+}
+
+/** The back-end goes away without draining while the frozen volume holds its requests; their IO then settles, and the dead session must not publish it. */
+async function dropBackEnd(started: VhostExport, fe: VhostTestFrontEnd, volume: TestVolume): Promise<void> {
+  const closing = started.close({ drain: false });
+  await fe.waitClosed();
+  volume.gate.thaw();
+  await closing;
+}
+
+/** The export comes back on `socket` and the front-end reconnects as QEMU does, handing the new back-end its in-flight region (one queue). */
+async function reconnect(fe: VhostTestFrontEnd, socket: string, queueSize: number): Promise<VhostExport> {
+  const second = await serve("disk", { socket });
+  fe.reconnect(second.socketPath);
+  await fe.negotiate();
+  await fe.setMemoryTable();
+  await fe.sendInflight(1, queueSize);
+  return second;
 }
 
 /** A queue's state and kick count as the export's status reports them. */
@@ -417,12 +446,7 @@ describe("stop, restart and reconnect", () => {
       const fe = connect(started);
       const [q] = await fe.setup({ inflight: true });
       volume.gate.freeze("test");
-      const requests = [0, 1].map((i) => {
-        const request = fe.blkRequest(BlkRequestType.Out, i * 8, { length: 4096, write: false });
-        fe.guest.set(pattern(4096, 40 + i), request.data);
-        return { ...request, head: q!.addChain(request.buffers) };
-      });
-      q!.push(...requests.map((r) => r.head));
+      const requests = pushWrites(fe, q!, [0, 1], 40);
       await until("two requests in flight", () => started.sessions()[0]?.requestsInFlight === 2);
       fe.send(Request.GetVringBase, { kind: "state", index: 0, num: 0 });
       const { message } = await fe.reply(vhostStopDrainTimeoutMs + 5000);
@@ -456,26 +480,14 @@ describe("stop, restart and reconnect", () => {
     expect((await fe.write(q!, 0, pattern(4096, 20))).status).toBe(BlkStatus.Ok);
     // Four more are in flight (held by the frozen volume) when the back-end goes away.
     volume.gate.freeze("test");
-    const requests = [1, 2, 3, 4].map((i) => {
-      const request = fe.blkRequest(BlkRequestType.Out, i * 8, { length: 4096, write: false });
-      fe.guest.set(pattern(4096, 20 + i), request.data);
-      return { ...request, head: q!.addChain(request.buffers) };
-    });
-    q!.push(...requests.map((r) => r.head));
+    const requests = pushWrites(fe, q!, [1, 2, 3, 4], 20);
     await until("four requests in flight", () => first.sessions()[0]?.requestsInFlight === 4);
-    const closing = first.close({ drain: false });
-    await fe.waitClosed();
-    volume.gate.thaw(); // the old IO settles, but the old session must not publish it
-    await closing;
+    await dropBackEnd(first, fe, volume);
     expect(q!.usedIndex()).toBe(1);
 
-    // The export comes back on the same socket; the front-end reconnects as QEMU does and, since
-    // it could not ask the dead back-end, restores the base to used->idx.
-    const second = await serve("disk", { socket });
-    fe.reconnect(second.socketPath);
-    await fe.negotiate();
-    await fe.setMemoryTable();
-    await fe.sendInflight(1, 32);
+    // The export comes back on the same socket; the front-end reconnects and, since it could not
+    // ask the dead back-end, restores the base to used->idx.
+    const second = await reconnect(fe, socket, 32);
     await fe.startQueue(q!, q!.usedIndex());
     const used = await q!.waitUsed(4);
     expect(q!.usedIndex()).toBe(5);
@@ -502,24 +514,12 @@ describe("stop, restart and reconnect", () => {
     const fe = connect(first);
     const [q] = await fe.setup({ inflight: true, size: 32 });
     volume.gate.freeze("test");
-    const requests = [1, 2].map((i) => {
-      const request = fe.blkRequest(BlkRequestType.Out, i * 8, { length: 4096, write: false });
-      fe.guest.set(pattern(4096, 60 + i), request.data);
-      return { ...request, head: q!.addChain(request.buffers) };
-    });
-    q!.push(...requests.map((r) => r.head));
+    const requests = pushWrites(fe, q!, [1, 2], 60);
     await until("two requests in flight", () => first.sessions()[0]?.requestsInFlight === 2);
-    const closing = first.close({ drain: false });
-    await fe.waitClosed();
-    volume.gate.thaw();
-    await closing;
+    await dropBackEnd(first, fe, volume);
     q!.interrupts(); // forget what the first back-end signalled
 
-    const second = await serve("disk", { socket });
-    fe.reconnect(second.socketPath);
-    await fe.negotiate();
-    await fe.setMemoryTable();
-    await fe.sendInflight(1, 32);
+    const second = await reconnect(fe, socket, 32);
     const masked = eventFdCreate();
     try {
       await fe.startQueue(q!, q!.usedIndex(), { callFd: masked });
