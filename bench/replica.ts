@@ -410,6 +410,28 @@ async function startQemuNbd(): Promise<System> {
   return { name: "qemu-nbd-wb", uri, processes: { "qemu-nbd": server.pid } };
 }
 
+/** Start a helper process we own that prints "ready PORT" once it listens on a loopback TCP port (within 30 s). */
+async function spawnListening(name: string, command: string[]): Promise<{ process: import("bun").Subprocess<"ignore", "pipe", "inherit">; port: number }> {
+  const child = Bun.spawn(command, { cwd: dir, stdout: "pipe", stderr: "inherit" });
+  started.push({ name, process: child });
+  const reader = child.stdout.getReader();
+  const deadline = setTimeout(() => void reader.cancel(), 30_000);
+  let text = "";
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`${name} exited or said nothing within 30 s before listening`);
+      text += new TextDecoder().decode(value);
+    }
+  } finally {
+    clearTimeout(deadline);
+    reader.releaseLock();
+  }
+  const port = Number(text.trim().split(" ")[1]);
+  if (!Number.isInteger(port) || port <= 0) throw new Error(`${name} said ${JSON.stringify(text.trim())}, not "ready PORT"`);
+  return { process: child, port };
+}
+
 /** bench/floor-server.ts on a filled file, mirrored to a peer process with a copy of it or alone. */
 async function startBunFloor(name: "bun-floor-mirrored" | "bun-floor"): Promise<System> {
   log(`${name}: files${name === "bun-floor-mirrored" ? " and peer" : ""}`);
@@ -421,12 +443,9 @@ async function startBunFloor(name: "bun-floor-mirrored" | "bun-floor"): Promise<
   if (name === "bun-floor-mirrored") {
     const remote = path.join(dir, `${name}-peer.img`);
     sparseFile(remote);
-    const portFile = path.join(dir, `${name}-peer.port`);
-    const peer = Bun.spawn([process.execPath, server, "peer", remote], { cwd: dir, stdout: Bun.file(portFile), stderr: "inherit" });
-    started.push({ name: `${name}-peer`, process: peer });
-    await waitFor(`${name} peer listening`, () => fs.existsSync(portFile) && fs.readFileSync(portFile, "utf8").includes("\n"), 30_000, peer);
-    args.push(fs.readFileSync(portFile, "utf8").trim().split(" ")[1]!);
-    processes["peer"] = peer.pid;
+    const peer = await spawnListening(`${name} peer`, [process.execPath, server, "peer", remote]);
+    args.push(String(peer.port));
+    processes["peer"] = peer.process.pid;
   }
   const socket = path.join(dir, `${name}.sock`);
   const primary = spawn(name, [process.execPath, server, "nbd", local, socket, ...args]);
@@ -495,16 +514,7 @@ async function measure(system: System, workload: WorkloadName, round: number): P
 
 /** 4 KiB out, 4 KiB back, over loopback TCP to another process, `count` times in a row: mean and p50 µs. */
 async function roundTrip(count: number): Promise<{ meanUs: number; p50Us: number }> {
-  const child = Bun.spawn([process.execPath, import.meta.path, "--echo"], { stdout: "pipe", stderr: "inherit" });
-  started.push({ name: "echo", process: child });
-  const reader = child.stdout.getReader();
-  let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error("the round-trip echo process exited before listening");
-    text += new TextDecoder().decode(value);
-  }
-  const port = Number(text.trim().split(" ")[1]);
+  const { process: child, port } = await spawnListening("the round-trip echo process", [process.execPath, import.meta.path, "--echo"]);
   const request = new Uint8Array(4096).fill(0x71);
   const warmup = 500;
   const latencies: number[] = [];
