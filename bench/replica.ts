@@ -691,17 +691,17 @@ const floorPairs = [
   ["tandem-mirrored", "bun-floor-mirrored"],
   ["tandem-unmirrored", "bun-floor"],
 ] as const;
+const floorMeasures = [
+  ["4k write QD1 mean µs", "w4k1", (s: Sample) => s.meanUs],
+  ["4k write QD1 CPU µs/write", "w4k1", (s: Sample) => s.cpuUsPerRequestTotal],
+  ["4k write QD32 IOPS", "w4k32", (s: Sample) => s.iops],
+  ["4k write QD32 CPU µs/write", "w4k32", (s: Sample) => s.cpuUsPerRequestTotal],
+  ["4k read QD32 IOPS", "r4k32", (s: Sample) => s.iops],
+  ["1M seq write MiB/s", "sw1m", (s: Sample) => s.mibPerSecond],
+] as const;
 const floorRows: string[] = [];
 for (const [ours, floor] of floorPairs) {
-  const measures = [
-    ["4k write QD1 mean µs", "w4k1", (s: Sample) => s.meanUs],
-    ["4k write QD1 CPU µs/write", "w4k1", (s: Sample) => s.cpuUsPerRequestTotal],
-    ["4k write QD32 IOPS", "w4k32", (s: Sample) => s.iops],
-    ["4k write QD32 CPU µs/write", "w4k32", (s: Sample) => s.cpuUsPerRequestTotal],
-    ["4k read QD32 IOPS", "r4k32", (s: Sample) => s.iops],
-    ["1M seq write MiB/s", "sw1m", (s: Sample) => s.mibPerSecond],
-  ] as const;
-  for (const [measure, workload, field] of measures) {
+  for (const [measure, workload, field] of floorMeasures) {
     const mine = cell(ours, workload, field);
     const base = cell(floor, workload, field);
     if (mine !== undefined && base !== undefined) floorRows.push(`| ${ours} / ${floor} | ${measure} | ${mine.toFixed(1)} / ${base.toFixed(1)} | ${(mine / base).toFixed(2)} |`);

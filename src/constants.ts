@@ -31,7 +31,8 @@ export const directIoBounceBytesMax = 32 * MiB;
  * length (up to 2 MiB), and ext4 walks every block of a folio on each later write into it: after a
  * 1 MiB write, each 4 KiB write into that MiB cost 10.7 µs of kernel time here, against 1.5 µs
  * after 4 KiB writes and 2–3 µs after 16–64 KiB ones (docs/benchmarks.md, "Page-cache folios").
- * Writing 1 MiB as 32 KiB pieces costs about 30–40 µs more per MiB.
+ * Writing 1 MiB as 32 KiB pieces costs about 26 µs more CPU per MiB (227 against 200 µs fresh, 141
+ * against 115 overwriting).
  */
 export const pageCacheWritePieceBytes = 32 * KiB;
 
