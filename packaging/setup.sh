@@ -3,7 +3,8 @@
 # the Debian packages the tests and benchmarks drive (QEMU, the NBD tools,
 # fio, nbdkit, a guest kernel and busybox for the lab guest, iproute2 for
 # network namespaces; tmux for the TUI's end-to-end test, lintian for the .deb, hyperfine for the
-# start-up figures), then the npm packages, Bun among them.
+# start-up figures; libssl3, whose libcrypto tags replication frames, named because the tests
+# check that path and nothing else here is sure to pull it in), then the npm packages, Bun among them.
 # Safe to run again: every step is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ APT_PACKAGES=(
   libnbd-bin nbdkit python3-libnbd
   busybox-static linux-image-amd64 cpio
   iproute2 iputils-ping nftables iptables
-  sqlite3
+  sqlite3 libssl3
   tmux lintian hyperfine
 )
 

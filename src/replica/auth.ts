@@ -105,15 +105,9 @@ export function verifyMac(expected: Uint8Array, received: Uint8Array): boolean {
   return received.length === expected.length && timingSafeEqual(expected, received);
 }
 
-/**
- * The tag of the frame made of `parts` (header first), as frame number `sequence` under `key`. One
- * pass over the parts, which are neither copied nor joined; the nonce is written byte by byte (a
- * DataView over a fresh small array makes the engine materialise its buffer, which costs more than
- * the header's GHASH) and the tag is the cipher's own buffer, not a copy.
- */
-export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint8Array[]): Uint8Array {
+/** The frame's 12-byte GCM nonce: its sequence number, little-endian, in the first 8 bytes. */
+export function writeFrameNonce(nonce: Uint8Array, sequence: number): void {
   assert(Number.isSafeInteger(sequence) && sequence >= 0, "frame sequence numbers are safe integers");
-  const nonce = new Uint8Array(12);
   const low = sequence >>> 0;
   const high = Math.floor(sequence / 0x100000000);
   nonce[0] = low;
@@ -124,10 +118,90 @@ export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint
   nonce[5] = high >>> 8;
   nonce[6] = high >>> 16;
   nonce[7] = high >>> 24;
+}
+
+/**
+ * The tag of the frame made of `parts` (header first), as frame number `sequence` under `key`. One
+ * pass over the parts, which are neither copied nor joined; the nonce is written byte by byte (a
+ * DataView over a fresh small array makes the engine materialise its buffer, which costs more than
+ * the header's GHASH) and the tag is the cipher's own buffer, not a copy. The reference: a faster
+ * implementation is installed only when it agrees with this one (installFrameTagger).
+ */
+export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint8Array[]): Uint8Array {
+  const nonce = new Uint8Array(12);
+  writeFrameNonce(nonce, sequence);
   const cipher = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: frameTagBytes });
   for (const part of parts) if (part.length > 0) cipher.setAAD(part);
   cipher.final();
   return cipher.getAuthTag();
+}
+
+/** Computes frame tags under one key (one direction of one connection). */
+export interface FrameTagger {
+  /** frameTag(key, sequence, parts): a fresh array the caller may keep. */
+  tag(sequence: number, parts: readonly Uint8Array[]): Uint8Array;
+}
+
+/** Makes the tagger for a key; the key's bytes may be kept or copied, never changed. */
+export type FrameTaggerFactory = (key: Uint8Array) => FrameTagger;
+
+const referenceTaggerFactory: FrameTaggerFactory = (key) => ({ tag: (sequence, parts) => frameTag(key, sequence, parts) });
+let activeTaggerFactory = referenceTaggerFactory;
+let activeTaggerName = "node:crypto";
+
+/** Which implementation computes frame tags: "node:crypto" (the reference) or the installed one's name. */
+export function frameTaggerImplementation(): string {
+  return activeTaggerName;
+}
+
+/** Keys, sequences and frame shapes a candidate must tag exactly as the reference does. */
+function checkTaggerAgainstReference(factory: FrameTaggerFactory): string | undefined {
+  const sample = new Uint8Array(4096 + 64 + 7);
+  for (let index = 0; index < sample.length; index++) sample[index] = (index * 2654435761) >>> 24;
+  const shapes: Uint8Array[][] = [
+    [sample.subarray(0, 32)],
+    [sample.subarray(0, 32), sample.subarray(32, 32 + 4096)],
+    [sample.subarray(3, 35), new Uint8Array(0), sample.subarray(35, 35 + 17)],
+    [sample.subarray(7, 39), sample.subarray(39, 39 + 4096 + 31)],
+    [new Uint8Array(0)],
+  ];
+  for (const keySeed of [1, 77]) {
+    const key = new Uint8Array(32);
+    for (let index = 0; index < key.length; index++) key[index] = (index * 31 + keySeed) & 0xff;
+    const tagger = factory(key);
+    for (const sequence of [0, 1, 255, 256, 0xffffffff, 0x100000000, 2 ** 53 - 1]) {
+      for (const [shape, parts] of shapes.entries()) {
+        const expected = frameTag(key, sequence, parts);
+        const got = tagger.tag(sequence, parts);
+        if (got.length !== frameTagBytes || !got.every((byte, index) => byte === expected[index])) return `frame shape ${shape} at sequence ${sequence} differs`;
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Install a faster frame tagger for every sealer and opener made after this; returns why it was
+ * refused (it must agree with the reference first, so a broken fast path can never tag a frame),
+ * or undefined when installed.
+ */
+export function installFrameTagger(factory: FrameTaggerFactory, name: string): string | undefined {
+  let problem: string | undefined;
+  try {
+    problem = checkTaggerAgainstReference(factory);
+  } catch (error) {
+    problem = `failed: ${(error as Error)?.message ?? String(error)}`;
+  }
+  if (problem) return `${name}: ${problem}`;
+  activeTaggerFactory = factory;
+  activeTaggerName = name;
+  return undefined;
+}
+
+/** Back to the reference (tests). */
+export function resetFrameTagger(): void {
+  activeTaggerFactory = referenceTaggerFactory;
+  activeTaggerName = "node:crypto";
 }
 
 /**
@@ -137,15 +211,17 @@ export function frameTag(key: Uint8Array, sequence: number, parts: readonly Uint
  */
 export class FrameSealer {
   private sequence = 0;
+  private readonly tagger: FrameTagger | undefined;
   /** How this session's frames are encoded (encodeMessage's mode): tagged or not, with or without a payload CRC. */
   readonly mode: FrameMode;
 
   /** `version`: the link's agreed protocol version (3 and later: tagged frames carry no payload CRC). */
   constructor(
-    private readonly key: Uint8Array | undefined,
+    key: Uint8Array | undefined,
     version = protocolVersionTagOnly,
   ) {
     this.mode = key ? { tagged: true, payloadCrc: version < protocolVersionTagOnly } : plainFrames;
+    this.tagger = key ? activeTaggerFactory(key) : undefined;
   }
 
   /**
@@ -153,9 +229,9 @@ export class FrameSealer {
    * without this session's mode gets its Tagged flag here (its header CRC computed again).
    */
   seal(parts: Uint8Array[]): Uint8Array[] {
-    if (!this.key) return parts;
+    if (!this.tagger) return parts;
     if ((parts[0]![5]! & FrameFlags.Tagged) === 0) markFrameTagged(parts[0]!);
-    parts.push(frameTag(this.key, this.sequence++, parts));
+    parts.push(this.tagger.tag(this.sequence++, parts));
     return parts;
   }
 }
@@ -164,13 +240,16 @@ export type OpenResult = "ok" | "missing" | "unexpected" | "bad";
 
 export class FrameOpener {
   private sequence = 0;
-  constructor(private readonly key: Uint8Array | undefined) {}
+  private readonly tagger: FrameTagger | undefined;
+  constructor(key: Uint8Array | undefined) {
+    this.tagger = key ? activeTaggerFactory(key) : undefined;
+  }
 
   /** Check the next frame's tag; anything but "ok" means the frame must not be acted on. */
   open(frame: Frame): OpenResult {
-    if (!this.key) return frame.tag ? "unexpected" : "ok";
+    if (!this.tagger) return frame.tag ? "unexpected" : "ok";
     if (!frame.tag) return "missing";
-    const expected = frameTag(this.key, this.sequence, [frame.header, frame.payload]);
+    const expected = this.tagger.tag(this.sequence, [frame.header, frame.payload]);
     if (!verifyMac(expected, frame.tag)) return "bad";
     this.sequence++;
     return "ok";

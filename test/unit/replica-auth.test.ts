@@ -5,8 +5,11 @@
 // another exchange; the two directions get different session keys; a frame tag fails for a
 // replayed, reordered, dropped, altered or spliced frame and for a frame sent back the other way.
 // Key derivation and tags are checked against WebCrypto, an implementation outside node:crypto.
-import { describe, expect, test } from "bun:test";
-import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, frameTag, type HelloFields, sessionKeys, transcriptHash, verifyMac } from "../../src/replica/auth.ts";
+// The frame-tag properties run twice: with the node:crypto reference and with libcrypto's GMAC
+// installed in its place, as the daemon runs (src/node/replica/gmac-native.ts).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { loadNativeGmac } from "../../src/node/replica/gmac-native.ts";
+import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, frameTag, frameTaggerImplementation, type FrameTaggerFactory, type HelloFields, installFrameTagger, resetFrameTagger, sessionKeys, transcriptHash, verifyMac } from "../../src/replica/auth.ts";
 import { checksum } from "../../src/replica/checksum.ts";
 import { decodeFrame, decodeMessage, encodeMessage, type Frame, frameHeaderBytes, FrameFlags, joinParts, LinkRole, MessageType, NEED_MORE } from "../../src/replica/wire.ts";
 
@@ -90,7 +93,15 @@ describe("session keys", () => {
   });
 });
 
-describe("frame tags", () => {
+/** The frame-tag properties, for the reference and for each faster implementation installed in its place. */
+function frameTagProperties(implementation: string, install: () => void) {
+describe(`frame tags (${implementation})`, () => {
+  beforeAll(install);
+  afterAll(resetFrameTagger);
+  test("the implementation under test is the one installed", () => {
+    expect(frameTaggerImplementation()).toStartWith(implementation);
+  });
+
   const keys = sessionKeys(secret, transcriptHash(dialerPayload, acceptorPayload, 2));
   const message = (requestId: number) => encodeMessage({ type: MessageType.PeerRequest, volumeId: 0, requestId, payload: encoder.encode(`request ${requestId}`) });
   const sealedStream = (sealer: FrameSealer, count: number) => Array.from({ length: count }, (_, index) => joinParts(sealer.seal(message(index + 1))));
@@ -211,5 +222,59 @@ describe("frame tags", () => {
       const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, frame.payload]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
       expect(new Uint8Array(frameTag(keys.dialerToAcceptor, sequence, [frame.header, frame.payload]))).toEqual(webCrypto);
     }
+  });
+});
+}
+
+frameTagProperties("node:crypto", resetFrameTagger);
+frameTagProperties("libcrypto", () => {
+  const native = loadNativeGmac();
+  if ("unavailable" in native) throw new Error(native.unavailable);
+  expect(installFrameTagger(native.tagger, `libcrypto (${native.library})`)).toBeUndefined();
+});
+
+describe("installing a frame tagger", () => {
+  afterAll(resetFrameTagger);
+  const reference: FrameTaggerFactory = (key) => ({ tag: (sequence, parts) => frameTag(key, sequence, parts) });
+
+  test("one that differs from the reference anywhere is refused, and the reference keeps tagging", () => {
+    const lowBitsOnly: FrameTaggerFactory = (key) => ({ tag: (sequence, parts) => frameTag(key, sequence >>> 0, parts) });
+    const firstPartOnly: FrameTaggerFactory = (key) => ({ tag: (sequence, parts) => frameTag(key, sequence, parts.slice(0, 1)) });
+    const throws: FrameTaggerFactory = () => {
+      throw new Error("no context");
+    };
+    expect(installFrameTagger(lowBitsOnly, "low")).toContain("sequence 4294967296 differs");
+    expect(installFrameTagger(firstPartOnly, "first")).toContain("differs");
+    expect(installFrameTagger(throws, "throws")).toBe("throws: failed: no context");
+    expect(frameTaggerImplementation()).toBe("node:crypto");
+    expect(installFrameTagger(reference, "copy")).toBeUndefined();
+    expect(frameTaggerImplementation()).toBe("copy");
+  });
+
+  test("a library that is not there answers why, and nothing is installed", () => {
+    resetFrameTagger();
+    const missing = loadNativeGmac(["libcrypto-that-is-not-here.so.9"]);
+    expect("unavailable" in missing && missing.unavailable).toContain("libcrypto-that-is-not-here.so.9");
+    expect(frameTaggerImplementation()).toBe("node:crypto");
+  });
+
+  test("a frame sealed by one implementation opens under the other, both ways", () => {
+    const native = loadNativeGmac();
+    if ("unavailable" in native) throw new Error(native.unavailable);
+    const key = new Uint8Array(32).fill(9);
+    const data = new Uint8Array(8192).map((_, index) => index & 0xff);
+    const frames = (sealer: FrameSealer) => [1, 2, 3].map((requestId) => joinParts(sealer.seal(encodeMessage({ type: MessageType.Write, volumeId: 1, requestId, offset: 0, fua: false, data: data.subarray(requestId, requestId + 4096) }, sealer.mode))));
+    const open = (opener: FrameOpener, stream: Uint8Array[]) =>
+      stream.map((bytes) => {
+        const result = decodeFrame(bytes, 0, 1 << 20);
+        if (result === NEED_MORE) throw new Error("incomplete frame");
+        return opener.open(result.frame);
+      });
+    resetFrameTagger();
+    const byReference = frames(new FrameSealer(key));
+    const referenceOpener = new FrameOpener(key);
+    expect(installFrameTagger(native.tagger, "libcrypto")).toBeUndefined();
+    expect(open(new FrameOpener(key), byReference)).toEqual(["ok", "ok", "ok"]);
+    expect(open(referenceOpener, frames(new FrameSealer(key)))).toEqual(["ok", "ok", "ok"]);
   });
 });
