@@ -47,7 +47,8 @@ import { parseSize } from "../src/common/size.ts";
 import { cliEntry, runCli } from "../test/helpers/daemon.ts";
 import { median } from "./stats.ts";
 import { untaggedFramesConsent, untaggedFramesVariable } from "../src/node/replica/replication.ts";
-import { frameTag } from "../src/replica/auth.ts";
+import { frameTagger } from "../src/replica/auth.ts";
+import { installNativeFrameTags } from "../src/node/replica/gmac-native.ts";
 import { encodeMessage, MessageType, WireStatus } from "../src/replica/wire.ts";
 
 const MiB = 1024 * 1024;
@@ -591,17 +592,20 @@ function tagCpuUsPerWrite(): number {
   const writeFrame = encodeMessage({ type: MessageType.Write, volumeId: 1, requestId: 1, offset: 0, fua: false, data: new Uint8Array(4096) });
   const ackFrame = encodeMessage({ type: MessageType.WriteAck, volumeId: 1, requestId: 1, status: WireStatus.Ok });
   const writes = smoke ? 2000 : 20_000;
-  for (let index = 0; index < 2000; index++) frameTag(key, index, writeFrame);
+  const tagger = frameTagger(key);
+  for (let index = 0; index < 2000; index++) tagger.tag(index, writeFrame);
   const before = process.cpuUsage();
   for (let index = 0; index < writes; index++) {
-    frameTag(key, index, writeFrame);
-    frameTag(key, index, writeFrame);
-    frameTag(key, index, ackFrame);
-    frameTag(key, index, ackFrame);
+    tagger.tag(index, writeFrame);
+    tagger.tag(index, writeFrame);
+    tagger.tag(index, ackFrame);
+    tagger.tag(index, ackFrame);
   }
   const used = process.cpuUsage(before);
   return (used.user + used.system) / writes;
 }
+// The implementation the daemons run (they install it the same way at start).
+const tagImplementation = installNativeFrameTags();
 const tagUs = tagCpuUsPerWrite();
 
 // ---------------------------------------------------------------------------------- the report
@@ -636,7 +640,7 @@ for (const system of systems) {
 }
 lines.push("", `Round trip: 4 KiB each way over loopback TCP between two processes: mean ${rtt.meanUs.toFixed(1)} µs, p50 ${rtt.p50Us.toFixed(1)} µs.`, "");
 const mirroredCpuQd32 = cell("tandem-mirrored", "w4k32", (s) => s.cpuUsPerRequestTotal);
-lines.push(`Frame tags' own CPU per mirrored 4k write (the Write and its WriteAck, each tagged and checked, timed in the benchmark process): ${tagUs.toFixed(2)} µs${mirroredCpuQd32 ? `, ${((100 * tagUs) / mirroredCpuQd32).toFixed(1)}% of the ${mirroredCpuQd32.toFixed(1)} µs both nodes spend per write at QD32` : ""}.`, "");
+lines.push(`Frame tags' own CPU per mirrored 4k write (the Write and its WriteAck, each tagged and checked, timed in the benchmark process with ${tagImplementation.implementation}, as the daemons tag): ${tagUs.toFixed(2)} µs${mirroredCpuQd32 ? `, ${((100 * tagUs) / mirroredCpuQd32).toFixed(1)}% of the ${mirroredCpuQd32.toFixed(1)} µs both nodes spend per write at QD32` : ""}.`, "");
 lines.push("Server CPU µs per request (utime + stime of each server process over the run / requests completed), medians:", "");
 lines.push(`| system | process | ${workloads.join(" | ")} |`, `| --- | --- | ${workloads.map(() => "---:").join(" | ")} |`);
 for (const system of systems) {
@@ -709,4 +713,4 @@ for (const [ours, floor] of floorPairs) {
 }
 if (floorRows.length > 0) lines.push("", "Tandem over the runtime's floor (bench/floor-server.ts: NBD and a mirror in bare Bun, nothing else):", "", "| systems | measure | measured | ratio |", "| --- | --- | --- | ---: |", ...floorRows);
 console.log(lines.join("\n"));
-if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke, anchorLink }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, samples }, null, 1));
+if (values.json) fs.writeFileSync(values.json, JSON.stringify({ options: { sizeBytes, runtimeSeconds, rounds, systems, workloads, smoke, anchorLink }, roundTrip: rtt, tagCpuUsPerWrite: tagUs, tagImplementation, samples }, null, 1));

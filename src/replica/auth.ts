@@ -149,6 +149,11 @@ const referenceTaggerFactory: FrameTaggerFactory = (key) => ({ tag: (sequence, p
 let activeTaggerFactory = referenceTaggerFactory;
 let activeTaggerName = "node:crypto";
 
+/** A tagger for `key` from the implementation installed now (what sealers and openers made now use). */
+export function frameTagger(key: Uint8Array): FrameTagger {
+  return activeTaggerFactory(key);
+}
+
 /** Which implementation computes frame tags: "node:crypto" (the reference) or the installed one's name. */
 export function frameTaggerImplementation(): string {
   return activeTaggerName;

@@ -34,7 +34,7 @@ test("bench/replica.ts --smoke measures every system on every workload and state
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   clearTimeout(timer);
   expect({ code, stderr: code === 0 ? "" : stderr }).toEqual({ code: 0, stderr: "" });
-  const result = JSON.parse(fs.readFileSync(jsonPath, "utf8")) as { samples: SampleJson[]; roundTrip: { meanUs: number }; tagCpuUsPerWrite: number };
+  const result = JSON.parse(fs.readFileSync(jsonPath, "utf8")) as { samples: SampleJson[]; roundTrip: { meanUs: number }; tagCpuUsPerWrite: number; tagImplementation: { implementation: string } };
   const systems = ["tandem-mirrored", "tandem-untagged", "qemu-quorum", "qemu-mirror", "tandem-unmirrored", "qemu-nbd-wb", "bun-floor-mirrored", "bun-floor"];
   const workloads = ["w4k1", "w4k32", "r4k1", "r4k32", "sw1m"];
   const processes: Record<string, string[]> = {
@@ -56,6 +56,8 @@ test("bench/replica.ts --smoke measures every system on every workload and state
   }
   expect(result.roundTrip.meanUs).toBeGreaterThan(0);
   expect(result.tagCpuUsPerWrite).toBeGreaterThan(0);
+  // Timed with what the daemons run: libcrypto, which setup.sh installs.
+  expect(result.tagImplementation.implementation).toStartWith("libcrypto");
   for (const target of ["≤ 0.8× QEMU quorum's", "≤ unmirrored + 1.5× round trip", "≥ 2.5× the better QEMU anchor", "≥ 0.6× unmirrored", "1M sequential write ≥ 1.2×", "read QD1 IOPS ≥ 1.0×", "read QD32 IOPS ≥ 1.0×", "both nodes, ≤ 2.5× unmirrored", "tagged 4k write QD32 IOPS ≥ 0.9× untagged", "Frame tags' own CPU"]) {
     expect(stdout).toContain(target);
   }

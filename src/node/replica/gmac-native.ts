@@ -12,7 +12,7 @@
 // reference's tag for that frame, so a tag is never wrong and a frame is never lost to it.
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
 import { assert } from "../../common/assert.ts";
-import { type FrameTagger, type FrameTaggerFactory, frameTag, writeFrameNonce } from "../../replica/auth.ts";
+import { type FrameTagger, type FrameTaggerFactory, frameTag, frameTaggerImplementation, installFrameTagger, writeFrameNonce } from "../../replica/auth.ts";
 
 const { i32, ptr } = FFIType;
 
@@ -90,4 +90,11 @@ export function loadNativeGmac(names: readonly string[] = libraryNames): NativeG
       return tagger;
     },
   };
+}
+
+/** Tag frames with libcrypto from now on where it loads and agrees with the reference: which implementation runs, and why not libcrypto when not. */
+export function installNativeFrameTags(): { implementation: string; reason?: string } {
+  const gmac = loadNativeGmac();
+  const reason = "unavailable" in gmac ? gmac.unavailable : installFrameTagger(gmac.tagger, `libcrypto (${gmac.library})`);
+  return { implementation: frameTaggerImplementation(), ...(reason ? { reason } : {}) };
 }

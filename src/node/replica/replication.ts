@@ -13,7 +13,6 @@ import { BlockError } from "../../common/errors.ts";
 import type { Logger } from "../../common/log.ts";
 import { replicaActivityLogExtentBytes, replicaBitmapBytesPerTiBMax, replicaBitmapGranuleBytesMax, replicaBitmapGranuleBytesMin, replicaTickMs } from "../../constants.ts";
 import { StaticWriteAuthority } from "../../replica/authority.ts";
-import { frameTaggerImplementation, installFrameTagger } from "../../replica/auth.ts";
 import { installChecksum } from "../../replica/checksum.ts";
 import type { WriteAuthority } from "../../replica/io.ts";
 import type { Grant } from "../../replica/types.ts";
@@ -33,7 +32,7 @@ import type { NodeConfig } from "../config.ts";
 import type { ReplicationService } from "../pairing.ts";
 import { type LinkEvent, linkEventOf } from "./link-events.ts";
 import { MirrorLayer } from "./mirror-layer.ts";
-import { loadNativeGmac } from "./gmac-native.ts";
+import { installNativeFrameTags } from "./gmac-native.ts";
 import { TcpPeerTransport } from "./tcp-transport.ts";
 
 function promised<T>(run: (done: (error: BlockError | null, value?: T) => void) => void): Promise<T> {
@@ -122,9 +121,7 @@ export class NodeReplication implements ReplicationService {
     const refused = crc32c.name === "native" ? installChecksum(crc32c.crc32c, "native") : undefined;
     log.info("replication checksum", { crc32c: refused ? "typescript" : crc32c.name, reason: refused ?? crc32c.reason });
     // Every frame after the handshake carries a tag: libcrypto's GMAC with one context per direction where it loads.
-    const gmac = loadNativeGmac();
-    const tagsRefused = "unavailable" in gmac ? gmac.unavailable : installFrameTagger(gmac.tagger, `libcrypto (${gmac.library})`);
-    log.info("replication frame tags", { implementation: frameTaggerImplementation(), reason: tagsRefused });
+    log.info("replication frame tags", installNativeFrameTags());
     this.transport = new TcpPeerTransport({ listen: peer.listen, peer: peer.address, log: log.child("link") });
     const { state, witness } = dependencies;
     if (config.witness && witness && state) {
