@@ -27,7 +27,8 @@
 // at iodepth 1 and 32, 1 MiB sequential write at iodepth 8. Rounds rotate the order of the systems;
 // each cell is the median of the rounds. For every run the CPU time (utime + stime from
 // /proc/PID/stat) of every server process of the system is read before and after, and divided by
-// the requests fio completed: CPU µs per request, per process. Kernel work done outside those
+// the requests fio completed: CPU µs per request, per process. Each cell starts after a `sync`, so
+// no cell pays for another's writeback. Kernel work done outside those
 // processes (kworkers completing IO, softirqs) is not counted, for any system. The round trip is
 // measured too: a 4 KiB request and a 4 KiB answer over loopback TCP between two processes.
 // It prints the tables and the ratios against the targets of the mirrored-write issue.
@@ -564,11 +565,25 @@ try {
   for (const name of systems) running.push(await starters[name]());
   rtt = await roundTrip(smoke ? 2000 : 20_000);
   log(`4 KiB loopback TCP round trip: mean ${rtt.meanUs.toFixed(1)} µs, p50 ${rtt.p50Us.toFixed(1)} µs`);
+  /**
+   * Every cell starts with nothing dirty in the page cache: the kernel writes a cell's dirty pages
+   * back about 30 s later, in kernel threads on the same two CPUs, which would land on whichever
+   * cell runs then (a mirrored system leaves twice the dirty data). `sync` before each cell keeps
+   * each system's writeback out of the other systems' figures.
+   */
+  const settleWriteback = () => {
+    const started = performance.now();
+    const result = Bun.spawnSync(["sync"]);
+    if (result.exitCode !== 0) throw new Error(`sync failed: ${result.stderr.toString()}`);
+    const seconds = (performance.now() - started) / 1000;
+    if (seconds >= 1) log(`sync before the next cell: ${seconds.toFixed(1)} s`);
+  };
   for (let round = 1; round <= rounds; round++) {
     // Rotate: each round starts with the next system, so no system always runs first or last.
     const order = running.map((_, index) => running[(index + round - 1) % running.length]!);
     for (const workload of workloads) {
       for (const system of order) {
+        settleWriteback();
         const sample = await measure(system, workload, round);
         samples.push(sample);
         load.push(os.loadavg()[0]!);
