@@ -192,6 +192,17 @@ export class FileLayer implements BlockLayer {
   }
 
   read(offset: number, target: Uint8Array): Promise<void> {
+    if (!this.direct) {
+      // From the page cache: one pread that is over before this returns, like a buffered write
+      // below, so without the async frames of the general path.
+      try {
+        this.checkOpen();
+        this.readSyncAll(this.fd, target, offset);
+        return Promise.resolve();
+      } catch (error) {
+        return Promise.reject(blockErrorFromSystem(error, `read ${this.path} at ${offset}+${target.length}`));
+      }
+    }
     return this.whileRunning(() => this.readRange(offset, target));
   }
 
@@ -228,10 +239,10 @@ export class FileLayer implements BlockLayer {
     }
   }
 
+  /** A read of a direct layer (page-cache reads are read()'s own). */
   private async readRange(offset: number, target: Uint8Array): Promise<void> {
     this.checkOpen();
     try {
-      if (!this.direct) return this.readSyncAll(this.fd, target, offset);
       if (isAligned(target, offset, this.alignment)) return await this.readAsyncAll(this.fd, target, offset);
       const start = offset - (offset % this.alignment);
       const end = roundUp(offset + target.length, this.alignment);
