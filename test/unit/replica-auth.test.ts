@@ -8,6 +8,7 @@
 // The frame-tag properties run twice: with the node:crypto reference and with libcrypto's GMAC
 // installed in its place, as the daemon runs (src/node/replica/gmac-native.ts).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { frameTagNativeBytesMax } from "../../src/constants.ts";
 import { loadNativeGmac } from "../../src/node/replica/gmac-native.ts";
 import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, frameTag, frameTaggerImplementation, type FrameTaggerFactory, type HelloFields, installFrameTagger, resetFrameTagger, sessionKeys, transcriptHash, verifyMac } from "../../src/replica/auth.ts";
 import { checksum } from "../../src/replica/checksum.ts";
@@ -256,6 +257,19 @@ describe("installing a frame tagger", () => {
     const missing = loadNativeGmac(["libcrypto-that-is-not-here.so.9"]);
     expect("unavailable" in missing && missing.unavailable).toContain("libcrypto-that-is-not-here.so.9");
     expect(frameTaggerImplementation()).toBe("node:crypto");
+  });
+
+  test("frames of every size up to 1 MiB tag alike under both (libcrypto below the crossover, node:crypto above)", () => {
+    const native = loadNativeGmac();
+    if ("unavailable" in native) throw new Error(native.unavailable);
+    const key = new Uint8Array(32).fill(5);
+    const tagger = native.tagger(key);
+    const data = new Uint8Array(1 << 20).map((_, index) => (index * 13) & 0xff);
+    const header = data.subarray(0, 32);
+    for (const size of [0, 1, 4096, frameTagNativeBytesMax - 32, frameTagNativeBytesMax - 31, 64 * 1024, (1 << 20) - 32]) {
+      const parts = [header, data.subarray(32, 32 + size)];
+      expect({ size, tag: [...tagger.tag(size, parts)] }).toEqual({ size, tag: [...frameTag(key, size, parts)] });
+    }
   });
 
   test("a frame sealed by one implementation opens under the other, both ways", () => {

@@ -4,7 +4,9 @@
 // schedule, a GHASH key and a wrapper the collector must finalise); here each direction of a
 // connection keeps one EVP_CIPHER_CTX with its key set once, and a frame costs a new nonce, the
 // GHASH of its bytes and five calls. Measured on the lab machine (docs/benchmarks.md): 0.67
-// against 1.18 µs for a 4 KiB write frame, 0.30 against 1.08 µs for an ack.
+// against 1.18 µs for a 4 KiB write frame, 0.30 against 1.08 µs for an ack. Per byte, though,
+// node:crypto's BoringSSL is faster than OpenSSL 3.0 (43 against 100 µs for a 1 MiB frame), so
+// frames above frameTagNativeBytesMax (large writes, resync chunks) keep node:crypto's tags.
 //
 // libcrypto is optional: the binary links only the C library, and a machine without libssl3
 // keeps the node:crypto tags (the replication driver installs this through installFrameTagger,
@@ -12,6 +14,7 @@
 // reference's tag for that frame, so a tag is never wrong and a frame is never lost to it.
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
 import { assert } from "../../common/assert.ts";
+import { frameTagNativeBytesMax } from "../../constants.ts";
 import { type FrameTagger, type FrameTaggerFactory, frameTag, frameTaggerImplementation, installFrameTagger, writeFrameNonce } from "../../replica/auth.ts";
 
 const { i32, ptr } = FFIType;
@@ -77,6 +80,9 @@ export function loadNativeGmac(names: readonly string[] = libraryNames): NativeG
       const keyCopy = key.slice();
       const tagger: FrameTagger = {
         tag(sequence, parts) {
+          let bytes = 0;
+          for (const part of parts) bytes += part.length;
+          if (bytes > frameTagNativeBytesMax) return frameTag(keyCopy, sequence, parts);
           writeFrameNonce(nonce, sequence);
           let ok = lib.EVP_EncryptInit_ex(context, null, null, null, nonce) === 1;
           for (const part of parts) if (ok && part.length > 0) ok = lib.EVP_EncryptUpdate(context, null, length, part, part.length) === 1;
