@@ -15,7 +15,8 @@
 // (TANDEM_IO_ENGINE=threadpool), so one run shows what io_uring changes.
 // Workloads: rr4k1 rr4k32 (4k random read, QD1/QD32), rw4k1 rw4k32 (4k random write), sw1m8
 // (1 MiB sequential write, QD8). Page-cache servers get the file read into the cache first.
-// Tandem's servers run with UV_THREADPOOL_SIZE=32, as packaging/tandem.service and the lab run the
+// Tandem's servers run with the service unit's environment (daemonEnvironment: UV_THREADPOOL_SIZE=32,
+// the allocator's purge delay), as packaging/tandem.service and the lab run the
 // daemon (the NBD server keeps its storage operations in flight to three quarters of that pool,
 // whichever engine runs them); --threadpool N says another size.
 // Not a test: it prints what it measured and exits 0 unless a server or fio fails to run.
@@ -23,6 +24,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseSize } from "../src/common/size.ts";
+import { daemonEnvironment } from "../src/constants.ts";
 import { median } from "./stats.ts";
 
 const MiB = 1024 * 1024;
@@ -183,7 +185,7 @@ async function startServer(target: string, image: string, directory: string, thr
       throw new Error(`unknown target ${target}`);
   }
   const env = { ...process.env };
-  if (target.startsWith("tandem")) env.UV_THREADPOOL_SIZE = String(threadpool ?? 32);
+  if (target.startsWith("tandem")) Object.assign(env, daemonEnvironment, threadpool === undefined ? {} : { UV_THREADPOOL_SIZE: String(threadpool) });
   if (target === "tandem-direct") env.TANDEM_IO_ENGINE = "io_uring";
   if (target === "tandem-direct-pool") env.TANDEM_IO_ENGINE = "threadpool";
   const child = Bun.spawn(command, { stdout: log, stderr: log, env });

@@ -28,7 +28,8 @@
 // each cell is the median of the rounds. For every run the CPU time (utime + stime from
 // /proc/PID/stat) of every server process of the system is read before and after, and divided by
 // the requests fio completed: CPU µs per request, per process. Each cell starts after a `sync`, so
-// no cell pays for another's writeback. Kernel work done outside those
+// no cell pays for another's writeback. Tandem's daemons run with the environment the service unit
+// gives them (daemonEnvironment), and the floor's Bun processes with its allocator setting. Kernel work done outside those
 // processes (kworkers completing IO, softirqs) is not counted, for any system. The round trip is
 // measured too: a 4 KiB request and a 4 KiB answer over loopback TCP between two processes.
 // It prints the tables and the ratios against the targets of the mirrored-write issue.
@@ -45,6 +46,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { freeLoopbackPorts } from "../src/common/ports.ts";
 import { parseSize } from "../src/common/size.ts";
+import { daemonEnvironment } from "../src/constants.ts";
 import { cliEntry, runCli } from "../test/helpers/daemon.ts";
 import { median } from "./stats.ts";
 import { untaggedFramesConsent, untaggedFramesVariable } from "../src/node/replica/replication.ts";
@@ -259,7 +261,7 @@ async function startTandemUnmirrored(): Promise<System> {
   fs.writeFileSync(config, JSON.stringify({ name: "solo", dataDir: "data", controlSocket: "control.sock", nbd: { socket: "nbd.sock" }, log: { level: "warn" } }));
   log("tandem-unmirrored: a standalone node");
   // As packaging/tandem.service runs the daemon.
-  const daemon = spawn("solo", [process.execPath, cliEntry, "node", "run", "--config", config], { cwd: soloDir, env: { UV_THREADPOOL_SIZE: "32" } });
+  const daemon = spawn("solo", [process.execPath, cliEntry, "node", "run", "--config", config], { cwd: soloDir, env: { ...daemonEnvironment } });
   const control = path.join(soloDir, "control.sock");
   await waitFor("standalone node", () => socketAnswers(control), 30_000, daemon);
   await tandem(["volume", "create", "bench", "--size", String(sizeBytes), "--socket", control]);
@@ -413,8 +415,11 @@ async function startQemuNbd(): Promise<System> {
 }
 
 /** Start a helper process we own that prints "ready PORT" once it listens on a loopback TCP port (within 30 s). */
+/** The floor runs on the runtime as Tandem's daemons do: with their allocator setting (daemonEnvironment). */
+const floorEnvironment = { MIMALLOC_PURGE_DELAY: daemonEnvironment.MIMALLOC_PURGE_DELAY };
+
 async function spawnListening(name: string, command: string[]): Promise<{ process: import("bun").Subprocess<"ignore", "pipe", "inherit">; port: number }> {
-  const child = Bun.spawn(command, { cwd: dir, stdout: "pipe", stderr: "inherit" });
+  const child = Bun.spawn(command, { cwd: dir, stdout: "pipe", stderr: "inherit", env: { ...process.env, ...floorEnvironment } });
   started.push({ name, process: child });
   const reader = child.stdout.getReader();
   const deadline = setTimeout(() => void reader.cancel(), 30_000);
@@ -450,7 +455,7 @@ async function startBunFloor(name: "bun-floor-mirrored" | "bun-floor"): Promise<
     processes["peer"] = peer.process.pid;
   }
   const socket = path.join(dir, `${name}.sock`);
-  const primary = spawn(name, [process.execPath, server, "nbd", local, socket, ...args]);
+  const primary = spawn(name, [process.execPath, server, "nbd", local, socket, ...args], { env: floorEnvironment });
   await waitFor(`${name} listening`, () => fs.existsSync(socket) && socketAnswers(socket), 30_000, primary);
   const uri = `nbd+unix:///bench?socket=${socket}`;
   await fillThroughExport(name, uri);

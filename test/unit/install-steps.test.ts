@@ -8,6 +8,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseAddress } from "../../src/cli/commands/install.ts";
+import { daemonEnvironment } from "../../src/constants.ts";
 import { loadNodeConfig } from "../../src/node/config.ts";
 import { pairedDocument, readExistingConfig, renderConfigToml, writePairedConfig } from "../../src/node/install/config-file.ts";
 import { planService, type ServiceFacts, unitConfigPath } from "../../src/node/install/service.ts";
@@ -36,6 +37,12 @@ describe("the service step's plan", () => {
     expect(unitConfigPath(`# /lib/systemd/system/tandem.service\n${unit}`)).toBe("/etc/tandem/node.toml");
     expect(unitConfigPath("[Service]\nExecStart=/usr/bin/tandem node run --config=/srv/n.toml\n")).toBe("/srv/n.toml");
     expect(unitConfigPath("[Service]\nExecStart=/usr/bin/tandem node run\n")).toBeNull();
+  });
+  test("the packaged unit gives the daemon the environment the lab and the benchmarks give it", () => {
+    const unit = fs.readFileSync(path.join(repositoryRoot, "packaging/tandem.service"), "utf8");
+    const set = Object.fromEntries([...unit.matchAll(/^Environment=([A-Z_]+)=(.*)$/gm)].map((match) => [match[1]!, match[2]!]));
+    expect(Object.keys(daemonEnvironment).length).toBeGreaterThan(0);
+    for (const [name, value] of Object.entries(daemonEnvironment)) expect({ name, value: set[name] }).toEqual({ name, value });
   });
 });
 

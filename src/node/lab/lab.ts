@@ -10,6 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { TandemError } from "../../common/errors.ts";
 import { freeLoopbackPorts } from "../../common/ports.ts";
+import { daemonEnvironment } from "../../constants.ts";
 import { ControlClient } from "../control/client.ts";
 import type { VolumeView } from "../volumes.ts";
 import { defaultQuorumTiming } from "../../quorum/config.ts";
@@ -166,8 +167,8 @@ export async function startLabNode(dir: string, node: string): Promise<void> {
     detached: true,
     stdio: ["ignore", logFd, logFd],
     cwd: paths.base,
-    // As packaging/tandem.service: enough thread-pool threads for O_DIRECT IO at iodepth 32.
-    env: { ...process.env, TANDEM_SOCKET: paths.control, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? "32" },
+    // As packaging/tandem.service runs the daemon (daemonEnvironment); a variable already set wins.
+    env: { ...daemonEnvironment, ...process.env, TANDEM_SOCKET: paths.control },
   });
   fs.closeSync(logFd);
   const pid = child.pid;
