@@ -81,7 +81,13 @@ export class TestDaemon {
       fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
     }
     const daemon = new TestDaemon(dir, configPath, name, options.wrap);
-    await daemon.start();
+    try {
+      await daemon.start();
+    } catch (error) {
+      // A daemon that did not come up leaves no object to clean up with: remove a directory made here.
+      if (options.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+      throw error;
+    }
     return daemon;
   }
 
