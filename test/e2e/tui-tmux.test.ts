@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { runCli, tandemCommand } from "../helpers/daemon.ts";
-import { startLab, type TestLab } from "../helpers/lab.ts";
+import { createLab, type TestLab } from "../helpers/lab.ts";
 
 const tmuxServer = `tandem-tui-${process.pid}`;
 const hasTmux = Bun.which("tmux") !== null;
@@ -44,18 +44,27 @@ describe.skipIf(!hasTmux)("tandem tui in tmux against the lab", () => {
   const lab = (args: string[]) => testLab.lab(args);
 
   beforeAll(async () => {
-    testLab = await startLab("tandem-tui-");
+    testLab = createLab("tandem-tui-");
     dir = testLab.dir;
+    await testLab.up();
     const command = [...tandemCommand, "tui", "--socket", path.join(dir, "a", "control.sock")].map(quote).join(" ");
     const started = tmux(["new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", `NO_COLOR=1 CI=true exec ${command}`]);
     if (started.code !== 0) throw new Error("tmux could not start the tui");
   }, 120_000);
 
   afterAll(async () => {
-    const pid = Number(fs.readFileSync(path.join(dir, "a", "node.pid"), "utf8"));
-    if (pid > 0) process.kill(pid, "SIGCONT");
+    // Node a may have been left stopped (SIGSTOP) by a test that failed; `lab down` needs it running.
+    const pidFile = path.join(dir, "a", "node.pid");
+    const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, "utf8")) : 0;
+    if (pid > 0) {
+      try {
+        process.kill(pid, "SIGCONT");
+      } catch {
+        // Already gone (the lab never came up, or the node died): nothing to resume.
+      }
+    }
     tmux(["kill-server"]);
-    await testLab.stop();
+    await testLab?.stop();
   });
 
   test("healthy pair, the keys, a cut link, the failover screen, a healed link", async () => {

@@ -107,21 +107,36 @@ export interface TestLab {
   dir: string;
   /** `tandem lab ARGS --dir DIR`. */
   lab(args: string[]): Promise<CliResult>;
-  /** `lab down` and remove the directory. */
+  /** `lab up`, then wait until the demo volume is synced. */
+  up(): Promise<void>;
+  /** `lab down` and remove the directory: also after an `up` that failed or was cut short. */
   stop(): Promise<void>;
 }
 
-/** A lab in a fresh temp directory, up and with its demo volume synced. */
-export async function startLab(prefix: string): Promise<TestLab> {
+/**
+ * A lab in a fresh temp directory, not started yet. Keep the object before awaiting `up`, so that
+ * an `afterAll` can stop it even when the `beforeAll` that brings it up fails or times out (a lab
+ * left up keeps its daemons, the witness's qemu-storage-daemon and its FUSE mount).
+ */
+export function createLab(prefix: string): TestLab {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   const lab = (args: string[]) => runCli(["lab", ...args, "--dir", dir], { timeoutMs: 90_000 });
-  const up = await lab(["up"]);
-  if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
-  await waitLabSynced(dir, "demo", 60_000);
+  // A hook that timed out leaves its `up` running: `stop` lets it finish first (both are bounded),
+  // or `lab down` would race it and miss what it starts after.
+  let starting: Promise<void> | undefined;
   return {
     dir,
     lab,
+    up() {
+      starting = (async () => {
+        const up = await lab(["up"]);
+        if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
+        await waitLabSynced(dir, "demo", 60_000);
+      })();
+      return starting;
+    },
     async stop() {
+      await starting?.catch(() => {});
       await lab(["down"]);
       fs.rmSync(dir, { recursive: true, force: true });
     },

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { StatusReport } from "../../src/node/control/status.ts";
 import { TestDaemon } from "../helpers/daemon.ts";
-import { labCli, startLab, type TestLab, waitLabSynced } from "../helpers/lab.ts";
+import { labCli, createLab, type TestLab, waitLabSynced } from "../helpers/lab.ts";
 import { assertStatusSchema } from "../helpers/status-schema.ts";
 import { eventually } from "../helpers/until.ts";
 
@@ -43,10 +43,11 @@ describe("status contract: the two-node lab", () => {
   let dir: string;
   const lab = (args: string[]) => testLab.lab(args);
   beforeAll(async () => {
-    testLab = await startLab("tandem-status-");
+    testLab = createLab("tandem-status-");
     dir = testLab.dir;
+    await testLab.up();
   });
-  afterAll(() => testLab.stop());
+  afterAll(() => testLab?.stop());
 
   test("synced: both reports match the schema and are healthy; the secondary says it cannot write and where to go", async () => {
     const a = await statusOf(() => labCli(dir, ["status", "--json"], "a"));
