@@ -29,9 +29,10 @@
 // /proc/PID/stat) of every server process of the system is read before and after, and divided by
 // the requests fio completed: CPU µs per request, per process. Each cell starts after a `sync`, so
 // no cell pays for another's writeback. Tandem's daemons run with the environment the service unit
-// gives them (daemonEnvironment), and the floor's Bun processes with its allocator setting. Kernel work done outside those
-// processes (kworkers completing IO, softirqs) is not counted, for any system. The round trip is
-// measured too: a 4 KiB request and a 4 KiB answer over loopback TCP between two processes.
+// gives them (daemonEnvironment), and the floor's Bun processes with its allocator setting. Kernel
+// work done outside those processes (kworkers completing IO, softirqs) is not counted, for any
+// system. The round trip is measured too: a 4 KiB request and a 4 KiB answer over loopback TCP
+// between two processes.
 // It prints the tables and the ratios against the targets of the mirrored-write issue.
 //
 //   bun bench/replica.ts [--size 1G] [--runtime 10] [--runs 3] [--systems a,b,...]
@@ -414,10 +415,13 @@ async function startQemuNbd(): Promise<System> {
   return { name: "qemu-nbd-wb", uri, processes: { "qemu-nbd": server.pid } };
 }
 
-/** Start a helper process we own that prints "ready PORT" once it listens on a loopback TCP port (within 30 s). */
 /** The floor runs on the runtime as Tandem's daemons do: with their allocator setting (daemonEnvironment). */
 const floorEnvironment = { MIMALLOC_PURGE_DELAY: daemonEnvironment.MIMALLOC_PURGE_DELAY };
 
+/**
+ * Start a helper process we own (the floor's peer, the round-trip echo: Bun processes, run with
+ * floorEnvironment) that prints "ready PORT" once it listens on a loopback TCP port (within 30 s).
+ */
 async function spawnListening(name: string, command: string[]): Promise<{ process: import("bun").Subprocess<"ignore", "pipe", "inherit">; port: number }> {
   const child = Bun.spawn(command, { cwd: dir, stdout: "pipe", stderr: "inherit", env: { ...process.env, ...floorEnvironment } });
   started.push({ name, process: child });
