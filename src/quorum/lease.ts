@@ -474,6 +474,17 @@ export class QuorumCore {
     return count;
   }
 
+  /**
+   * The peer's last message said it is in sync, and said so knowing the newest record this node
+   * knows. A message from before that record proves nothing about the data since: a node stopped
+   * while its link was silently cut can resume still counting the link up, read that the peer won an
+   * epoch alone (and wrote in it), and find the peer's last "in sync" from the epoch before.
+   */
+  private peerSynced(): boolean {
+    const message = this.peerMessage;
+    return message !== undefined && message.synced && message.decided.version === this.latest.version;
+  }
+
   private holder(): boolean {
     return this.latest.value.holders.includes(this.me);
   }
@@ -496,7 +507,7 @@ export class QuorumCore {
     if (phase.kind === "selfFenced") return { kind: "frozen", reason: "self-fenced: own heartbeat writes stalled while the link was down" };
     if (this.connected()) {
       if (!primary) return { kind: "read", reason: "this node is the volume's secondary" };
-      if (this.holder() || (this.synced && this.peerMessage!.synced)) return { kind: "write", epoch };
+      if (this.holder() || (this.synced && this.peerSynced())) return { kind: "write", epoch };
       return { kind: "frozen", reason: `this node does not hold the latest data (${describeValue(this.latest.value, this.names)}); it resyncs first` };
     }
     if (phase.kind === "owner" && this.ownerNow()) {
@@ -633,7 +644,7 @@ export class QuorumCore {
       return;
     }
     if (this.phase.kind === "connected") {
-      const wanted = this.synced && this.peerMessage!.synced && !(this.latest.value.mode === LeaseMode.Shared && this.latest.value.holders.length === 2);
+      const wanted = this.synced && this.peerSynced() && !(this.latest.value.mode === LeaseMode.Shared && this.latest.value.holders.length === 2);
       if (!wanted) {
         this.sharedEligibleSince = undefined;
         return;

@@ -253,6 +253,44 @@ describe("stale messages", () => {
   });
 });
 
+describe("stale 'in sync'", () => {
+  test("a stopped node that resumes before it notices its link is gone does not record SHARED on the peer's old 'in sync'", () => {
+    // Found by the combined simulator (test/sim/quorum-replica.ts, seed 18463): a was stopped while
+    // the link was silently cut; b won epoch 2 alone and wrote. a resumed still connected in its own
+    // view, learned epoch 2 from the witness, and on the peer's last message (in sync, sent in epoch
+    // 1) recorded SHARED with both as data holders. That made it a holder again without b's writes:
+    // it won the next epoch, wrote alone over the same generation, and the pair met in split brain.
+    const pair = sharedPair({ primariesOnA: [1], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    pair.stop(a);
+    pair.cut();
+    // b's replica link notices the silence long before the quorum's own linkTimeout would; b serves
+    // more volumes, so it proposes at once.
+    b.driver.linkDown("nothing received from the peer for 150 ms");
+    pair.until("b owns a new epoch alone", () => b.driver.status().quorum === "solo" && b.writable().includes(2));
+    const soloEpoch = epochOf(b);
+    const logged = a.grantLog.length;
+    // a's process continues less than a linkTimeout after b's last message, so its quorum still counts
+    // the link up; the first thing it handles is its replica saying (still) in sync.
+    a.running = true;
+    a.driver.synced(true);
+    pair.until("a reads b's epoch on the witness", () => epochOf(a) >= soloEpoch, timing.heartbeatIntervalMs + 100);
+    pair.advance(100);
+    expect(a.driver.core.phaseName).toBe("connected");
+    expect(epochOf(a)).toBe(soloEpoch);
+    expect(a.driver.core.latestRecord.value).toMatchObject({ mode: LeaseMode.Solo, owner: 1, holders: [1] });
+    expect(pair.state().decided[0].newest?.record.value).toMatchObject({ mode: LeaseMode.Solo, owner: 1, holders: [1] });
+    expect(a.grantLog.slice(logged).filter((change) => change.grant.kind === "write")).toEqual([]);
+    // It notices the silence, is no data holder, and waits; b keeps writing in its epoch.
+    pair.until("a notices the cut", () => a.driver.core.phaseName !== "connected");
+    pair.advance(timing.deadTimeoutMs);
+    expect(a.report("won")).toEqual([]);
+    expect(a.writable()).toEqual([]);
+    expect(b.writable()).toEqual(expect.arrayContaining([2, 3]));
+    expect(epochOf(b)).toBe(soloEpoch);
+  });
+});
+
 describe("rule 3 and cold start", () => {
   test("after both lost power, the node that does not hold the latest data waits for the one that does, and says so", () => {
     const pair = sharedPair();
