@@ -156,6 +156,11 @@ export class SimNetwork {
     }
   }
 
+  /** When the last partition, cable pull or stall now in force ends (the past when none is). */
+  faultsEndUs(): number {
+    return Math.max(this.partitionUntil, this.cutUntil, ...this.clogUntil.values());
+  }
+
   resetAll(): void {
     for (const connection of [...this.connections.values()]) this.reset(connection);
   }

@@ -1,10 +1,10 @@
 // The quorum core and the replica core together in CI (test/sim/quorum-replica.ts):
 // TANDEM_QUORUM_REPLICA_SEEDS seeds (default 2000) in batches, each a seeded mix of link partitions,
-// crashes and restarts, pauses (some longer than the lease), witness errors, tears and hangs, and
-// clock drift within ρ, under FUA writes
-// to both volumes; the named checkers (singleWriter, ackedWriteKept, onlyHoldersWin,
-// replicasIdentical, ioResumes) must all hold. A failing seed replays with
-// `bun test/sim/quorum-replica.ts --seed N`; the long setting is `--long` (2 minutes of chaos).
+// one-way stalls, crashes and restarts, pauses (some longer than the lease), watchdog resets, witness
+// errors, tears and hangs, and clock drift within ρ, under FUA writes to both volumes; the named
+// checkers (singleWriter, ackedWriteKept, onlyHoldersWin, replicasIdentical, ioResumes) must all
+// hold. A failing seed replays with `bun test/sim/quorum-replica.ts --seed N --trace`; the long
+// setting is `--long` (2 minutes of chaos).
 // Three planted bugs show the checkers can fail: the replica core degrading instead of freezing on
 // link loss, a node without the latest data winning an epoch, and a node promoting its peer's
 // volumes without fence evidence (which needs a peer that is paused while it holds the lease).

@@ -3,10 +3,12 @@
 // node, FUA writes from clients to whichever node holds the write grant, and a fault mix drawn from
 // the seed — link partitions, node crashes (power loss: unflushed writes vanish) and restarts,
 // pauses (a stopped process: Scenario.pause), half of them longer than the peer's deadTimeout so
-// the peer wins the lease and promotes while the paused node still believes it holds it, witness IO
-// errors, torn witness writes, a failing or hung witness path for one node or both, and clock rates
-// that differ within the configured bound ρ. Afterwards everything heals and the pair
-// must converge. Checked by name:
+// the peer wins the lease and promotes while the paused node still believes it holds it, stalls of
+// one direction of the link (one node hears the other, which hears nothing), witness IO errors,
+// torn witness writes, a failing or hung witness path for one node or both, clock rates that differ
+// within the configured bound ρ, and on some seeds a kernel watchdog per node that resets a node
+// left unfed for watchdogTimeout (a paused daemon, one past its lease). Afterwards every fault ends
+// and the pair must converge. Checked by name:
 //   - `singleWriter`: never two running nodes holding the write grant for one volume (sampled every
 //     10 ms; a paused node acts on nothing until it resumes and catches its lease up), and never a
 //     write acknowledged by one node while the other holds the grant without holding that write
@@ -18,7 +20,8 @@
 //   - `replicasIdentical`: the converged replicas are byte-identical;
 //   - `ioResumes`: with the link and the witness healthy, the pair is SHARED and synced, and a write
 //     completes, within a bound derived from the timings (liveness).
-// A seed replays exactly: `bun test/sim/quorum-replica.ts --seed N [--long] [--bug NAME]`.
+// A seed replays exactly: `bun test/sim/quorum-replica.ts --seed N [--long] [--bug NAME] [--trace]`
+// (--trace prints the run's timeline: the faults injected and both cores' reports).
 import { defaultQuorumTiming } from "../../src/quorum/config.ts";
 import type { DecidedRecord } from "../../src/quorum/format.ts";
 import type { QuorumBugs } from "../../src/quorum/lease.ts";
@@ -35,12 +38,14 @@ export interface CombinedOptions {
   /** Simulated ms of chaos (overrides the setting). */
   chaosMs?: number;
   bug?: CombinedBug;
+  /** Print the run's timeline (faults injected, replica and quorum reports) when it ends. */
+  trace?: boolean;
 }
 
 export interface CombinedResult {
   seed: number;
   failures: string[];
-  stats: { writesAcked: number; writesFailed: number; partitions: number; crashes: number; pauses: number; longPauses: number; promotedOverPaused: number; witnessFaults: number; wins: number; promotions: number; simulatedMs: number };
+  stats: { writesAcked: number; writesFailed: number; partitions: number; oneWayStalls: number; crashes: number; watchdogResets: number; pauses: number; longPauses: number; promotedOverPaused: number; witnessFaults: number; wins: number; promotions: number; simulatedMs: number };
 }
 
 const volumes = [1, 2];
@@ -58,6 +63,10 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   const rho = timing.clockRateBound;
   const clockRates = { a: 1 + (random.float() * 2 - 1) * rho * 0.9, b: 1 + (random.float() * 2 - 1) * rho * 0.9 };
   const witnessErrors = random.chance(0.3);
+  // An armed kernel watchdog per node, or none (a machine without one; DESIGN.md rule 7). Drawn from
+  // a stream of their own, so a seed without a reset runs as it did before watchdogs were modelled.
+  const watchdogRandom = random.fork("watchdogs");
+  const watchdogs = { a: watchdogRandom.chance(0.5), b: watchdogRandom.chance(0.5) };
   const quorumBugs: QuorumBugs = options.bug && options.bug !== "noFreezeOnLinkLoss" ? { [options.bug]: true } : {};
   const scenario = new Scenario({
     volumes,
@@ -71,8 +80,13 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   const fail = (checker: string, why: string) => {
     if (failures.length < 10) failures.push(`${checker}: ${why} (at ${(scenario.nowUs / 1000).toFixed(0)} ms)`);
   };
-  const stats: CombinedResult["stats"] = { writesAcked: 0, writesFailed: 0, partitions: 0, crashes: 0, pauses: 0, longPauses: 0, promotedOverPaused: 0, witnessFaults: 0, wins: 0, promotions: 0, simulatedMs: 0 };
+  const stats: CombinedResult["stats"] = { writesAcked: 0, writesFailed: 0, partitions: 0, oneWayStalls: 0, crashes: 0, watchdogResets: 0, pauses: 0, longPauses: 0, promotedOverPaused: 0, witnessFaults: 0, wins: 0, promotions: 0, simulatedMs: 0 };
   const history = new Map<string, Issued[]>();
+  // The faults as injected, for the timeline a traced run prints.
+  const injected: { atUs: number; what: string }[] = [];
+  const inject = (what: string) => {
+    if (options.trace) injected.push({ atUs: scenario.nowUs, what });
+  };
   const inFlight = new Set<string>();
   const key = (volumeId: number, block: number) => `${volumeId}:${block}`;
   // A paused node's grant is the one it held when it stopped; it can neither write nor acknowledge
@@ -171,8 +185,21 @@ export function runCombined(options: CombinedOptions): CombinedResult {
     for (const [name, at] of resumeAt) {
       if (scenario.nowUs >= at) {
         resumeAt.delete(name);
+        inject(`resume ${name}`);
         scenario.resume(name);
       }
+    }
+  };
+  // The kernel resets a machine whose watchdog went unfed for its timeout: a paused daemon, or one
+  // that stopped honouring its lease. It comes back later, like a crashed node.
+  const watchdogResets = () => {
+    for (const name of nodeNames) {
+      if (!watchdogs[name] || !scenario.alive(name) || scenario.watchdogUnfedMs(name) <= timing.watchdogTimeoutMs) continue;
+      stats.watchdogResets++;
+      inject(`watchdog resets ${name}`);
+      scenario.crash(name);
+      resumeAt.delete(name);
+      restartAt.set(name, scenario.nowUs + watchdogRandom.range(1000, 4000) * 1000);
     }
   };
   const endAt = scenario.nowUs + chaosMs * 1000;
@@ -182,10 +209,13 @@ export function runCombined(options: CombinedOptions): CombinedResult {
     const roll = random.float();
     if (roll < 0.04) {
       stats.partitions++;
-      scenario.network.partition(random.range(300, 7000) * 1000);
+      const partitionMs = random.range(300, 7000);
+      inject(`partition ${partitionMs} ms`);
+      scenario.network.partition(partitionMs * 1000);
     } else if (roll < 0.06 && nodeNames.every((name) => scenario.alive(name))) {
       const victim = random.pick(nodeNames);
       stats.crashes++;
+      inject(`crash ${victim}`);
       scenario.crash(victim);
       restartAt.set(victim, scenario.nowUs + random.range(500, 9000) * 1000);
     } else if (roll < 0.075 && nodeNames.some((name) => scenario.alive(name) && !scenario.paused(name))) {
@@ -196,21 +226,33 @@ export function runCombined(options: CombinedOptions): CombinedResult {
       const ms = long ? random.range(timing.deadTimeoutMs + 500, 3 * timing.deadTimeoutMs) : random.range(50, 2000);
       stats.pauses++;
       if (long) stats.longPauses++;
+      inject(`pause ${victim} ${ms} ms`);
       scenario.pause(victim);
       resumeAt.set(victim, scenario.nowUs + ms * 1000);
     } else if (roll < 0.105) {
       stats.witnessFaults++;
       const nodes = random.pick([[0], [1], [0, 1]]);
       const hang = random.chance(0.4);
+      inject(`witness ${hang ? "hung" : "failing"} for ${nodes.join(",")}`);
       if (hang) scenario.witness!.setHung(nodes, true);
       else scenario.witness!.setFailing(nodes, true);
       witnessFaultUntil.push({ untilUs: scenario.nowUs + random.range(300, 6000) * 1000, undo: () => (hang ? scenario.witness!.setHung(nodes, false) : scenario.witness!.setFailing(nodes, false)) });
+    } else if (roll < 0.125) {
+      // One direction of the link stalls (a one-way fault: one node still hears the other, which
+      // hears nothing), for less or more than the link timeout.
+      stats.oneWayStalls++;
+      const from = random.pick(nodeNames);
+      const stallMs = random.range(200, 7000);
+      inject(`one-way stall from ${from} ${stallMs} ms`);
+      scenario.network.clog(from, stallMs * 1000);
     }
     step(random.range(20, 200));
     resumeDue();
+    watchdogResets();
     for (const [name, at] of restartAt) {
       if (scenario.nowUs >= at) {
         restartAt.delete(name);
+        inject(`start ${name}`);
         scenario.start(name);
       }
     }
@@ -230,12 +272,20 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   while (resumeAt.size > 0) {
     step(100);
     resumeDue();
+    watchdogResets();
   }
-  for (const name of nodeNames) if (!scenario.alive(name)) scenario.start(name);
+  for (const name of nodeNames) {
+    if (scenario.alive(name)) continue;
+    inject(`start ${name}`);
+    scenario.start(name);
+  }
+  // A partition or a stall of one direction in force may outlast the chaos: let it end, and count
+  // the bound from its end. (Before it ends the pair may still look SHARED and synced for up to a
+  // link timeout, until the nodes notice they hear nothing, and a probe written then waits for it.)
+  while (scenario.nowUs < scenario.network.faultsEndUs()) step(100);
   const healedUs = scenario.nowUs;
   const boundMs = 30 * timing.deadTimeoutMs;
   while (!converged() && scenario.nowUs - healedUs < boundMs * 1000) step(100);
-  // The network partition in force may outlast the chaos: let it end (the bound counts from its end).
   if (!converged()) {
     fail("ioResumes", `not SHARED and synced within ${boundMs} ms of healing: ${scenario.describe()}; a: ${scenario.quorumOf("a").status().reason}; b: ${scenario.quorumOf("b").status().reason}`);
     return finish();
@@ -279,6 +329,16 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   return finish();
 
   function finish(): CombinedResult {
+    if (options.trace) {
+      // One line per event in time order: injected faults, replica reports (R) and quorum reports (Q).
+      const json = (value: unknown) => JSON.stringify(value, (_key, field) => (typeof field === "bigint" ? String(field) : field));
+      const lines = [
+        ...injected.map((entry) => ({ atUs: entry.atUs, text: `fault ${entry.what}` })),
+        ...scenario.reports.filter((entry) => entry.report.kind !== "ignored").map((entry) => ({ atUs: entry.atUs, text: `R ${entry.node} ${json(entry.report)}` })),
+        ...scenario.quorumReports.map((entry) => ({ atUs: entry.atUs, text: `Q ${entry.node} ${json(entry.report)}` })),
+      ].sort((x, y) => x.atUs - y.atUs);
+      for (const line of lines) console.log(`${(line.atUs / 1000).toFixed(1).padStart(9)} ms  ${line.text}`);
+    }
     stats.simulatedMs = Math.round(scenario.nowUs / 1000);
     return { seed: options.seed, failures, stats };
   }
@@ -297,7 +357,7 @@ if (import.meta.main) {
   let failed = 0;
   const started = performance.now();
   for (const seed of seeds) {
-    const result = runCombined({ seed, long, bug });
+    const result = runCombined({ seed, long, bug, trace: single !== undefined && args.includes("--trace") });
     if (result.failures.length > 0) {
       failed++;
       console.log(`seed ${seed} FAILED:\n  ${result.failures.join("\n  ")}\n  ${JSON.stringify(result.stats)}`);

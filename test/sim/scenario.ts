@@ -109,6 +109,8 @@ interface ScenarioNode {
   /** A stopped process (SIGSTOP, a long GC): it runs nothing; what reaches it waits in `deferred`. */
   paused: boolean;
   deferred: (() => void)[];
+  /** Under the quorum: when the running incarnation last fed its watchdog, on its own clock (ms). */
+  watchdogFedMs: number;
 }
 
 const initialGeneration = sharedGeneration;
@@ -236,7 +238,7 @@ export class Scenario {
       }
       const primaryOf = (id: number) => (options.primaries?.[id] ?? primary) === name;
       const authority = new StaticWriteAuthority(this.volumeIds.map((id) => [id, { primary: primaryOf(id), epoch: 1 }]));
-      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primaryOf(id)])), paused: false, deferred: [] });
+      this.nodes.set(name, { name, alive: false, incarnation: 0, driver: undefined, authority, disks, open: new Set(), quorum: undefined, quorumPersisted: undefined, roles: new Map(this.volumeIds.map((id) => [id, primaryOf(id)])), paused: false, deferred: [], watchdogFedMs: 0 });
     }
     if (options.start !== false) for (const name of nodeNames) this.start(name);
   }
@@ -394,14 +396,15 @@ export class Scenario {
     const name = node.name;
     const index = nodeNames.indexOf(name) as 0 | 1;
     const live = () => node.alive && node.incarnation === incarnation;
-    const scheduler = this.scheduler;
+    // The daemon arms its watchdog as it starts, before the quorum runs.
+    node.watchdogFedMs = this.localMs(name);
     const quorum = new QuorumWriteAuthority({
       me: index,
       names: ["a", "b"],
       clusterId: new Uint8Array(16).fill(7),
       timing: this.quorumTiming!,
       disk: this.witness!.endpoint(index, incarnation),
-      clock: { now: () => (scheduler.now / 1000) * (this.clockRates[name] ?? 1), every: (intervalMs, callback) => clock.every(intervalMs, callback) },
+      clock: { now: () => this.localMs(name), every: (intervalMs, callback) => clock.every(intervalMs, callback) },
       bugs: this.quorumBugs,
       random: this.random.fork(`${name}-quorum-${incarnation}`),
       persisted: node.quorumPersisted,
@@ -418,6 +421,9 @@ export class Scenario {
         persist: (state) => {
           if (live()) node.quorumPersisted = state;
         },
+        feedWatchdog: () => {
+          if (live()) node.watchdogFedMs = this.localMs(name);
+        },
         report: (report) => {
           if (!live()) return;
           this.quorumReports.push({ atUs: this.nowUs, node: name, report });
@@ -428,6 +434,16 @@ export class Scenario {
     });
     node.quorum = quorum;
     return quorum;
+  }
+
+  /** A node's own clock, in ms (it runs at its clock rate). */
+  localMs(name: NodeName): number {
+    return (this.scheduler.now / 1000) * (this.clockRates[name] ?? 1);
+  }
+
+  /** How long a running node's watchdog has gone unfed, on the node's clock (scenarios with `quorum`). */
+  watchdogUnfedMs(name: NodeName): number {
+    return this.localMs(name) - this.node(name).watchdogFedMs;
   }
 
   /** The quorum authority of a running node (scenarios with `quorum`). */
