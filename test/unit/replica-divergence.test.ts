@@ -196,6 +196,30 @@ describe("verify", () => {
   });
 });
 
+describe("verify across a switchover", () => {
+  test("a verify whose node stops being the primary stops, and counts no extent the new primary may have written", () => {
+    // Found by the simulator (test/sim/run.ts, seed 50522): a verify's read of an extent was still at
+    // the disk when the roles switched; the new primary wrote that extent, answered the checksum with
+    // its new bytes, and the verify reported the extent as differing while the pair was in sync.
+    // With repair it would have tried to copy its older bytes over the new primary's (who refuses).
+    const scenario = new Scenario({ blocks: 16, diskLatencyUs: 5_000 });
+    scenario.waitSynced(undefined, 10_000);
+    const verify = scenario.verify("a", true);
+    scenario.runUntil(() => (scenario.inFlight("a")?.io.verifyRead ?? 0) > 0, "the verify reads an extent");
+    scenario.setRole("a", 1, false);
+    scenario.setRole("b", 1, true, 2);
+    scenario.runUntil(() => scenario.status("b")?.sync === "synced" && scenario.status("a")?.sync === "synced", "the pair is in sync again under the new primary");
+    // The new primary writes every block, the one under the verify's read among them.
+    const writes = Array.from({ length: 16 }, (_, block) => ({ block, op: scenario.write("b", block) }));
+    scenario.complete(verify, 10_000);
+    for (const { op } of writes) expect(scenario.complete(op, 10_000).error).toBeNull();
+    const result = verify.result as { mismatchCount: number; repaired: number } | undefined;
+    expect({ mismatches: result?.mismatchCount ?? 0, repaired: result?.repaired ?? 0, error: verify.error?.message }).toEqual({ mismatches: 0, repaired: 0, error: "verify stopped: the peer became the volume's primary" });
+    expectConverged(scenario, 10_000);
+    for (const { block, op } of writes) expect([scenario.blockValue("a", block), scenario.blockValue("b", block)]).toEqual([op.tag, op.tag]);
+  });
+});
+
 describe("client buffers and backings", () => {
   test("a guest changing its buffer while the write is in flight still leaves identical replicas", () => {
     const scenario = new Scenario();

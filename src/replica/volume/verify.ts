@@ -1,5 +1,6 @@
 // Online verify of one volume (DESIGN.md §3): the primary compares its replica with the peer's by
-// CRC32C per extent while IO continues (each extent under a range lock, so no write interleaves),
+// CRC32C per extent while IO continues (each extent under a range lock, so no write interleaves;
+// a verify stops when the peer becomes the primary, whose writes those locks do not hold back),
 // reports the differing extents and, asked to repair, copies each from this side. This module also
 // answers the peer's verify: a checksum of a local extent, and the repair writes.
 import { checksum } from "../checksum.ts";
@@ -13,6 +14,8 @@ import { errorToStatus } from "./write-path.ts";
 
 type VerifyRequest = Extract<PendingRequest, { kind: "verify" | "repair" }>;
 
+const peerBecamePrimary = "the peer became the volume's primary";
+
 export class Verifier {
   run: VerifyRun | undefined;
   private rounds = 0;
@@ -23,6 +26,15 @@ export class Verifier {
   private tokens = 0;
 
   constructor(private readonly v: Parts) {}
+
+  /**
+   * The peer holds the write grant (a switchover while this verify ran). Its writes do not wait for
+   * this node's range locks, so an extent read here may have changed there before the peer's
+   * checksum of it: a comparison proves nothing, and a repair from here would carry older bytes.
+   */
+  private peerWrites(): boolean {
+    return this.v.negotiation.peerHello?.mayWrite === true;
+  }
 
   /** The run has IO in flight (a flush, or an extent under comparison). */
   get busy(): boolean {
@@ -79,6 +91,7 @@ export class Verifier {
       context.emit({ kind: "complete", request: run.request, error: null, result: this.result(run, true) });
       return;
     }
+    if (this.peerWrites()) return this.abort(peerBecamePrimary);
     if (!v.negotiation.mirroring() || v.resync.round) return this.abort("the replicas are no longer in sync");
     if (this.tokens <= 0) return; // over budget: the next tick refills
     const offset = run.cursor;
@@ -130,6 +143,11 @@ export class Verifier {
     const { run, extent } = request;
     if (request.kind === "verify") {
       if (message.type !== MessageType.VerifyReply) return peer.protocolError("expected VerifyReply");
+      if (this.peerWrites()) {
+        // The peer's checksum may include a write made after this side read the extent: no verdict.
+        this.abort(peerBecamePrimary);
+        return this.finishExtent(run, extent, false);
+      }
       if (message.status !== WireStatus.Ok) return this.finishExtent(run, extent, true);
       if (message.crc === extent.localCrc) return this.finishExtent(run, extent, true);
       run.mismatchCount++;
