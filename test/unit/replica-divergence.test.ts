@@ -59,6 +59,22 @@ describe("closing a volume", () => {
     expect(writes.map((write) => write.error ?? null)).toEqual([null, null]);
   });
 
+  test("a hello that reaches a node while it closes the volume is answered, so the pair negotiates when it reopens", () => {
+    // Found by the simulator (test/sim/run.ts, seed 51485): b reopened the volume while a was
+    // closing it; a ignored b's hello and b never heard that a closed (a's notice reached b before
+    // b's volume existed). When a reopened and said hello, b — not knowing a had missed its state —
+    // waited for a decision and a for b's state, both "negotiating" for ever.
+    const scenario = new Scenario({ diskLatencyUs: 10_000, metadataLatencyUs: 200 });
+    scenario.waitSynced(undefined, 10_000);
+    scenario.complete(scenario.closeVolume("b", 1), 10_000);
+    const closing = scenario.closeVolume("a", 1); // its flushes take a while on the slow data disk
+    scenario.complete(scenario.openVolume("b", 1), 10_000);
+    scenario.complete(closing, 10_000);
+    expect(scenario.reportsOf("a", "ignored").some((report) => report.kind === "ignored" && report.check === "ignoreRequestWhileClosing" && report.reason.startsWith(`message type ${MessageType.VolumeHello} `))).toBe(true);
+    scenario.complete(scenario.openVolume("a", 1), 10_000);
+    expectConverged(scenario, 10_000);
+  });
+
   test("the primary's close completes after a write in the last barrier interval", () => {
     const scenario = new Scenario();
     scenario.waitSynced();

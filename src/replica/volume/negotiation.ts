@@ -165,6 +165,11 @@ export class Negotiation {
     this.sendNotice();
   }
 
+  /** The peer said hello while this node closes the volume: tell it again that the volume is closing here. */
+  tellClosing(): void {
+    if (this.linkUp) this.sendNotice();
+  }
+
   private sendNotice(): void {
     const context = this.v.context;
     context.send({ type: MessageType.VolumeClosed, volumeId: context.volumeId, requestId: 0 });

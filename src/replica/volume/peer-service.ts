@@ -25,7 +25,13 @@ export class PeerService {
     const v = this.v;
     const context = v.context;
     if (v.lifecycle.closed) return context.ignore("ignoreAfterClose", `message type ${message.type} after the volume closed`);
-    if (v.lifecycle.leaving && !this.answersUs(message)) return context.ignore("ignoreRequestWhileClosing", `message type ${message.type} while the volume closes`);
+    if (v.lifecycle.leaving && !this.answersUs(message)) {
+      // A hello gets the answer a closed volume gives (VolumeClosed): the peer, which may have opened
+      // its replica after our notice went out, then knows we missed its state and says hello again
+      // when we reopen. Unanswered, both would wait for the other's state for ever.
+      if (message.type === MessageType.VolumeHello) v.negotiation.tellClosing();
+      return context.ignore("ignoreRequestWhileClosing", `message type ${message.type} while the volume closes`);
+    }
     switch (message.type) {
       case MessageType.VolumeHello:
         return v.negotiation.onVolumeHello(message);
