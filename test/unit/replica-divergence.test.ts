@@ -236,6 +236,26 @@ describe("verify across a switchover", () => {
   });
 });
 
+describe("verify while regions go dirty", () => {
+  test("an extent whose answer comes after the pair left sync (a failed flush on the peer) gets no verdict", () => {
+    // Found by the simulator (test/sim/run.ts, seed 52873): the peer's flush failed and dropped
+    // cached writes (Linux) while a verify's extent was under comparison; the peer's checksum of
+    // the dropped bytes came back after a resync of them had begun, and the verify counted (and
+    // repaired) a difference that was the resync's to copy.
+    const scenario = new Scenario({ blocks: 16, diskLatencyUs: 5_000, diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced(undefined, 10_000);
+    scenario.complete(scenario.write("a", 0), 10_000); // in b's cache, not yet flushed there
+    scenario.disk("b").inject({ op: "flush", error: "EIO" });
+    const verify = scenario.verify("a", false);
+    scenario.runUntil(() => (scenario.inFlight("a")?.io.verifyRead ?? 0) > 0, "the verify reads its first extent");
+    scenario.flush("a"); // the barrier reaches b, whose flush fails and drops block 0
+    scenario.complete(verify, 10_000);
+    const result = verify.result as { mismatchCount: number } | undefined;
+    expect({ mismatches: result?.mismatchCount ?? 0, error: verify.error?.message }).toEqual({ mismatches: 0, error: "verify stopped: the replicas are no longer in sync" });
+    expectConverged(scenario, 10_000);
+  });
+});
+
 describe("client buffers and backings", () => {
   test("a guest changing its buffer while the write is in flight still leaves identical replicas", () => {
     const scenario = new Scenario();

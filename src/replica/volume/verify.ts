@@ -14,7 +14,6 @@ import { errorToStatus } from "./write-path.ts";
 
 type VerifyRequest = Extract<PendingRequest, { kind: "verify" | "repair" }>;
 
-const peerBecamePrimary = "the peer became the volume's primary";
 
 export class Verifier {
   run: VerifyRun | undefined;
@@ -28,12 +27,18 @@ export class Verifier {
   constructor(private readonly v: Parts) {}
 
   /**
-   * The peer holds the write grant (a switchover while this verify ran). Its writes do not wait for
-   * this node's range locks, so an extent read here may have changed there before the peer's
-   * checksum of it: a comparison proves nothing, and a repair from here would carry older bytes.
+   * Why a comparison would prove nothing now, if it would not. The peer holds the write grant (a
+   * switchover while this verify ran): its writes do not wait for this node's range locks, so an
+   * extent read here may have changed there before the peer's checksum of it, and a repair from here
+   * would carry older bytes. Or the pair is no longer in sync (the link dropped, or regions went
+   * dirty, as after a failed flush, and a resync copies them): those differences are the resync's.
+   * Checked before each extent and again when its answer arrives.
    */
-  private peerWrites(): boolean {
-    return this.v.negotiation.peerHello?.mayWrite === true;
+  private stopReason(): string | undefined {
+    const v = this.v;
+    if (v.negotiation.peerHello?.mayWrite === true) return "the peer became the volume's primary";
+    if (!v.negotiation.mirroring() || v.resync.round) return "the replicas are no longer in sync";
+    return undefined;
   }
 
   /** The run has IO in flight (a flush, or an extent under comparison). */
@@ -91,8 +96,8 @@ export class Verifier {
       context.emit({ kind: "complete", request: run.request, error: null, result: this.result(run, true) });
       return;
     }
-    if (this.peerWrites()) return this.abort(peerBecamePrimary);
-    if (!v.negotiation.mirroring() || v.resync.round) return this.abort("the replicas are no longer in sync");
+    const stop = this.stopReason();
+    if (stop) return this.abort(stop);
     if (this.tokens <= 0) return; // over budget: the next tick refills
     const offset = run.cursor;
     const length = Math.min(context.config.verifyExtentBytes, context.sizeBytes - offset);
@@ -143,9 +148,10 @@ export class Verifier {
     const { run, extent } = request;
     if (request.kind === "verify") {
       if (message.type !== MessageType.VerifyReply) return peer.protocolError("expected VerifyReply");
-      if (this.peerWrites()) {
-        // The peer's checksum may include a write made after this side read the extent: no verdict.
-        this.abort(peerBecamePrimary);
+      const stop = this.stopReason();
+      if (stop) {
+        // The comparison proves nothing now (see stopReason): no verdict on this extent.
+        this.abort(stop);
         return this.finishExtent(run, extent, false);
       }
       if (message.status !== WireStatus.Ok) return this.finishExtent(run, extent, true);
