@@ -62,6 +62,36 @@ describe("what a peer claims", () => {
   });
 });
 
+describe("split brain resolution", () => {
+  test("a resolution is refused while the side it would discard holds the write grant: what that side acknowledges until its demotion is never discarded by it", () => {
+    // Found by the simulator (test/sim/run.ts, seed 54065): a resolution keeping a was accepted while
+    // b still held the write grant ("waits: demote it first"); the link dropped, b was forced to
+    // primary and acknowledged writes alone, and when it was demoted the old resolution took effect
+    // and discarded those writes too.
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.network.cut(60_000_000);
+    scenario.runUntil(() => !scenario.linkUp("a") && !scenario.linkUp("b"), "both nodes see the link down");
+    scenario.complete(scenario.write("a", 1));
+    scenario.setRole("b", 1, true);
+    scenario.complete(scenario.write("b", 2));
+    scenario.network.heal();
+    scenario.runUntil(() => scenario.status("a")?.sync === "splitBrain" && scenario.status("b")?.sync === "splitBrain", "both report the split brain");
+    // b still holds the grant: keeping a's data now would also discard what b writes until demoted.
+    expect(scenario.complete(scenario.resolve("a", "local")).error?.code).toBe("EPERM");
+    const late = scenario.complete(scenario.write("b", 3));
+    expect({ error: late.error, mirrored: late.info?.mirrored }).toEqual({ error: null, mirrored: false });
+    scenario.setRole("b", 1, false);
+    scenario.runFor(500);
+    expect(scenario.status("a")?.sync).toBe("splitBrain");
+    expect(scenario.blockValue("b", 3)).toBe(late.tag);
+    // Demoted, b's changes can be discarded knowingly.
+    expect(scenario.complete(scenario.resolve("a", "local")).error).toBeNull();
+    scenario.waitSynced();
+    expect(scenario.differingBlocks()).toEqual([]);
+  });
+});
+
 describe("questions and answers", () => {
   test("a stale decision does not start a storm of hellos (two questions in flight at once)", () => {
     const scenario = new Scenario();

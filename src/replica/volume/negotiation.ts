@@ -132,6 +132,12 @@ export class Negotiation {
     if (!this.linkUp) return;
     const v = this.v;
     this.linkUp = false;
+    if (this.splitBrainKeeper !== undefined) {
+      // A resolution judged the two replicas as they were while connected. Before they meet again
+      // either side may be promoted and write alone: the operator decides again then.
+      this.splitBrainKeeper = undefined;
+      v.context.report({ kind: "notice", volumeId: v.context.volumeId, message: "split brain resolution void: the link dropped before it took effect; resolve again when the peer is back" });
+    }
     this.linkEpoch++;
     this.peerHello = undefined;
     this.move({ kind: "down", reason: "the peer is not connected" });
@@ -249,7 +255,11 @@ export class Negotiation {
       const keeper = this.splitBrainKeeper;
       const victimMayWrite = keeper === "local" ? peer.mayWrite : local.mayWrite;
       if (victimMayWrite) {
-        context.report({ kind: "notice", volumeId: context.volumeId, message: "split brain resolution waits: the node whose changes are discarded still holds the write grant (demote it first)" });
+        // The resolution was accepted while the discarded side was demoted; it holds the write grant
+        // again (promoted since), so it may have acknowledged writes the resolution never meant to
+        // discard. It is void: the operator decides again.
+        this.splitBrainKeeper = undefined;
+        context.report({ kind: "notice", volumeId: context.volumeId, message: `split brain resolution void: ${keeper === "local" ? context.host.peerNodeId : context.host.nodeId}, whose changes it discarded, holds the write grant again; resolve again once it is demoted` });
       } else {
         const full = decision.kind === "unrelated" || (decision.kind !== "noGoodData" && decision.kind !== "inSync" && decision.full);
         const what = decision.kind === "splitBrain" ? "split brain" : decision.kind === "unrelated" ? "unrelated data" : "newer data on the node that does not serve IO";
@@ -368,6 +378,12 @@ export class Negotiation {
     }
     if (keep === "peer" && context.mayWrite) {
       context.emit({ kind: "complete", request, error: "EPERM", message: "this node's changes would be discarded but it holds the write grant: demote it first" });
+      return;
+    }
+    // A side that holds the write grant may acknowledge writes alone (a split brain refuses to
+    // replicate) right up to its demotion; a resolution given before that would discard them too.
+    if (keep === "local" && this.peerHello?.mayWrite) {
+      context.emit({ kind: "complete", request, error: "EPERM", message: `${context.host.peerNodeId}'s changes would be discarded but it holds the write grant: demote it first` });
       return;
     }
     if (this.isDecider) {
