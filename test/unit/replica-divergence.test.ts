@@ -110,6 +110,34 @@ describe("closing a volume", () => {
 });
 
 describe("what a failed flush leaves behind", () => {
+  test("a flush that fails while another is in flight loses what both cover, and the other's success does not count", () => {
+    // Found by the simulator (test/sim/run.ts, seed 54272): two local flushes in flight on the
+    // primary; the later one failed first and (Linux) dropped every cached write before it, among
+    // them those the earlier flush covered. The earlier one then reported success (on one file, a
+    // writeback error reaches one fsync only), so nothing marked those regions: the primary read
+    // back older data than the peer held, while both said in sync.
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced();
+    const before = scenario.complete(scenario.write("a", 5));
+    scenario.complete(scenario.flush("a"));
+    const write = scenario.complete(scenario.write("a", 5)); // cached on a, not yet durable
+    const faults = scenario.disk("a").faults;
+    const [min, max] = [faults.latencyUsMin, faults.latencyUsMax];
+    faults.latencyUsMin = faults.latencyUsMax = 20_000;
+    const first = scenario.flush("a"); // slow: still in flight when the second fails
+    scenario.runFor(1);
+    faults.latencyUsMin = faults.latencyUsMax = 1_000;
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    const second = scenario.flush("a");
+    scenario.complete(second);
+    scenario.complete(first, 10_000);
+    [faults.latencyUsMin, faults.latencyUsMax] = [min, max];
+    expect({ first: first.error?.code ?? null, second: second.error?.code ?? null }).toEqual({ first: "EIO", second: "EIO" });
+    expectConverged(scenario);
+    expect([scenario.blockValue("a", 5), scenario.blockValue("b", 5)]).toEqual([write.tag, write.tag]);
+    expect(write.tag).not.toBe(before.tag);
+  });
+
   test("writes a failed flush dropped while no other replica held them are written again, so a power loss keeps what reads returned", () => {
     const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true } });
     scenario.waitSynced();

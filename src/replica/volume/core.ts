@@ -122,9 +122,10 @@ export class VolumeCore implements Parts {
   }
 
   /** An IO completed: dispatch it by what it was for. */
-  storageDone(io: number, error: IoError | null): void {
+  storageDone(io: number, reported: IoError | null): void {
     const pending: PendingIo = this.context.completed(io);
-    this.writes.localFlushDone(pending, error);
+    // A local flush that succeeded while another failed counts as failed (localFlushDone).
+    const error = this.writes.localFlushDone(pending, reported);
     switch (pending.kind) {
       case "clientWrite":
         return this.writes.clientWriteDone(pending.op, error);

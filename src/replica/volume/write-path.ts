@@ -33,6 +33,8 @@ export class WritePath {
   private localUnflushed = new Set<number>();
   /** Local flushes in flight and the granules each covers. */
   private readonly localFlushes = new Map<PendingIo, Set<number>>();
+  /** Local flushes that were in flight when another one failed: they finish as failed (localFlushDone). */
+  private readonly overlappedFailure = new Map<PendingIo, IoError>();
   /**
    * A local flush failed and may have dropped acknowledged writes: the next client FLUSH reports
    * it (EIO), as Linux reports a writeback error once — a later flush that succeeds must not
@@ -345,14 +347,31 @@ export class WritePath {
    * complete data there) this replica becomes a resync target for those regions, so they come back
    * from the peer; reads of them go to the peer meanwhile. Alone, nothing has them: say so.
    */
-  localFlushDone(pending: PendingIo, error: IoError | null): void {
+  localFlushDone(pending: PendingIo, reported: IoError | null): IoError | null {
     const covered = this.localFlushes.get(pending);
-    if (covered === undefined) return;
+    if (covered === undefined) return reported;
     this.localFlushes.delete(pending);
-    if (!error) return;
-    const context = this.v.context;
+    const overlapped = this.overlappedFailure.get(pending);
+    this.overlappedFailure.delete(pending);
+    // A flush in flight when another failed: its regions are marked already (below), and its own
+    // success proves nothing (on one file a writeback error is reported to one fsync only).
+    if (overlapped !== undefined) return reported ?? overlapped;
+    if (!reported) return null;
+    const error = reported;
     const lost = new Set([...covered, ...this.localUnflushed]);
-    if (lost.size === 0) return;
+    // The failed flush covered every write made before it started, those of the flushes still in
+    // flight among them (Linux drops them all); those flushes count as failed when they finish.
+    for (const [other, otherCovered] of this.localFlushes) {
+      for (const granule of otherCovered) lost.add(granule);
+      this.overlappedFailure.set(other, error);
+    }
+    if (lost.size > 0) this.flushLost(lost, error);
+    return error;
+  }
+
+  /** What a failed local flush may have dropped (localFlushDone): tell waiting writes, mark, take back or write again. */
+  private flushLost(lost: Set<number>, error: IoError): void {
+    const context = this.v.context;
     this.localUnflushed = new Set();
     this.flushErrorToReport = true;
     this.markGranulesDirty(lost);
