@@ -216,7 +216,10 @@ export class ResyncEngine {
       }
       case MessageType.ResyncData: {
         const request = context.requests.get(message.requestId);
-        if (round?.localLeads && request) {
+        // The answer to a chunk we pulled: in this round, or in one that has ended since (its chunk
+        // still holds its range; answering releases it). A push from the peer never matches: the
+        // peer pushes only in a round it leads, and one round has one leader.
+        if (request && ((request.kind === "resyncPull" && request.round.round === message.round) || round?.localLeads)) {
           context.requests.delete(message.requestId);
           this.v.peer.answer(request, message);
           return;
@@ -528,7 +531,9 @@ export class ResyncEngine {
         if (message.type !== MessageType.ResyncData) return peer.protocolError("expected ResyncData");
         const data = message as ResyncDataMessage;
         const { round, chunk } = request;
-        if (data.status !== WireStatus.Ok || data.offset !== chunk.offset || data.length !== chunk.length) return this.chunkFinished(round, chunk, false);
+        // A round that has ended since: its data is not written (the next decision says who copies
+        // what); the chunk only gives its range back.
+        if (this.round !== round || data.status !== WireStatus.Ok || data.offset !== chunk.offset || data.length !== chunk.length) return this.chunkFinished(round, chunk, false);
         const context = this.v.context;
         const pending: PendingIo = { kind: "chunkWrite", round, chunk };
         if (data.zero) context.issue({ kind: "storageZero", volumeId: context.volumeId, io: 0, offset: chunk.offset, length: chunk.length, fua: false, noHole: false }, pending);
