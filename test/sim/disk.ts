@@ -333,10 +333,16 @@ export class SimDisk {
   }
 
   /** Silent corruption of a range on the medium (bit rot), for verify to find. */
+  /**
+   * Bit rot on the medium. A byte whose page is dirty in the cache still reads back as written
+   * (the page is in memory), and the next flush writes that page over the rot; elsewhere reads see
+   * the rot at once.
+   */
   rot(offset: number, length: number): void {
     for (let index = offset; index < offset + length; index++) {
-      this.visible[index] = this.visible[index]! ^ 0x5a;
       this.durable[index] = this.durable[index]! ^ 0x5a;
+      const cached = this.cache.some((entry) => entry.offset <= index && index < entry.offset + entry.bytes.length);
+      if (!cached) this.visible[index] = this.visible[index]! ^ 0x5a;
     }
   }
 
