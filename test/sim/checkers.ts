@@ -102,7 +102,7 @@ export class Checkers {
   }
 
   /**
-   * "Split brain detected whenever both sides wrote": when the deciding node reports its verdict,
+   * "Split brain detected whenever both sides wrote": when the verdict takes effect (the following node applies it),
    * if both nodes acknowledged writes alone since they were last in sync, it must be split brain;
    * and split brain is only declared when both really started generations of their own.
    */

@@ -358,7 +358,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     if (report.kind === "decision") {
       stats.decisions!++;
       note(`${node.name} v${report.volumeId} decision ${report.decision}${report.sourceIsLocal === undefined ? "" : report.sourceIsLocal ? " (source)" : " (target)"}${report.full ? " full" : ""}: ${report.reason} [bits local ${report.localBits} peer ${report.peerBits}]`);
-      if (node.name < peerOf(node.name)) checkers.checkDecision(report.volumeId, report.decision, report.byOperator, node.name, scheduler.now);
+      // Judged where the verdict takes effect on both sides: when the follower applies it. A verdict
+      // the decider reached on a state the follower has left since (a hello that waited in a stopped
+      // process, say) is refused by the follower and never applied.
+      if (node.name > peerOf(node.name)) checkers.checkDecision(report.volumeId, report.decision, report.byOperator, node.name, scheduler.now);
       if (report.decision === "resync") {
         const begun = node.driver?.status(report.volumeId)?.dataState === "inconsistent";
         checkers.checkResyncDecision(report.volumeId, node.name, report.sourceIsLocal === false, report.full, report.byOperator, begun, scheduler.now);
