@@ -39,6 +39,8 @@ describe("seeds beyond the CI range that found bugs, each failing before its fix
     [300313, true, "a verify counted a difference a resync had started to copy"],
     [60352, false, "the simulator's bit rot changed what reads return of a page dirty in the cache (the simulator's own bug)"],
     [60988, false, "the split-brain checker judged a verdict the follower never applied (the checker's own bug)"],
+    [80370, false, "a write waiting to complete alone was acknowledged after a failed flush dropped its local copy"],
+    [81670, false, "a secondary served reads of regions its failed flush had dropped"],
   ];
   for (const [seed, long, what] of found) {
     test(`seed ${seed}${long ? " (long)" : ""}: ${what}`, () => {

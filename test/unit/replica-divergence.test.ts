@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import { metadataLayout } from "../../src/replica/metadata-format.ts";
 import { MessageType } from "../../src/replica/wire.ts";
-import { blockBytes } from "../sim/oracle.ts";
+import { blockBytes, identifyBlock } from "../sim/oracle.ts";
 import { Scenario } from "../sim/scenario.ts";
 
 /** Converged: synced on both nodes with nothing dirty, and the two replicas byte-identical. */
@@ -110,6 +110,42 @@ describe("closing a volume", () => {
 });
 
 describe("what a failed flush leaves behind", () => {
+  test("a write waiting to complete alone whose local copy a failed flush dropped is not acknowledged", () => {
+    // Found by the simulator (test/sim/run.ts, seed 80370): the write was done locally and waited for
+    // the generation this node needs to write alone; a failed flush dropped it (Linux) meanwhile, and
+    // it was then acknowledged although reads returned the older data.
+    const scenario = new Scenario({ metadataLatencyUs: 20_000, diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced(undefined, 10_000);
+    const before = scenario.complete(scenario.write("a", 5, { fua: true }), 10_000);
+    scenario.network.cut(60_000_000);
+    scenario.runUntil(() => !scenario.linkUp("a"), "a sees the link down");
+    const write = scenario.write("a", 5);
+    scenario.runUntil(() => (scenario.inFlight("a")?.io.clientWrite ?? 0) === 0 && !write.done, "a's local write is done and waits for its generation", 5_000);
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    scenario.complete(scenario.flush("a"), 10_000);
+    scenario.complete(write, 10_000);
+    const read = scenario.complete(scenario.read("a", 5), 10_000);
+    const readBack = identifyBlock(read.data!, 1, 5);
+    expect(write.error === null ? readBack : "not acknowledged").toEqual(write.error === null ? { kind: "write", id: write.tag } : "not acknowledged");
+    expect(write.error?.code).toBe("EIO");
+    expect(before.error).toBeNull();
+  });
+
+  test("a secondary whose failed flush dropped acknowledged writes does not serve reads of them", () => {
+    // Found by the simulator (test/sim/run.ts, seed 81670): the secondary kept serving reads from its
+    // own copy of regions its failed flush had dropped, older than what it had acknowledged, until
+    // the resync from the primary began.
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced();
+    const write = scenario.complete(scenario.write("a", 6)); // in b's cache
+    scenario.disk("b").inject({ op: "flush", error: "EIO" });
+    scenario.complete(scenario.flush("a")); // the barrier: b's flush fails and drops block 6
+    const read = scenario.complete(scenario.read("b", 6));
+    // Served by the primary, or refused: never the older bytes.
+    if (read.error === null) expect(identifyBlock(read.data!, 1, 6)).toEqual({ kind: "write", id: write.tag });
+    expectConverged(scenario);
+  });
+
   test("a flush that fails while another is in flight loses what both cover, and the other's success does not count", () => {
     // Found by the simulator (test/sim/run.ts, seed 54272): two local flushes in flight on the
     // primary; the later one failed first and (Linux) dropped every cached write before it, among

@@ -11,7 +11,7 @@ import type { ActivityLogPlan } from "../activity-log.ts";
 import type { IoError } from "../types.ts";
 import { replicaGenerationHistoryLength } from "../../constants.ts";
 import type { Parts } from "./context.ts";
-import type { AloneWaiter, Eviction, PendingIo, PersistJob, PersistWaiter } from "./model.ts";
+import type { AloneWaiter, ClientOp, Eviction, PendingIo, PersistJob, PersistWaiter } from "./model.ts";
 import { DataState, type Generations } from "../model.ts";
 
 interface GenerationStart {
@@ -166,6 +166,13 @@ export class Persistence {
     for (const waiter of starting.waiters) this.aloneDone(waiter, error);
   }
 
+  /** Writes done here that wait for the generation of our own before they complete alone. */
+  writesWaitingToCompleteAlone(): ClientOp[] {
+    const ops: ClientOp[] = [];
+    for (const waiter of this.starting?.waiters ?? []) if (waiter.kind === "write") ops.push(waiter.op);
+    return ops;
+  }
+
   private aloneDone(waiter: AloneWaiter, error: IoError | null): void {
     const writes = this.v.writes;
     switch (waiter.kind) {
@@ -174,6 +181,7 @@ export class Persistence {
         return writes.pump();
       case "write":
         if (error) writes.completeClient(waiter.op, "EIO", "could not record the new generation");
+        else if (waiter.op.localError) writes.completeClient(waiter.op, waiter.op.localError, "a local flush failed and may have dropped this write");
         else writes.completeClient(waiter.op, null, undefined, false);
         return writes.pump();
       case "flush":

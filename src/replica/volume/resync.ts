@@ -69,6 +69,7 @@ export class ResyncEngine {
     }
     context.send({ type: MessageType.BitmapDone, volumeId, requestId: 0, round: roundNumber });
     context.report({ kind: "resyncStarted", volumeId, sourceIsLocal: localIsSource, bits: context.bitmap.setCount, full });
+    this.v.writes.resyncRoundStarted();
     this.exchangeProgress();
   }
 

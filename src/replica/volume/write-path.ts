@@ -36,6 +36,11 @@ export class WritePath {
   /** Local flushes that were in flight when another one failed: they finish as failed (localFlushDone). */
   private readonly overlappedFailure = new Map<PendingIo, IoError>();
   /**
+   * Granules a failed flush dropped on this node while it was a secondary: its reads there return
+   * older data than it acknowledged, until the next resync round (the primary's copy wins).
+   */
+  private readonly droppedOnSecondary = new Set<number>();
+  /**
    * A local flush failed and may have dropped acknowledged writes: the next client FLUSH reports
    * it (EIO), as Linux reports a writeback error once — a later flush that succeeds must not
    * vouch for writes an earlier one lost.
@@ -112,7 +117,14 @@ export class WritePath {
     if (context.dataState === DataState.New) return false;
     const round = this.v.resync.round;
     const targetHere = context.dataState === DataState.Inconsistent || (round !== undefined && !round.localIsSource);
-    if (!targetHere) return true;
+    if (!targetHere) {
+      // A secondary whose failed flush dropped writes it had acknowledged reads older data there
+      // until a resync from the primary copies them back: it does not serve those regions.
+      if (context.mayWrite || this.droppedOnSecondary.size === 0) return true;
+      const { first, last } = context.granules(offset, length);
+      for (let granule = first; granule < last; granule++) if (this.droppedOnSecondary.has(granule)) return false;
+      return true;
+    }
     if (round && round.stage.kind === "exchange") return false;
     const { first, last } = context.granules(offset, length);
     return !context.bitmap.anySet(first, last);
@@ -372,12 +384,14 @@ export class WritePath {
   /** What a failed local flush may have dropped (localFlushDone): tell waiting writes, mark, take back or write again. */
   private flushLost(lost: Set<number>, error: IoError): void {
     const context = this.v.context;
+    if (!context.mayWrite) for (const granule of lost) this.droppedOnSecondary.add(granule);
     this.localUnflushed = new Set();
     this.flushErrorToReport = true;
     this.markGranulesDirty(lost);
-    // Writes whose local part was among the dropped and that still wait for the peer: their
-    // client is told they failed (never that they succeeded with the local copy gone).
-    for (const op of this.running) {
+    // Writes whose local part was among the dropped and that are not answered yet — waiting for the
+    // peer, held for the write grant, or waiting to complete alone once a generation of our own is
+    // recorded: their client is told they failed (never that they succeeded with the local copy gone).
+    for (const op of [...this.running, ...this.heldForGrant, ...this.v.persistence.writesWaitingToCompleteAlone()]) {
       if (!op.localDone || op.localError) continue;
       const { first, last } = context.granules(op.offset, op.length);
       for (let granule = first; granule < last; granule++) {
@@ -686,6 +700,11 @@ export class WritePath {
       context.bitmap.setRange(granule, granule + 1);
       this.v.resync.remarked(granule, granule + 1);
     }
+  }
+
+  /** A resync round starts: from now on the round says which regions this node may serve. */
+  resyncRoundStarted(): void {
+    this.droppedOnSecondary.clear();
   }
 
   /** Mark a byte range as possibly different from the peer. */
