@@ -154,9 +154,12 @@ export class Negotiation {
    */
   private endPeerSession(): void {
     const v = this.v;
-    for (const request of v.context.retireRequests()) v.peer.lost(request);
+    // The resync and verify stop first: what the lost requests complete below (a chunk finishing as
+    // failed, say) must not start new requests of a round that is over. Such a request would wait
+    // for an answer that never comes, and a close would wait for it for ever.
     v.resync.abort();
     v.verify.abort(this.linkUp ? "the peer closed the volume" : "the link to the peer was lost");
+    for (const request of v.context.retireRequests()) v.peer.lost(request);
     for (const op of [...v.writes.running]) v.writes.finishWrite(op);
   }
 
