@@ -110,7 +110,10 @@ export class Checkers {
     if (byOperator) return; // the operator chose; the oracle discards the victim's writes
     const alone = this.oracle.aloneSinceSync.get(volumeId)!;
     const writers = [...alone.entries()].filter(([, list]) => list.length > 0);
-    if (writers.length === 2 && decision !== "splitBrain") {
+    // A verdict that copies one side over the other (resync), or calls them equal (inSync), would
+    // resolve the split brain silently; a refusal (split brain, dual primary, a serving primary
+    // that would be a target, unrelated data) overwrites nothing and leaves it to the operator.
+    if (writers.length === 2 && (decision === "resync" || decision === "inSync")) {
       const [first, second] = writers;
       this.fail(
         "correctness",

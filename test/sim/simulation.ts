@@ -1023,11 +1023,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     if (mix.verify && !verifyBusy && operatorRandom.chance(0.05)) startVerify(operatorRandom.pick(volumeIds), operatorRandom.chance(0.7), () => {});
   };
 
-  const startVerify = (volumeId: number, repair: boolean, done: () => void) => {
+  const startVerify = (volumeId: number, repair: boolean, done: (complete: boolean) => void) => {
     const primaries = nodeNames.filter((name) => isPrimary(name, volumeId) && nodes.get(name)!.alive);
-    if (primaries.length !== 1) return done();
+    if (primaries.length !== 1) return done(false);
     const name = primaries[0]!;
-    if (status(name, volumeId)?.sync !== "synced") return done();
+    if (status(name, volumeId)?.sync !== "synced") return done(false);
     verifyBusy = true;
     verifyOn = { name, incarnation: nodes.get(name)!.incarnation };
     stats.verifies!++;
@@ -1048,7 +1048,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
           if (!explained) checkers.fail("correctness", "replicas identical", `verify of v${volumeId} on ${name} found ${mismatch.offset}+${mismatch.length} differing from ${other} while in sync, with no injected rot there`);
         }
       }
-      done();
+      done(error === null && result?.complete === true);
     });
   };
 
@@ -1236,9 +1236,15 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       // Let a verify the operator started during the chaos finish, then repair what rot is left.
       guarded(() => scheduler.runUntil(deadline, () => !verifyBusy));
       for (const volumeId of volumeIds) {
-        let finished = false;
-        startVerify(volumeId, true, () => (finished = true));
-        guarded(() => scheduler.runUntil(deadline, () => finished));
+        // A verify that stops early (the link dropped under it, a switchover) is run again, as an
+        // operator would, until one compares the whole volume.
+        for (let attempt = 0; attempt < 5; attempt++) {
+          let finished: boolean | undefined;
+          startVerify(volumeId, true, (complete) => (finished = complete));
+          guarded(() => scheduler.runUntil(deadline, () => finished !== undefined));
+          if (finished) break;
+          if (!waitConverged(deadline, "before verifying again")) return;
+        }
       }
       if (!waitConverged(deadline, "after the final verify")) return;
       for (const volumeId of volumeIds) {
