@@ -131,6 +131,22 @@ describe("what a failed flush leaves behind", () => {
     expect(before.error).toBeNull();
   });
 
+  test("a primary that became a resync target for what its failed flush dropped does not vouch for it alone in a later flush", () => {
+    // Found by the simulator (test/sim/run.ts, seed 124021): the primary's failed flush dropped a
+    // mirrored write, so it became a resync target for that region (the peer held it, in its cache).
+    // The link dropped; the next client FLUSH succeeded on the primary alone, promising durable a
+    // write that was on no disk; the peer then lost power, and with it the write.
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true }, config: { barrierIntervalTicks: 100_000 } });
+    scenario.waitSynced();
+    scenario.complete(scenario.write("a", 5)); // in both caches
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    expect(scenario.complete(scenario.flush("a")).error?.code).toBe("EIO"); // drops block 5 here
+    scenario.runUntil(() => scenario.status("a")?.dataState === "inconsistent", "a becomes a resync target for what it dropped");
+    scenario.network.cut(60_000_000);
+    scenario.runUntil(() => !scenario.linkUp("a"), "a sees the link down");
+    expect(scenario.complete(scenario.flush("a")).error?.code).toBe("EIO");
+  });
+
   test("a secondary whose failed flush dropped acknowledged writes does not serve reads of them", () => {
     // Found by the simulator (test/sim/run.ts, seed 81670): the secondary kept serving reads from its
     // own copy of regions its failed flush had dropped, older than what it had acknowledged, until

@@ -612,6 +612,13 @@ export class WritePath {
       return this.completeClient(op, "EIO", "an earlier flush of this volume failed: writes made since the flush before it may be lost here");
     }
     if (op.peerLost && this.holdForGrant(op)) return;
+    if ((!op.mirrored || op.peerLost) && context.dataState !== DataState.Consistent) {
+      // A resync target lacks regions only the peer holds, and the peer did not flush them: as a
+      // write cannot complete alone here (completeAlone), a flush cannot vouch for them alone.
+      this.completeClient(op, "EIO", "this node is a resync target and the peer, which holds regions it lacks, did not make them durable");
+      this.pump();
+      return;
+    }
     if (context.mayWrite && (!op.mirrored || op.peerLost) && context.bitmap.setCount > 0 && context.dataState === DataState.Consistent) {
       // Durable here only: the peer lacks data we promise is durable, so this is a new generation.
       this.v.persistence.ensureAlone({ kind: "flush", op });
