@@ -332,11 +332,10 @@ export class SimDisk {
     return false;
   }
 
-  /** Silent corruption of a range on the medium (bit rot), for verify to find. */
   /**
-   * Bit rot on the medium. A byte whose page is dirty in the cache still reads back as written
-   * (the page is in memory), and the next flush writes that page over the rot; elsewhere reads see
-   * the rot at once.
+   * Silent corruption of a range on the medium (bit rot), for verify to find. A byte whose page is
+   * dirty in the cache still reads back as written (the page is in memory), and the next flush
+   * writes that page over the rot; elsewhere reads see the rot at once.
    */
   rot(offset: number, length: number): void {
     for (let index = offset; index < offset + length; index++) {

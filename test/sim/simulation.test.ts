@@ -25,8 +25,8 @@ describe(`replication under faults: ${seeds} seeds from ${from}`, () => {
 });
 
 describe("seeds beyond the CI range that found bugs, each failing before its fix", () => {
-  // A run of 20000 fresh seeds (from 50000, and long seeds from 300000) found these; each fails on
-  // the commit before its fix and is replayed here so the fix stays. (What a seed explores shifts as
+  // Runs of fresh seeds (from 50000, 80000 and 120000, and long ones from 300000) found these; each
+  // fails on the commit before its fix and is replayed here so the fix stays. (What a seed explores shifts as
   // the core changes, so the scripted scenarios in test/unit pin the behaviour where one could be
   // written; 57335's timing could not be scripted.)
   const found: [number, boolean, string][] = [

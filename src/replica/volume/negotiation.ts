@@ -379,14 +379,12 @@ export class Negotiation {
       context.emit({ kind: "complete", request, error: "EINVAL", message: "the volume is not in split brain (or not connected to its peer)" });
       return;
     }
-    if (keep === "peer" && context.mayWrite) {
-      context.emit({ kind: "complete", request, error: "EPERM", message: "this node's changes would be discarded but it holds the write grant: demote it first" });
-      return;
-    }
     // A side that holds the write grant may acknowledge writes alone (a split brain refuses to
     // replicate) right up to its demotion; a resolution given before that would discard them too.
-    if (keep === "local" && this.peerHello?.mayWrite) {
-      context.emit({ kind: "complete", request, error: "EPERM", message: `${context.host.peerNodeId}'s changes would be discarded but it holds the write grant: demote it first` });
+    const victimMayWrite = keep === "peer" ? context.mayWrite : this.peerHello?.mayWrite === true;
+    if (victimMayWrite) {
+      const victim = keep === "peer" ? "this node" : context.host.peerNodeId;
+      context.emit({ kind: "complete", request, error: "EPERM", message: `${victim}'s changes would be discarded but it holds the write grant: demote it first` });
       return;
     }
     if (this.isDecider) {

@@ -14,7 +14,6 @@ import { errorToStatus } from "./write-path.ts";
 
 type VerifyRequest = Extract<PendingRequest, { kind: "verify" | "repair" }>;
 
-
 export class Verifier {
   run: VerifyRun | undefined;
   private rounds = 0;

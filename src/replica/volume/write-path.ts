@@ -619,7 +619,7 @@ export class WritePath {
       this.pump();
       return;
     }
-    if (context.mayWrite && (!op.mirrored || op.peerLost) && context.bitmap.setCount > 0 && context.dataState === DataState.Consistent) {
+    if (context.mayWrite && (!op.mirrored || op.peerLost) && context.bitmap.setCount > 0) {
       // Durable here only: the peer lacks data we promise is durable, so this is a new generation.
       this.v.persistence.ensureAlone({ kind: "flush", op });
       return;
