@@ -159,7 +159,13 @@ export class Oracle {
     record.durable = true;
     record.durableUs = nowUs;
     record.durableAlone = alone;
-    if (alone) this.durableAloneSinceSync.get(record.volumeId)!.get(record.node)!.push(record);
+    if (!alone) return;
+    this.durableAloneSinceSync.get(record.volumeId)!.get(record.node)!.push(record);
+    if (this.forcedSinceSync.get(record.volumeId)!.has(this.peer(record.node))) record.discarded = true;
+  }
+
+  private peer(node: string): string {
+    return this.nodes[0] === node ? this.nodes[1] : this.nodes[0];
   }
 
   /** The writes a flush submitted now on `node` will cover when it completes. */
@@ -263,6 +269,10 @@ export class Oracle {
       if (record.ok !== true || record.ackedUs === undefined || record.ackedUs >= submittedUs) continue;
       if (record.ackedUs < this.disturbedUs || record.discarded) return undefined;
       if (record.node !== node && record.mirrored !== true) continue;
+      // The peer's acknowledgement after `node` was forced to primary (the peer stalled, then
+      // completed what `node` had acknowledged as its secondary): a forced promotion discards it.
+      const forcedUs = this.forcedSinceSync.get(volumeId)!.get(node);
+      if (record.node !== node && forcedUs !== undefined && record.ackedUs > forcedUs) continue;
       const values = new Set<number>();
       for (let later = position; later < history.length; later++) values.add(history[later]!.zero ? 0 : history[later]!.id);
       return { newestAcked: record, values };
@@ -270,9 +280,14 @@ export class Oracle {
     return undefined;
   }
 
-  /** The operator forced `node` to primary while its peer was unreachable. */
+  /**
+   * The operator forced `node` to primary while its peer was unreachable. That discards every
+   * write of the peer's that `node` lacks (src/node/failover.ts): while `node` stands forced, what
+   * only the peer's own flushes made durable (before or after) is no longer promised.
+   */
   forcedPrimary(volumeId: number, node: string, nowUs: number): void {
     this.forcedSinceSync.get(volumeId)!.set(node, nowUs);
+    for (const record of this.durableAloneSinceSync.get(volumeId)!.get(this.peer(node))!) record.discarded = true;
   }
 
   /**

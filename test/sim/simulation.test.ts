@@ -45,6 +45,9 @@ describe("seeds beyond the CI range that found bugs, each failing before its fix
     [91783, false, "the final verify stopped early (the link dropped) and was not run again (the simulator's own bug)"],
     [91901, false, "the split-brain checker counted a refusal as a verdict (the checker's own bug)"],
     [124021, false, "a primary that was a resync target for what its failed flush dropped reported a later flush durable alone"],
+    [83899, false, "a switchover promoted the peer before the old primary had drained and flushed (the simulator's own bug)"],
+    [124231, false, "the oracle kept promising writes a forced promotion of the peer discards (the oracle's own bug)"],
+    [124917, false, "the oracle bound reads on a forced node to its old primary's late acknowledgements (the oracle's own bug)"],
   ];
   for (const [seed, long, what] of found) {
     test(`seed ${seed}${long ? " (long)" : ""}: ${what}`, () => {

@@ -693,7 +693,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     },
     loop(): void {
       if (this.stopped) return;
-      if (!paused) for (const volumeId of volumeIds) if (this.count(volumeId) < mix.depth) this.issue(volumeId);
+      if (!paused) for (const volumeId of volumeIds) if (!frozen.has(volumeId) && this.count(volumeId) < mix.depth) this.issue(volumeId);
       scheduler.after(workloadRandom.range(100, 1500), () => this.loop());
     },
   };
@@ -704,6 +704,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   const operatorRandom = random.fork("operator");
   let promotions = 0;
   let switchoverBusy = false;
+  /** Volumes a switchover froze: their clients issue nothing until it ends. */
+  const frozen = new Set<number>();
   let verifyBusy = false;
   /** The node (and incarnation) running the operator's verify: its death ends the verify too. */
   let verifyOn: { name: string; incarnation: number } | undefined;
@@ -1009,18 +1011,52 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       const volumeId = operatorRandom.pick(volumeIds);
       const primaries = nodeNames.filter((name) => isPrimary(name, volumeId));
       const synced = nodeNames.every((name) => linkUp(name) && status(name, volumeId)?.sync === "synced");
-      if (primaries.length === 1 && synced) {
-        const from = primaries[0]!;
-        switchoverBusy = true;
-        note(`operator: switchover of v${volumeId} from ${from}`);
-        setRole(from, volumeId, false);
-        scheduler.after(30_000, () => {
-          switchoverBusy = false;
-          if (!isPrimary(from, volumeId) && nodeNames.every((name) => !isPrimary(name, volumeId))) setRole(peerOf(from), volumeId, true);
-        });
-      }
+      if (primaries.length === 1 && synced) switchover(volumeId, primaries[0]!);
     }
     if (mix.verify && !verifyBusy && operatorRandom.chance(0.05)) startVerify(operatorRandom.pick(volumeIds), operatorRandom.chance(0.7), () => {});
+  };
+
+  /**
+   * A planned switchover as `tandem failover` runs it (src/node/failover.ts): the old primary
+   * freezes the volume, waits until the IO in flight has completed, flushes, and only then gives up
+   * the role; the new primary adopts it over the link. A drain that does not finish in time (the old
+   * primary stalled), its death, or a failed flush moves nothing; a flush that did not reach the
+   * peer, or a link down at the hand-over, leaves no primary (the adopt cannot reach the peer).
+   */
+  const switchover = (volumeId: number, from: string) => {
+    const node = nodes.get(from)!;
+    const incarnation = node.incarnation;
+    const deadlineUs = scheduler.now + 100_000;
+    switchoverBusy = true;
+    frozen.add(volumeId);
+    note(`operator: switchover of v${volumeId} from ${from}: freeze, drain, flush`);
+    const end = (outcome: string) => {
+      frozen.delete(volumeId);
+      switchoverBusy = false;
+      note(`operator: switchover of v${volumeId} from ${from}: ${outcome}`);
+    };
+    const gone = () => !node.alive || node.incarnation !== incarnation || !isPrimary(from, volumeId);
+    const drain = () => {
+      if (gone()) return end(`${from} is gone or no longer primary; nothing moved`);
+      if (workload.count(volumeId) > 0) {
+        if (scheduler.now > deadlineUs) return end("the IO in flight did not drain in time; nothing moved");
+        return scheduler.after(1_000, drain);
+      }
+      const covered = oracle.flushSnapshot(volumeId, from);
+      node.gate!.enter(() =>
+        node.driver!.flush(volumeId, (error, info) => {
+          if (gone()) return end(`${from} is gone or no longer primary; nothing moved`);
+          if (error) return end(`the flush failed (${error.message}); nothing moved`);
+          oracle.flushCompleted(volumeId, from, covered, scheduler.now, info?.mirrored === true);
+          setRole(from, volumeId, false);
+          if (info?.mirrored === true && linkUp(from) && linkUp(peerOf(from))) {
+            setRole(peerOf(from), volumeId, true);
+            end("done");
+          } else end("the peer could not adopt the role; no primary");
+        }),
+      );
+    };
+    drain();
   };
 
   const startVerify = (volumeId: number, repair: boolean, done: (complete: boolean) => void) => {
