@@ -75,6 +75,8 @@ export class SimDisk {
   errorsEnabled = true;
   /** Told when a failed flush dropped cached writes (the simulator's checkers note the data loss). */
   onDropped: (() => void) | undefined;
+  /** Told when a flush failed, whatever it did to the cache. */
+  onFlushFailed: (() => void) | undefined;
   readonly counters = { reads: 0, writes: 0, flushes: 0, errors: 0, torn: 0, dropped: 0, trimsKept: 0 };
 
   constructor(
@@ -235,6 +237,7 @@ export class SimDisk {
       if (rule || this.fails(this.faults.flushErrorProbability)) {
         this.counters.errors++;
         if (this.faults.flushFailureDropsCache) this.dropCache(covered);
+        this.onFlushFailed?.();
         return done(rule?.error ?? "EIO");
       }
       const kept: PendingWrite[] = [];

@@ -190,9 +190,9 @@ export class Oracle {
   }
 
   /**
-   * A failed flush on `node` dropped its cached writes of this volume (Linux): like a crash of the
-   * cache, what was acknowledged and not yet durable there is no longer promised to a later flush
-   * (the first flush after it fails; the node may take them back from its peer).
+   * A flush failed on `node` (on Linux it also drops the cached writes it covered): like a crash
+   * of the cache, what was acknowledged and not yet durable there is no longer promised to a later
+   * flush (the client was told by the failed one; the node may take them back from its peer).
    */
   cacheDropped(volumeId: number, node: string): void {
     this.unflushed.get(`${node}:${volumeId}`)?.clear();

@@ -342,10 +342,13 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   }
   for (const node of nodes.values()) {
     for (const [volumeId, disks] of node.disks) {
-      disks.data.onDropped = () => {
-        oracle.disturb(scheduler.now);
-        oracle.cacheDropped(volumeId, node.name);
-      };
+      // Evicted cached writes no longer read back: reads may see older data from now on.
+      disks.data.onDropped = () => oracle.disturb(scheduler.now);
+      // A failed flush voids the promise of what it covered on this node, as fsync on Linux
+      // reports a writeback error once: a later flush that succeeds does not vouch for those
+      // writes (their copy on the peer may still bring them back). Whether the disk kept them
+      // cached (dirty) or dropped them, the product treats them as possibly lost.
+      disks.data.onFlushFailed = () => oracle.cacheDropped(volumeId, node.name);
       disks.meta.onDropped = () => oracle.disturb(scheduler.now);
     }
   }
