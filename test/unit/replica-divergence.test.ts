@@ -431,3 +431,29 @@ describe("a primary that is a resync target", () => {
     expect([scenario.blockValue("a", 12), scenario.blockValue("b", 12)]).toEqual([write.tag, write.tag]);
   });
 });
+
+describe("a generation that could not be recorded", () => {
+  test("a superblock write that failed yet reached the disk is not taken for writes made alone", () => {
+    // Simulator seed 161915: the write recording a's generation of its own failed, but its bytes
+    // were on the medium. a went on with the generation it had; after a crash it read the other one
+    // back and called the pair a split brain against a peer that alone had written since.
+    const scenario = new Scenario();
+    scenario.waitSynced();
+    scenario.crash("b");
+    scenario.metadataDisk("a").inject({ op: "write", offset: 0, length: 2 * blockBytes, error: "EIO", landed: "durable" });
+    expect(scenario.complete(scenario.write("a", 1)).error?.code).toBe("EIO"); // its generation was not recorded
+    scenario.runFor(50);
+    scenario.crash("a");
+    scenario.start("b");
+    scenario.runUntil(() => scenario.status("b") !== undefined, "b opened its volume");
+    scenario.setRole("a", 1, false);
+    scenario.setRole("b", 1, true, 2);
+    const alone = scenario.complete(scenario.write("b", 2)); // b starts a generation of its own
+    expect(alone.error).toBeNull();
+    const since = scenario.nowUs;
+    scenario.start("a");
+    expectConverged(scenario);
+    expect(scenario.reportsOf("a", "splitBrain", since)).toEqual([]);
+    expect(scenario.blockValue("a", 2)).toBe(alone.tag);
+  });
+});

@@ -21,6 +21,11 @@ interface GenerationStart {
   /** A hello asked for while it is persisted, sent (with redecide when any asked) afterwards. */
   helloDeferred: boolean;
   redecide: boolean;
+  /**
+   * Its write failed, and may have reached the disk all the same: the superblock is being written
+   * again with the generation we stayed on (`before`), so that no restart reads `after` back.
+   */
+  rollingBack?: { retryOnTick: boolean };
 }
 
 export class Persistence {
@@ -117,6 +122,11 @@ export class Persistence {
   tick(): void {
     const context = this.v.context;
     const now = context.now();
+    const rollingBack = this.starting?.rollingBack;
+    if (rollingBack?.retryOnTick) {
+      rollingBack.retryOnTick = false;
+      this.persist({ superblock: true, pages: false }, { kind: "generation" });
+    }
     if (context.bitmap.dirtyPages > 0 && now - this.lastWritebackTick >= context.config.bitmapWritebackIntervalTicks) {
       this.lastWritebackTick = now;
       this.persist({ superblock: true, pages: true }, { kind: "writeback" });
@@ -156,14 +166,32 @@ export class Persistence {
 
   private generationPersisted(error: IoError | null): void {
     const starting = this.starting!;
-    this.starting = undefined;
     const context = this.v.context;
-    if (error) context.superblock.generations = starting.before;
-    else context.report({ kind: "generationStarted", volumeId: context.volumeId, current: formatGeneration(starting.after.current), base: formatGeneration(starting.after.bitmapBase) });
+    if (error) {
+      // A failed write may still have reached its slot, and a restart would read `after` back: a
+      // generation of our own that nothing was written in, which a peer that wrote alone since
+      // would meet as a split brain. Until the superblock is written again with `before` (a newer
+      // sequence wins on load), the generation stays pending: hellos wait, and so do writes that
+      // need a generation of our own (they start one afresh afterwards). A rollback that fails is
+      // retried on the next tick, not at once, so a dead metadata disk does not spin.
+      const first = starting.rollingBack === undefined;
+      if (first) {
+        context.superblock.generations = starting.before;
+        context.report({ kind: "ioError", volumeId: context.volumeId, what: "recording a generation of our own (writing the previous one back)", error });
+      }
+      const failed = starting.waiters;
+      this.starting = { ...starting, waiters: [], rollingBack: { retryOnTick: !first } };
+      if (first) this.persist({ superblock: true, pages: false }, { kind: "generation" });
+      for (const waiter of failed) this.aloneDone(waiter, error);
+      return;
+    }
+    this.starting = undefined;
+    if (!starting.rollingBack) context.report({ kind: "generationStarted", volumeId: context.volumeId, current: formatGeneration(starting.after.current), base: formatGeneration(starting.after.bitmapBase) });
     const negotiation = this.v.negotiation;
     if (negotiation.linkUp && this.v.lifecycle.isOpened) negotiation.sendHello(starting.redecide); // our generation changed
     negotiation.maybeDecide();
-    for (const waiter of starting.waiters) this.aloneDone(waiter, error);
+    if (!starting.rollingBack) for (const waiter of starting.waiters) this.aloneDone(waiter, null);
+    else for (const waiter of starting.waiters) this.ensureAlone(waiter); // they asked while the old generation went back on disk
   }
 
   /** Writes done here that wait for the generation of our own before they complete alone. */
