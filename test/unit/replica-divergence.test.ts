@@ -457,3 +457,22 @@ describe("a generation that could not be recorded", () => {
     expect(scenario.blockValue("a", 2)).toBe(alone.tag);
   });
 });
+
+describe("a close whose flush fails", () => {
+  test("leaves on the disk what the volume reads: a failed write's cached bytes are written again", () => {
+    // Simulator seed 170767. On Linux a failed flush marks the cached pages it covered clean
+    // without writing them: they read back, and survive a restart of the daemon, but never reach
+    // the disk. b's mirrored write failed after some of it reached b's cache, then b's close flush
+    // failed: b closed with bytes it would serve (and, as a resync source, send) that a power loss
+    // would take away; after a resync from it the replicas differed on disk while both were in sync.
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true } });
+    scenario.waitSynced();
+    scenario.disk("b").inject({ op: "write", offset: 3 * blockBytes, length: blockBytes, error: "EIO", landed: "all" });
+    scenario.complete(scenario.write("a", 3));
+    scenario.disk("b").inject({ op: "flush", error: "EIO" });
+    expect(scenario.complete(scenario.closeVolume("b", 1)).error).not.toBeNull(); // not closed clean
+    const served = scenario.blockValue("b", 3);
+    scenario.crash("b"); // power loss: only what is on the disk remains
+    expect(scenario.blockValue("b", 3)).toBe(served);
+  });
+});

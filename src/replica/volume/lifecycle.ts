@@ -106,7 +106,7 @@ export class VolumeLifecycle {
     const v = this.v;
     const context = v.context;
     if (v.writes.running.size > 0 || v.writes.queue.length > 0 || v.writes.rewritesPending || context.io.size > 0 || context.requests.size > 0 || v.persistence.busy || v.persistence.activityBusy) return;
-    this.move({ kind: "flushingForClose", request: state.request, localFlushFailed: false });
+    this.move({ kind: "flushingForClose", request: state.request, localFlushFailed: state.flushFailed === true });
     // Make every completed write durable here and on the peer before calling the close clean.
     this.v.writes.flushLocal({ kind: "closeFlush" });
   }
@@ -117,8 +117,19 @@ export class VolumeLifecycle {
     if (state.kind !== "flushingForClose") return;
     const v = this.v;
     if (error) {
+      const again = state.localFlushFailed; // the flush after the rewrites below: no second round
       state.localFlushFailed = true;
       v.context.report({ kind: "ioError", volumeId: v.context.volumeId, what: "flushing the volume at close (its activity log will be replayed at the next open)", error });
+      if (v.writes.rewritesPending && !again) {
+        // Regions the failed flush may have dropped with nothing else holding them still read back
+        // here (Linux marks the pages clean, and they outlive a restart of the daemon) but would
+        // never reach the disk: served or sent to a resync target later, they would vanish in a
+        // power loss. Write them again and flush once more before the close is recorded (still
+        // not clean).
+        this.move({ kind: "closing", request: state.request, flushFailed: true });
+        v.writes.pump();
+        return;
+      }
     }
     // The peer still answers a flush of what it acknowledged, even after our notice.
     if (v.negotiation.linkUp && v.writes.transferLog.size > 0) v.writes.barrier({ kind: "close" });

@@ -371,7 +371,7 @@ export class ResyncEngine {
   chunkWritten(pending: Extract<PendingIo, { kind: "chunkWrite" }>, error: IoError | null): void {
     const context = this.v.context;
     if (error) context.report({ kind: "ioError", volumeId: context.volumeId, what: `resync write at ${pending.chunk.offset}`, error });
-    else this.v.writes.wroteLocally(pending.chunk.offset, pending.chunk.length);
+    this.v.writes.wroteLocally(pending.chunk.offset, pending.chunk.length); // failed, it may have reached the cache in part
     this.chunkFinished(pending.round, pending.chunk, error === null);
   }
 

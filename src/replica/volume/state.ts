@@ -26,7 +26,7 @@ export type Lifecycle =
    * A close was asked for: the peer was told to send nothing more for this volume; no client
    * request is admitted; IO and requests in flight finish (the peer's answers still count).
    */
-  | { kind: "closing"; request: number }
+  | { kind: "closing"; request: number; flushFailed?: boolean }
   /** Nothing is in flight: every completed write is being made durable here and on the peer. */
   | { kind: "flushingForClose"; request: number; localFlushFailed: boolean }
   /** The shutdown is being persisted: clean unless a flush failed (then the activity log replays). */
@@ -38,7 +38,7 @@ export const lifecycleTransitions: TransitionTable<Lifecycle["kind"]> = {
   opening: ["opening", "open", "closing"],
   open: ["closing"],
   closing: ["flushingForClose"],
-  flushingForClose: ["recordingClose"],
+  flushingForClose: ["recordingClose", "closing"],
   recordingClose: ["closed"],
   closed: [],
 };

@@ -331,7 +331,9 @@ export class WritePath {
   clientWriteDone(op: ClientOp, error: IoError | null): void {
     op.localDone = true;
     op.localError = error;
-    if (!op.fua) this.wroteLocally(op.offset, op.length);
+    // A failed write may have left some of its bytes in the page cache, like any write: only a
+    // flush that succeeds after it vouches for the region (FUA or not).
+    if (error || !op.fua) this.wroteLocally(op.offset, op.length);
     this.finishWrite(op);
   }
 
@@ -454,8 +456,8 @@ export class WritePath {
     const context = this.v.context;
     context.ranges.release(pending.rangeId);
     this.rewriting = false;
-    if (!error) this.wroteLocally(pending.offset, pending.length);
-    else context.report({ kind: "ioError", volumeId: context.volumeId, what: `writing again a region a failed flush may have dropped, at ${pending.offset}`, error });
+    this.wroteLocally(pending.offset, pending.length); // failed, it may have reached the cache in part
+    if (error) context.report({ kind: "ioError", volumeId: context.volumeId, what: `writing again a region a failed flush may have dropped, at ${pending.offset}`, error });
     this.pump();
   }
 
@@ -777,7 +779,7 @@ export class WritePath {
   peerWriteDone(op: PeerOp, error: IoError | null): void {
     const context = this.v.context;
     context.ranges.release(op.rangeId);
-    if (!error && !op.fua) this.wroteLocally(op.offset, op.length);
+    if (error || !op.fua) this.wroteLocally(op.offset, op.length); // a failed one may have reached the cache in part
     if (op.kind === "resync") this.v.resync.pushedChunkWritten(op, error);
     else if (op.linkEpoch === this.v.negotiation.linkEpoch) {
       this.incoming.delete(op.requestId);
