@@ -301,6 +301,23 @@ export class SimDisk {
     this.visible = this.durable.slice();
   }
 
+  /**
+   * The process died (kill -9, an abort), the machine did not: the page cache keeps every write
+   * that reached it, clean or dirty, so what reads back may differ from what is on the medium
+   * (after a failed flush on Linux). A write in flight lands in the cache or not; nothing pending
+   * completes.
+   */
+  kill(): void {
+    this.incarnation++;
+    for (const write of [...this.inFlight].sort((a, b) => a.offset - b.offset)) {
+      if (!this.random.chance(0.5)) continue;
+      const bytes = write.source.slice();
+      this.visible.set(bytes, write.offset);
+      this.cache.push({ offset: write.offset, bytes, sequence: ++this.completions });
+    }
+    this.inFlight.clear();
+  }
+
   /** Writes completed so far: a mark for `cachedOnlyHereDurableOn`. */
   get writesCompleted(): number {
     return this.completions;

@@ -221,6 +221,7 @@ export class Scenario {
               cleanShutdown: true,
               generations: { current: spelled.current, bitmapBase: spelled.bitmapBase ?? 0n, history: spelled.history ?? [] },
               resync: { active: dataState === DataState.Inconsistent, target: dataState === DataState.Inconsistent, bitsTotal: bitmap.setCount, bitsDone: 0 },
+              rewritePending: false,
             }),
           );
         }
@@ -486,7 +487,17 @@ export class Scenario {
   }
 
   /** Power loss of one node: unflushed writes may vanish (the disks' crash rules), nothing pending completes. */
+  /** A power loss of `name`: its disks keep only what was durable. */
   crash(name: NodeName): void {
+    this.die(name, false);
+  }
+
+  /** The daemon of `name` is killed (kill -9): the machine's page cache keeps what reached it. */
+  kill(name: NodeName): void {
+    this.die(name, true);
+  }
+
+  private die(name: NodeName, kill: boolean): void {
     const node = this.node(name);
     if (!node.alive) return;
     node.alive = false;
@@ -499,8 +510,13 @@ export class Scenario {
     this.witness?.crash(nodeNames.indexOf(name));
     this.network.crash(name);
     for (const disks of node.disks.values()) {
-      disks.data.crash();
-      disks.meta.crash();
+      if (kill) {
+        disks.data.kill();
+        disks.meta.kill();
+      } else {
+        disks.data.crash();
+        disks.meta.crash();
+      }
     }
   }
 

@@ -515,10 +515,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     for (const volumeId of volumes) closeVolume(node, volumeId, undefined, () => --pending === 0 && stop());
   };
 
-  const crashNode = (node: SimNode, why: string) => {
+  /** A node dies: a power loss (its disks lose what they had not made durable) or, with `kill`, its process only (the page cache survives). */
+  const crashNode = (node: SimNode, why: string, kill = false) => {
     if (!node.alive) return;
     stats.crashes!++;
-    note(`${node.name} crashes (${why})`);
+    note(kill ? `${node.name} is killed (${why}; its page cache survives)` : `${node.name} crashes (${why})`);
     oracle.disturb(scheduler.now);
     if (verifyOn?.name === node.name) {
       // The operator's verify died with its node: its answer never comes.
@@ -532,8 +533,13 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     network.crash(node.name);
     oracle.crashed(node.name);
     for (const disks of node.disks.values()) {
-      disks.data.crash();
-      disks.meta.crash();
+      if (kill) {
+        disks.data.kill();
+        disks.meta.kill();
+      } else {
+        disks.data.crash();
+        disks.meta.crash();
+      }
     }
     workload.abandon(node.name);
   };
@@ -705,6 +711,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
 
   const faultRandom = random.fork("faults");
   const operatorRandom = random.fork("operator");
+  const killRandom = random.fork("kills");
   let promotions = 0;
   let switchoverBusy = false;
   /** Volumes a switchover froze: their clients issue nothing until it ends. */
@@ -787,9 +794,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         const node = nodes.get(kind === "crash-a" ? "a" : "b")!;
         if (!node.alive) return;
         const restartUs = faultRandom.range(20_000, 600_000);
+        // Some crashes kill the process only (a stream of its own: the other draws stay as they were).
+        const kill = killRandom.chance(0.3);
         aimed(node, () => {
           if (!node.alive) return;
-          crashNode(node, "fault");
+          crashNode(node, "fault", kill);
           restartLater(node, restartUs);
         });
         return;
@@ -848,6 +857,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       case "replace": {
         const node = nodes.get("b")!;
         if (!node.alive) return;
+        // An operator replaces a disk only while the other replica is complete (status says so):
+        // replacing the only complete copy loses data by hand, not what a run tests.
+        if (!volumeIds.every((volumeId) => status("a", volumeId)?.dataState === "consistent")) return;
         replaced = true;
         crashNode(node, "disk replacement");
         for (const [volumeId, disks] of node.disks) {
