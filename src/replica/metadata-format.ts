@@ -72,6 +72,13 @@ export interface Superblock {
   cleanShutdown: boolean;
   generations: Generations;
   resync: ResyncCheckpoint;
+  /**
+   * A failed flush left regions only this node holds to be written again (its pages read back but
+   * may never reach the disk): set until a flush after those rewrites succeeds; at an open it
+   * makes the volume write its dirty regions again (the daemon may have died with the page cache
+   * still holding them).
+   */
+  rewritePending: boolean;
 }
 
 function slot(): { bytes: Uint8Array; view: DataView } {
@@ -110,7 +117,7 @@ export function encodeSuperblock(record: Superblock): Uint8Array {
   view.setUint8(36, record.dataState);
   view.setUint8(37, record.cleanShutdown ? 1 : 0);
   view.setUint8(38, history.length);
-  view.setUint8(39, (record.resync.active ? 1 : 0) | (record.resync.target ? 2 : 0));
+  view.setUint8(39, (record.resync.active ? 1 : 0) | (record.resync.target ? 2 : 0) | (record.rewritePending ? 4 : 0));
   view.setBigUint64(40, record.generations.current, true);
   view.setBigUint64(48, record.generations.bitmapBase, true);
   setU64(view, 56, record.resync.bitsTotal);
@@ -149,6 +156,7 @@ export function decodeSuperblock(bytes: Uint8Array): Superblock | string {
       cleanShutdown: view.getUint8(37) === 1,
       generations: { current: view.getBigUint64(40, true), bitmapBase: view.getBigUint64(48, true), history },
       resync: { active: (flags & 1) !== 0, target: (flags & 2) !== 0, bitsTotal: getU64(view, 56), bitsDone: getU64(view, 64) },
+      rewritePending: (flags & 4) !== 0,
     };
   } catch (error) {
     if (error instanceof DecodeError) return error.message;
@@ -335,6 +343,7 @@ export function formatMetadata(options: FormatOptions): MetadataWrite[] {
       cleanShutdown: true,
       generations: { current: initial, bitmapBase: 0n, history: [] },
       resync: { active: false, target: false, bitsTotal: 0, bitsDone: 0 },
+      rewritePending: false,
     }),
   );
   return writes;

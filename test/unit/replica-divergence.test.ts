@@ -476,3 +476,41 @@ describe("a close whose flush fails", () => {
     expect(scenario.blockValue("b", 3)).toBe(served);
   });
 });
+
+describe("a daemon killed after a failed flush", () => {
+  test("does not send as a resync source bytes that read back but are not on its disk", () => {
+    // On Linux a failed flush marks the cached pages clean without writing them: they read back,
+    // and outlive the daemon, but never reach the disk. a writes alone, its flush fails, and the
+    // daemon dies before it has written those regions again.
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true } });
+    scenario.waitSynced();
+    scenario.crash("b");
+    const write = scenario.complete(scenario.write("a", 3));
+    expect(write.error).toBeNull();
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    expect(scenario.complete(scenario.flush("a")).error?.code).toBe("EIO");
+    scenario.kill("a"); // the rewrite it started is still reading
+    scenario.start("a");
+    scenario.start("b");
+    scenario.setRole("a", 1, true, 2);
+    expectConverged(scenario);
+    scenario.crash("a");
+    scenario.crash("b");
+    expect(scenario.blockValue("a", 3)).toBe(scenario.blockValue("b", 3));
+  });
+
+  test("a rewrite whose read-back fails is tried again, not dropped", () => {
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true } });
+    scenario.waitSynced();
+    scenario.crash("b");
+    expect(scenario.complete(scenario.write("a", 3)).error).toBeNull();
+    scenario.disk("a").inject({ op: "flush", error: "EIO" });
+    scenario.disk("a").inject({ op: "read", offset: 3 * blockBytes, length: blockBytes, error: "EIO" });
+    expect(scenario.complete(scenario.flush("a")).error?.code).toBe("EIO");
+    scenario.runFor(100); // a tick queues the rewrite again
+    expect(scenario.complete(scenario.flush("a")).error).toBeNull();
+    const served = scenario.blockValue("a", 3);
+    scenario.crash("a"); // power loss: what the flush made durable remains
+    expect(scenario.blockValue("a", 3)).toBe(served);
+  });
+});

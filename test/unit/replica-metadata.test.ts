@@ -33,6 +33,7 @@ function superblock(sequence: number, overrides: Partial<Superblock> = {}): Supe
     cleanShutdown: false,
     generations: { current: 0xabcn, bitmapBase: 0x12n, history: [1n, 2n] },
     resync: { active: true, target: true, bitsTotal: 100, bitsDone: 40 },
+    rewritePending: true,
     ...overrides,
   };
 }

@@ -75,6 +75,7 @@ export class VolumeLifecycle {
     this.opened = true;
     if (this.state.kind === "opening") this.move({ kind: "open" });
     this.v.context.report({ kind: "volumeOpened", volumeId: this.v.context.volumeId, findings: this.findings, recoveredExtents: this.recovered });
+    this.v.writes.rewriteAfterRestart();
     this.v.negotiation.opened();
     this.v.writes.pump();
   }

@@ -1,5 +1,6 @@
 // What a volume core makes durable in its metadata area, and when: the superblock (generations,
-// data state, clean flag, resync checkpoint), dirty bitmap pages and activity-log transactions.
+// data state, clean flag, resync checkpoint, rewrites outstanding), dirty bitmap pages and
+// activity-log transactions.
 // Jobs run one at a time in order (each a write of its slots and a flush); consecutive jobs without
 // an activity-log record merge, and everyone waiting on a job is a tagged waiter (model.ts) told
 // when it is durable. Also here: starting a generation of our own before anything completes

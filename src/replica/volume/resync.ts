@@ -101,7 +101,9 @@ export class ResyncEngine {
     // makes its data durable first; what it writes afterwards is covered by the activity log or the
     // primary's transfer log as usual.
     this.v.persistence.persist({ superblock: true, pages: true }, { kind: "resyncStart", round });
-    if (sourceFlush) this.v.writes.flushLocal({ kind: "sourceFlush", round });
+    // Regions a failed flush left to be written again read back here but may not be on the disk:
+    // the flush that makes the source's data durable waits until they are written.
+    if (sourceFlush) this.v.writes.whenRewritten(() => this.round === round && this.v.writes.flushLocal({ kind: "sourceFlush", round }));
     this.v.writes.pump();
   }
 

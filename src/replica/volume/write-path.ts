@@ -52,6 +52,16 @@ export class WritePath {
    */
   private rewrites: number[] = [];
   private rewriting = false;
+  /** Rewrites whose read or write failed: queued again on the next tick (not while closing). */
+  private rewritesToRetry: number[] = [];
+  /**
+   * Raised whenever regions are queued to be written again: a local flush that began with none
+   * outstanding and the same count, and succeeded, made them durable (the superblock's flag goes).
+   */
+  private rewriteRound = 0;
+  private readonly flushRewriteRound = new Map<PendingIo, number>();
+  /** Waiting until no rewrite is outstanding (a resync source's flush before it sends anything). */
+  private afterRewrites: (() => void)[] = [];
   /**
    * Writes and flushes the peer never acknowledged because the link was lost, held (not answered)
    * while the write grant is frozen (config.freezeOnLinkLoss): the quorum decides whether this node
@@ -351,6 +361,7 @@ export class WritePath {
     const context = this.v.context;
     this.localFlushes.set(pending, this.localUnflushed);
     this.localUnflushed = new Set();
+    if (!this.rewritesOutstanding) this.flushRewriteRound.set(pending, this.rewriteRound);
     context.issue({ kind: "storageFlush", volumeId: context.volumeId, io: 0 }, pending);
   }
 
@@ -365,12 +376,17 @@ export class WritePath {
     const covered = this.localFlushes.get(pending);
     if (covered === undefined) return reported;
     this.localFlushes.delete(pending);
+    const rewriteRound = this.flushRewriteRound.get(pending);
+    this.flushRewriteRound.delete(pending);
     const overlapped = this.overlappedFailure.get(pending);
     this.overlappedFailure.delete(pending);
     // A flush in flight when another failed: its regions are marked already (below), and its own
     // success proves nothing (on one file a writeback error is reported to one fsync only).
     if (overlapped !== undefined) return reported ?? overlapped;
-    if (!reported) return null;
+    if (!reported) {
+      if (rewriteRound === this.rewriteRound && !this.rewritesOutstanding) this.rewritesDurable();
+      return null;
+    }
     const error = reported;
     const lost = new Set([...covered, ...this.localUnflushed]);
     // The failed flush covered every write made before it started, those of the flushes still in
@@ -414,7 +430,7 @@ export class WritePath {
     if (!peerHas || context.dataState !== DataState.Consistent) {
       // Nothing else holds them: the pages may still read back here but will never reach the
       // disk by themselves. Write them again (a target's regions come back from its source).
-      if (context.dataState === DataState.Consistent) this.rewrites.push(...[...lost].sort((x, y) => x - y));
+      if (context.dataState === DataState.Consistent) this.queueRewrites([...lost].sort((x, y) => x - y));
       this.pumpRewrites();
       return negotiation.requestRedecide();
     }
@@ -427,8 +443,65 @@ export class WritePath {
     return this.rewriting || this.rewrites.length > 0;
   }
 
+  /** Rewrites are pending, running or waiting to be tried again. */
+  private get rewritesOutstanding(): boolean {
+    return this.rewritesPending || this.rewritesToRetry.length > 0;
+  }
+
+  /**
+   * Queue granules to be read back and written again, and record in the superblock that some are
+   * (with the bitmap that marks them): a daemon that dies before they are durable leaves pages the
+   * disk does not hold in the page cache, and its next open writes its dirty regions again.
+   */
+  private queueRewrites(granules: number[]): void {
+    const context = this.v.context;
+    this.rewrites.push(...granules);
+    this.rewriteRound++;
+    if (context.superblock.rewritePending) return;
+    context.superblock.rewritePending = true;
+    this.v.persistence.persist({ superblock: true, pages: true }, { kind: "writeback" });
+  }
+
+  /** A flush after every rewrite succeeded: nothing is left that only the page cache holds. */
+  private rewritesDurable(): void {
+    const context = this.v.context;
+    if (!context.superblock.rewritePending) return;
+    context.superblock.rewritePending = false;
+    this.v.persistence.persist({ superblock: true, pages: false }, { kind: "writeback" });
+  }
+
+  /**
+   * At open, when the superblock says a failed flush's rewrites were outstanding at the last stop:
+   * write every dirty region again (the regions it dropped are among them). A replica that is
+   * not complete takes its dirty regions from its source instead.
+   */
+  rewriteAfterRestart(): void {
+    const context = this.v.context;
+    if (!context.superblock.rewritePending || context.dataState !== DataState.Consistent) return;
+    const granules: number[] = [];
+    for (const run of context.bitmap.runs()) for (let granule = run.start; granule < run.start + run.length; granule++) granules.push(granule);
+    context.report({ kind: "ioError", volumeId: context.volumeId, what: `a failed flush left regions to write again at the last stop: writing the ${granules.length} dirty regions again`, error: "EIO" });
+    this.queueRewrites(granules);
+    this.pumpRewrites();
+  }
+
+  /** Run `then` once no rewrite is outstanding. */
+  whenRewritten(then: () => void): void {
+    if (!this.rewritesOutstanding) return then();
+    this.afterRewrites.push(then);
+  }
+
+  private retryRewrite(offset: number): void {
+    this.rewritesToRetry.push(Math.floor(offset / this.v.context.granuleBytes));
+  }
+
   private pumpRewrites(): void {
     const context = this.v.context;
+    if (!this.rewritesOutstanding && this.afterRewrites.length > 0) {
+      const waiting = this.afterRewrites;
+      this.afterRewrites = [];
+      for (const then of waiting) then();
+    }
     if (this.rewriting || this.rewrites.length === 0 || !this.v.lifecycle.serving) return;
     const granule = this.rewrites[0]!;
     const offset = granule * context.granuleBytes;
@@ -444,9 +517,10 @@ export class WritePath {
   rewriteRead(pending: Extract<PendingIo, { kind: "rewriteRead" }>, error: IoError | null): void {
     const context = this.v.context;
     if (error) {
-      context.report({ kind: "ioError", volumeId: context.volumeId, what: `reading back a region a failed flush may have dropped, at ${pending.offset}`, error });
+      context.report({ kind: "ioError", volumeId: context.volumeId, what: `reading back a region a failed flush may have dropped, at ${pending.offset} (tried again)`, error });
       context.ranges.release(pending.rangeId);
       this.rewriting = false;
+      this.retryRewrite(pending.offset);
       return this.pump();
     }
     context.issue({ kind: "storageWrite", volumeId: context.volumeId, io: 0, offset: pending.offset, data: pending.data, fua: false }, { kind: "rewriteWrite", offset: pending.offset, length: pending.data.length, rangeId: pending.rangeId });
@@ -457,7 +531,10 @@ export class WritePath {
     context.ranges.release(pending.rangeId);
     this.rewriting = false;
     this.wroteLocally(pending.offset, pending.length); // failed, it may have reached the cache in part
-    if (error) context.report({ kind: "ioError", volumeId: context.volumeId, what: `writing again a region a failed flush may have dropped, at ${pending.offset}`, error });
+    if (error) {
+      context.report({ kind: "ioError", volumeId: context.volumeId, what: `writing again a region a failed flush may have dropped, at ${pending.offset} (tried again)`, error });
+      this.retryRewrite(pending.offset);
+    }
     this.pump();
   }
 
@@ -726,6 +803,11 @@ export class WritePath {
 
   tick(): void {
     const now = this.v.context.now();
+    if (this.rewritesToRetry.length > 0 && !this.v.lifecycle.leaving) {
+      this.rewrites.push(...this.rewritesToRetry);
+      this.rewritesToRetry = [];
+      this.pumpRewrites();
+    }
     if (this.v.negotiation.mirroring() && this.transferLog.size > 0 && now - this.lastBarrierTick >= this.v.context.config.barrierIntervalTicks) this.barrier({ kind: "background" });
   }
 
