@@ -152,8 +152,10 @@ export class ReplicaDriver implements PeerTransportHandler {
   read(volumeId: number, offset: number, target: Uint8Array, done: Completion): void {
     if (!this.readsLocally(volumeId, offset, target.length)) return this.coreRead(volumeId, offset, target, done);
     const request = this.nextRequest++;
+    const drops = this.core.localDrops(volumeId);
     this.volumes.get(volumeId)!.storage.read(offset, target, (error) => {
       if (error) return this.readAfterLocalError(volumeId, offset, target, error, done);
+      if (this.localDrops(volumeId) !== drops) return this.coreRead(volumeId, offset, target, done); // read again by the rules in force now
       this.options.observer?.completed?.(volumeId, request, null, undefined, undefined);
       done(null, { mirrored: undefined, epoch: undefined });
     });
@@ -166,6 +168,11 @@ export class ReplicaDriver implements PeerTransportHandler {
    */
   readsLocally(volumeId: number, offset: number, length: number): boolean {
     return !this.stopped && !this.draining && this.events.length === 0 && this.volumes.has(volumeId) && this.core.readsLocally(volumeId, offset, length);
+  }
+
+  /** NodeCore.localDrops: a local read whose count moved while it ran goes through the core. */
+  localDrops(volumeId: number): number {
+    return this.stopped ? -1 : this.core.localDrops(volumeId);
   }
 
   /** A local read made after readsLocally failed: the core reports it and asks the peer (or fails the read). */

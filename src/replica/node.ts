@@ -170,6 +170,15 @@ export class NodeCore {
     return this.volumes.get(volumeId)?.readsLocally(offset, length) ?? false;
   }
 
+  /**
+   * A count raised whenever a failed local flush may have dropped regions of the volume: a read of
+   * the local replica that readsLocally allowed, and that finishes after the count moved, may hold
+   * what the flush evicted and goes through the core instead (a pure query).
+   */
+  localDrops(volumeId: number): number {
+    return this.volumes.get(volumeId)?.drops ?? -1;
+  }
+
   /** A volume's IO and peer requests in flight, by kind (for tests and diagnostics). */
   volumePending(volumeId: number): { io: Record<string, number>; requests: Record<string, number> } | undefined {
     return this.volumes.get(volumeId)?.pending();

@@ -514,3 +514,22 @@ describe("a daemon killed after a failed flush", () => {
     expect(scenario.blockValue("a", 3)).toBe(served);
   });
 });
+
+describe("a read in flight when a failed flush drops its region", () => {
+  test("does not return what the failed flush evicted", () => {
+    // Simulator seed 211012: a read on the secondary was issued before its flush failed and
+    // evicted the cached copy of a write it had acknowledged; it completed after, with older data.
+    const scenario = new Scenario({ diskFaults: { flushFailureDropsCache: true, flushFailureEvicts: true } });
+    scenario.waitSynced();
+    const write = scenario.complete(scenario.write("a", 3)); // b holds it in its cache only
+    scenario.disk("b").inject({ op: "flush", error: "EIO" });
+    const flush = scenario.flush("a"); // b flushes for it, and fails
+    scenario.runUntil(() => Object.keys(scenario.inFlight("b")?.io ?? {}).some((kind) => /flush/i.test(kind)), "b is flushing");
+    const read = scenario.read("b", 3);
+    scenario.complete(flush);
+    scenario.complete(read);
+    // Read again from the peer, which holds it: never the older bytes.
+    expect(read.error).toBeNull();
+    expect(identifyBlock(read.data!.subarray(0, blockBytes), 1, 3)).toEqual({ kind: "write", id: write.tag });
+  });
+});

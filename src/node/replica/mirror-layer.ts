@@ -50,7 +50,10 @@ export class MirrorLayer implements BlockLayer {
    */
   read(offset: number, target: Uint8Array): Promise<void> {
     if (this.driver.readsLocally(this.volumeId, offset, target.length)) {
-      return this.local.read(offset, target).catch(
+      const drops = this.driver.localDrops(this.volumeId);
+      return this.local.read(offset, target).then(
+        // A failed flush that may have dropped the region finished meanwhile: read it again by the rules in force now.
+        () => (this.driver.localDrops(this.volumeId) === drops ? undefined : new Promise<void>((resolve, reject) => this.driver.read(this.volumeId, offset, target, completion(resolve, reject)))),
         (error) => new Promise<void>((resolve, reject) => this.driver.readAfterLocalError(this.volumeId, offset, target, ioErrorOf(error), completion(resolve, reject))),
       );
     }

@@ -63,6 +63,11 @@ export class VolumeCore implements Parts {
     this.lifecycle.close(request);
   }
 
+  /** How many times a failed local flush may have dropped regions (WritePath.drops). */
+  get drops(): number {
+    return this.writes.drops;
+  }
+
   /** A client read of the range would be served locally at once (WritePath.readsLocally). */
   readsLocally(offset: number, length: number): boolean {
     return this.writes.readsLocally(offset, length);

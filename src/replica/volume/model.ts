@@ -44,6 +44,8 @@ export interface ClientOp {
   completed: boolean;
   /** For the simulator's single-writer checker: the epoch under which the write was admitted. */
   epoch: number | undefined;
+  /** A read from the local replica: WritePath.drops when it was issued. */
+  readDrops?: number;
 }
 
 /** A write the peer asked this node to perform (a mirrored write, or a chunk a resync pushes). */

@@ -52,6 +52,12 @@ export class WritePath {
    */
   private rewrites: number[] = [];
   private rewriting = false;
+  /**
+   * Raised whenever a failed local flush may have dropped regions (flushLost). A local read in
+   * flight across one may return what the flush evicted, older than what this node acknowledged:
+   * it is read again by the rules in force after it (clientReadDone, NodeCore.localDrops).
+   */
+  drops = 0;
   /** Rewrites whose read or write failed: queued again on the next tick (not while closing). */
   private rewritesToRetry: number[] = [];
   /**
@@ -402,6 +408,7 @@ export class WritePath {
   /** What a failed local flush may have dropped (localFlushDone): tell waiting writes, mark, take back or write again. */
   private flushLost(lost: Set<number>, error: IoError): void {
     const context = this.v.context;
+    this.drops++;
     if (!context.mayWrite) for (const granule of lost) this.droppedOnSecondary.add(granule);
     this.localUnflushed = new Set();
     this.flushErrorToReport = true;
@@ -619,7 +626,6 @@ export class WritePath {
   // ---------------------------------------------------------------- reads
 
   private startRead(op: ClientOp): "started" | "done" | "wait" {
-    const context = this.v.context;
     const negotiation = this.v.negotiation;
     const phase = negotiation.phase.kind;
     if (!this.servesReads()) {
@@ -634,7 +640,7 @@ export class WritePath {
       return "started";
     }
     if (this.localValid(op.offset, op.length)) {
-      context.issue({ kind: "storageRead", volumeId: context.volumeId, io: 0, offset: op.offset, target: op.target! }, { kind: "clientRead", op });
+      this.readLocally(op);
       return "started";
     }
     if (negotiation.peerCanServe()) {
@@ -646,7 +652,21 @@ export class WritePath {
     return "done";
   }
 
+  private readLocally(op: ClientOp): void {
+    const context = this.v.context;
+    op.readDrops = this.drops;
+    context.issue({ kind: "storageRead", volumeId: context.volumeId, io: 0, offset: op.offset, target: op.target! }, { kind: "clientRead", op });
+  }
+
+  /** A local read finished after a failed flush may have dropped its region: read it again where it is valid now. */
+  readAgainAfterDrop(op: ClientOp): void {
+    if (this.localValid(op.offset, op.length)) return this.readLocally(op);
+    if (this.v.negotiation.peerCanServe()) return this.remoteRead(op);
+    this.completeClient(op, "EIO", "a failed flush dropped this region while it was read, and the peer cannot serve it");
+  }
+
   clientReadDone(op: ClientOp, error: IoError | null): void {
+    if (!error && op.readDrops !== undefined && op.readDrops !== this.drops) return this.readAgainAfterDrop(op);
     if (!error) return this.completeClient(op, null);
     const context = this.v.context;
     context.report({ kind: "ioError", volumeId: context.volumeId, what: `read ${op.offset}+${op.length}`, error });
