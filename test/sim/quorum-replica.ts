@@ -1,7 +1,8 @@
 // The quorum core and the replica core together, seeded: two replica drivers whose write authority
 // is the witness quorum (test/sim/scenario.ts with `quorum`), two volumes with one primary on each
 // node, FUA writes from clients to whichever node holds the write grant, and a fault mix drawn from
-// the seed — link partitions, node crashes (power loss: unflushed writes vanish) and restarts,
+// the seed — link partitions, node crashes (power loss: unflushed writes vanish; or the daemon
+// alone killed, the page cache surviving) and restarts,
 // pauses (a stopped process: Scenario.pause), half of them longer than the peer's deadTimeout so
 // the peer wins the lease and promotes while the paused node still believes it holds it, stalls of
 // one direction of the link (one node hears the other, which hears nothing), witness IO errors,
@@ -66,6 +67,7 @@ export function runCombined(options: CombinedOptions): CombinedResult {
   // An armed kernel watchdog per node, or none (a machine without one; DESIGN.md rule 7). Drawn from
   // a stream of their own, so a seed without a reset runs as it did before watchdogs were modelled.
   const watchdogRandom = random.fork("watchdogs");
+  const killRandom = random.fork("kills");
   const watchdogs = { a: watchdogRandom.chance(0.5), b: watchdogRandom.chance(0.5) };
   const quorumBugs: QuorumBugs = options.bug && options.bug !== "noFreezeOnLinkLoss" ? { [options.bug]: true } : {};
   const scenario = new Scenario({
@@ -215,8 +217,12 @@ export function runCombined(options: CombinedOptions): CombinedResult {
     } else if (roll < 0.06 && nodeNames.every((name) => scenario.alive(name))) {
       const victim = random.pick(nodeNames);
       stats.crashes++;
-      inject(`crash ${victim}`);
-      scenario.crash(victim);
+      // Some crashes kill the daemon only (the page cache survives): a stream of their own, so the
+      // other decisions of a seed stay as they were.
+      const kill = killRandom.chance(0.3);
+      inject(kill ? `kill ${victim}'s daemon` : `crash ${victim}`);
+      if (kill) scenario.kill(victim);
+      else scenario.crash(victim);
       restartAt.set(victim, scenario.nowUs + random.range(500, 9000) * 1000);
     } else if (roll < 0.075 && nodeNames.some((name) => scenario.alive(name) && !scenario.paused(name))) {
       // A stopped process (SIGSTOP, a long GC): half the time for longer than the peer's deadTimeout,
