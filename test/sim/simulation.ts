@@ -393,7 +393,9 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         const blocks: number[] = [];
         for (let block = Math.floor(report.offset / blockBytes); block < Math.ceil((report.offset + report.length) / blockBytes); block++) blocks.push(block);
         rotCopiedFrom(report.volumeId, node.name, blocks);
-        for (const block of blocks) rotted.get(report.volumeId)!.delete(block);
+        // Rot that struck after the verify began may postdate the repair's write of the extent
+        // (the report comes after it): it stays rot.
+        for (const block of blocks) if ((rotTimes.get(report.volumeId)!.get(block) ?? -1) < verifyStartedUs) rotted.get(report.volumeId)!.delete(block);
       }
       if (options.trace) note(`${node.name} ${JSON.stringify(report)}`);
     } else if (report.kind === "linkDown") {
@@ -719,6 +721,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   let verifyBusy = false;
   /** The node (and incarnation) running the operator's verify: its death ends the verify too. */
   let verifyOn: { name: string; incarnation: number } | undefined;
+  /** When the operator's last verify began. */
+  let verifyStartedUs = 0;
   let replaced = false;
   /** An aimed crash of a resync source is waiting for its moment. */
   let sourceAimed = false;
@@ -1085,6 +1089,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const other = peerOf(name);
     const rotSnapshot = new Set(rotted.get(volumeId)!);
     const startedUs = scheduler.now;
+    verifyStartedUs = startedUs;
     note(`operator: verify v${volumeId} on ${name}${repair ? " with repair" : ""}`);
     nodes.get(name)!.driver!.verify(volumeId, repair, (error, result) => {
       verifyBusy = false;
