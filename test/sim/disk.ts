@@ -318,6 +318,12 @@ export class SimDisk {
     this.inFlight.clear();
   }
 
+  /** The node dies: a power loss (crash) or, with `kill`, its process only (kill). */
+  die(kill: boolean): void {
+    if (kill) this.kill();
+    else this.crash();
+  }
+
   /** Writes completed so far: a mark for `cachedOnlyHereDurableOn`. */
   get writesCompleted(): number {
     return this.completions;

@@ -510,13 +510,8 @@ export class Scenario {
     this.witness?.crash(nodeNames.indexOf(name));
     this.network.crash(name);
     for (const disks of node.disks.values()) {
-      if (kill) {
-        disks.data.kill();
-        disks.meta.kill();
-      } else {
-        disks.data.crash();
-        disks.meta.crash();
-      }
+      disks.data.die(kill);
+      disks.meta.die(kill);
     }
   }
 

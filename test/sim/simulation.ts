@@ -535,13 +535,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     network.crash(node.name);
     oracle.crashed(node.name);
     for (const disks of node.disks.values()) {
-      if (kill) {
-        disks.data.kill();
-        disks.meta.kill();
-      } else {
-        disks.data.crash();
-        disks.meta.crash();
-      }
+      disks.data.die(kill);
+      disks.meta.die(kill);
     }
     workload.abandon(node.name);
   };
