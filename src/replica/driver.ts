@@ -152,7 +152,7 @@ export class ReplicaDriver implements PeerTransportHandler {
   read(volumeId: number, offset: number, target: Uint8Array, done: Completion): void {
     if (!this.readsLocally(volumeId, offset, target.length)) return this.coreRead(volumeId, offset, target, done);
     const request = this.nextRequest++;
-    const drops = this.core.localDrops(volumeId);
+    const drops = this.localDrops(volumeId);
     this.volumes.get(volumeId)!.storage.read(offset, target, (error) => {
       if (error) return this.readAfterLocalError(volumeId, offset, target, error, done);
       if (this.localDrops(volumeId) !== drops) return this.coreRead(volumeId, offset, target, done); // read again by the rules in force now

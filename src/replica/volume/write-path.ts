@@ -487,7 +487,7 @@ export class WritePath {
     if (!context.superblock.rewritePending || context.dataState !== DataState.Consistent) return;
     const granules: number[] = [];
     for (const run of context.bitmap.runs()) for (let granule = run.start; granule < run.start + run.length; granule++) granules.push(granule);
-    context.report({ kind: "ioError", volumeId: context.volumeId, what: `a failed flush left regions to write again at the last stop: writing the ${granules.length} dirty regions again`, error: "EIO" });
+    context.report({ kind: "notice", volumeId: context.volumeId, message: `a failed flush left regions to write again at the last stop: writing the ${granules.length} dirty regions again` });
     this.queueRewrites(granules);
     this.pumpRewrites();
   }
@@ -504,7 +504,8 @@ export class WritePath {
 
   private pumpRewrites(): void {
     const context = this.v.context;
-    if (!this.rewritesOutstanding && this.afterRewrites.length > 0) {
+    // pump() calls this on every completion: the cheap test first.
+    if (this.afterRewrites.length > 0 && !this.rewritesOutstanding) {
       const waiting = this.afterRewrites;
       this.afterRewrites = [];
       for (const then of waiting) then();
