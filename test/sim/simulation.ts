@@ -710,8 +710,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
   const operatorRandom = random.fork("operator");
   const killRandom = random.fork("kills");
   let promotions = 0;
-  let switchoverBusy = false;
-  /** Volumes a switchover froze: their clients issue nothing until it ends. */
+  /** Volumes a switchover froze (one at a time): their clients issue nothing until it ends. */
   const frozen = new Set<number>();
   let verifyBusy = false;
   /** The node (and incarnation) running the operator's verify: its death ends the verify too. */
@@ -1021,7 +1020,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         vmBoots("b", volumeId);
       }
     }
-    if (mix.switchover && !switchoverBusy && operatorRandom.chance(0.1)) {
+    if (mix.switchover && frozen.size === 0 && operatorRandom.chance(0.1)) {
       const volumeId = operatorRandom.pick(volumeIds);
       const primaries = nodeNames.filter((name) => isPrimary(name, volumeId));
       const synced = nodeNames.every((name) => linkUp(name) && status(name, volumeId)?.sync === "synced");
@@ -1041,12 +1040,10 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const node = nodes.get(from)!;
     const incarnation = node.incarnation;
     const deadlineUs = scheduler.now + 100_000;
-    switchoverBusy = true;
     frozen.add(volumeId);
     note(`operator: switchover of v${volumeId} from ${from}: freeze, drain, flush`);
     const end = (outcome: string) => {
       frozen.delete(volumeId);
-      switchoverBusy = false;
       note(`operator: switchover of v${volumeId} from ${from}: ${outcome}`);
     };
     const gone = () => !node.alive || node.incarnation !== incarnation || !isPrimary(from, volumeId);
