@@ -9,10 +9,12 @@
 //                    [--targets tandem,qemu-nbd-wb,...] [--workloads rr4k1,rr4k32,...] [--json FILE]
 //                    [--threadpool N]
 //
-// Targets: tandem, tandem-direct, tandem-direct-pool, qemu-nbd-wb, qemu-nbd-direct, qsd-nbd-wb,
-// qsd-nbd-direct. tandem-direct runs its O_DIRECT IO on io_uring (the default engine where the
-// kernel has it); tandem-direct-pool is the same server forced onto the thread pool
-// (TANDEM_IO_ENGINE=threadpool), so one run shows what io_uring changes.
+// Targets: tandem, tandem-direct, tandem-direct-nopoll, tandem-direct-pool, qemu-nbd-wb,
+// qemu-nbd-direct, qsd-nbd-wb, qsd-nbd-direct. tandem-direct runs its O_DIRECT IO on io_uring (the
+// default engine where the kernel has it), with the polling budget of the environment
+// (TANDEM_IO_POLL_US, else the default); tandem-direct-nopoll is the same with polling off
+// (TANDEM_IO_POLL_US=0) and tandem-direct-pool the same server forced onto the thread pool
+// (TANDEM_IO_ENGINE=threadpool), so one run shows what polling and io_uring each change.
 // Workloads: rr4k1 rr4k32 (4k random read, QD1/QD32), rw4k1 rw4k32 (4k random write), sw1m8
 // (1 MiB sequential write, QD8). Page-cache servers get the file read into the cache first.
 // Tandem's servers run with the service unit's environment (daemonEnvironment: UV_THREADPOOL_SIZE=32,
@@ -41,7 +43,7 @@ interface Options {
   threadpool?: number;
 }
 
-const allTargets = ["tandem", "qemu-nbd-wb", "tandem-direct", "tandem-direct-pool", "qemu-nbd-direct", "qsd-nbd-wb", "qsd-nbd-direct"];
+const allTargets = ["tandem", "qemu-nbd-wb", "tandem-direct", "tandem-direct-nopoll", "tandem-direct-pool", "qemu-nbd-direct", "qsd-nbd-wb", "qsd-nbd-direct"];
 const workloadArguments: Record<string, string[]> = {
   rr4k1: ["--rw=randread", "--bs=4k", "--iodepth=1"],
   rr4k32: ["--rw=randread", "--bs=4k", "--iodepth=32"],
@@ -149,6 +151,7 @@ async function startServer(target: string, image: string, directory: string, thr
   switch (target) {
     case "tandem":
     case "tandem-direct":
+    case "tandem-direct-nopoll":
     case "tandem-direct-pool":
       command = [process.execPath, path.join(here, "nbd-serve.ts"), image, socketPath, "--name", "disk", ...(target.startsWith("tandem-direct") ? ["--direct"] : [])];
       break;
@@ -187,6 +190,7 @@ async function startServer(target: string, image: string, directory: string, thr
   const env = { ...process.env };
   if (target.startsWith("tandem")) Object.assign(env, daemonEnvironment, threadpool === undefined ? {} : { UV_THREADPOOL_SIZE: String(threadpool) });
   if (target === "tandem-direct") env.TANDEM_IO_ENGINE = "io_uring";
+  if (target === "tandem-direct-nopoll") Object.assign(env, { TANDEM_IO_ENGINE: "io_uring", TANDEM_IO_POLL_US: "0" });
   if (target === "tandem-direct-pool") env.TANDEM_IO_ENGINE = "threadpool";
   const child = Bun.spawn(command, { stdout: log, stderr: log, env });
   await waitForSocket(socketPath, child, target);
@@ -300,7 +304,9 @@ function ratios(summaries: Summary[]): string {
     ["tandem", "qemu-nbd-wb"],
     ["tandem", "qemu-nbd-direct"],
     ["tandem-direct", "qemu-nbd-direct"],
+    ["tandem-direct-nopoll", "qemu-nbd-direct"],
     ["tandem-direct-pool", "qemu-nbd-direct"],
+    ["tandem-direct", "tandem-direct-nopoll"],
     ["tandem-direct", "tandem-direct-pool"],
     ["tandem", "qsd-nbd-wb"],
     ["tandem-direct", "qsd-nbd-direct"],
@@ -332,7 +338,7 @@ function ratios(summaries: Summary[]): string {
         goal = strict ? "≥ 1.0" : "≥ 0.7";
         met = ratio >= (strict ? 1.0 : 0.7);
       }
-      const comparison = reference === "tandem-direct-pool"; // io_uring against the pool: no target, just the difference
+      const comparison = reference.startsWith("tandem-direct-"); // polling or io_uring against the same server without: no target, just the difference
       rows.push(`| ${ours} / ${reference} | ${workload} | ${measure} | ${ratio.toFixed(2)} | ${comparison ? "—" : goal} | ${comparison ? "—" : met ? "yes" : "NO"} |`);
     }
   }

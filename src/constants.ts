@@ -163,6 +163,15 @@ export const frameTagNativeBytesMax = 10 * KiB;
 /** Submission entries of the process's io_uring (the kernel clamps to what it allows): requests of all
  * direct volumes in flight at once at most; more wait in order in the engine's queue. */
 export const ioUringEntries = 256;
+/**
+ * Longest an io_uring waits on the CPU for a fast device's completion before sleeping in the event
+ * loop (TANDEM_IO_POLL_US overrides; 0 turns it off). A device slower than this is never polled.
+ */
+export const ioUringPollMicrosDefault = 100;
+/** The largest TANDEM_IO_POLL_US accepted: beyond a millisecond a spin costs more than any wake-up. */
+export const ioUringPollMicrosLimit = 1000;
+/** Polling is for a queue that would otherwise leave the event loop idle: at most this many requests in flight. */
+export const ioUringPollInFlightMax = 1;
 
 // ---- vhost-user-blk (src/node/export/vhost) ----
 /** Virtqueues one vhost-user-blk export may offer (VHOST_USER_GET_QUEUE_NUM, virtio-blk num_queues). */

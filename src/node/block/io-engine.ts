@@ -7,11 +7,13 @@
 //    threads), then handed back to the JavaScript thread. Works everywhere.
 // `auto` (the default) takes io_uring when the kernel offers it and falls back to the pool when it
 // does not (an old kernel, io_uring disabled by sysctl, a seccomp filter in a container), saying why.
-// TANDEM_IO_ENGINE=threadpool|io_uring|auto overrides the default for a process.
+// TANDEM_IO_ENGINE=threadpool|io_uring|auto overrides the default for a process, and
+// TANDEM_IO_POLL_US the longest an io_uring request is waited for on the CPU (io-uring.ts, poll).
 // Each call transfers at most the whole buffer and resolves with the count moved (a short count is
 // the caller's to continue), or rejects with an Error whose `code` is the errno name, like node:fs.
 import fs from "node:fs";
 import { TandemError } from "../../common/errors.ts";
+import { ioUringPollMicrosDefault, ioUringPollMicrosLimit } from "../../constants.ts";
 import { IoUring } from "./io-uring.ts";
 
 export type IoEnginePreference = "auto" | "io_uring" | "threadpool";
@@ -38,6 +40,20 @@ export function ioEnginePreferenceFromEnvironment(environment: Record<string, st
     throw new TandemError("invalid_argument", `TANDEM_IO_ENGINE=${value}: expected one of ${ioEnginePreferences.join(", ")}`);
   }
   return value as IoEnginePreference;
+}
+
+/**
+ * The process's io_uring polling budget in µs: TANDEM_IO_POLL_US (0 turns polling off), or the
+ * default. A wrong value is said plainly, like a wrong engine.
+ */
+export function ioUringPollFromEnvironment(environment: Record<string, string | undefined> = process.env): number {
+  const value = environment.TANDEM_IO_POLL_US;
+  if (value === undefined || value === "") return ioUringPollMicrosDefault;
+  const micros = /^[0-9]+$/.test(value) ? Number(value) : Number.NaN;
+  if (!(micros <= ioUringPollMicrosLimit)) {
+    throw new TandemError("invalid_argument", `TANDEM_IO_POLL_US=${value}: expected a whole number of microseconds from 0 (no polling) to ${ioUringPollMicrosLimit}`);
+  }
+  return micros;
 }
 
 class ThreadPoolEngine implements IoEngine {
@@ -85,9 +101,9 @@ export interface IoEngineChoice {
  * `auto` falls back to the thread pool with the reason; `threadpool` never tries io_uring.
  * `privateRingEntries` asks for a ring of its own of that size instead of the shared one (tests).
  */
-export function acquireIoEngine(preference: IoEnginePreference = ioEnginePreferenceFromEnvironment(), privateRingEntries?: number): IoEngineChoice {
+export function acquireIoEngine(preference: IoEnginePreference = ioEnginePreferenceFromEnvironment(), privateRingEntries?: number, pollMicrosMax = ioUringPollFromEnvironment()): IoEngineChoice {
   if (preference === "threadpool") return { engine: new ThreadPoolEngine() };
-  const ring = IoUring.acquire(privateRingEntries);
+  const ring = IoUring.acquire(privateRingEntries, pollMicrosMax);
   if (ring.ok) return { engine: ring.engine };
   if (preference === "io_uring") throw new TandemError("failed_precondition", `io_uring is not available: ${ring.reason}`);
   return { engine: new ThreadPoolEngine(), fallbackReason: ring.reason };

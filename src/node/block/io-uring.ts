@@ -24,7 +24,7 @@ import { ptr } from "bun:ffi";
 import { assert } from "../../common/assert.ts";
 import { closeFd, eventFdCreate, mapShared, mappedBytes, unmap, type Mapping } from "../../common/ffi-socket.ts";
 import { errno, errnoName, systemCall, systemError } from "../../common/libc.ts";
-import { ioUringEntries } from "../../constants.ts";
+import { ioUringEntries, ioUringPollInFlightMax, ioUringPollMicrosDefault } from "../../constants.ts";
 
 // System call numbers: io_uring came late enough to have the same numbers on every architecture.
 const SYS_io_uring_setup = 425;
@@ -42,6 +42,8 @@ const IORING_OP_FSYNC = 3;
 const IORING_OP_READ = 22;
 const IORING_OP_WRITE = 23;
 const IORING_FSYNC_DATASYNC = 1;
+/** cq_ring flags: the kernel does not signal the registered eventfd while this is set (5.8). */
+const IORING_CQ_EVENTFD_DISABLED = 1 << 0;
 const IORING_OFF_SQ_RING = 0;
 const IORING_OFF_SQES = 0x10000000;
 const EINTR = 4;
@@ -88,6 +90,13 @@ export class IoUring {
   private readonly cqTailIndex: number;
   private readonly cqMask: number;
   private readonly cqesIndex: number;
+  private readonly cqFlagsIndex: number;
+  /** When each slot's request was handed over (performance.now), for the service-time estimate. */
+  private readonly startedAt: Float64Array;
+  /** Recent service time of a request, µs (an exponentially weighted mean; 0 until one completes). */
+  private serviceMicros = 0;
+  /** The longest a completion is waited for on the CPU, µs (0: never; see poll). */
+  pollMicrosMax = ioUringPollMicrosDefault;
   /** Requests in flight at most: the SQ size (the CQ holds twice that). */
   readonly capacity: number;
   private sqTail: number;
@@ -100,13 +109,13 @@ export class IoUring {
   private readonly reader: { read(): Promise<{ done: boolean }>; cancel(): Promise<void> };
   private closed = false;
   /** Completions read, io_uring_enter calls and eventfd wake-ups, for tests and benchmarks. */
-  readonly counters = { completions: 0, enters: 0, wakeups: 0 };
+  readonly counters = { completions: 0, enters: 0, wakeups: 0, polls: 0, polledCompletions: 0 };
 
   /**
    * Acquire the process's ring (created on first use). With `entries`, a private ring of that many
    * SQ entries instead (tests: a size the kernel refuses shows the fallback).
    */
-  static acquire(entries?: number): IoUringAcquired {
+  static acquire(entries?: number, pollMicrosMax = ioUringPollMicrosDefault): IoUringAcquired {
     let ring = entries === undefined ? IoUring.shared : undefined;
     if (!ring) {
       const created = IoUring.create(entries ?? ioUringEntries);
@@ -114,6 +123,7 @@ export class IoUring {
       ring = created.ring;
       if (entries === undefined) IoUring.shared = ring;
     }
+    ring.pollMicrosMax = pollMicrosMax;
     ring.users++;
     return { ok: true, engine: new IoUringHandle(ring) };
   }
@@ -141,7 +151,7 @@ export class IoUring {
       const sqEntries = params[0]!;
       const cqEntries = params[1]!;
       const sqOff = { head: params[10]!, tail: params[11]!, mask: params[12]!, array: params[16]! };
-      const cqOff = { head: params[20]!, tail: params[21]!, mask: params[22]!, cqes: params[25]! };
+      const cqOff = { head: params[20]!, tail: params[21]!, mask: params[22]!, cqes: params[25]!, flags: params[26]! };
       // One mapping holds both rings (IORING_FEAT_SINGLE_MMAP); the SQEs are a second one.
       const rings = mapShared(fd, Math.max(sqOff.array + sqEntries * 4, cqOff.cqes + cqEntries * cqeBytes), IORING_OFF_SQ_RING);
       cleanup.push(() => unmap(rings));
@@ -165,7 +175,7 @@ export class IoUring {
       sqes: Mapping;
       sqEntries: number;
       sqOff: { head: number; tail: number; mask: number; array: number };
-      cqOff: { head: number; tail: number; mask: number; cqes: number };
+      cqOff: { head: number; tail: number; mask: number; cqes: number; flags: number };
     },
   ) {
     const { sqOff, cqOff, sqEntries } = setup;
@@ -182,12 +192,15 @@ export class IoUring {
     this.cqTailIndex = cqOff.tail / 4;
     this.cqMask = this.cqRing[cqOff.mask / 4]!;
     this.cqesIndex = cqOff.cqes / 4;
+    // Kernels before 5.8 have no CQ flags word (offset 0): polling then leaves the eventfd alone.
+    this.cqFlagsIndex = cqOff.flags > 0 ? cqOff.flags / 4 : -1;
     this.sqTail = Atomics.load(this.sqRingAtomics, this.sqTailIndex) >>> 0;
     this.cqHead = Atomics.load(this.cqRingAtomics, this.cqHeadIndex) >>> 0;
     // SQ array slot i always names SQE i: the SQE for a request is the one at the tail's index.
     for (let index = 0; index < sqEntries; index++) this.sqRing[sqOff.array / 4 + index] = index;
     this.capacity = sqEntries;
     this.slots = new Array<Request | undefined>(sqEntries).fill(undefined);
+    this.startedAt = new Float64Array(sqEntries);
     this.freeSlots = Array.from({ length: sqEntries }, (_, index) => sqEntries - 1 - index);
     // Bun's event loop polls the non-blocking eventfd and consumes its counter on each read.
     this.reader = Bun.file(setup.eventFd).stream().getReader();
@@ -221,6 +234,7 @@ export class IoUring {
 
   private place(slot: number, request: Request): void {
     this.slots[slot] = request;
+    this.startedAt[slot] = performance.now();
     const base = (this.sqTail & this.sqMask) * (sqeBytes / 4);
     const sqes = this.sqes;
     const address = request.buffer && request.buffer.length > 0 ? ptr(request.buffer) : 0;
@@ -271,15 +285,48 @@ export class IoUring {
       this.flushScheduled = true;
       queueMicrotask(() => this.flush());
     }
-    this.reap();
+    if (this.reap() === 0) this.poll();
   }
 
-  /** Read every completion the kernel has posted, free their slots, start waiting requests. */
-  private reap(): void {
-    if (this.closed) return;
+  /**
+   * Wait for the next completion on the CPU instead of in the event loop, when the device answers
+   * fast: an O_DIRECT read of a fast disk takes a few tens of µs, and going to sleep in the event
+   * loop and being woken through the eventfd costs a good part of that again (an idle virtual CPU
+   * is woken by an interrupt from the host). So, with requests in flight and none completed yet,
+   * the CQ tail is watched for up to twice the recent service time, never more than
+   * pollMicrosMax (TANDEM_IO_POLL_US); a slower device (service time above that) is never polled.
+   * Only a lone request is polled for (ioUringPollInFlightMax): with more in flight, completions and
+   * new requests keep the loop busy, and a spin would hold back the requests waiting on sockets. The eventfd is
+   * silenced meanwhile (the wake-up would find nothing), and the CQ looked at once more after it is
+   * armed again, so a completion posted in between is not left waiting for a signal that never
+   * comes. The same idea as QEMU's adaptive polling of its event loops (poll-max-ns).
+   */
+  private poll(): void {
+    const service = this.serviceMicros;
+    const inFlight = this.capacity - this.freeSlots.length;
+    if (service === 0 || service > this.pollMicrosMax || inFlight === 0 || inFlight > ioUringPollInFlightMax) return;
+    const budgetMs = Math.min(this.pollMicrosMax, 2 * service) / 1000;
+    const atomics = this.cqRingAtomics;
+    const flags = this.cqFlagsIndex;
+    if (flags >= 0) Atomics.or(atomics, flags, IORING_CQ_EVENTFD_DISABLED);
+    const head = this.cqHead | 0;
+    const started = performance.now();
+    this.counters.polls++;
+    while (Atomics.load(atomics, this.cqTailIndex) === head && performance.now() - started < budgetMs) {
+      // spin: the completion is expected within the budget
+    }
+    if (flags >= 0) Atomics.and(atomics, flags, ~IORING_CQ_EVENTFD_DISABLED);
+    this.counters.polledCompletions += this.reap();
+  }
+
+  /** Read every completion the kernel has posted, free their slots, start waiting requests; how many. */
+  private reap(): number {
+    if (this.closed) return 0;
     const tail = Atomics.load(this.cqRingAtomics, this.cqTailIndex) >>> 0;
     let head = this.cqHead;
-    if (head === tail) return;
+    if (head === tail) return 0;
+    const now = performance.now();
+    let service = this.serviceMicros;
     const done: { request: Request; result: number }[] = [];
     while (head !== tail) {
       const base = this.cqesIndex + (head & this.cqMask) * (cqeBytes / 4);
@@ -289,10 +336,13 @@ export class IoUring {
       assert(request !== undefined, "io_uring completion for a slot with no request");
       this.slots[slot] = undefined;
       this.freeSlots.push(slot);
+      const micros = (now - this.startedAt[slot]!) * 1000;
+      service = service === 0 ? micros : service + (micros - service) / 8;
       done.push({ request, result });
       head = (head + 1) >>> 0;
     }
     this.cqHead = head;
+    this.serviceMicros = service;
     Atomics.store(this.cqRingAtomics, this.cqHeadIndex, head | 0);
     this.counters.completions += done.length;
     for (const { request, result } of done) {
@@ -301,6 +351,7 @@ export class IoUring {
       else request.complete(result);
     }
     while (this.waiting.length > 0 && this.freeSlots.length > 0) this.place(this.freeSlots.pop()!, this.waiting.shift()!);
+    return done.length;
   }
 
   /** One user fewer; the last one unmaps the ring once nothing is in flight. */
