@@ -304,7 +304,13 @@ export class ReplicaDriver implements PeerTransportHandler {
         const { volumeId, io } = action;
         const done = (error: IoError | null) => this.feed({ kind: "metadataDone", volumeId, io, error });
         if (!volume) return done("ESHUTDOWN");
-        return writeAll(volume.metadata, action.writes, action.flush, done);
+        const { metadata } = volume;
+        const commit = action.commit;
+        if (!commit) return writeAll(metadata, action.writes, action.flush, done);
+        // The superblock only once the pages and the activity log it goes with are durable: a
+        // power loss between the two leaves the old record beside the new pages, never the new
+        // record (a resync under way, say) beside the old pages.
+        return writeAll(metadata, action.writes, true, (error) => (error ? done(error) : writeAll(metadata, [commit], true, done)));
       }
       case "complete": {
         const pending = this.pending.get(action.request);

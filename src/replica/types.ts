@@ -59,8 +59,12 @@ export type CoreAction =
   | { kind: "storageFlush"; volumeId: number; io: number }
   | { kind: "storageTrim"; volumeId: number; io: number; offset: number; length: number; fua: boolean }
   | { kind: "storageZero"; volumeId: number; io: number; offset: number; length: number; fua: boolean; noHole: boolean }
-  /** Perform every write, then (when `flush`) make them durable; report once with metadataDone. */
-  | { kind: "metadataWrite"; volumeId: number; io: number; writes: MetadataWrite[]; flush: boolean }
+  /**
+   * Perform every write, then (when `flush`) make them durable; then, with `commit`, write the
+   * commit record (the superblock) and make it durable too: the record never reaches the disk
+   * before what it refers to. Report once with metadataDone.
+   */
+  | { kind: "metadataWrite"; volumeId: number; io: number; writes: MetadataWrite[]; commit?: MetadataWrite; flush: boolean }
   /** A client (or operator) request is finished. `mirrored`: the peer took part in a write's completion. */
   | { kind: "complete"; request: number; error: IoError | null; message?: string; mirrored?: boolean; epoch?: number; result?: unknown }
   | { kind: "report"; report: ReplicaReport }

@@ -255,6 +255,28 @@ describe("resync progress", () => {
   });
 });
 
+describe("a resync's record and its bitmap", () => {
+  test("a power loss that keeps the superblock of a full resync's start but not its bitmap does not leave the target half copied", () => {
+    // Simulator seed 294078: both nodes lost power 1.5 ms after a full resync to b's new disk
+    // began. b's superblock (resync target, inconsistent) reached the disk, the bitmap pages
+    // written beside it (every region to copy) did not; a's did not either. After the restart the
+    // pair continued "an interrupted resync" from the bitmaps on the disks, which named nothing, and
+    // both said synced with b's new disk never copied. The superblock is now written only once the
+    // pages are durable. Here its write fails but lands (the same disk state as that power loss).
+    const blocks = 32;
+    const scenario = new Scenario({ blocks, format: { b: "new" }, preload: { a: Array.from({ length: blocks }, (_, block) => block) } });
+    scenario.runUntil(() => scenario.reportsOf("b", "resyncStarted").length > 0, "b starts the full resync");
+    scenario.metadataDisk("b").inject({ op: "write", offset: 0, length: 2 * blockBytes, error: "EIO", landed: "durable" });
+    scenario.runUntil(() => scenario.reportsOf("b", "ioError").length > 0, "b's record of the resync's start failed");
+    scenario.crash("a");
+    scenario.crash("b");
+    scenario.start("a");
+    scenario.start("b");
+    expectConverged(scenario);
+    for (let block = 0; block < blocks; block++) expect(scenario.blockValue("b", block)).toBe(scenario.blockValue("a", block));
+  });
+});
+
 describe("verify", () => {
   test("a verify repair is durable on the peer before it counts as repaired", () => {
     const scenario = new Scenario();

@@ -68,9 +68,17 @@ export class Persistence {
     for (const page of pages) writes.push(bitmapPageWrite(context.layout, context.bitmap, page));
     if (job.activityLog) writes.push(activityLogWrite(context.layout, { sequence: job.activityLog.sequence, extentBytes: context.activityLog.extentBytes, extents: job.activityLog.extents }));
     let superblockSequence: number | undefined;
+    let commit: MetadataWrite | undefined;
     if (job.superblock) {
       superblockSequence = context.superblock.sequence + 1;
-      writes.push(superblockWrite({ ...context.superblock, sequence: superblockSequence }));
+      const record = superblockWrite({ ...context.superblock, sequence: superblockSequence });
+      // A superblock recording a resync names its work list: the bitmap pages written with it.
+      // It goes last, once they are durable (the driver orders a commit after the writes), or a
+      // power loss could keep the record and take the list: the pair would then continue "an
+      // interrupted resync" that copies nothing. Other records go at once beside the pages (a new
+      // generation, the rewrite flag: the sooner on the disk the better, and no page depends on them).
+      if (context.superblock.resync.active && writes.length > 0) commit = record;
+      else writes.push(record);
     }
     if (writes.length === 0) {
       this.busy = false;
@@ -78,7 +86,7 @@ export class Persistence {
       this.run();
       return;
     }
-    context.issue({ kind: "metadataWrite", volumeId: context.volumeId, io: 0, writes, flush: true }, { kind: "metadata", job, pages, superblockSequence });
+    context.issue({ kind: "metadataWrite", volumeId: context.volumeId, io: 0, writes, commit, flush: true }, { kind: "metadata", job, pages, superblockSequence });
   }
 
   metadataDone(pending: Extract<PendingIo, { kind: "metadata" }>, error: IoError | null): void {
