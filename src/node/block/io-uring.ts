@@ -91,9 +91,14 @@ export class IoUring {
   private readonly cqMask: number;
   private readonly cqesIndex: number;
   private readonly cqFlagsIndex: number;
-  /** When each slot's request was handed over (performance.now), for the service-time estimate. */
-  private readonly startedAt: Float64Array;
-  /** Recent service time of a request, µs (an exponentially weighted mean; 0 until one completes). */
+  /**
+   * The request timed for the service-time estimate (its slot, -1 for none) and when it was handed
+   * over: only a request placed while nothing else was in flight, so the estimate is the device's
+   * own latency, not a queue's, and a busy ring reads no clock.
+   */
+  private timedSlot = -1;
+  private timedAt = 0;
+  /** Recent service time of a lone request, µs (an exponentially weighted mean; 0 until one completes). */
   private serviceMicros = 0;
   /** The longest a completion is waited for on the CPU, µs (0: never; see poll). */
   pollMicrosMax = ioUringPollMicrosDefault;
@@ -200,7 +205,6 @@ export class IoUring {
     for (let index = 0; index < sqEntries; index++) this.sqRing[sqOff.array / 4 + index] = index;
     this.capacity = sqEntries;
     this.slots = new Array<Request | undefined>(sqEntries).fill(undefined);
-    this.startedAt = new Float64Array(sqEntries);
     this.freeSlots = Array.from({ length: sqEntries }, (_, index) => sqEntries - 1 - index);
     // Bun's event loop polls the non-blocking eventfd and consumes its counter on each read.
     this.reader = Bun.file(setup.eventFd).stream().getReader();
@@ -233,8 +237,11 @@ export class IoUring {
   }
 
   private place(slot: number, request: Request): void {
+    if (this.freeSlots.length === this.capacity - 1 && this.waiting.length === 0) {
+      this.timedSlot = slot;
+      this.timedAt = performance.now();
+    }
     this.slots[slot] = request;
-    this.startedAt[slot] = performance.now();
     const base = (this.sqTail & this.sqMask) * (sqeBytes / 4);
     const sqes = this.sqes;
     const address = request.buffer && request.buffer.length > 0 ? ptr(request.buffer) : 0;
@@ -325,8 +332,6 @@ export class IoUring {
     const tail = Atomics.load(this.cqRingAtomics, this.cqTailIndex) >>> 0;
     let head = this.cqHead;
     if (head === tail) return 0;
-    const now = performance.now();
-    let service = this.serviceMicros;
     const done: { request: Request; result: number }[] = [];
     while (head !== tail) {
       const base = this.cqesIndex + (head & this.cqMask) * (cqeBytes / 4);
@@ -336,13 +341,15 @@ export class IoUring {
       assert(request !== undefined, "io_uring completion for a slot with no request");
       this.slots[slot] = undefined;
       this.freeSlots.push(slot);
-      const micros = (now - this.startedAt[slot]!) * 1000;
-      service = service === 0 ? micros : service + (micros - service) / 8;
+      if (slot === this.timedSlot) {
+        this.timedSlot = -1;
+        const micros = (performance.now() - this.timedAt) * 1000;
+        this.serviceMicros = this.serviceMicros === 0 ? micros : this.serviceMicros + (micros - this.serviceMicros) / 8;
+      }
       done.push({ request, result });
       head = (head + 1) >>> 0;
     }
     this.cqHead = head;
-    this.serviceMicros = service;
     Atomics.store(this.cqRingAtomics, this.cqHeadIndex, head | 0);
     this.counters.completions += done.length;
     for (const { request, result } of done) {
