@@ -201,8 +201,23 @@ describe("io_uring ring", () => {
     }
   });
 
+  type RingEngine = Extract<ReturnType<typeof IoUring.acquire>, { ok: true }>["engine"];
+
+  /** A private ring with this polling budget and an O_DIRECT file of 1 MiB, both let go after `body`. */
+  async function withRing(pollMicrosMax: number, body: (engine: RingEngine, fd: number) => Promise<void>): Promise<void> {
+    const acquired = IoUring.acquire(8, pollMicrosMax);
+    if (!acquired.ok) throw new Error(acquired.reason);
+    const fd = fs.openSync(newBacking(1 * MiB), fs.constants.O_RDWR | fs.constants.O_DIRECT);
+    try {
+      await body(acquired.engine, fd);
+    } finally {
+      await acquired.engine.release();
+      fs.closeSync(fd);
+    }
+  }
+
   /** Write then read back `count` blocks one request at a time (a lone request is what polling is for). */
-  async function oneAtATime(engine: Awaited<ReturnType<typeof privateRing>>, fd: number, count: number): Promise<void> {
+  async function oneAtATime(engine: RingEngine, fd: number, count: number): Promise<void> {
     const random = generator(count);
     for (let index = 0; index < count; index++) {
       const block = alignedBuffer(4 * KiB);
@@ -214,33 +229,19 @@ describe("io_uring ring", () => {
     }
   }
 
-  async function privateRing(pollMicrosMax: number) {
-    const acquired = IoUring.acquire(8, pollMicrosMax);
-    if (!acquired.ok) throw new Error(acquired.reason);
-    return acquired.engine;
-  }
-
-  test("a lone request on a fast device is waited for on the CPU, and its bytes are right", async () => {
-    const engine = await privateRing(1000);
-    const fd = fs.openSync(newBacking(1 * MiB), fs.constants.O_RDWR | fs.constants.O_DIRECT);
-    try {
+  test("a lone request on a fast device is waited for on the CPU, and its bytes are right", () =>
+    withRing(1000, async (engine, fd) => {
       await oneAtATime(engine, fd, 200);
       // O_DIRECT IO to this machine's disk takes well under the 1 ms allowed here.
       expect(engine.ring.counters.polls).toBeGreaterThan(0);
       expect(engine.ring.counters.polledCompletions).toBeGreaterThan(0);
-    } finally {
-      await engine.release();
-      fs.closeSync(fd);
-    }
-  });
+    }));
 
-  test("a completion that comes after the poll gave up still wakes the loop (the eventfd is armed again)", async () => {
+  test("a completion that comes after the poll gave up still wakes the loop (the eventfd is armed again)", () =>
     // Reads of a hole complete at once, so the ring learns a service time of a few µs; a read of
     // written blocks then goes to the disk and takes longer than the poll allows (twice that time):
     // the poll gives up, and the read would hang if the poll had left the eventfd silenced.
-    const engine = await privateRing(1000);
-    const fd = fs.openSync(newBacking(1 * MiB), fs.constants.O_RDWR | fs.constants.O_DIRECT);
-    try {
+    withRing(1000, async (engine, fd) => {
       const written = alignedBuffer(256 * KiB);
       fillRandom(written, generator(7));
       expect(await engine.write(fd, written, 0)).toBe(256 * KiB);
@@ -258,36 +259,23 @@ describe("io_uring ring", () => {
       // Some polls gave up, and what they waited for came by the eventfd.
       expect(counters.polls - polls).toBeGreaterThan(counters.polledCompletions - polledCompletions);
       expect(counters.wakeups - wakeups).toBeGreaterThan(0);
-    } finally {
-      await engine.release();
-      fs.closeSync(fd);
-    }
-  });
+    }));
 
   test("polling off (0) never spins; more than one request in flight is never polled for", async () => {
-    const off = await privateRing(0);
-    const fd = fs.openSync(newBacking(1 * MiB), fs.constants.O_RDWR | fs.constants.O_DIRECT);
-    try {
-      await oneAtATime(off, fd, 20);
-      expect(off.ring.counters.polls).toBe(0);
-    } finally {
-      await off.release();
-    }
-    const on = await privateRing(1000);
-    try {
-      const block = alignedBuffer(4 * KiB).fill(9);
-      await on.write(fd, block, 0);
-      const polls = on.ring.counters.polls;
+    await withRing(0, async (engine, fd) => {
+      await oneAtATime(engine, fd, 20);
+      expect(engine.ring.counters.polls).toBe(0);
+    });
+    await withRing(1000, async (engine, fd) => {
+      await engine.write(fd, alignedBuffer(16 * KiB).fill(9), 0);
+      const polls = engine.ring.counters.polls;
       for (let round = 0; round < 20; round++) {
-        const reads = Array.from({ length: 4 }, (_, index) => on.read(fd, alignedBuffer(4 * KiB), index * 4 * KiB));
+        const reads = Array.from({ length: 4 }, (_, index) => engine.read(fd, alignedBuffer(4 * KiB), index * 4 * KiB));
         expect((await Promise.all(reads)).every((count) => count === 4 * KiB)).toBe(true);
       }
       // Four submitted in one turn: none of those enters polled (a later lone straggler may be).
-      expect(on.ring.counters.polls - polls).toBeLessThan(20);
-    } finally {
-      await on.release();
-      fs.closeSync(fd);
-    }
+      expect(engine.ring.counters.polls - polls).toBeLessThan(20);
+    });
   });
 
   test("an error from the kernel comes back as the errno name (EBADF on a closed descriptor)", async () => {
