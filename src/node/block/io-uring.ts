@@ -299,14 +299,14 @@ export class IoUring {
    * Wait for the next completion on the CPU instead of in the event loop, when the device answers
    * fast: an O_DIRECT read of a fast disk takes a few tens of µs, and going to sleep in the event
    * loop and being woken through the eventfd costs a good part of that again (an idle virtual CPU
-   * is woken by an interrupt from the host). So, with requests in flight and none completed yet,
-   * the CQ tail is watched for up to twice the recent service time, never more than
-   * pollMicrosMax (TANDEM_IO_POLL_US); a slower device (service time above that) is never polled.
-   * Only a lone request is polled for (ioUringPollInFlightMax): with more in flight, completions and
-   * new requests keep the loop busy, and a spin would hold back the requests waiting on sockets. The eventfd is
-   * silenced meanwhile (the wake-up would find nothing), and the CQ looked at once more after it is
-   * armed again, so a completion posted in between is not left waiting for a signal that never
-   * comes. The same idea as QEMU's adaptive polling of its event loops (poll-max-ns).
+   * is woken by an interrupt from the host). So, with a request in flight and none completed yet,
+   * the CQ tail is watched for up to twice the recent service time of a lone request, never more
+   * than pollMicrosMax (TANDEM_IO_POLL_US); a slower device is never polled. Only a lone request is
+   * polled for (ioUringPollInFlightMax): with more in flight, completions and new requests keep the
+   * loop busy, and a spin would hold back the requests waiting on sockets. The eventfd is silenced
+   * meanwhile (the wake-up would find nothing), and the CQ looked at once more after it is armed
+   * again, so a completion posted in between is not left waiting for a signal that never comes.
+   * The same idea as QEMU's adaptive polling of its event loops (poll-max-ns).
    */
   private poll(): void {
     const service = this.serviceMicros;
