@@ -321,6 +321,8 @@ export const cliProgressPollIntervalMs = 250;
 export const cliInitialSyncWaitMsMax = 24 * 3600 * 1000;
 /** copy-out compares source and target checksums in chunks of this size. */
 export const copyOutChecksumChunkBytes = 4 * MiB;
+/** Bytes a copy-out's checksum reader may write beyond the volume's size (a larger target) before it is stopped. */
+export const copyOutReaderExcessBytesMax = 64 * MiB;
 /** During a copy-out, the first write to each chunk of this size preserves its old bytes (copy-before-write). */
 export const copyOutPreserveChunkBytes = 64 * KiB;
 /** Chunks one copy-out may preserve (256 GiB written during the copy); past it the copy fails, IO goes on. */

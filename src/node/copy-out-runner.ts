@@ -7,7 +7,7 @@
 // volume AS OF THE POINT: writes after it are not in the copy, by design.
 import fs from "node:fs";
 import { TandemError } from "../common/errors.ts";
-import { copyOutChecksumChunkBytes } from "../constants.ts";
+import { copyOutChecksumChunkBytes, copyOutReaderExcessBytesMax } from "../constants.ts";
 import type { ControlClient } from "./control/client.ts";
 import type { CopyOutInfo } from "./copy-out.ts";
 
@@ -68,8 +68,14 @@ interface Digest {
   chunks: string[];
 }
 
-/** SHA-256 of the first `sizeBytes` a reader command writes to stdout, overall and per chunk. */
-async function digestOf(command: string[], sizeBytes: number, what: string, onBytes: (bytes: number) => void): Promise<Digest> {
+/**
+ * SHA-256 of the first `sizeBytes` a reader command writes to stdout, overall and per chunk. The
+ * reader is read to its end and left to exit by itself: nbdcopy with a captive qemu-nbd (libnbd's
+ * socket activation) removes its socket directory under /tmp as it exits, and a reader killed after
+ * its last byte left that directory behind. What a reader writes beyond `sizeBytes` is read and
+ * ignored, up to copyOutReaderExcessBytesMax (then it is stopped).
+ */
+export async function digestOf(command: string[], sizeBytes: number, what: string, onBytes: (bytes: number) => void): Promise<Digest> {
   const child = Bun.spawn(command, { stdout: "pipe", stderr: "pipe" });
   const stderr = new Response(child.stderr).text();
   const overall = new Bun.CryptoHasher("sha256");
@@ -77,9 +83,11 @@ async function digestOf(command: string[], sizeBytes: number, what: string, onBy
   let chunk = new Bun.CryptoHasher("sha256");
   let inChunk = 0;
   let total = 0;
+  let excess = 0;
   for await (const data of child.stdout) {
     let piece = data.subarray(0, Math.max(0, sizeBytes - total));
     total += piece.length;
+    excess += data.length - piece.length;
     overall.update(piece);
     while (piece.length > 0) {
       const take = Math.min(piece.length, copyOutChecksumChunkBytes - inChunk);
@@ -92,16 +100,15 @@ async function digestOf(command: string[], sizeBytes: number, what: string, onBy
         inChunk = 0;
       }
     }
-    onBytes(total);
-    if (total >= sizeBytes) break;
+    if (excess === 0) onBytes(total);
+    else if (excess > copyOutReaderExcessBytesMax) {
+      child.kill();
+      break;
+    }
   }
   if (inChunk > 0) chunks.push(chunk.digest("hex"));
-  if (total < sizeBytes) {
-    const code = await child.exited;
-    throw new TandemError("io_error", `reading ${what} gave ${total} of ${sizeBytes} bytes (exit ${code}): ${(await stderr).trim()}`);
-  }
-  child.kill();
-  await child.exited;
+  const code = await child.exited;
+  if (total < sizeBytes) throw new TandemError("io_error", `reading ${what} gave ${total} of ${sizeBytes} bytes (exit ${code}): ${(await stderr).trim()}`);
   return { overall: overall.digest("hex"), chunks };
 }
 

@@ -5,12 +5,16 @@
 //    delay filter so the copy lasts seconds) while a client rewrites the volume: the target holds
 //    the volume AS OF THE POINT (the old bytes, zero regions zeroed), the volume the new bytes, and
 //    the report counts what was kept aside;
-//  - refused on nothing to copy, and a second copy-out of the same volume while one runs.
+//  - refused on nothing to copy, and a second copy-out of the same volume while one runs;
+//  - the checksum reader is read to its end and left to exit (nbdcopy with a captive qemu-nbd
+//    cleans its socket directory under /tmp as it exits); bytes beyond the size are ignored.
 // Processes are ours and stopped by pid; waits poll with deadlines.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import type { CopyOutResult } from "../../src/node/copy-out-runner.ts";
+import os from "node:os";
+import { copyOutChecksumChunkBytes } from "../../src/constants.ts";
+import { type CopyOutResult, digestOf } from "../../src/node/copy-out-runner.ts";
 import { runCli, TestDaemon, tandemCommand } from "../helpers/daemon.ts";
 import { NbdClient } from "../helpers/nbd-client.ts";
 import { pattern } from "../helpers/pattern.ts";
@@ -25,6 +29,34 @@ function readAll(uri: string): Uint8Array {
   if (result.exitCode !== 0) throw new Error(`nbdcopy ${uri}: ${result.stderr}`);
   return new Uint8Array(result.stdout);
 }
+
+describe("copy-out's checksum reader", () => {
+  const sha256 = (bytes: Uint8Array) => new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
+  const size = 2 * copyOutChecksumChunkBytes + 4096;
+
+  test("is read to its end and exits by itself: what it does after its last byte is not cut short", async () => {
+    // nbdcopy with a captive qemu-nbd removes libnbd's socket directory under /tmp as it exits;
+    // killed after its last byte, it left the directory behind. Here the reader's last step after
+    // its output is to leave a mark.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tandem-digest-"));
+    try {
+      const mark = path.join(dir, "finished");
+      const digest = await digestOf(["sh", "-c", `head -c ${size} /dev/zero; sleep 0.3; touch ${mark}`], size, "zeroes", () => {});
+      expect(fs.existsSync(mark)).toBe(true);
+      expect(digest.overall).toBe(sha256(new Uint8Array(size)));
+      expect(digest.chunks).toEqual([sha256(new Uint8Array(copyOutChecksumChunkBytes)), sha256(new Uint8Array(copyOutChecksumChunkBytes)), sha256(new Uint8Array(4096))]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("bytes beyond the size are ignored; a reader that never stops is stopped; a short one is an error", async () => {
+    const expected = sha256(new Uint8Array(size));
+    expect((await digestOf(["head", "-c", `${size + 12345}`, "/dev/zero"], size, "zeroes", () => {})).overall).toBe(expected);
+    expect((await digestOf(["cat", "/dev/zero"], size, "zeroes", () => {})).overall).toBe(expected);
+    await expect(digestOf(["head", "-c", "100", "/dev/zero"], size, "a short target", () => {})).rejects.toThrow(`reading a short target gave 100 of ${size} bytes (exit 0)`);
+  });
+});
 
 describe.skipIf(!hasTools)("volume copy-out", () => {
   let daemon: TestDaemon;
