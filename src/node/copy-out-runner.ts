@@ -86,8 +86,9 @@ export async function digestOf(command: string[], sizeBytes: number, what: strin
   let excess = 0;
   for await (const data of child.stdout) {
     let piece = data.subarray(0, Math.max(0, sizeBytes - total));
-    total += piece.length;
-    excess += data.length - piece.length;
+    const taken = piece.length;
+    total += taken;
+    excess += data.length - taken;
     overall.update(piece);
     while (piece.length > 0) {
       const take = Math.min(piece.length, copyOutChecksumChunkBytes - inChunk);
@@ -100,8 +101,8 @@ export async function digestOf(command: string[], sizeBytes: number, what: strin
         inChunk = 0;
       }
     }
-    if (excess === 0) onBytes(total);
-    else if (excess > copyOutReaderExcessBytesMax) {
+    if (taken > 0) onBytes(total);
+    if (excess > copyOutReaderExcessBytesMax) {
       child.kill();
       break;
     }

@@ -52,7 +52,9 @@ describe("copy-out's checksum reader", () => {
 
   test("bytes beyond the size are ignored; a reader that never stops is stopped; a short one is an error", async () => {
     const expected = sha256(new Uint8Array(size));
-    expect((await digestOf(["head", "-c", `${size + 12345}`, "/dev/zero"], size, "zeroes", () => {})).overall).toBe(expected);
+    let reported = 0;
+    expect((await digestOf(["head", "-c", `${size + 12345}`, "/dev/zero"], size, "zeroes", (bytes) => (reported = bytes))).overall).toBe(expected);
+    expect(reported).toBe(size); // the chunk that crosses the size still reports the last bytes
     expect((await digestOf(["cat", "/dev/zero"], size, "zeroes", () => {})).overall).toBe(expected);
     await expect(digestOf(["head", "-c", "100", "/dev/zero"], size, "a short target", () => {})).rejects.toThrow(`reading a short target gave 100 of ${size} bytes (exit 0)`);
   });
