@@ -1,6 +1,7 @@
 // The mirrored write's CPU cost in the replica code alone, without sockets, files or the NBD server:
 // both nodes' real drivers (ReplicaDriver → NodeCore → VolumeCore, the wire codec, per-frame
-// authentication, the native CRC32C the daemon installs) run in this one process over the
+// authentication with the tags and the native CRC32C the daemon installs, writes handed over as
+// the NBD server hands them: stable buffers, no admission copy) run in this one process over the
 // simulator's disks and network (test/sim/scenario.ts, no faults), and the benchmark reports the
 // process's CPU time (user + system) per mirrored 4 KiB write. The figure includes the simulator's
 // own work (its scheduler, its disks' copies, its network's joins), the same in every run, so it
@@ -13,6 +14,7 @@
 //   bun --cpu-prof --cpu-prof-dir=DIR bench/replica-cpu.ts   (where the time goes)
 import { parseArgs } from "node:util";
 import { fastCrc32c } from "../src/common/crc32c-native.ts";
+import { installNativeFrameTags } from "../src/node/replica/gmac-native.ts";
 import { checksumImplementation, installChecksum } from "../src/replica/checksum.ts";
 import { Scenario } from "../test/sim/scenario.ts";
 import { median } from "./stats.ts";
@@ -36,6 +38,8 @@ if (crc.name === "native") {
   const refused = installChecksum(crc.crc32c, "native");
   if (refused) throw new Error(refused);
 }
+// Frame tags as the daemon makes them: libcrypto where it loads, node:crypto otherwise.
+const tags = installNativeFrameTags();
 
 const blockCount = 4096;
 const blocksWritten = 1024; // 4 MiB of the volume, so the activity log stays hot as in a steady run
@@ -57,7 +61,7 @@ let next = 0;
 function writeBatch(count: number): void {
   for (let done = 0; done < count; done += iodepth) {
     const ops = [];
-    for (let index = 0; index < iodepth && done + index < count; index++) ops.push(scenario.writeBuffer("a", (next++ * 7) % blocksWritten, data));
+    for (let index = 0; index < iodepth && done + index < count; index++) ops.push(scenario.writeBuffer("a", (next++ * 7) % blocksWritten, data, { stable: true }));
     for (const op of ops) scenario.complete(op);
     for (const op of ops) if (op.error || op.info?.mirrored !== true) throw new Error(`a write was not mirrored: ${op.error?.message ?? "completed alone"}`);
   }
@@ -71,6 +75,6 @@ for (let round = 0; round < rounds; round++) {
   const used = process.cpuUsage(before);
   samples.push((used.user + used.system) / writes);
 }
-const result = { iodepth, writes, rounds, checksum: checksumImplementation(), cpuUsPerWrite: median(samples), minUs: Math.min(...samples), maxUs: Math.max(...samples) };
+const result = { iodepth, writes, rounds, checksum: checksumImplementation(), tags: tags.implementation, cpuUsPerWrite: median(samples), minUs: Math.min(...samples), maxUs: Math.max(...samples) };
 if (values.json) console.log(JSON.stringify(result));
-else console.log(`mirrored 4 KiB writes, iodepth ${iodepth}, ${rounds} rounds of ${writes}: ${result.cpuUsPerWrite.toFixed(1)} µs CPU per write, both nodes and the simulator (${result.minUs.toFixed(1)}–${result.maxUs.toFixed(1)}), CRC32C ${result.checksum}`);
+else console.log(`mirrored 4 KiB writes, iodepth ${iodepth}, ${rounds} rounds of ${writes}: ${result.cpuUsPerWrite.toFixed(1)} µs CPU per write, both nodes and the simulator (${result.minUs.toFixed(1)}–${result.maxUs.toFixed(1)}), CRC32C ${result.checksum}, tags ${result.tags}`);

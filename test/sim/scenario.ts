@@ -634,10 +634,11 @@ export class Scenario {
   }
 
   /** A write whose buffer the test keeps (to change it while the write is in flight, as a guest may). */
-  writeBuffer(name: NodeName, block: number, data: Uint8Array, options: { volumeId?: number } = {}): Op {
+  /** A write of `data` (with `stable`, the caller promises never to change it, as the NBD server does: no admission copy). */
+  writeBuffer(name: NodeName, block: number, data: Uint8Array, options: { volumeId?: number; stable?: boolean } = {}): Op {
     const volumeId = options.volumeId ?? this.volumeIds[0]!;
     const op = this.op(`write block ${block} on ${name}`);
-    this.submit(name, (driver) => driver.write(volumeId, block * blockBytes, data, false, (error, info) => this.settle(op, error, info)));
+    this.submit(name, (driver) => driver.write(volumeId, block * blockBytes, data, false, (error, info) => this.settle(op, error, info), options.stable === true));
     return op;
   }
 
