@@ -628,7 +628,8 @@ class Connection {
     if (this.closed || parts.length === 0) return this.written(parts, false);
     let pending = parts;
     if (parts.length > 1 && total <= coalesceBytesMax) {
-      const joined: OutputEntry = { bytes: new Uint8Array(total), reserved: 0, tokens: [] };
+      // Every byte of it is a copy of a part: not zeroed first from 64 KiB up (bufferToFill).
+      const joined: OutputEntry = { bytes: bufferToFill(total), reserved: 0, tokens: [] };
       let at = 0;
       for (const part of parts) {
         joined.bytes.set(part.bytes, at);
