@@ -39,7 +39,8 @@
 //                        [--workloads w4k1,...] [--anchor-link tcp|unix] [--dir DIR] [--json FILE] [--smoke]
 // The full setting is the default (3 s of unmeasured warm-up per system and workload, then 3
 // rounds × 10 s per cell, 1 GiB: about 17 minutes). --smoke is the CI setting (64 MiB, no warm-up,
-// 1 round of 1 s: proves every system starts and every cell is measured, figures meaningless). Not a test: it exits 0 unless something fails to run.
+// 1 round of 1 s: proves every system starts and every cell is measured, figures meaningless).
+// Not a test: it exits 0 unless something fails to run.
 // Resync figures are bench/resync.ts's (they need the lab's relay to cut the link).
 import fs from "node:fs";
 import os from "node:os";
