@@ -633,8 +633,10 @@ export class Scenario {
     return data;
   }
 
-  /** A write whose buffer the test keeps (to change it while the write is in flight, as a guest may). */
-  /** A write of `data` (with `stable`, the caller promises never to change it, as the NBD server does: no admission copy). */
+  /**
+   * A write whose buffer the test keeps (to change it while the write is in flight, as a guest may);
+   * with `stable` the caller promises never to change it, as the NBD server does (no admission copy).
+   */
   writeBuffer(name: NodeName, block: number, data: Uint8Array, options: { volumeId?: number; stable?: boolean } = {}): Op {
     const volumeId = options.volumeId ?? this.volumeIds[0]!;
     const op = this.op(`write block ${block} on ${name}`);
