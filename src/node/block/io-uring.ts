@@ -233,11 +233,17 @@ export class IoUring {
   }
 
   inFlight(): number {
-    return this.capacity - this.freeSlots.length + this.waiting.length;
+    return this.atDevice + this.waiting.length;
+  }
+
+  /** Requests placed in the ring and not yet completed (those waiting for a slot are not among them). */
+  private get atDevice(): number {
+    return this.capacity - this.freeSlots.length;
   }
 
   private place(slot: number, request: Request): void {
-    if (this.freeSlots.length === this.capacity - 1 && this.waiting.length === 0) {
+    // `slot` is taken already: this request is alone at the device, and none waits behind it.
+    if (this.atDevice === 1 && this.waiting.length === 0) {
       this.timedSlot = slot;
       this.timedAt = performance.now();
     }
@@ -310,7 +316,7 @@ export class IoUring {
    */
   private poll(): void {
     const service = this.serviceMicros;
-    const inFlight = this.capacity - this.freeSlots.length;
+    const inFlight = this.atDevice;
     if (service === 0 || service > this.pollMicrosMax || inFlight === 0 || inFlight > ioUringPollInFlightMax) return;
     const budgetMs = Math.min(this.pollMicrosMax, 2 * service) / 1000;
     const atomics = this.cqRingAtomics;
