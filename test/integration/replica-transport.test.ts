@@ -114,3 +114,20 @@ test("a write issued after a send in the same turn starts once the send is in th
   expect({ heldBack, finished }).toEqual({ heldBack: { write: 0, trim: 0, zero: 0 }, finished: [null, null, null] });
   await until("the frames arrived", () => acceptor.state.bytes === 3 * frame.length);
 });
+
+test("a socket that lost its remote address as it opened still reports one: the dialled peer's, else 'unknown'", () => {
+  // Seen when the peer's daemon is killed mid-dial: Bun opens the socket with no remote address.
+  // The core formats the address into its refusal reports, and threw on an undefined host.
+  const transport = new TcpPeerTransport({ listen: undefined, peer: { hostname: "127.0.0.1", port: 7788 }, log: silentLogger });
+  transports.push(transport);
+  const remotes: { host: string; port: number }[] = [];
+  transport.attach({ connected: (_connection, _dialled, remote) => void remotes.push(remote), dialFailed() {}, data() {}, closed() {} });
+  const handlers = (transport as unknown as { socketHandlers(dialled: boolean): { open(socket: unknown): void } }).socketHandlers;
+  const reset = () => ({ remoteAddress: undefined, remotePort: undefined, data: undefined, setNoDelay() {}, terminate() {} });
+  handlers.call(transport, true).open(reset());
+  handlers.call(transport, false).open(reset());
+  expect(remotes).toEqual([
+    { host: "127.0.0.1", port: 7788 },
+    { host: "unknown", port: 0 },
+  ]);
+});

@@ -177,7 +177,10 @@ export class TcpPeerTransport implements PeerTransport {
         socket.data = { id, output: new SocketWriteQueue(), pending: [], scratch: new Uint8Array(scratchBytesInitial), closedByUs: false, reported: false };
         socket.setNoDelay(true);
         this.sockets.set(id, socket);
-        this.handler?.connected(id, dialled, { host: socket.remoteAddress, port: socket.remotePort ?? 0 });
+        // A socket the other end reset as it opened has no remote address any more (seen when the
+        // peer's daemon is killed mid-dial); a dialled one is the peer's address we dialled.
+        const remote = socket.remoteAddress ? { host: socket.remoteAddress, port: socket.remotePort ?? 0 } : dialled ? { host: this.options.peer.hostname, port: this.options.peer.port } : { host: "unknown", port: 0 };
+        this.handler?.connected(id, dialled, remote);
       },
       data: (socket: Socket<ConnectionData>, bytes: Buffer) => {
         if (!socket.data || socket.data.closedByUs) return;
