@@ -9,11 +9,16 @@
 //    process that was stopped (SIGSTOP, a long GC, a hung host) gets no timer callbacks while it is
 //    stopped, so before each event the driver feeds the ticks that elapsed on `clock.now()`. A node
 //    that wakes up after its lease ran out therefore sees that first, before any message or IO.
+//  - Timers only for what is due. After each event the driver asks the core for the first tick that
+//    will act (QuorumCore.nextActionTick: the heartbeat, a timeout, a ballot's retry) and sets one
+//    timer for it; an idle node wakes a few times a second, not every tick. The ticks before that
+//    tick must act on nothing, whenever they are fed: the driver checks (a failure in the simulator).
 //  - One witness IO at a time. A witness that hangs leaves its IO outstanding; while it is, every
 //    new IO fails at once ("busy") instead of queueing behind it, so a hung witness costs one stuck
 //    request, never a pile of them, and the core sees the witness as lost.
 // It also keeps the witness latency figures `status` shows.
 import type { Logger } from "../common/log.ts";
+import type { Clock } from "../replica/io.ts";
 import type { Grant } from "../replica/types.ts";
 import { quorumTickMs } from "../constants.ts";
 import type { QuorumMessage } from "./message.ts";
@@ -25,11 +30,8 @@ export interface WitnessDisk {
   write(sector: number, bytes: Uint8Array, done: (error: string | null) => void): void;
 }
 
-/** This node's monotonic clock (ms, any origin) and a periodic timer on it. */
-export interface QuorumClock {
-  now(): number;
-  every(intervalMs: number, callback: () => void): { cancel(): void };
-}
+/** This node's monotonic clock (ms, any origin) and a one-shot timer on it. */
+export type QuorumClock = Clock;
 
 /** The node's side: what the core's decisions do. Every method is optional (a test may watch only some). */
 export interface QuorumHost {
@@ -81,6 +83,8 @@ export interface QuorumDriverOptions extends Omit<QuorumCoreOptions, "tickMs"> {
   host: QuorumHost;
   tickMs?: number;
   logger?: Logger;
+  /** Throw when ticks the core called quiet act (simulators and tests); else it is logged. */
+  strictQuietTicks?: boolean;
 }
 
 export class QuorumDriver {
@@ -88,7 +92,11 @@ export class QuorumDriver {
   private readonly tickMs: number;
   private readonly events: QuorumEvent[] = [];
   private draining = false;
-  private ticker: { cancel(): void } | undefined;
+  private started = false;
+  private timer: { cancel(): void; tick: number } | undefined;
+  /** The core's next acting tick, asked after the last thing it handled. */
+  private actsAt = 1;
+  private quietTickActed = false;
   private startedAt = 0;
   private ticksFed = 0;
   private ioBusy: { io: number; sinceMs: number } | undefined;
@@ -104,15 +112,17 @@ export class QuorumDriver {
   }
 
   start(): void {
-    if (this.ticker || this.stopped) return;
+    if (this.started || this.stopped) return;
+    this.started = true;
     this.startedAt = this.options.clock.now();
-    this.ticker = this.options.clock.every(this.tickMs, () => this.feed(undefined));
+    this.actsAt = this.core.nextActionTick();
+    this.arm();
   }
 
   stop(): void {
     this.stopped = true;
-    this.ticker?.cancel();
-    this.ticker = undefined;
+    this.timer?.cancel();
+    this.timer = undefined;
   }
 
   linkUp(): void {
@@ -165,23 +175,75 @@ export class QuorumDriver {
     if (event) this.events.push(event);
     if (this.draining) return;
     this.draining = true;
+    let handled = false;
     try {
-      this.catchUp();
+      handled = this.catchUp();
       for (let next = this.events.shift(); next; next = this.events.shift()) {
-        this.run(this.core.handle(next));
+        this.handle(next);
         this.catchUp();
+        handled = true;
       }
     } finally {
       this.draining = false;
     }
+    if (handled && !this.stopped) this.arm();
   }
 
-  private catchUp(): void {
-    if (!this.ticker) return;
+  /**
+   * Feed the ticks that elapsed; whether there were any. Those before the core's next acting tick
+   * go in one jump of their own, which must act on nothing: a deadline the core left out of
+   * nextActionTick falls inside it and shows.
+   */
+  private catchUp(): boolean {
+    if (!this.started) return false;
     const due = Math.floor((this.options.clock.now() - this.startedAt) / this.tickMs) - this.ticksFed;
-    if (due <= 0) return;
-    this.ticksFed += due;
-    this.run(this.core.handle({ kind: "tick", count: due }));
+    if (due <= 0) return false;
+    const quiet = Math.max(0, Math.min(due, this.actsAt - 1 - this.ticksFed));
+    if (quiet > 0) this.tick(quiet, true);
+    if (due > quiet && !this.stopped) this.tick(due - quiet, false);
+    return true;
+  }
+
+  private tick(count: number, quiet: boolean): void {
+    const actions = this.core.handle({ kind: "tick", count });
+    this.ticksFed += count; // after: ticks a throwing core did not take are fed again
+    if (quiet && actions.length > 0) this.quietActed(actions);
+    this.actsAt = this.core.nextActionTick();
+    this.run(actions);
+  }
+
+  private handle(event: QuorumEvent): void {
+    const actions = this.core.handle(event);
+    this.actsAt = this.core.nextActionTick();
+    this.run(actions);
+  }
+
+  private quietActed(actions: QuorumAction[]): void {
+    const detail = `ticks up to ${this.ticksFed}, claimed quiet, acted: ${actions.map((action) => action.kind).join(", ")}`;
+    if (this.options.strictQuietTicks) throw new Error(`quorum core: ${detail}`);
+    if (this.quietTickActed) return;
+    this.quietTickActed = true;
+    this.options.logger?.error("quorum core: ticks it called quiet acted (their actions ran late); not reported again", { detail });
+  }
+
+  /** One timer, for the core's next acting tick (never one already fed: after a throw, the next). */
+  private arm(): void {
+    const tick = Math.max(this.actsAt, this.ticksFed + 1);
+    if (this.timer?.tick === tick) return;
+    this.timer?.cancel();
+    const delayMs = Math.max(0, Math.ceil(this.startedAt + tick * this.tickMs - this.options.clock.now()));
+    const timer = this.options.clock.after(delayMs, () => {
+      if (this.timer !== handle) return;
+      this.timer = undefined;
+      try {
+        this.feed(undefined);
+      } finally {
+        // Even when the core threw (a bug): a node whose clock stopped would never see its lease end.
+        if (!this.timer && !this.stopped) this.arm();
+      }
+    });
+    const handle = { cancel: () => timer.cancel(), tick };
+    this.timer = handle;
   }
 
   private run(actions: QuorumAction[]): void {

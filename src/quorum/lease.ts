@@ -397,6 +397,35 @@ export class QuorumCore {
     this.checkLease();
   }
 
+  /**
+   * The first tick after now at which a tick may act (witness IO, a message, a report, a grant or
+   * phase change, feeding the watchdog), if no other event comes first: the heartbeat, the IO, link
+   * and lease timeouts, the start-up wait, the next message, a ballot's retry or head start. A
+   * driver may sleep until then and feed the ticks that passed in one jump; a jump that stops short
+   * of it acts on nothing (the driver checks).
+   */
+  nextActionTick(): number {
+    const t = this.ticks;
+    let at = this.nextHeartbeatAt;
+    const by = (tick: number) => {
+      if (tick < at) at = tick;
+    };
+    const later = (tick: number) => {
+      if (tick > this.now) by(tick);
+    };
+    if (this.inFlight) by(this.inFlight.issuedAt + t.io);
+    if (this.connected()) by(this.peerSeenAt + t.linkTimeout + 1);
+    else if (this.linkUp) by(this.linkUpAt + t.linkTimeout + 1);
+    if (this.phase.kind === "starting" && !this.connected()) later(t.linkTimeout);
+    if (this.phase.kind === "owner" && !this.connected()) by(this.lastHeartbeatStartOk + this.leaseTicks() + 1);
+    if (this.linkUp) by(this.nextMessageAt);
+    // Proposals wait for their time only; what else holds them back changes by events.
+    later(this.ballotRetryAt);
+    if (this.phase.kind === "deciding") later(this.phase.sinceTick + (this.preferred() ? 0 : t.headStart));
+    if (this.sharedEligibleSince !== undefined) later(this.sharedEligibleSince + (this.me === 0 ? 0 : t.headStart));
+    return Math.max(at, this.now + 1);
+  }
+
   /** The age of this node's last successful heartbeat write (from its start), in ticks. */
   private heartbeatAge(): number {
     return this.now - this.lastHeartbeatStartOk;

@@ -5,6 +5,17 @@
 // MetadataStore, PeerTransport, Clock, Random and WriteAuthority. Events raised while actions run
 // (a storage callback that fires synchronously, say) are queued and handled after the current
 // event's actions, so the core is never re-entered.
+//
+// Ticks. The core counts ticks of tickMs; the driver does not wake for each. After the ticks it
+// feeds, it asks the core for the first tick that will act (NodeCore.nextActionTick: a keepalive, a
+// timeout, a barrier) and sleeps until then, so an idle node wakes a few times a second, not a
+// hundred. An event that comes while it sleeps is preceded by the ticks that passed (up to, never
+// including, that tick), so the core sees the same sequence as when ticked every tick; the first
+// such event in a tick asks the core again, and when events come faster the driver ticks every tick
+// until a tick passes without one. A timer callback feeds the ticks up to the one it slept for and
+// no further: a process that was stalled resumes at most at its next acting tick, not with a burst
+// of link timeouts before it has read what its peer sent meanwhile. The ticks the core called
+// quiet must act on nothing: the driver checks, and in the simulator a tick that acts is a failure.
 import { BlockError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
 import { defaultReplicaConfig, type ReplicaConfig } from "./config.ts";
@@ -44,6 +55,8 @@ export interface ReplicaDriverOptions {
   onPeerRequest?(payload: Uint8Array, reply: (ok: boolean, payload: Uint8Array) => void): void;
   /** The peer's quorum core sent a message on the authenticated link (src/quorum/ decodes it). */
   onQuorumMessage?(payload: Uint8Array): void;
+  /** Throw when a tick the core called quiet acts (simulators and tests); else it is logged. */
+  strictQuietTicks?: boolean;
 }
 
 interface PendingRequest {
@@ -64,7 +77,14 @@ export class ReplicaDriver implements PeerTransportHandler {
   private readonly pending = new Map<number, PendingRequest>();
   private nextRequest = 1;
   private readonly volumes = new Map<number, VolumeIo>();
-  private ticker: { cancel(): void } | undefined;
+  private timer: { cancel(): void } | undefined;
+  /** The clock time of the core's last tick (the start, before the first). */
+  private tickedAtMs = 0;
+  /** Sleeping until this tick (the core's next acting tick); undefined: ticking every tick. */
+  private sleepingUntil: number | undefined;
+  /** The core's tick when an event last woke the driver from sleep. */
+  private wokeAtTick = -1;
+  private quietTickActed = false;
   private unsubscribe: (() => void) | undefined;
   private stopped = false;
 
@@ -76,11 +96,12 @@ export class ReplicaDriver implements PeerTransportHandler {
 
   /** Begin ticking (and so dialling the peer). */
   start(): void {
-    if (this.ticker) return;
+    if (this.timer || this.stopped) return;
     this.unsubscribe = this.options.authority.subscribe((volumeId) => {
       if (this.volumes.has(volumeId)) this.feed({ kind: "grant", volumeId, grant: this.options.authority.grant(volumeId) });
     });
-    this.ticker = this.options.clock.every(this.config.tickMs, () => this.feed({ kind: "tick" }));
+    this.tickedAtMs = this.options.clock.now();
+    this.armTimer(this.config.tickMs);
   }
 
   /** Say goodbye to the peer and stop ticking. Close volumes first for a clean metadata state. */
@@ -88,7 +109,8 @@ export class ReplicaDriver implements PeerTransportHandler {
     if (this.stopped) return;
     this.feed({ kind: "shutdown" });
     this.stopped = true;
-    this.ticker?.cancel();
+    this.timer?.cancel();
+    this.timer = undefined;
     this.unsubscribe?.();
   }
 
@@ -124,6 +146,8 @@ export class ReplicaDriver implements PeerTransportHandler {
       this.volumes.set(volumeId, { storage, metadata });
       const opened = (report: ReplicaReport) => report.kind === "volumeOpened" && report.volumeId === volumeId;
       this.waitForReport(opened, () => done(null));
+      // The ticks that passed go first: the core's quiet claim did not cover a volume it lacked.
+      if (this.sleepingUntil !== undefined && !this.draining) this.catchUpQuiet();
       this.run(this.core.attachVolume(volumeId, loaded));
       this.feed({ kind: "grant", volumeId, grant: this.options.authority.grant(volumeId) });
     });
@@ -259,14 +283,110 @@ export class ReplicaDriver implements PeerTransportHandler {
 
   private feed(event: CoreEvent): void {
     if (this.stopped) return;
+    if (this.draining) {
+      this.events.push(event);
+      return;
+    }
+    const sleeping = this.sleepingUntil !== undefined;
+    if (sleeping) this.catchUpQuiet();
     this.events.push(event);
-    if (this.draining) return;
+    this.drain();
+    if (sleeping) this.afterWake();
+  }
+
+  /** Handle the queued events, and those their actions raise, in order. */
+  private drain(): void {
     this.draining = true;
     try {
       for (let next = this.events.shift(); next; next = this.events.shift()) this.run(this.core.step(next));
     } finally {
       this.draining = false;
     }
+  }
+
+  // ---- ticks (see the top of the file)
+
+  private armTimer(delayMs: number): void {
+    this.timer?.cancel();
+    this.timer = this.options.clock.after(Math.max(0, delayMs), () => this.onTimer());
+  }
+
+  /**
+   * Feed the ticks due (up to the one the core acts on), then sleep until its next acting tick. The
+   * next timer is set even when a tick throws (a bug, reported by the caller's handler), as a
+   * periodic timer would go on: a node whose clock stopped would never time out or redial again.
+   */
+  private onTimer(): void {
+    this.timer = undefined;
+    if (this.stopped) return;
+    const now = this.options.clock.now();
+    const last = this.sleepingUntil ?? this.core.now + 1;
+    try {
+      this.tickTo(last, last);
+    } finally {
+      this.tickedAtMs = now;
+      if (!this.stopped) this.sleepUntil(this.core.nextActionTick());
+    }
+  }
+
+  /** Infinity: no tick will act, only an event wakes the driver. */
+  private sleepUntil(tick: number): void {
+    this.sleepingUntil = tick;
+    if (tick === Infinity) {
+      this.timer?.cancel();
+      this.timer = undefined;
+      return;
+    }
+    this.armTimer(this.tickedAtMs + (tick - this.core.now) * this.config.tickMs - this.options.clock.now());
+  }
+
+  /** Before an event that comes while sleeping: the ticks that passed (all claimed quiet). */
+  private catchUpQuiet(): void {
+    const passed = Math.floor((this.options.clock.now() - this.tickedAtMs) / this.config.tickMs);
+    const quiet = Math.min(passed, this.sleepingUntil! - 1 - this.core.now);
+    if (quiet <= 0) return;
+    this.tickTo(this.core.now + quiet, this.sleepingUntil!);
+    this.tickedAtMs += quiet * this.config.tickMs;
+  }
+
+  /**
+   * After an event that came while sleeping: it may have brought the core's next acting tick
+   * closer. The first such event in a tick asks the core again; a second one in the same tick
+   * means events are coming fast, and the driver ticks every tick until a tick passes without one.
+   */
+  private afterWake(): void {
+    if (this.stopped || this.sleepingUntil === undefined) return;
+    if (this.wokeAtTick === this.core.now) {
+      this.sleepingUntil = undefined;
+      this.armTimer(this.tickedAtMs + this.config.tickMs - this.options.clock.now());
+      return;
+    }
+    this.wokeAtTick = this.core.now;
+    const next = this.core.nextActionTick();
+    if (next < this.sleepingUntil) this.sleepUntil(next);
+  }
+
+  /** Feed ticks up to `last`, each with the events its actions raise; those before `actsAt` were claimed quiet. */
+  private tickTo(last: number, actsAt: number): void {
+    while (this.core.now < last && !this.stopped) {
+      this.draining = true;
+      try {
+        const actions = this.core.step({ kind: "tick" });
+        if (this.core.now < actsAt && actions.length > 0) this.quietActed(actions);
+        this.run(actions);
+      } finally {
+        this.draining = false;
+      }
+      if (this.events.length > 0) this.drain();
+    }
+  }
+
+  private quietActed(actions: CoreAction[]): void {
+    const detail = `tick ${this.core.now}, claimed quiet, acted: ${actions.map((action) => action.kind).join(", ")}`;
+    if (this.options.strictQuietTicks) throw new Error(detail);
+    if (this.quietTickActed) return;
+    this.quietTickActed = true;
+    this.options.logger?.error("replica core: a tick it called quiet acted (its action ran late); not reported again", { detail });
   }
 
   private run(actions: CoreAction[]): void {

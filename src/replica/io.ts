@@ -62,9 +62,12 @@ export interface PeerTransport {
   close(connection: number): void;
 }
 
+/** This node's monotonic clock and a one-shot timer on it. */
 export interface Clock {
-  /** Call `callback` every `intervalMs` on this node's clock until cancelled. */
-  every(intervalMs: number, callback: () => void): { cancel(): void };
+  /** Milliseconds, from any origin. */
+  now(): number;
+  /** Call `callback` once, `delayMs` from now on this clock, unless cancelled first. */
+  after(delayMs: number, callback: () => void): { cancel(): void };
 }
 
 export interface Random {

@@ -328,6 +328,30 @@ export class NodeCore {
     for (const volume of this.volumes.values()) volume.tick();
   }
 
+  /**
+   * The first tick after now at which `tick` may act (send, report, dial, ask for IO), if no other
+   * event comes first. The ticks before it change nothing anyone could see, so a driver may let them
+   * pass unfed and sleep until then (it feeds them before the next event, and checks that they act
+   * on nothing). Infinity: no tick will act until some other event.
+   */
+  nextActionTick(): number {
+    const config = this.config;
+    let at = this.refusalLimiter.summaryDueTick ?? Infinity;
+    let dialledPending = false;
+    for (const connection of this.connections.values()) {
+      if (connection.dialled) dialledPending = true;
+      if (connection.state.kind === "handshake") {
+        at = Math.min(at, connection.openedTick + config.handshakeTimeoutTicks);
+        continue;
+      }
+      at = Math.min(at, connection.lastReceivedTick + config.linkTimeoutTicks, connection.lastSentTick + config.keepaliveIntervalTicks);
+    }
+    if (this.dialing) at = Math.min(at, this.dialStartedTick + config.handshakeTimeoutTicks);
+    else if (this.dialer && !this.stopped && !this.active && !dialledPending) at = Math.min(at, this.nextDialTick);
+    for (const volume of this.volumes.values()) at = Math.min(at, volume.nextActionTick(this.tickCount));
+    return Math.max(at, this.tickCount + 1);
+  }
+
   private scheduleRedial(): void {
     const jitter = new Uint8Array(1);
     this.random.fill(jitter);

@@ -34,6 +34,11 @@ export class ReportLimiter {
     return summary;
   }
 
+  /** The tick at which `roll` will return a summary (undefined: nothing is held back). */
+  get summaryDueTick(): number | undefined {
+    return this.windowStart === undefined || this.suppressed.size === 0 ? undefined : this.windowStart + this.windowTicks;
+  }
+
   /** Whether a report of `code` may go out at `now` (call `roll` first); if not, it is counted. */
   admit(code: string, now: number): boolean {
     if (this.windowStart === undefined) this.windowStart = now;

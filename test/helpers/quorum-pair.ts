@@ -16,7 +16,7 @@ export const pairCluster = Uint8Array.from({ length: 16 }, (_, index) => index +
 export class PairNode {
   driver!: QuorumDriver;
   nowMs = 0;
-  timers: { intervalMs: number; nextMs: number; callback: () => void; cancelled: boolean }[] = [];
+  timers: { atMs: number; callback: () => void; cancelled: boolean }[] = [];
   grants = new Map<number, Grant>();
   /** Every grant change, in order. */
   grantLog: { volumeId: number; grant: Grant }[] = [];
@@ -66,8 +66,8 @@ export class PairNode {
       disk,
       clock: {
         now: () => this.nowMs,
-        every: (intervalMs, callback) => {
-          const timer = { intervalMs, nextMs: this.nowMs + intervalMs, callback, cancelled: false };
+        after: (delayMs, callback) => {
+          const timer = { atMs: this.nowMs + delayMs, callback, cancelled: false };
           this.timers.push(timer);
           return { cancel: () => (timer.cancelled = true) };
         },
@@ -193,11 +193,9 @@ export class QuorumPair {
       for (const node of this.nodes) {
         node.nowMs += 10;
         if (!node.running) continue;
-        for (const timer of node.timers) {
-          if (timer.cancelled || timer.nextMs > node.nowMs) continue;
-          timer.nextMs = node.nowMs + timer.intervalMs;
-          timer.callback();
-        }
+        const due = node.timers.filter((timer) => !timer.cancelled && timer.atMs <= node.nowMs);
+        node.timers = node.timers.filter((timer) => !timer.cancelled && timer.atMs > node.nowMs);
+        for (const timer of due) if (!timer.cancelled) timer.callback();
       }
     }
   }

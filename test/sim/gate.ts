@@ -72,19 +72,4 @@ export class ProcessGate {
       flush: (done) => inner.flush((error) => this.enter(() => done(error))),
     };
   }
-
-  /** A periodic timer of the process: a tick that falls in a stall fires once, when it ends. */
-  tick(callback: () => void): () => void {
-    let deferred = false;
-    return () => {
-      if (!this.open) return;
-      if (!this.stalled) return callback();
-      if (deferred) return;
-      deferred = true;
-      this.scheduler.at(this.stalledUntil, () => {
-        deferred = false;
-        this.enter(callback);
-      });
-    };
-  }
 }

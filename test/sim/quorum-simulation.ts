@@ -281,27 +281,12 @@ export function runQuorumSimulation(options: QuorumSimulationOptions): QuorumSim
     const incarnation = node.incarnation;
     const clock: QuorumClock = {
       now: () => localMs(node),
-      every(intervalMs, callback) {
+      after(delayMs, callback) {
         let cancelled = false;
-        let waiting = false;
-        const fire = () => {
-          if (cancelled || node.incarnation !== incarnation || !node.alive) return;
-          if (node.paused) {
-            // A stopped process gets no timer callbacks; it runs one late callback when it resumes.
-            if (!waiting) {
-              waiting = true;
-              node.deferred.push(() => {
-                waiting = false;
-                callback();
-              });
-            }
-          } else {
-            callback();
-            observe();
-          }
-          scheduler.after((intervalMs * 1000) / node.rate, fire);
-        };
-        scheduler.after(((intervalMs * 1000) / node.rate) * (0.5 + node.random.float() / 2), fire);
+        // A stopped process gets no timer callbacks; it runs the late one when it resumes.
+        scheduler.after((delayMs * 1000) / node.rate, () => {
+          if (!cancelled) deliver(node.index, incarnation, () => !cancelled && callback());
+        });
         return { cancel: () => (cancelled = true) };
       },
     };
@@ -331,6 +316,7 @@ export function runQuorumSimulation(options: QuorumSimulationOptions): QuorumSim
       bugs: options.bugs,
       disk,
       clock,
+      strictQuietTicks: true,
       host: {
         grants: (changes) => {
           for (const change of changes) node.grants.set(change.volumeId, change.grant);

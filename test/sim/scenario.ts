@@ -131,6 +131,8 @@ export class Scenario {
   readonly witness: SimWitness | undefined;
   readonly quorumTiming: QuorumTiming | undefined;
   readonly quorumReports: { atUs: number; node: NodeName; report: QuorumReport }[] = [];
+  /** Timer callbacks each node's drivers (replica and quorum) have run: how often the process woke for time. */
+  readonly timerCallbacks: Record<NodeName, number> = { a: 0, b: 0 };
   private readonly quorumBugs: QuorumBugs | undefined;
   private readonly clockRates: Partial<Record<NodeName, number>>;
 
@@ -319,28 +321,25 @@ export class Scenario {
     const incarnation = node.incarnation;
     const scheduler = this.scheduler;
     const rate = this.clockRates[name] ?? 1;
-    const clock: Clock = {
-      every(intervalMs, callback) {
-        let cancelled = false;
-        let waiting = false;
-        const fire = () => {
-          if (cancelled || node.incarnation !== incarnation || !node.alive) return;
-          if (!node.paused) callback();
-          else if (!waiting) {
-            // A stopped process gets no timer callbacks; it runs one late callback when it resumes.
-            waiting = true;
-            node.deferred.push(() => {
-              waiting = false;
-              if (!cancelled) callback();
-            });
-          }
-          scheduler.after((intervalMs * 1000) / rate, fire);
-        };
-        // The two nodes tick out of phase, as two machines would.
-        scheduler.after(((name === "a" ? intervalMs * 1000 : intervalMs * 500)) / rate, fire);
-        return { cancel: () => (cancelled = true) };
-      },
+    const timerCallbacks = this.timerCallbacks;
+    const timer = (counted: boolean) => (delayMs: number, callback: () => void) => {
+      // A process's timer fires at once for a delay it cannot hold (setTimeout: Infinity → 1 ms).
+      if (!Number.isFinite(delayMs) || delayMs > 2 ** 31 - 1) throw new Error(`a timer of ${delayMs} ms`);
+      let cancelled = false;
+      const run = () => {
+        if (cancelled) return;
+        if (counted) timerCallbacks[name]++;
+        callback();
+      };
+      scheduler.after((delayMs * 1000) / rate, () => {
+        if (cancelled || node.incarnation !== incarnation || !node.alive) return;
+        // A stopped process gets no timer callbacks; it runs the late one when it resumes.
+        if (!node.paused) run();
+        else node.deferred.push(run);
+      });
+      return { cancel: () => (cancelled = true) };
     };
+    const clock: Clock = { now: () => this.localMs(name), after: timer(true) };
     const quorum = this.witness ? this.startQuorum(node, incarnation, clock) : undefined;
     const source: WriteAuthority = quorum ?? node.authority;
     const authority: WriteAuthority = {
@@ -358,6 +357,7 @@ export class Scenario {
       random: this.random.fork(`${name}-${incarnation}`),
       authority,
       config: this.config,
+      strictQuietTicks: true,
       observer: {
         report: (report) => {
           if (node.incarnation !== incarnation) return;
@@ -370,7 +370,15 @@ export class Scenario {
       },
     });
     const reportSynced = () => quorum?.synced(driver.link().state === "up" && [...node.open].every((id) => driver.status(id)?.sync === "synced"));
-    if (quorum) clock.every(100, reportSynced);
+    if (quorum) {
+      // The daemon's own poll (not the drivers' timers).
+      const poll = timer(false);
+      const every = () => {
+        reportSynced();
+        poll(100, every);
+      };
+      poll(100, every);
+    }
     node.driver = driver;
     node.open.clear();
     for (const volumeId of volumes) this.openVolume(name, volumeId);
@@ -405,7 +413,8 @@ export class Scenario {
       clusterId: new Uint8Array(16).fill(7),
       timing: this.quorumTiming!,
       disk: this.witness!.endpoint(index, incarnation),
-      clock: { now: () => this.localMs(name), every: (intervalMs, callback) => clock.every(intervalMs, callback) },
+      clock,
+      strictQuietTicks: true,
       bugs: this.quorumBugs,
       random: this.random.fork(`${name}-quorum-${incarnation}`),
       persisted: node.quorumPersisted,

@@ -420,17 +420,18 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const incarnation = node.incarnation;
     const gate = new ProcessGate(scheduler);
     node.gate = gate;
+    // The node's clock runs at its own rate, from a random origin.
+    const origin = node.random.float() * 1000;
     const clock: Clock = {
-      every(intervalMs, callback) {
+      now: () => origin + (scheduler.now * node.clockRate) / 1000,
+      after(delayMs, callback) {
+        // A process's timer fires at once for a delay it cannot hold (setTimeout: Infinity → 1 ms).
+        if (!Number.isFinite(delayMs) || delayMs > 2 ** 31 - 1) throw new Error(`a timer of ${delayMs} ms`);
         let cancelled = false;
-        const period = (intervalMs * 1000) / node.clockRate;
-        const tick = gate.tick(callback);
-        const fire = () => {
-          if (cancelled || node.incarnation !== incarnation || !node.alive) return;
-          tick();
-          scheduler.after(period, fire);
-        };
-        scheduler.after(period * (0.5 + node.random.float() / 2), fire);
+        scheduler.after((delayMs * 1000) / node.clockRate, () => {
+          // A stalled process runs its timer callback when the stall ends.
+          if (!cancelled && node.incarnation === incarnation && node.alive) gate.enter(() => !cancelled && callback());
+        });
         return { cancel: () => (cancelled = true) };
       },
     };
@@ -449,6 +450,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       random: node.random.fork(`incarnation-${incarnation}`),
       authority,
       config,
+      strictQuietTicks: true,
       observer: { report: observe(node) },
     });
     node.driver = driver;

@@ -51,7 +51,7 @@ describe("MessageType.Quorum on the link", () => {
       clusterId: new Uint8Array(16).fill(7),
       timing: defaultQuorumTiming,
       disk: { read: (_sector, _count, done) => done("EIO"), write: (_sector, _bytes, done) => done("EIO") },
-      clock: { now: () => 0, every: () => ({ cancel() {} }) },
+      clock: { now: () => 0, after: () => ({ cancel() {} }) },
       random: { fill: (bytes) => bytes.fill(1) },
       host: { sendPeer() {}, dropLink() {}, roleChanged() {}, persist() {} },
     });

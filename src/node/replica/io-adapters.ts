@@ -74,11 +74,12 @@ export class BlockLayerMetadataStore implements MetadataStore {
   }
 }
 
-/** The process clock. */
+/** The process's monotonic clock. */
 export const systemClock: Clock = {
-  every(intervalMs, callback) {
-    const timer = setInterval(callback, intervalMs);
-    return { cancel: () => clearInterval(timer) };
+  now: () => performance.now(),
+  after(delayMs, callback) {
+    const timer = setTimeout(callback, delayMs);
+    return { cancel: () => clearTimeout(timer) };
   },
 };
 

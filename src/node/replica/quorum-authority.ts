@@ -44,6 +44,8 @@ export interface QuorumAuthorityOptions {
   tickMs?: number;
   /** Planted quorum bugs, for the simulator only. */
   bugs?: QuorumBugs;
+  /** Simulators and tests: a tick the core called quiet that acts throws (QuorumDriver). */
+  strictQuietTicks?: boolean;
 }
 
 export class QuorumWriteAuthority implements WriteAuthority {
@@ -66,6 +68,7 @@ export class QuorumWriteAuthority implements WriteAuthority {
       tickMs: options.tickMs,
       logger: options.logger,
       bugs: options.bugs,
+      strictQuietTicks: options.strictQuietTicks,
       host: {
         grants: (changes) => {
           for (const { volumeId } of changes) for (const listener of this.listeners) listener(volumeId);

@@ -92,14 +92,6 @@ function saveQuorumState(state: NodeState, persisted: QuorumPersisted): void {
   state.setMeta(quorumStateKey, JSON.stringify(persisted, (_key, value) => (typeof value === "bigint" ? value.toString() : value)));
 }
 
-export const quorumClock = {
-  now: () => performance.now(),
-  every(intervalMs: number, callback: () => void) {
-    const timer = setInterval(callback, intervalMs);
-    return { cancel: () => clearInterval(timer) };
-  },
-};
-
 export class NodeReplication implements ReplicationService {
   private readonly transport: TcpPeerTransport;
   private readonly authority: WriteAuthority;
@@ -133,7 +125,7 @@ export class NodeReplication implements ReplicationService {
         clusterId: peer.clusterId,
         timing: config.witness.timing,
         disk: witness.quorumDisk(),
-        clock: quorumClock,
+        clock: systemClock,
         random: systemRandom,
         persisted: loadQuorumState(state),
         logger: quorumLog,

@@ -92,6 +92,19 @@ export class VolumeCore implements Parts {
     this.negotiation.linkDownEvent();
   }
 
+  /**
+   * The first tick at which `tick` may act (ask for IO, send, report), after `now` and if no other
+   * event comes first. Exact for the idle timers (barrier, bitmap writeback); while anything is in
+   * motion (a queue, a resync, a verify, an open or close) it is the next tick, as if ticking every tick.
+   */
+  nextActionTick(now: number): number {
+    const next = now + 1;
+    if (this.lifecycle.tickActsNext) return next;
+    if (!this.lifecycle.serving) return Infinity;
+    if (this.lifecycle.leaving || this.resync.ticking || this.verify.run) return next;
+    return Math.min(this.writes.nextActionTick(now), this.persistence.nextActionTick(now));
+  }
+
   tick(): void {
     this.lifecycle.tick();
     if (!this.lifecycle.serving) return;

@@ -80,6 +80,11 @@ export class VolumeLifecycle {
     this.v.writes.pump();
   }
 
+  /** The next tick retries the open record. */
+  get tickActsNext(): boolean {
+    return this.state.kind === "opening" && this.state.retry;
+  }
+
   tick(): void {
     if (this.state.kind === "opening" && this.state.retry && !this.v.persistence.busy) {
       this.move({ kind: "opening", retry: false });

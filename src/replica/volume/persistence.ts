@@ -128,6 +128,13 @@ export class Persistence {
     }
   }
 
+  /** See VolumeCore.nextActionTick: the rollback's retry, else the bitmap's writeback. */
+  nextActionTick(now: number): number {
+    if (this.starting?.rollingBack?.retryOnTick) return now + 1;
+    const context = this.v.context;
+    return context.bitmap.dirtyPages > 0 ? this.lastWritebackTick + context.config.bitmapWritebackIntervalTicks : Infinity;
+  }
+
   tick(): void {
     const context = this.v.context;
     const now = context.now();

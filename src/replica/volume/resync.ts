@@ -151,6 +151,12 @@ export class ResyncEngine {
     if (superblock.resync.active) superblock.resync = { ...superblock.resync, bitsDone: superblock.resync.bitsDone + round.bitsDone };
   }
 
+  /** Each tick refills this node's copy budget (a round it leads is running). */
+  get ticking(): boolean {
+    const round = this.round;
+    return round !== undefined && round.stage.kind === "running" && round.localLeads;
+  }
+
   tick(): void {
     const round = this.round;
     if (round && round.stage.kind === "running" && round.localLeads) {

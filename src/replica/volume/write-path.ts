@@ -822,6 +822,12 @@ export class WritePath {
     this.v.resync.remarked(first, last);
   }
 
+  /** See VolumeCore.nextActionTick: queued work, else the background barrier. */
+  nextActionTick(now: number): number {
+    if (this.queue.length > 0 || this.rewrites.length > 0 || this.rewritesToRetry.length > 0) return now + 1;
+    return this.v.negotiation.mirroring() && this.transferLog.size > 0 ? this.lastBarrierTick + this.v.context.config.barrierIntervalTicks : Infinity;
+  }
+
   tick(): void {
     const now = this.v.context.now();
     if (this.rewritesToRetry.length > 0 && !this.v.lifecycle.leaving) {
