@@ -34,6 +34,13 @@ afterEach(() => {
   for (const undo of restore.splice(0)) undo();
 });
 
+/** Replace a method of a core's prototype for one test (put back after it); `replacement` gets the original. */
+function plant<T, K extends keyof T>(prototype: T, method: K, replacement: (original: T[K]) => T[K]): void {
+  const original = prototype[method];
+  prototype[method] = replacement(original);
+  restore.push(() => (prototype[method] = original));
+}
+
 describe("idle drivers sleep until their core's next acting tick", () => {
   test("an idle pair wakes a few times a second, keeps its link and heartbeats, and feeds the watchdog", () => {
     const scenario = sharedPair();
@@ -102,17 +109,16 @@ describe("idle drivers sleep until their core's next acting tick", () => {
   test("a tick that throws (a bug) does not stop the node's clock: alone, it goes on dialling and links once its peer starts", () => {
     const scenario = new Scenario({ config: timers, start: false });
     scenario.start("a");
-    const core = NodeCore.prototype as unknown as { tick(): void };
-    const original = core.tick;
     let thrown = false;
-    core.tick = function (this: NodeCore) {
-      if (!thrown && this.now > 20) {
-        thrown = true;
-        throw new Error("a planted bug in a tick");
-      }
-      return original.call(this);
-    };
-    restore.push(() => (core.tick = original));
+    plant(NodeCore.prototype as unknown as { tick(this: NodeCore): void }, "tick", (original) =>
+      function (this: NodeCore) {
+        if (!thrown && this.now > 20) {
+          thrown = true;
+          throw new Error("a planted bug in a tick");
+        }
+        return original.call(this);
+      },
+    );
     expect(() => scenario.runFor(2_000)).toThrow(/planted bug/);
     // Nothing but its own timer can wake a lone dialer now: no peer, no client.
     scenario.runFor(3_000);
@@ -125,16 +131,16 @@ describe("idle drivers sleep until their core's next acting tick", () => {
     const pair = new QuorumPair();
     pair.a.start();
     pair.advance(2_000);
-    const original = QuorumCore.prototype.handle;
     let thrown = false;
-    QuorumCore.prototype.handle = function (this: QuorumCore, event) {
-      if (!thrown && event.kind === "tick") {
-        thrown = true;
-        throw new Error("a planted bug in a quorum tick");
-      }
-      return original.call(this, event);
-    };
-    restore.push(() => (QuorumCore.prototype.handle = original));
+    plant(QuorumCore.prototype, "handle", (original) =>
+      function (this: QuorumCore, event) {
+        if (!thrown && event.kind === "tick") {
+          thrown = true;
+          throw new Error("a planted bug in a quorum tick");
+        }
+        return original.call(this, event);
+      },
+    );
     expect(() => pair.advance(2_000)).toThrow(/planted bug/);
     const feeds = pair.a.watchdogFeeds;
     pair.advance(5_000);
@@ -142,23 +148,16 @@ describe("idle drivers sleep until their core's next acting tick", () => {
     expect(pair.a.watchdogFeeds - feeds).toBeGreaterThanOrEqual(9);
   });
 
-  test("a replica core that leaves its keepalive out of nextActionTick is caught by the driver", () => {
-    const scenario = sharedPair();
-    const original = NodeCore.prototype.nextActionTick;
-    NodeCore.prototype.nextActionTick = function (this: NodeCore) {
-      return this.now + 1_000;
-    };
-    restore.push(() => (NodeCore.prototype.nextActionTick = original));
-    expect(() => scenario.runFor(12_000)).toThrow(/claimed quiet/);
-  });
-
-  test("a quorum core that leaves its heartbeat out of nextActionTick is caught by the driver", () => {
-    const scenario = sharedPair();
-    const original = QuorumCore.prototype.nextActionTick;
-    QuorumCore.prototype.nextActionTick = function (this: QuorumCore) {
-      return this.nowTicks + 1_000;
-    };
-    restore.push(() => (QuorumCore.prototype.nextActionTick = original));
-    expect(() => scenario.runFor(12_000)).toThrow(/claimed quiet/);
-  });
+  // Each core claims its next acting tick is a second away, which hides a keepalive or heartbeat.
+  const lateClaims = [
+    ["a replica core that leaves its keepalive", () => plant(NodeCore.prototype, "nextActionTick", () => function (this: NodeCore) { return this.now + 1_000; })],
+    ["a quorum core that leaves its heartbeat", () => plant(QuorumCore.prototype, "nextActionTick", () => function (this: QuorumCore) { return this.nowTicks + 1_000; })],
+  ] as const;
+  for (const [what, plantIt] of lateClaims) {
+    test(`${what} out of nextActionTick is caught by the driver`, () => {
+      const scenario = sharedPair();
+      plantIt();
+      expect(() => scenario.runFor(12_000)).toThrow(/claimed quiet/);
+    });
+  }
 });
