@@ -148,6 +148,30 @@ describe("idle drivers sleep until their core's next acting tick", () => {
     expect(pair.a.watchdogFeeds - feeds).toBeGreaterThanOrEqual(9);
   });
 
+  test("a quorum driver started at a fractional millisecond sets one timer per acting tick, even where start + tick·tickMs rounds short", () => {
+    // Timers run at their exact instant, as in the simulator (found by quorum seed 700244): started
+    // at 1000.1 ms, (1000.1 + 30) − 1000.1 comes out below 30, so tick 3 looked not yet due at its
+    // own deadline and its timer set itself again for the same instant, for ever.
+    const pair = new QuorumPair();
+    const node = pair.a;
+    node.nowMs = 1000.1;
+    node.start();
+    let callbacks = 0;
+    const endMs = node.nowMs + 10_000;
+    for (;;) {
+      node.timers = node.timers.filter((timer) => !timer.cancelled);
+      const next = node.timers.reduce<(typeof node.timers)[number] | undefined>((first, timer) => (!first || timer.atMs < first.atMs ? timer : first), undefined);
+      if (!next || next.atMs > endMs || callbacks > 10_000) break;
+      node.timers.splice(node.timers.indexOf(next), 1);
+      node.nowMs = Math.max(node.nowMs, next.atMs);
+      callbacks++;
+      next.callback();
+    }
+    // Alone, it heartbeats every 500 ms: a few timers a second, and its ticks keep up with its clock.
+    expect(callbacks).toBeLessThan(200);
+    expect(node.watchdogFeeds).toBeGreaterThanOrEqual(18);
+  });
+
   // Each core claims its next acting tick is a second away, which hides a keepalive or heartbeat.
   const lateClaims = [
     ["a replica core that leaves its keepalive", () => plant(NodeCore.prototype, "nextActionTick", () => function (this: NodeCore) { return this.now + 1_000; })],
