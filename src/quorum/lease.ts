@@ -273,6 +273,9 @@ export class QuorumCore {
 
   // The peer as the witness shows it.
   private peerHeartbeat: bigint | null | undefined = undefined;
+  /** The sequences of the other records the peer writes (its Paxos block, its decided record, its fence requests to us). */
+  private peerRecords = "";
+  /** When a read last showed the peer's heartbeat or one of its other records changed (our tick). */
   private peerHeartbeatSeenAt = 0;
   private peerFencedEpoch = 0n;
   private peerFencedReported: bigint | undefined;
@@ -966,11 +969,16 @@ export class QuorumCore {
     }
     const myDecided = state.decided[this.me].newest?.record.version ?? 0n;
     if (myDecided > this.myDecidedVersion) this.myDecidedVersion = myDecided;
-    // The peer's heartbeat, judged on our clock: a new value restarts the count.
+    // The peer's signs of life, judged on our clock: a new heartbeat, or a change in any other record
+    // it writes, restarts the count. A peer can win an epoch on its Paxos and decided records alone
+    // (its slot writes failing, or not yet due after a restart) and renew its heartbeat afterwards:
+    // stillness counted across that ballot would call it fenced for the epoch it just won.
     const peerSlot = state.slots[this.peer].newest?.record;
     const value = peerSlot?.heartbeat ?? null;
-    if (value !== this.peerHeartbeat) {
+    const records = [state.paxos[this.peer], state.decided[this.peer], state.mailboxes[this.me]].map((pair) => pair.newest?.sequence ?? 0n).join(" ");
+    if (value !== this.peerHeartbeat || records !== this.peerRecords) {
       this.peerHeartbeat = value;
+      this.peerRecords = records;
       this.peerHeartbeatSeenAt = this.now;
     }
     if (peerSlot && peerSlot.fencedEpoch > this.peerFencedEpoch) this.peerFencedEpoch = peerSlot.fencedEpoch;

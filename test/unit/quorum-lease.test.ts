@@ -227,6 +227,50 @@ describe("rule 5 and forced promotion", () => {
   });
 });
 
+describe("rule 5: what stillness proves", () => {
+  test("a peer that wins an epoch while its heartbeat stands still is not judged fenced for it: its ballot is a sign of life", () => {
+    // Found by the quorum simulator (seed 511922): b came back from a crash with its witness path
+    // failing, won the next epoch as soon as the path worked (Paxos and decided records), and its
+    // first heartbeat landed just after. a's read between the two showed b's win beside a heartbeat
+    // that had stood still since before the ballot, and a judged b fenced for the epoch b had just
+    // won; b renewed in time and wrote in it. (A forced promotion by a would have made two writers.)
+    const pair = sharedPair({ primariesOnA: [], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    pair.cut();
+    pair.until("b owns the lease", () => b.driver.status().quorum === "solo");
+    pair.until("a knows it is outdated", () => a.driver.core.phaseName === "outdated");
+    const first = epochOf(b);
+    // b crashes and stays down past the dead timeout: a may count it fenced for that epoch.
+    b.driver.stop();
+    pair.advance(timing.deadTimeoutMs + 2 * timing.heartbeatIntervalMs);
+    expect(a.report("peerFenced")).toEqual([{ kind: "peerFenced", epoch: first, evidence: "heartbeat still" }]);
+    // b comes back; its slot (heartbeat) writes fail, everything else it writes lands.
+    const slotOfB = witnessLayout.slot(1);
+    b.ioFate = (io) => (io.kind === "write" && (io.sector === slotOfB || io.sector === slotOfB + 1) ? "fail" : "ok");
+    const wins = b.report("won").length;
+    b.start();
+    pair.until("b wins the next epoch", () => b.report("won").length > wins);
+    const second = epochOf(b);
+    expect(second).toBe(first + 1n);
+    pair.until("a reads b's win", () => epochOf(a) === second);
+    pair.advance(4 * timing.heartbeatIntervalMs);
+    expect(a.report("peerFenced").filter((report) => report.epoch === second)).toEqual([]);
+    let answer: string | null | undefined;
+    a.driver.forcePromotion((error) => (answer = error));
+    expect(answer).toContain("not provably fenced");
+    // Here b's heartbeats keep failing, so it fences itself in that epoch; once they land it wins
+    // the next one and writes. When it stops for good, its stillness counts again, from its last
+    // sign of life.
+    b.ioFate = undefined;
+    pair.until("b writes its volumes", () => b.writable().length === 3);
+    const current = epochOf(b);
+    b.driver.stop();
+    const judgedMs = pair.until("a judges b fenced for its epoch", () => a.report("peerFenced").some((report) => report.epoch === current), 3 * timing.deadTimeoutMs);
+    expect(judgedMs).toBeGreaterThanOrEqual(timing.deadTimeoutMs - timing.heartbeatIntervalMs);
+    expect(a.report("peerFenced").at(-1)).toEqual({ kind: "peerFenced", epoch: current, evidence: "heartbeat still" });
+  });
+});
+
 describe("stale messages", () => {
   test("messages that waited while a process was stopped do not pass for the peer's current state", () => {
     // Found by the simulator (seed 194): a stopped node resumed, read the peer's old messages on a
