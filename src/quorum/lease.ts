@@ -760,6 +760,11 @@ export class QuorumCore {
   private onForcePromotion(request: number): void {
     const refuse = (why: string) => this.emit({ kind: "complete", request, error: why });
     if (this.connected()) return refuse(`${this.peerName} is connected: move a volume with a planned switchover instead`);
+    // A starting node gives its peer linkTimeout to connect before anything is decided alone.
+    if (this.phase.kind === "starting") {
+      const waitMs = Math.max(0, this.ticks.linkTimeout - this.now) * this.ticks.tickMs;
+      return refuse(`this node is still starting: it waits up to ${this.timing.linkTimeoutMs} ms for ${this.peerName} to connect before it decides anything alone; ask again in ${waitMs} ms`);
+    }
     if (this.forceRequest !== undefined || this.ballot?.purpose === "force") return refuse("a forced promotion is already running");
     if (!this.witnessKnown || !this.witnessReachable) return refuse(`the witness is unreachable (${this.witnessFailure ?? "unknown"}): a forced promotion is decided on the witness too`);
     if (this.holder() && this.phase.kind !== "selfFenced") return refuse("this node holds the latest data: it takes over by itself, no force needed");

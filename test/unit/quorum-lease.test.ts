@@ -173,6 +173,43 @@ describe("rule 5 and forced promotion", () => {
     expect(b.report("promoted")[0]?.evidence).toBe("heartbeat still");
   });
 
+  test("a forced promotion asked while the node is still starting is refused with a reason, then wins once it has decided", () => {
+    // Found by the quorum simulator (seed 530087): b, restarted, was asked to force a promotion
+    // within linkTimeout of its start (its peer provably fenced by its slot); the forced ballot won
+    // and the core stopped on its own assertion (no phase starting → owner): the daemon would exit.
+    const pair = sharedPair({ primariesOnA: [1, 2, 3], volumes: [1, 2, 3] });
+    const { a, b } = pair;
+    pair.cut();
+    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
+    pair.until("b knows it is outdated", () => b.driver.core.phaseName === "outdated");
+    const owned = epochOf(a);
+    // a's heartbeat writes fail until it fences itself; then only its slot writes land, so it says
+    // fenced(epoch) on the witness and can run no ballot; then it goes down.
+    const slotOfA = witnessLayout.slot(0);
+    let fenced = false;
+    a.ioFate = (io) => (io.kind === "read" ? "ok" : fenced && io.sector >= slotOfA && io.sector <= slotOfA + 1 ? "ok" : "fail");
+    pair.until("a fences itself", () => a.driver.core.phaseName === "selfFenced");
+    fenced = true;
+    pair.until("the witness says a is fenced", () => (pair.state().slots[0].newest?.record.fencedEpoch ?? 0n) >= owned);
+    a.driver.stop();
+    // b restarts and reads the witness; it is still waiting for a to connect.
+    b.driver.stop();
+    b.start();
+    pair.advance(200);
+    expect(b.driver.core.phaseName).toBe("starting");
+    let answer: string | null | undefined;
+    b.driver.forcePromotion((error) => (answer = error));
+    expect(answer).toMatch(/starting/);
+    expect(b.driver.core.phaseName).toBe("starting");
+    pair.until("b has decided it is alone", () => b.driver.core.phaseName !== "starting");
+    answer = undefined;
+    b.driver.forcePromotion((error) => (answer = error));
+    pair.until("the forced ballot finishes", () => answer !== undefined);
+    expect(answer).toBeNull();
+    expect(b.driver.core.latestRecord.value).toMatchObject({ mode: LeaseMode.Solo, owner: 1, forced: true, epoch: owned + 1n });
+    pair.until("b writes every volume", () => b.writable().length === 3);
+  });
+
   test("a winner that learns its win from the witness (its own commit's answer was lost) still promotes the loser's volumes", () => {
     // Found by the simulator (seed 1977): a's phase-2 write landed, the read that would have told a
     // it committed failed; b adopted a's value and committed it; a learned SOLO(a) from the witness
