@@ -6,6 +6,7 @@
 // and the data on both disks — and the simulated time from the fault to resumed IO against the
 // targets of the default timings (link cut ≤ 3 s, node death ≤ 8 s).
 import { describe, expect, test } from "bun:test";
+import { TandemError } from "../../src/common/errors.ts";
 import { Scenario } from "../sim/scenario.ts";
 
 const quorumPair = (options: { volumes?: number[]; primaryB?: number[] } = {}) => {
@@ -141,5 +142,20 @@ describe("the failure table, under the quorum", () => {
     expect(status.dataHolders).toEqual(["a"]);
     expect(status.nextSafeAction).toContain("wait for a");
     expect(status.nextSafeAction).toContain("tandem failover --force");
+  });
+
+  test("a forced promotion the quorum refuses is the operator's precondition (exit 1), with the core's reason, not an internal error", async () => {
+    const scenario = quorumPair();
+    scenario.network.partition(5_000_000);
+    scenario.runUntil(() => scenario.quorumOf("b").status().phase === "outdated", "b learns it lost the cut");
+    // a heartbeats on: b cannot prove it fenced.
+    const refused = await scenario.quorumOf("b").forcePromotion().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(refused).toBeInstanceOf(TandemError);
+    expect((refused as TandemError).code).toBe("failed_precondition");
+    expect((refused as TandemError).message).toContain("not provably fenced");
+    expect(scenario.quorumOf("b").status().phase).toBe("outdated");
   });
 });

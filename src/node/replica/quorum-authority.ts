@@ -7,6 +7,7 @@
 // (promote, demote) and the state it asks to keep (persist) go to the node through `host`, which
 // makes them durable before it returns — the core's contract is "durable before the next witness
 // write", and the witness disk's IO is asynchronous, so a synchronous write here keeps it.
+import { TandemError } from "../../common/errors.ts";
 import type { Logger } from "../../common/log.ts";
 import type { QuorumTiming } from "../../quorum/config.ts";
 import { type LatencyFigures, type QuorumClock, QuorumDriver, type WitnessDisk } from "../../quorum/driver.ts";
@@ -145,7 +146,9 @@ export class QuorumWriteAuthority implements WriteAuthority {
 
   /** `tandem failover --force`: win a new epoch although this node does not hold the latest data. */
   forcePromotion(): Promise<unknown> {
-    return new Promise((resolve, reject) => this.driver.forcePromotion((error, result) => (error === null ? resolve(result) : reject(new Error(error)))));
+    // A refusal (connected, still starting, the peer not provably fenced, a lost ballot) is the
+    // operator's precondition, not a fault of the daemon: its code says so, and its message is the core's.
+    return new Promise((resolve, reject) => this.driver.forcePromotion((error, result) => (error === null ? resolve(result) : reject(new TandemError("failed_precondition", error)))));
   }
 
   status(): QuorumStatus & { latency: { read: LatencyFigures; write: LatencyFigures }; ioOutstandingMs: number | null } {
