@@ -7,7 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import type { QuorumBugs } from "../../src/quorum/lease.ts";
 import { runQuorumSeeds, runQuorumSimulation } from "./quorum-simulation.ts";
-import { seedBatches } from "./seed-batches.ts";
+import { type FoundSeed, replayFoundSeeds, seedBatches } from "./seed-batches.ts";
 
 const seeds = Number(process.env.TANDEM_QUORUM_SIM_SEEDS ?? 2000);
 const from = Number(process.env.TANDEM_QUORUM_SIM_FROM ?? 1);
@@ -23,23 +23,16 @@ describe(`the witness quorum under faults: ${seeds} seeds from ${from}`, () => {
   }
 });
 
-describe("seeds beyond the CI range that found bugs, each failing before its fix", () => {
-  // Runs of fresh seeds (50000 from 500020, 3000 long from 700010) found these; each fails on the
-  // commit before its fix and is replayed here so the fix stays. The scripted tests in
-  // test/unit/quorum-lease.test.ts and idle-ticks.test.ts pin each behaviour apart from the seeds.
-  const found: [number, boolean, string][] = [
-    [511922, false, "an observer judged its peer fenced for the epoch the peer had just won while its heartbeat stood still"],
-    [530087, false, "a forced promotion won while the node was still starting stopped the core on its phase assertion"],
-    [702121, true, "a forced promotion won while the node was still starting stopped the core on its phase assertion"],
-    [700244, true, "a timer for a tick that rounding left not yet due at its deadline set itself again for ever"],
-  ];
-  for (const [seed, long, what] of found) {
-    test(`seed ${seed}${long ? " (long)" : ""}: ${what}`, () => {
-      const result = runQuorumSimulation({ seed, long });
-      expect(result.failures.map((failure) => `${failure.class} [${failure.checker}]: ${failure.message.split("\n")[0]}`)).toEqual([]);
-    }, 120_000);
-  }
-});
+// Runs of fresh seeds (50000 from 500020, 3000 long from 700010) found these; each fails on the
+// commit before its fix and is replayed here so the fix stays. The scripted tests in
+// test/unit/quorum-lease.test.ts and idle-ticks.test.ts pin each behaviour apart from the seeds.
+const foundSeeds: FoundSeed[] = [
+  [511922, false, "an observer judged its peer fenced for the epoch the peer had just won while its heartbeat stood still"],
+  [530087, false, "a forced promotion won while the node was still starting stopped the core on its phase assertion"],
+  [702121, true, "a forced promotion won while the node was still starting stopped the core on its phase assertion"],
+  [700244, true, "a timer for a tick that rounding left not yet due at its deadline set itself again for ever"],
+];
+replayFoundSeeds(foundSeeds, runQuorumSimulation);
 
 describe("the checkers catch deliberately broken quorum cores", () => {
   const cases: [keyof QuorumBugs, string, string[]][] = [

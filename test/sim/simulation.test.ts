@@ -8,7 +8,7 @@
 import { describe, expect, test } from "bun:test";
 import type { ReplicaBugs } from "../../src/replica/config.ts";
 import { runSeeds, runSimulation } from "./simulation.ts";
-import { seedBatches } from "./seed-batches.ts";
+import { type FoundSeed, replayFoundSeeds, seedBatches } from "./seed-batches.ts";
 
 const seeds = Number(process.env.TANDEM_SIM_SEEDS ?? 2000);
 const from = Number(process.env.TANDEM_SIM_FROM ?? 1);
@@ -24,45 +24,38 @@ describe(`replication under faults: ${seeds} seeds from ${from}`, () => {
   }
 });
 
-describe("seeds beyond the CI range that found bugs, each failing before its fix", () => {
-  // Runs of fresh seeds (from 50000, 80000, 120000, 160000, 170000, 180000, 210000, 230000 and 290000, and long ones from 300000) found these; each
-  // fails on the commit before its fix and is replayed here so the fix stays. (What a seed explores shifts as
-  // the core changes, so the scripted scenarios in test/unit pin the behaviour where one could be
-  // written; 57335's timing could not be scripted.)
-  const found: [number, boolean, string][] = [
-    [50522, false, "a verify that went on across a switchover counted the new primary's write as a difference"],
-    [51485, false, "a hello that reached a closing volume went unanswered: both sides negotiated for ever"],
-    [52873, false, "a verify counted a difference a resync had started to copy (a failed flush on the peer)"],
-    [54065, false, "a split-brain resolution accepted before the discarded side's demotion discarded writes it acknowledged later"],
-    [54272, false, "a flush in flight when another failed reported success: writes the failed one dropped went unmarked"],
-    [57335, false, "the answer to a chunk pulled in a round that had ended kept its range lock: the resync never finished"],
-    [300313, true, "a verify counted a difference a resync had started to copy"],
-    [60352, false, "the simulator's bit rot changed what reads return of a page dirty in the cache (the simulator's own bug)"],
-    [60988, false, "the split-brain checker judged a verdict the follower never applied (the checker's own bug)"],
-    [80370, false, "a write waiting to complete alone was acknowledged after a failed flush dropped its local copy"],
-    [81670, false, "a secondary served reads of regions its failed flush had dropped"],
-    [84958, false, "a request started while the peer's session ended was never answered: the volume's close waited for ever"],
-    [91783, false, "the final verify stopped early (the link dropped) and was not run again (the simulator's own bug)"],
-    [91901, false, "the split-brain checker counted a refusal as a verdict (the checker's own bug)"],
-    [124021, false, "a primary that was a resync target for what its failed flush dropped reported a later flush durable alone"],
-    [83899, false, "a switchover promoted the peer before the old primary had drained and flushed (the simulator's own bug)"],
-    [124231, false, "the oracle kept promising writes a forced promotion of the peer discards (the oracle's own bug)"],
-    [124917, false, "the oracle bound reads on a forced node to its old primary's late acknowledgements (the oracle's own bug)"],
-    [152811, false, "the oracle took a flush after a failed one to vouch for what the failed one covered (the oracle's own bug)"],
-    [161915, false, "a generation whose superblock write failed yet landed came back after a crash: a split brain with no cause"],
-    [170767, false, "a close whose flush failed left bytes a failed write cached and never wrote: a resync from them diverged on disk"],
-    [184317, false, "the simulator replaced the disk of the only replica with complete data (the simulator's own bug)"],
-    [211012, false, "a read in flight on the secondary when its failed flush evicted the region returned older data"],
-    [234824, false, "rot that struck during a verify was taken for repaired by it (the simulator's own bug)"],
-    [294078, false, "a power loss kept the superblock of a full resync's start but not its bitmap: both said synced, the target never copied"],
-  ];
-  for (const [seed, long, what] of found) {
-    test(`seed ${seed}${long ? " (long)" : ""}: ${what}`, () => {
-      const result = runSimulation({ seed, long });
-      expect(result.failures.map((failure) => `${failure.class} [${failure.checker}]: ${failure.message.split("\n")[0]}`)).toEqual([]);
-    }, 120_000);
-  }
-});
+// Runs of fresh seeds (from 50000, 80000, 120000, 160000, 170000, 180000, 210000, 230000 and 290000, and long ones from 300000) found these; each
+// fails on the commit before its fix and is replayed here so the fix stays. (What a seed explores shifts as
+// the core changes, so the scripted scenarios in test/unit pin the behaviour where one could be
+// written; 57335's timing could not be scripted.)
+const foundSeeds: FoundSeed[] = [
+  [50522, false, "a verify that went on across a switchover counted the new primary's write as a difference"],
+  [51485, false, "a hello that reached a closing volume went unanswered: both sides negotiated for ever"],
+  [52873, false, "a verify counted a difference a resync had started to copy (a failed flush on the peer)"],
+  [54065, false, "a split-brain resolution accepted before the discarded side's demotion discarded writes it acknowledged later"],
+  [54272, false, "a flush in flight when another failed reported success: writes the failed one dropped went unmarked"],
+  [57335, false, "the answer to a chunk pulled in a round that had ended kept its range lock: the resync never finished"],
+  [300313, true, "a verify counted a difference a resync had started to copy"],
+  [60352, false, "the simulator's bit rot changed what reads return of a page dirty in the cache (the simulator's own bug)"],
+  [60988, false, "the split-brain checker judged a verdict the follower never applied (the checker's own bug)"],
+  [80370, false, "a write waiting to complete alone was acknowledged after a failed flush dropped its local copy"],
+  [81670, false, "a secondary served reads of regions its failed flush had dropped"],
+  [84958, false, "a request started while the peer's session ended was never answered: the volume's close waited for ever"],
+  [91783, false, "the final verify stopped early (the link dropped) and was not run again (the simulator's own bug)"],
+  [91901, false, "the split-brain checker counted a refusal as a verdict (the checker's own bug)"],
+  [124021, false, "a primary that was a resync target for what its failed flush dropped reported a later flush durable alone"],
+  [83899, false, "a switchover promoted the peer before the old primary had drained and flushed (the simulator's own bug)"],
+  [124231, false, "the oracle kept promising writes a forced promotion of the peer discards (the oracle's own bug)"],
+  [124917, false, "the oracle bound reads on a forced node to its old primary's late acknowledgements (the oracle's own bug)"],
+  [152811, false, "the oracle took a flush after a failed one to vouch for what the failed one covered (the oracle's own bug)"],
+  [161915, false, "a generation whose superblock write failed yet landed came back after a crash: a split brain with no cause"],
+  [170767, false, "a close whose flush failed left bytes a failed write cached and never wrote: a resync from them diverged on disk"],
+  [184317, false, "the simulator replaced the disk of the only replica with complete data (the simulator's own bug)"],
+  [211012, false, "a read in flight on the secondary when its failed flush evicted the region returned older data"],
+  [234824, false, "rot that struck during a verify was taken for repaired by it (the simulator's own bug)"],
+  [294078, false, "a power loss kept the superblock of a full resync's start but not its bitmap: both said synced, the target never copied"],
+];
+replayFoundSeeds(foundSeeds, runSimulation);
 
 describe("the checkers catch deliberately broken cores", () => {
   const cases: [keyof ReplicaBugs, string][] = [

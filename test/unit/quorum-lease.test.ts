@@ -21,6 +21,15 @@ function sharedPair(options: ConstructorParameters<typeof QuorumPair>[0] = {}): 
 
 const epochOf = (node: PairNode) => node.driver.core.latestRecord.value.epoch;
 
+/** Cut the link of a pair and wait until `winner` owns the lease and the other node knows it lost. */
+function cutAndDecide(pair: QuorumPair, winner: PairNode): void {
+  const [name, other] = winner === pair.a ? ["a", "b"] : ["b", "a"];
+  const loser = winner === pair.a ? pair.b : pair.a;
+  pair.cut();
+  pair.until(`${name} owns the lease`, () => winner.driver.status().quorum === "solo");
+  pair.until(`${other} knows it is outdated`, () => loser.driver.core.phaseName === "outdated");
+}
+
 /** Whether an encoded Paxos block sector carries an accepted value (a phase-2 write): byte 72 of the record. */
 function decodePaxosValueSet(sector: Uint8Array): boolean {
   void encodePaxosBlock;
@@ -156,9 +165,7 @@ describe("rule 5 and forced promotion", () => {
   test("a forced promotion is refused while the peer heartbeats, and wins once the peer has been still for deadTimeout", () => {
     const pair = sharedPair({ primariesOnA: [1, 2, 3], volumes: [1, 2, 3] });
     const { a, b } = pair;
-    pair.cut();
-    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
-    pair.until("b knows it is outdated", () => b.driver.core.phaseName === "outdated");
+    cutAndDecide(pair, a);
     let answer: string | null | undefined;
     b.driver.forcePromotion((error) => (answer = error));
     expect(answer).toContain("not provably fenced");
@@ -179,9 +186,7 @@ describe("rule 5 and forced promotion", () => {
     // and the core stopped on its own assertion (no phase starting → owner): the daemon would exit.
     const pair = sharedPair({ primariesOnA: [1, 2, 3], volumes: [1, 2, 3] });
     const { a, b } = pair;
-    pair.cut();
-    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
-    pair.until("b knows it is outdated", () => b.driver.core.phaseName === "outdated");
+    cutAndDecide(pair, a);
     const owned = epochOf(a);
     // a's heartbeat writes fail until it fences itself; then only its slot writes land, so it says
     // fenced(epoch) on the witness and can run no ballot; then it goes down.
@@ -273,9 +278,7 @@ describe("rule 5: what stillness proves", () => {
     // won; b renewed in time and wrote in it. (A forced promotion by a would have made two writers.)
     const pair = sharedPair({ primariesOnA: [], volumes: [1, 2, 3] });
     const { a, b } = pair;
-    pair.cut();
-    pair.until("b owns the lease", () => b.driver.status().quorum === "solo");
-    pair.until("a knows it is outdated", () => a.driver.core.phaseName === "outdated");
+    cutAndDecide(pair, b);
     const first = epochOf(b);
     // b crashes and stays down past the dead timeout: a may count it fenced for that epoch.
     b.driver.stop();
@@ -376,9 +379,7 @@ describe("rule 3 and cold start", () => {
   test("after both lost power, the node that does not hold the latest data waits for the one that does, and says so", () => {
     const pair = sharedPair();
     const { a, b } = pair;
-    pair.cut();
-    pair.until("a owns the lease", () => a.driver.status().quorum === "solo");
-    pair.until("b knows it is outdated", () => b.driver.core.phaseName === "outdated");
+    cutAndDecide(pair, a);
     // Both lose power; only b comes back.
     for (const node of [a, b]) node.driver.stop();
     pair.stop(a);
