@@ -23,11 +23,11 @@ const epochOf = (node: PairNode) => node.driver.core.latestRecord.value.epoch;
 
 /** Cut the link of a pair and wait until `winner` owns the lease and the other node knows it lost. */
 function cutAndDecide(pair: QuorumPair, winner: PairNode): void {
-  const [name, other] = winner === pair.a ? ["a", "b"] : ["b", "a"];
-  const loser = winner === pair.a ? pair.b : pair.a;
+  const loser = pair.nodes[1 - winner.index]!;
+  const name = (node: PairNode) => ["a", "b"][node.index];
   pair.cut();
-  pair.until(`${name} owns the lease`, () => winner.driver.status().quorum === "solo");
-  pair.until(`${other} knows it is outdated`, () => loser.driver.core.phaseName === "outdated");
+  pair.until(`${name(winner)} owns the lease`, () => winner.driver.status().quorum === "solo");
+  pair.until(`${name(loser)} knows it is outdated`, () => loser.driver.core.phaseName === "outdated");
 }
 
 /** Whether an encoded Paxos block sector carries an accepted value (a phase-2 write): byte 72 of the record. */
