@@ -242,6 +242,12 @@ export const replicaNodeIdBytesMax = 64;
 export const replicaResyncChunkBytesMax = 1 * MiB;
 /** Largest frame on the replication link: one maximal write or read reply plus its fields. */
 export const replicaFrameBytesMax = requestBytesMax + 64 * KiB;
+/**
+ * A received replication frame from this size on that spans several receive chunks keeps its data
+ * in those chunks (Pieces) and is written to the page cache piece by piece, instead of being joined
+ * into one buffer first: joining 1 MiB cost 160–210 µs of a daemon's CPU (docs/benchmarks.md).
+ */
+export const replicaFramePiecesBytesMin = 64 * KiB;
 /** Dirty-bitmap runs in one BitmapRuns / ResyncProgress message. */
 export const replicaBitmapRunsPerMessageMax = 4096;
 /** Mirrored operations (writes, trims, zeroes) in flight per volume; more wait in the volume's queue. */

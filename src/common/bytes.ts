@@ -12,3 +12,41 @@ const unzeroedBytesMin = 64 * 1024;
 export function bufferToFill(size: number): Uint8Array {
   return size >= unzeroedBytesMin ? Buffer.allocUnsafeSlow(size) : new Uint8Array(size);
 }
+
+/**
+ * Bytes left in the pieces they arrived in: the data of a large replication frame, as views of the
+ * receive chunks it spanned, handed to the page-cache write without being joined first (joining
+ * 1 MiB cost 160–210 µs of CPU in a daemon, docs/benchmarks.md). Never empty pieces.
+ */
+export class Pieces {
+  readonly length: number;
+  constructor(readonly parts: readonly Uint8Array[]) {
+    let length = 0;
+    for (const part of parts) length += part.length;
+    this.length = length;
+  }
+}
+
+/** Data as one buffer, or (received only) as pieces. `length` is its byte count either way. */
+export type Payload = Uint8Array | Pieces;
+
+/** The buffers `payload` is made of, in order. */
+export function partsOf(payload: Payload): readonly Uint8Array[] {
+  return payload instanceof Pieces ? payload.parts : [payload];
+}
+
+/** `payload` as one buffer: itself, or its pieces copied into a new one. */
+export function joinPayload(payload: Payload): Uint8Array {
+  if (!(payload instanceof Pieces)) return payload;
+  const out = bufferToFill(payload.length);
+  copyPayload(payload, out);
+  return out;
+}
+
+/** Copy all of `payload` into `target` from `at`. */
+export function copyPayload(payload: Payload, target: Uint8Array, at = 0): void {
+  for (const part of partsOf(payload)) {
+    target.set(part, at);
+    at += part.length;
+  }
+}

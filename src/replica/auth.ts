@@ -21,6 +21,7 @@
 //    and the sequence only grows.
 import { createCipheriv, createHash, createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
 import { assert } from "../common/assert.ts";
+import { partsOf } from "../common/bytes.ts";
 import { clusterIdBytes, type Frame, FrameFlags, type FrameMode, frameTagBytes, type LinkRole, macBytes, markFrameTagged, plainFrames, protocolVersionTagOnly } from "./wire.ts";
 
 const encoder = new TextEncoder();
@@ -254,7 +255,7 @@ export class FrameOpener {
   open(frame: Frame): OpenResult {
     if (!this.tagger) return frame.tag ? "unexpected" : "ok";
     if (!frame.tag) return "missing";
-    const expected = this.tagger.tag(this.sequence, [frame.header, frame.payload]);
+    const expected = this.tagger.tag(this.sequence, [frame.header, ...partsOf(frame.payload)]);
     if (!verifyMac(expected, frame.tag)) return "bad";
     this.sequence++;
     return "ok";

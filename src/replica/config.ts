@@ -12,6 +12,7 @@ import {
   replicaBarrierIntervalMs,
   replicaBitmapWritebackIntervalMs,
   replicaFrameBytesMax,
+  replicaFramePiecesBytesMin,
   replicaHandshakeTimeoutMs,
   replicaKeepaliveIntervalMs,
   replicaLinkTimeoutMs,
@@ -71,6 +72,8 @@ export interface ReplicaConfig {
   refusalReportsPerCodeMax: number;
   refusalReportWindowTicks: number;
   frameBytesMax: number;
+  /** Received frames from this size on that span receive chunks keep their data in pieces (wire.ts Framer). */
+  framePiecesBytesMin: number;
   writesInFlightMax: number;
   queuedOperationsMax: number;
   activityLogExtentBytes: number;
@@ -114,6 +117,7 @@ export function defaultReplicaConfig(overrides: Partial<ReplicaConfig> = {}): Re
     refusalReportsPerCodeMax: replicaRefusalReportsPerCodeMax,
     refusalReportWindowTicks: ticks(replicaRefusalReportWindowMs, tickMs),
     frameBytesMax: replicaFrameBytesMax,
+    framePiecesBytesMin: replicaFramePiecesBytesMin,
     writesInFlightMax: replicaWritesInFlightPerVolumeMax,
     queuedOperationsMax: replicaQueuedOperationsPerVolumeMax,
     activityLogExtentBytes: replicaActivityLogExtentBytes,

@@ -3,6 +3,7 @@
 // the simulator (test/sim/, whose fakes implement the same interfaces with scheduled faults). All
 // calls are callback-based: a callback may run synchronously or later, exactly once, and the driver
 // copes with both. docs/replication.md states each contract.
+import type { Payload } from "../common/bytes.ts";
 import type { Grant, IoError, RemoteAddress } from "./types.ts";
 
 export type IoCallback = (error: IoError | null) => void;
@@ -15,7 +16,8 @@ export type IoCallback = (error: IoError | null) => void;
  */
 export interface BlockStorage {
   read(offset: number, target: Uint8Array, done: IoCallback): void;
-  write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void;
+  /** `data` may be in pieces (a large frame received, Framer): written as they are, never joined first unless the storage must. */
+  write(offset: number, data: Payload, fua: boolean, done: IoCallback): void;
   flush(done: IoCallback): void;
   trim(offset: number, length: number, fua: boolean, done: IoCallback): void;
   zero(offset: number, length: number, fua: boolean, noHole: boolean, done: IoCallback): void;

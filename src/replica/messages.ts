@@ -2,6 +2,7 @@
 // fields as TypeScript sees them (wire.ts describes how each is laid out in a frame). Types and
 // constants only.
 import type { BitRun, DataState, DecisionKind, Generations } from "./model.ts";
+import type { Payload } from "../common/bytes.ts";
 
 export const frameMagic = 0x314d4454; // "TDM1" read as little endian
 export const frameHeaderBytes = 32;
@@ -201,7 +202,7 @@ export interface WriteMessage extends Base {
   type: MessageType.Write;
   offset: number;
   fua: boolean;
-  data: Uint8Array;
+  data: Payload;
 }
 export interface TrimMessage extends Base {
   type: MessageType.Trim | MessageType.Zero;
@@ -227,7 +228,7 @@ export interface ReadRequestMessage extends Base {
 export interface ReadReplyMessage extends Base {
   type: MessageType.ReadReply;
   status: WireStatus;
-  data: Uint8Array;
+  data: Payload;
 }
 export interface ResyncRequestMessage extends Base {
   type: MessageType.ResyncRequest | MessageType.VerifyRequest;
@@ -243,7 +244,7 @@ export interface ResyncDataMessage extends Base {
   length: number;
   zero: boolean;
   status: WireStatus;
-  data: Uint8Array;
+  data: Payload;
 }
 export interface ResyncAckMessage extends Base {
   type: MessageType.ResyncAck | MessageType.ResyncFlushAck;
@@ -294,7 +295,8 @@ export interface Frame {
   type: number;
   volumeId: number;
   requestId: number;
-  payload: Uint8Array;
+  /** Pieces only from a Framer told to keep large payloads in pieces. */
+  payload: Payload;
   payloadIntact: boolean;
   /** The 32 header bytes as received (what a tag covers, with the payload). */
   header: Uint8Array;

@@ -16,6 +16,7 @@
 // rate limit that summarises what it held back. A newly authenticated connection replaces an older
 // one (the peer restarted). No bytes for linkTimeout: the link is lost. Idle: Pings keep it proven.
 import { assert } from "../common/assert.ts";
+import { joinPayload } from "../common/bytes.ts";
 import type { ReplicaConfig } from "./config.ts";
 import { type ConnectRole, Handshake, type HandshakeStep, type LinkSession, type RefusalCode } from "./handshake.ts";
 import type { LoadedMetadata } from "./metadata-format.ts";
@@ -381,7 +382,7 @@ export class NodeCore {
       id,
       dialled,
       remote,
-      framer: new Framer(handshakeFrameBytesMax),
+      framer: new Framer(handshakeFrameBytesMax, this.config.framePiecesBytesMin),
       state: { kind: "handshake", handshake },
       openedTick: this.tickCount,
       lastReceivedTick: this.tickCount,
@@ -476,7 +477,7 @@ export class NodeCore {
     if (frame.type !== MessageType.Hello && frame.type !== MessageType.Auth) return this.refuse(connection, "unexpected-message", `message type ${frame.type} before authentication`);
     const message = this.decodeOrClose(connection, frame);
     if (!message) return;
-    const step: HandshakeStep = handshake.receive(message, frame.payload);
+    const step: HandshakeStep = handshake.receive(message, joinPayload(frame.payload));
     if (step.kind === "refused") return this.refuse(connection, step.code, step.reason, step.claimsPeer);
     // Sent while the connection is still in its handshake: these frames go untagged.
     for (const reply of step.send) this.sendOn(connection, reply);

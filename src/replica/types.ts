@@ -2,6 +2,7 @@
 // the operator, and the status snapshot. The cores never perform IO; every effect is one of these
 // actions, executed by the driver (src/replica/driver.ts) in the order given. See
 // docs/replication.md for the contract of each.
+import type { Payload } from "../common/bytes.ts";
 import type { BlockErrorCode } from "../common/errors.ts";
 import type { MetadataWrite } from "./metadata-format.ts";
 
@@ -55,7 +56,7 @@ export type CoreAction =
   | { kind: "close"; connection: number; reason: string }
   | { kind: "dial" }
   | { kind: "storageRead"; volumeId: number; io: number; offset: number; target: Uint8Array }
-  | { kind: "storageWrite"; volumeId: number; io: number; offset: number; data: Uint8Array; fua: boolean }
+  | { kind: "storageWrite"; volumeId: number; io: number; offset: number; data: Payload; fua: boolean }
   | { kind: "storageFlush"; volumeId: number; io: number }
   | { kind: "storageTrim"; volumeId: number; io: number; offset: number; length: number; fua: boolean }
   | { kind: "storageZero"; volumeId: number; io: number; offset: number; length: number; fua: boolean; noHole: boolean }

@@ -18,7 +18,7 @@
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
 // then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
-import { bufferToFill } from "../common/bytes.ts";
+import { bufferToFill, joinPayload, type Payload, Pieces, partsOf } from "../common/bytes.ts";
 import { crc32cRange } from "../common/crc32c.ts";
 import { type BitRun, DataState, DecisionKind, type Generations } from "./model.ts";
 import { FieldReader, FieldWriter, getUint16, getUint32, setUint16, setUint32, textEncoder, wireStatus, writeText } from "./wire-fields.ts";
@@ -78,18 +78,19 @@ function finishHeader(bytes: Uint8Array, type: number, flags: number, volumeId: 
  * A frame as parts for a vectored send: header and fixed fields in one new buffer, then `data`
  * untouched (it is not copied; the caller keeps it alive and unchanged until sent).
  */
-function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, data: Uint8Array | undefined, mode: FrameMode): Uint8Array[] {
+function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, data: Payload | undefined, mode: FrameMode): Uint8Array[] {
   const head = fields ?? new FieldWriter(frameHeaderBytes, frameHeaderBytes);
   let crc = 0;
   if (mode.payloadCrc) {
     crc = checksum(head.bytes.subarray(frameHeaderBytes, head.offset));
-    if (data && data.length > 0) crc = checksum(data, crc);
+    if (data) for (const part of partsOf(data)) crc = checksum(part, crc);
   }
   const payloadLength = head.offset - frameHeaderBytes + (data?.length ?? 0);
   finishHeader(head.bytes, type, mode.tagged ? FrameFlags.Tagged : 0, base.volumeId, base.requestId, payloadLength, crc);
   // Views only where needed: the fields usually fill their buffer exactly.
   const headBytes = head.offset === head.bytes.length ? head.bytes : head.bytes.subarray(0, head.offset);
-  return data && data.length > 0 ? [headBytes, data] : [headBytes];
+  if (!data || data.length === 0) return [headBytes];
+  return data instanceof Pieces ? [headBytes, ...data.parts] : [headBytes, data];
 }
 
 /**
@@ -354,9 +355,9 @@ export function encodeMessage(message: Message, mode: FrameMode = plainFrames): 
   let size = 0;
   for (const field of layout.fields) size += fieldBytes(field, values[field.name]);
   const writer = fields(size);
-  let payload: Uint8Array | undefined;
+  let payload: Payload | undefined;
   for (const field of layout.fields) {
-    if (field.kind === "data") payload = values[field.name] as Uint8Array;
+    if (field.kind === "data") payload = values[field.name] as Payload;
     else writeField(writer, field, values[field.name]);
   }
   return frame(message.type, message, size > 0 ? writer : undefined, payload, mode);
@@ -408,17 +409,25 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
   if (bytes.length - offset < size) return NEED_MORE;
   const payloadEnd = offset + frameHeaderBytes + payloadLength;
   const payload = bytes.subarray(offset + frameHeaderBytes, payloadEnd);
+  return { frame: frameOf(bytes.subarray(offset, offset + frameHeaderBytes), payload, tagLength > 0 ? bytes.subarray(payloadEnd, payloadEnd + tagLength) : undefined), size };
+}
+
+/** A frame from its checked header, its payload and its tag (a tagged frame's payload is checked by opening it, auth.ts). */
+function frameOf(header: Uint8Array, payload: Payload, tag: Uint8Array | undefined): Frame {
+  let intact = tag !== undefined;
+  if (!intact) {
+    let crc = 0;
+    for (const part of partsOf(payload)) crc = checksum(part, crc);
+    intact = crc === getUint32(header, 24);
+  }
   return {
-    frame: {
-      type: bytes[offset + 4]!,
-      volumeId: getUint32(bytes, offset + 8),
-      requestId: high * 0x100000000 + getUint32(bytes, offset + 16),
-      payload,
-      payloadIntact: tagLength > 0 || checksum(payload) === getUint32(bytes, offset + 24),
-      header: bytes.subarray(offset, offset + frameHeaderBytes),
-      tag: tagLength > 0 ? bytes.subarray(payloadEnd, payloadEnd + tagLength) : undefined,
-    },
-    size,
+    type: header[4]!,
+    volumeId: getUint32(header, 8),
+    requestId: getUint32(header, 20) * 0x100000000 + getUint32(header, 16),
+    payload,
+    payloadIntact: intact,
+    header,
+    tag,
   };
 }
 
@@ -427,14 +436,49 @@ function frameSize(bytes: Uint8Array, offset: number): number {
   return frameHeaderBytes + getUint32(bytes, offset + 12) + (bytes[offset + 5]! & FrameFlags.Tagged ? frameTagBytes : 0);
 }
 
+const fixedFieldBytes: Partial<Record<Field["kind"], number>> = { u8: 1, u16: 2, u32: 4, u64: 8, big64: 8, bool: 1, status: 1, enum: 1 };
+
+/** Bytes of a layout's fields before its data when data is last and every field before it has a fixed size; else undefined. */
+function fieldBytesBeforeData(layout: Layout): number | undefined {
+  const fields = layout.fields;
+  if (fields.length === 0 || fields[fields.length - 1]!.kind !== "data") return undefined;
+  let bytes = 0;
+  for (const field of fields.slice(0, -1)) {
+    const fixed = field.kind === "raw" ? field.bytes : fixedFieldBytes[field.kind];
+    if (fixed === undefined) return undefined;
+    bytes += fixed;
+  }
+  return bytes;
+}
+
 /** Decode a frame's payload into a message. The payload must be intact (checked by the caller). */
 export function decodeMessage(frame: Frame): Message {
   if (frame.type === MessageType.Hello) return decodeHello(frame);
   const layout = layouts[frame.type as MessageType];
   if (!layout) throw new DecodeError(`unknown message type ${frame.type}`);
-  const reader = new FieldReader(frame.payload);
+  let payload = frame.payload;
+  // Data that arrived in pieces stays in them (a large frame); the fields before it are read from
+  // the first piece, which the framer makes hold them. Any other layout is joined first.
+  let restOfData: readonly Uint8Array[] | undefined;
+  if (payload instanceof Pieces) {
+    const before = fieldBytesBeforeData(layout);
+    if (before !== undefined && payload.parts[0]!.length >= before) {
+      restOfData = payload.parts.slice(1);
+      payload = payload.parts[0]!;
+    } else {
+      payload = joinPayload(payload);
+    }
+  }
+  const reader = new FieldReader(payload);
   const message: Record<string, unknown> = { type: frame.type, volumeId: frame.volumeId, requestId: frame.requestId };
-  for (const field of layout.fields) message[field.name] = readField(reader, field);
+  for (const field of layout.fields) {
+    if (field.kind === "data" && restOfData) {
+      const first = reader.rest();
+      message[field.name] = first.length === 0 && restOfData.length === 1 ? restOfData[0] : new Pieces(first.length === 0 ? restOfData : [first, ...restOfData]);
+    } else {
+      message[field.name] = readField(reader, field);
+    }
+  }
   reader.end(`message type ${frame.type}`);
   layout.check?.(message);
   return message as unknown as Message;
@@ -442,7 +486,7 @@ export function decodeMessage(frame: Frame): Message {
 
 function decodeHello(frame: Frame): HelloMessage {
   const base = { volumeId: frame.volumeId, requestId: frame.requestId };
-  const reader = new FieldReader(frame.payload);
+  const reader = new FieldReader(joinPayload(frame.payload));
   const type = MessageType.Hello as const;
   const versionMin = reader.u16("versionMin");
   const versionMax = reader.u16("versionMax");
@@ -464,10 +508,15 @@ function decodeHello(frame: Frame): HelloMessage {
   return { type, ...base, versionMin, versionMax, clusterId, nodeId, nonce, role: role as LinkRole, flags, admission };
 }
 
+/** A large frame's payload is left in pieces; this many bytes at its start are copied into the first, so its fields read from one buffer. */
+const piecesLeadingBytes = 256;
+
 /**
  * Reassembles frames from a byte stream chunked any way at all. Chunks handed to `push` become the
  * framer's: a frame that lies inside one chunk is returned as a view of it (no copy); one that
- * spans chunks is assembled into a new buffer once.
+ * spans chunks is assembled into a new buffer once, or, from `piecesBytesMin` bytes (a 1 MiB
+ * write, a resync chunk), returned with its payload as Pieces: views of the chunks, the payload's
+ * first bytes copied to join the header's chunk.
  */
 export class Framer {
   private chunks: Uint8Array[] = [];
@@ -475,7 +524,10 @@ export class Framer {
   /** Offset of the first unread byte in chunks[0]. */
   private head = 0;
 
-  constructor(private frameBytesMax: number) {}
+  constructor(
+    private frameBytesMax: number,
+    private readonly piecesBytesMin = Infinity,
+  ) {}
 
   /** Raise or lower the frame size limit (a link allows large frames only once authenticated). */
   setFrameBytesMax(value: number): void {
@@ -504,6 +556,7 @@ export class Framer {
     if (result === NEED_MORE) {
       const size = frameSize(first, this.head);
       if (this.buffered < size) return undefined;
+      if (size >= this.piecesBytesMin) return this.takePieces(size);
       this.coalesce(size);
       first = this.chunks[0]!;
       result = decodeFrame(first, this.head, this.frameBytesMax);
@@ -516,6 +569,37 @@ export class Framer {
       this.head = 0;
     }
     return result.frame;
+  }
+
+  /** The whole frame of `size` bytes at the front (its header checked), spanning chunks, with its payload as views of them. */
+  private takePieces(size: number): Frame {
+    const tagLength = this.chunks[0]![this.head + 5]! & FrameFlags.Tagged ? frameTagBytes : 0;
+    const payloadLength = size - frameHeaderBytes - tagLength;
+    const leading = frameHeaderBytes + Math.min(payloadLength, piecesLeadingBytes);
+    if (this.chunks[0]!.length - this.head < leading) this.coalesce(leading);
+    const [header] = this.takeViews(frameHeaderBytes);
+    const parts = this.takeViews(payloadLength);
+    const tagParts = this.takeViews(tagLength);
+    this.buffered -= size;
+    const payload = parts.length > 1 ? new Pieces(parts) : (parts[0] ?? new Uint8Array(0));
+    return frameOf(header!, payload, tagLength === 0 ? undefined : tagParts.length === 1 ? tagParts[0] : joinParts(tagParts));
+  }
+
+  /** Views of the next `bytes` unread bytes, consumed. */
+  private takeViews(bytes: number): Uint8Array[] {
+    const views: Uint8Array[] = [];
+    while (bytes > 0) {
+      const chunk = this.chunks[0]!;
+      const take = Math.min(bytes, chunk.length - this.head);
+      views.push(chunk.subarray(this.head, this.head + take));
+      this.head += take;
+      bytes -= take;
+      if (this.head === chunk.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    }
+    return views;
   }
 
   /** Move the first `size` unread bytes into one new chunk at the front (every byte copied over at once). */

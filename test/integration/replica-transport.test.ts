@@ -5,7 +5,9 @@
 // would send later turns' bytes in place of earlier ones, and this test would see them. The
 // receiving side hands the chunks Bun gives it to the handler without copying them: the test keeps
 // every chunk until the end, so a runtime (or a transport) that reused a receive buffer fails it.
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
+import { joinPayload, Pieces } from "../../src/common/bytes.ts";
+import { BlockError } from "../../src/common/errors.ts";
 import { silentLogger } from "../../src/common/log.ts";
 import { MemoryLayer } from "../../src/node/block/memory.ts";
 import { PassThroughLayer, type WriteFlags, type ZeroFlags } from "../../src/node/block/layer.ts";
@@ -130,4 +132,68 @@ test("a socket that lost its remote address as it opened still reports one: the 
     { host: "127.0.0.1", port: 7788 },
     { host: "unknown", port: 0 },
   ]);
+});
+
+describe("data in pieces (a large frame received) through the storage adapter", () => {
+  const pieces = new Pieces([part(3, 0, 5000), part(3, 1, 70_001), part(3, 2, 3), part(3, 3, 50_000)]);
+  const offset = 12_345;
+
+  /** A layer that records each write's range and source, and fails or delays the ones asked to. */
+  function recording(options: { failAt?: number; delayMs?: number } = {}) {
+    const writes: { offset: number; source: Uint8Array }[] = [];
+    const settled: number[] = [];
+    class Recording extends PassThroughLayer {
+      readonly kind = "recording";
+      override async write(at: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+        writes.push({ offset: at, source });
+        if (options.delayMs !== undefined && at !== options.failAt) await Bun.sleep(options.delayMs);
+        settled.push(at);
+        if (at === options.failAt) throw new BlockError("EIO", "injected");
+        return super.write(at, source, flags);
+      }
+    }
+    return { layer: new Recording(new MemoryLayer(1 << 20)), writes, settled };
+  }
+
+  function write(storage: BlockLayerStorage, fua = false): Promise<string | null> {
+    return new Promise((resolve) => storage.write(offset, pieces, fua, resolve));
+  }
+
+  test("into the page cache: each piece written where it belongs, as the view it is, and the bytes read back whole", async () => {
+    const { layer, writes } = recording();
+    expect(await write(new BlockLayerStorage(layer, { piecewise: true }))).toBeNull();
+    expect(writes.map((entry) => entry.offset)).toEqual([offset, offset + 5000, offset + 75_001, offset + 75_004]);
+    expect(writes.every((entry, index) => entry.source === pieces.parts[index])).toBe(true);
+    const back = new Uint8Array(pieces.length);
+    await layer.read(offset, back);
+    expect(back).toEqual(new Uint8Array(joinPayload(pieces)));
+  });
+
+  test("where the layer needs aligned ranges (O_DIRECT), or for FUA, one joined write", async () => {
+    for (const [piecewise, fua] of [
+      [false, false],
+      [true, true],
+    ] as const) {
+      const { layer, writes } = recording();
+      expect(await write(new BlockLayerStorage(layer, { piecewise }), fua)).toBeNull();
+      expect(writes.map((entry) => [entry.offset, entry.source.length])).toEqual([[offset, pieces.length]]);
+      expect(writes[0]!.source).toEqual(joinPayload(pieces));
+    }
+  });
+
+  test("a piece that fails is reported once, and only after every other piece finished", async () => {
+    const { layer, settled } = recording({ failAt: offset + 5000, delayMs: 30 });
+    const storage = new BlockLayerStorage(layer, { piecewise: true });
+    const answers: (string | null)[] = [];
+    const answered = new Promise<void>((resolve) =>
+      storage.write(offset, pieces, false, (error) => {
+        answers.push(error);
+        answers.push(`settled ${settled.length}`);
+        resolve();
+      }),
+    );
+    await answered;
+    await Bun.sleep(50);
+    expect(answers).toEqual(["EIO", "settled 4"]);
+  });
 });

@@ -11,6 +11,7 @@
 // become durable, and a later flush succeeds without them) and may evict them from the page
 // cache, so reads return the older bytes; TRIM may leave the data in place (it is advisory).
 // Scripted scenarios add rules: the next matching IO fails, with or without its bytes landing.
+import { joinPayload, type Payload } from "../../src/common/bytes.ts";
 import type { IoCallback } from "../../src/replica/io.ts";
 import type { IoError } from "../../src/replica/types.ts";
 import type { SimRandom } from "./random.ts";
@@ -60,7 +61,8 @@ interface PendingWrite {
 interface InFlightWrite {
   offset: number;
   /** The caller's buffer: read when the write completes (or when a crash decides its fate). */
-  source: Uint8Array;
+  /** Read when the write lands, as a real write reads its buffer: pieces as the core handed them. */
+  source: Payload;
 }
 
 export class SimDisk {
@@ -162,7 +164,7 @@ export class SimDisk {
     if (applied) this.counters.torn++;
   }
 
-  private submitWrite(offset: number, source: Uint8Array, fua: boolean, done: IoCallback, trim = false): void {
+  private submitWrite(offset: number, source: Payload, fua: boolean, done: IoCallback, trim = false): void {
     const rangeError = this.checkRange(offset, source.length);
     if (rangeError) return this.later(() => done(rangeError));
     this.counters.writes++;
@@ -176,7 +178,7 @@ export class SimDisk {
       if (rule) {
         this.counters.errors++;
         if (rule.landed === "all" || rule.landed === "durable") {
-          const bytes = write.source.slice();
+          const bytes = joinPayload(write.source).slice();
           this.visible.set(bytes, offset);
           if (rule.landed === "durable") {
             this.uncache(offset, length);
@@ -188,7 +190,7 @@ export class SimDisk {
       if (this.fails(this.faults.writeErrorProbability)) {
         // A failed write may have reached some sectors (cached, like any other write).
         this.counters.errors++;
-        this.applyPartially(this.visible, { offset, bytes: write.source.slice() });
+        this.applyPartially(this.visible, { offset, bytes: joinPayload(write.source).slice() });
         // The sectors that landed sit in the cache like any write: the range as it now reads.
         this.cache.push({ offset, bytes: this.visible.slice(offset, offset + length), sequence });
         return done((this.faults.noSpaceShare ?? 0) > 0 && this.random.chance(this.faults.noSpaceShare ?? 0) ? "ENOSPC" : "EIO");
@@ -198,7 +200,7 @@ export class SimDisk {
         this.counters.trimsKept++;
         return done(null);
       }
-      const bytes = write.source.slice();
+      const bytes = joinPayload(write.source).slice();
       this.visible.set(bytes, offset);
       if (fua) {
         this.uncache(offset, length);
@@ -225,7 +227,7 @@ export class SimDisk {
     });
   }
 
-  write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void {
+  write(offset: number, data: Payload, fua: boolean, done: IoCallback): void {
     this.submitWrite(offset, data, fua, done);
   }
 
@@ -289,7 +291,7 @@ export class SimDisk {
   /** Power loss: cached and in-flight writes survive whole, vanish, or tear; nothing pending completes. */
   crash(): void {
     this.incarnation++;
-    const inFlight = [...this.inFlight].sort((a, b) => a.offset - b.offset).map((write) => ({ offset: write.offset, bytes: write.source.slice() }));
+    const inFlight = [...this.inFlight].sort((a, b) => a.offset - b.offset).map((write) => ({ offset: write.offset, bytes: joinPayload(write.source).slice() }));
     const unresolved = [...this.cache, ...inFlight];
     for (const write of unresolved) {
       const roll = this.random.float();
@@ -311,7 +313,7 @@ export class SimDisk {
     this.incarnation++;
     for (const write of [...this.inFlight].sort((a, b) => a.offset - b.offset)) {
       if (!this.random.chance(0.5)) continue;
-      const bytes = write.source.slice();
+      const bytes = joinPayload(write.source).slice();
       this.visible.set(bytes, write.offset);
       this.cache.push({ offset: write.offset, bytes, sequence: ++this.completions });
     }

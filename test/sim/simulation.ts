@@ -10,6 +10,7 @@
 // change buffers of writes in flight, flushes fail the Linux way, and bit rot strikes either side.
 import { BlockError } from "../../src/common/errors.ts";
 import { StaticWriteAuthority } from "../../src/replica/authority.ts";
+import { replicaFramePiecesBytesMin } from "../../src/constants.ts";
 import { defaultReplicaConfig, type ReplicaBugs, type ReplicaConfig } from "../../src/replica/config.ts";
 import { ReplicaDriver } from "../../src/replica/driver.ts";
 import type { Clock, WriteAuthority } from "../../src/replica/io.ts";
@@ -228,6 +229,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         verifyExtentBytes: Math.min(mix.resyncChunkBytes, 16384),
         resyncWindowChunks: mix.resyncWindow,
         resyncCheckpointChunks: mix.checkpointChunks,
+        framePiecesBytesMin: random.fork("frame pieces").pick([1, 4096, replicaFramePiecesBytesMin]),
         bugs: options.bugs ?? {},
       })
     : defaultReplicaConfig({
@@ -250,6 +252,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
         bitmapWritebackIntervalTicks: 30,
         rateWindowTicks: 100,
         frameBytesMax: 1 << 20,
+        // Data in pieces (large frames across chunks) at every size here, or only where the daemon keeps it.
+        framePiecesBytesMin: random.fork("frame pieces").pick([1, 4096, replicaFramePiecesBytesMin]),
         bugs: options.bugs ?? {},
       });
 

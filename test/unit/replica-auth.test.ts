@@ -8,11 +8,12 @@
 // The frame-tag properties run twice: with the node:crypto reference and with libcrypto's GMAC
 // installed in its place, as the daemon runs (src/node/replica/gmac-native.ts).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { joinPayload, Pieces } from "../../src/common/bytes.ts";
 import { frameTagNativeBytesMax } from "../../src/constants.ts";
 import { loadNativeGmac } from "../../src/node/replica/gmac-native.ts";
 import { acceptorProof, admissionTag, dialerProof, FrameOpener, FrameSealer, frameTag, frameTaggerImplementation, type FrameTaggerFactory, type HelloFields, installFrameTagger, resetFrameTagger, sessionKeys, transcriptHash, verifyMac } from "../../src/replica/auth.ts";
 import { checksum } from "../../src/replica/checksum.ts";
-import { decodeFrame, decodeMessage, encodeMessage, type Frame, frameHeaderBytes, FrameFlags, joinParts, LinkRole, MessageType, NEED_MORE } from "../../src/replica/wire.ts";
+import { decodeFrame, decodeMessage, encodeMessage, type Frame, frameHeaderBytes, FrameFlags, Framer, joinParts, LinkRole, MessageType, NEED_MORE } from "../../src/replica/wire.ts";
 
 const encoder = new TextEncoder();
 const secret = encoder.encode("pairing secret of the box");
@@ -140,6 +141,31 @@ describe(`frame tags (${implementation})`, () => {
     }
   });
 
+  // 9000 bytes: libcrypto tags it (below frameTagNativeBytesMax); 300 000: node:crypto.
+  for (const size of [9000, 300_000]) {
+    test(`a frame of ${size} bytes whose data arrives in pieces opens, and fails with a bit flipped in any piece`, () => {
+      const data = new Uint8Array(size).map((_, index) => (index * 31 + 7) & 0xff);
+      const seal = () => {
+        const sealer = new FrameSealer(keys.dialerToAcceptor);
+        return joinParts(sealer.seal(encodeMessage({ type: MessageType.Write, volumeId: 1, requestId: 1, offset: 0, fua: false, data }, sealer.mode)));
+      };
+      const deliver = (bytes: Uint8Array) => {
+        const framer = new Framer(1 << 20, 1);
+        // Odd chunk sizes: pieces that do not end on 16-byte (GHASH block) boundaries.
+        for (let at = 0, chunk = 4099; at < bytes.length; at += chunk, chunk = chunk * 3 + 1) framer.push(bytes.slice(at, at + chunk));
+        const frame = framer.next()!;
+        expect(frame.payload).toBeInstanceOf(Pieces);
+        return frame;
+      };
+      expect(new FrameOpener(keys.dialerToAcceptor).open(deliver(seal()))).toBe("ok");
+      for (const at of [100, 5000, 8999, 20_000, 70_000, 299_000].filter((at) => at < size)) {
+        const altered = seal();
+        altered[at] = altered[at]! ^ 4;
+        expect(new FrameOpener(keys.dialerToAcceptor).open(deliver(altered))).toBe("bad");
+      }
+    });
+  }
+
   describe("the payload CRC of a tagged frame (protocol version 3 leaves it out)", () => {
     const data = new Uint8Array(4096).map((_, index) => (index * 7 + 1) & 0xff);
     const write = () => ({ type: MessageType.Write as const, volumeId: 5, requestId: 77, offset: 8192, fua: false, data });
@@ -209,9 +235,9 @@ describe(`frame tags (${implementation})`, () => {
     const key = await crypto.subtle.importKey("raw", keys.dialerToAcceptor.slice(), "AES-GCM", false, ["encrypt"]);
     const nonce = new Uint8Array(12);
     nonce[0] = 1;
-    const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, frame.payload]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
+    const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, joinPayload(frame.payload)]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
     expect(frame.tag).toEqual(webCrypto);
-    expect(frameTag(keys.dialerToAcceptor, 1, [frame.header, frame.payload])).toEqual(webCrypto);
+    expect(frameTag(keys.dialerToAcceptor, 1, [frame.header, joinPayload(frame.payload)])).toEqual(webCrypto);
   });
 
   test("the nonce carries the whole sequence number, little endian, beyond 32 bits", async () => {
@@ -220,8 +246,8 @@ describe(`frame tags (${implementation})`, () => {
     for (const sequence of [0x1_0000_0000 + 0x0102_0304, 2 ** 53 - 1]) {
       const nonce = new Uint8Array(12);
       new DataView(nonce.buffer).setBigUint64(0, BigInt(sequence), true);
-      const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, frame.payload]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
-      expect(new Uint8Array(frameTag(keys.dialerToAcceptor, sequence, [frame.header, frame.payload]))).toEqual(webCrypto);
+      const webCrypto = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce, additionalData: joinParts([frame.header, joinPayload(frame.payload)]) as Uint8Array<ArrayBuffer>, tagLength: 128 }, key, new Uint8Array(0)));
+      expect(new Uint8Array(frameTag(keys.dialerToAcceptor, sequence, [frame.header, joinPayload(frame.payload)]))).toEqual(webCrypto);
     }
   });
 });

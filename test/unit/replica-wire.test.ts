@@ -5,6 +5,7 @@
 // and a damaged payload reported as such with its header intact.
 import { describe, expect, test } from "bun:test";
 import { crc32c } from "../../src/common/crc32c.ts";
+import { joinPayload, Pieces } from "../../src/common/bytes.ts";
 import {
   DecodeError,
   decodeFrame,
@@ -139,6 +140,89 @@ describe("frames", () => {
       expect(decoded).toEqual(samples);
       expect(framer.bufferedBytes).toBe(0);
     }
+  });
+
+  // Data in pieces reads back as the bytes sent; decoded messages compare with their data joined.
+  const joinedData = (message: Message): Message => ("data" in message && message.data instanceof Pieces ? { ...message, data: joinPayload(message.data) } : message) as Message;
+
+  for (const piecesBytesMin of [Infinity, 1, 65_536]) {
+    test(`the framer reassembles large frames, whatever the chunking, and the frames around them (pieces from ${piecesBytesMin} bytes)`, () => {
+      const large = (requestId: number, size: number): Message => ({ type: MessageType.Write, volumeId: 3, requestId, offset: requestId * 1048576, fua: false, data: bytes(size, requestId) });
+      const ping: Message = { type: MessageType.Ping, volumeId: 0, requestId: 5 };
+      const messages = [samples[0]!, large(1, 70_000), samples[1]!, large(2, 300_000), large(3, 65_536), samples[2]!, large(4, 200), ping, ping];
+      const tagged = new Set([3, 7, 8]); // the pings: an empty payload, a tag the chunks may split
+      const frames = messages.map((message, index) => {
+        const parts = encodeMessage(message);
+        if (tagged.has(index)) {
+          markFrameTagged(parts[0]!);
+          parts.push(bytes(frameTagBytes, index));
+        }
+        return joinParts(parts);
+      });
+      const stream = joinParts(frames);
+      for (const chunkBytes of [7, 40, 1000, 4096, 65_536, 65_537, 131_072, 250_000, stream.length]) {
+        const framer = new Framer(limit, piecesBytesMin);
+        const decoded: Message[] = [];
+        const tags: (Uint8Array | undefined)[] = [];
+        let inPieces = 0;
+        for (let at = 0; at < stream.length; at += chunkBytes) {
+          framer.push(stream.slice(at, at + chunkBytes));
+          for (let frame = framer.next(); frame; frame = framer.next()) {
+            expect(frame.payloadIntact).toBe(true);
+            tags.push(frame.tag?.slice());
+            const message = decodeMessage(frame);
+            if ("data" in message && message.data instanceof Pieces) {
+              inPieces++;
+              // Only a frame of at least piecesBytesMin that arrived across chunks, and never an empty piece.
+              expect(frame.header.length + message.data.length).toBeGreaterThanOrEqual(Math.min(piecesBytesMin, 65_536));
+              expect(message.data.parts.every((part) => part.length > 0)).toBe(true);
+            }
+            decoded.push(joinedData(message));
+          }
+          // What is buffered is what was pushed and not yet returned as frames.
+          const returned = frames.slice(0, decoded.length).reduce((sum, frame) => sum + frame.length, 0);
+          expect(framer.bufferedBytes).toBe(Math.min(at + chunkBytes, stream.length) - returned);
+        }
+        expect(decoded).toEqual(messages);
+        expect(tags).toEqual(frames.map((_, index) => (tagged.has(index) ? bytes(frameTagBytes, index) : undefined)));
+        expect(framer.bufferedBytes).toBe(0);
+        if (piecesBytesMin === Infinity || chunkBytes === stream.length) expect(inPieces).toBe(0);
+        else if (chunkBytes <= 65_537) expect(inPieces).toBeGreaterThanOrEqual(3);
+      }
+    });
+  }
+
+  test("data in pieces: a damaged piece fails the payload CRC; re-encoded, the pieces are sent as they are", () => {
+    const message: Message = { type: MessageType.Write, volumeId: 3, requestId: 9, offset: 4096, fua: true, data: bytes(100_000, 5) };
+    const stream = joinParts(encodeMessage(message));
+    const deliver = (damageAt?: number) => {
+      const framer = new Framer(limit, 1);
+      for (let at = 0; at < stream.length; at += 30_000) {
+        const chunk = stream.slice(at, at + 30_000);
+        if (damageAt !== undefined && damageAt >= at && damageAt < at + chunk.length) chunk[damageAt - at] = chunk[damageAt - at]! ^ 0x10;
+        framer.push(chunk);
+      }
+      const frame = framer.next()!;
+      expect(frame.payload).toBeInstanceOf(Pieces);
+      return frame;
+    };
+    const frame = deliver();
+    expect(frame.payloadIntact).toBe(true);
+    const decoded = decodeMessage(frame) as Extract<Message, { type: MessageType.Write }>;
+    expect((decoded.data as Pieces).parts.length).toBe(4);
+    expect(joinParts(encodeMessage(decoded))).toEqual(stream);
+    for (const damageAt of [frameHeaderBytes + 3, 30_000 + 17, stream.length - 1]) expect(deliver(damageAt).payloadIntact).toBe(false);
+  });
+
+  test("a message whose layout has no trailing data is joined when its large frame arrives in pieces", () => {
+    const runs = Array.from({ length: 5000 }, (_, index) => ({ start: index * 4, length: 2 }));
+    const message: Message = { type: MessageType.BitmapRuns, volumeId: 2, requestId: 4, round: 1, runs };
+    const encoded = joinParts(encodeMessage(message));
+    const framer = new Framer(limit, 1);
+    for (let at = 0; at < encoded.length; at += 7000) framer.push(encoded.slice(at, at + 7000));
+    const frame = framer.next()!;
+    expect(frame.payload).toBeInstanceOf(Pieces);
+    expect(decodeMessage(frame)).toEqual(message);
   });
 
   test("the framer handles one-byte chunks", () => {

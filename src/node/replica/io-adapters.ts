@@ -1,6 +1,7 @@
 // The production adapters behind the replica driver's IO interfaces (src/replica/io.ts): a volume's
 // BlockLayer stack as BlockStorage, a small metadata file as MetadataStore, the process clock and
 // the operating system's random source. They live with the daemon, not the pure cores.
+import { joinPayload, type Payload, Pieces } from "../../common/bytes.ts";
 import { BlockError, type BlockErrorCode } from "../../common/errors.ts";
 import type { BlockStorage, Clock, IoCallback, MetadataStore, Random } from "../../replica/io.ts";
 import type { IoError } from "../../replica/types.ts";
@@ -26,7 +27,15 @@ function settle(promise: Promise<void>, done: IoCallback): void {
 export class BlockLayerStorage implements BlockStorage {
   /** FUA, zeroes and trims as the core asks them, whatever the layer offers (emulate.ts). */
   private readonly layer: BlockLayer;
-  constructor(layer: BlockLayer) {
+  /**
+   * `piecewise`: the layer takes a write at any byte offset and length (the page cache), so data in
+   * pieces (a large frame received) is written piece by piece, never joined. Otherwise (O_DIRECT
+   * wants aligned ranges) the pieces are joined into one buffer first.
+   */
+  constructor(
+    layer: BlockLayer,
+    private readonly options: { piecewise: boolean } = { piecewise: false },
+  ) {
     this.layer = emulating(layer);
   }
   read(offset: number, target: Uint8Array, done: IoCallback): void {
@@ -39,8 +48,23 @@ export class BlockLayerStorage implements BlockStorage {
    * synchronous pwrite, which would otherwise hold the frame back for its whole duration. So the
    * peer decodes, writes and answers while this node writes its own copy.
    */
-  write(offset: number, data: Uint8Array, fua: boolean, done: IoCallback): void {
-    queueMicrotask(() => settle(this.layer.write(offset, data, { fua }), done));
+  write(offset: number, data: Payload, fua: boolean, done: IoCallback): void {
+    if (!(data instanceof Pieces)) return queueMicrotask(() => settle(this.layer.write(offset, data, { fua }), done));
+    // A FUA write in pieces is rare (the peer's FUA, a resync target's writes): one buffer, one FUA.
+    if (fua || !this.options.piecewise) return queueMicrotask(() => settle(this.layer.write(offset, joinPayload(data), { fua }), done));
+    queueMicrotask(() => {
+      const writes: Promise<void>[] = [];
+      let at = offset;
+      for (const part of data.parts) {
+        writes.push(this.layer.write(at, part, { fua: false }));
+        at += part.length;
+      }
+      // Answered once every piece is over, with the first failure: never while a piece still runs.
+      Promise.allSettled(writes).then((results) => {
+        const failed = results.find((result) => result.status === "rejected");
+        done(failed ? ioErrorOf(failed.reason) : null);
+      });
+    });
   }
   flush(done: IoCallback): void {
     settle(this.layer.flush(), done);

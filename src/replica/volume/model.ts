@@ -5,6 +5,7 @@
 import type { ActivityLogPlan } from "../activity-log.ts";
 import type { IoError } from "../types.ts";
 import type { ResyncRound, VerifyRun } from "./state.ts";
+import type { Payload } from "../../common/bytes.ts";
 import type { BitRun } from "../model.ts";
 
 export type OpKind = "read" | "write" | "trim" | "zero" | "flush";
@@ -55,7 +56,8 @@ export interface PeerOp {
   requestId: number;
   offset: number;
   length: number;
-  data: Uint8Array | undefined;
+  /** As received: in pieces when its frame was large (Framer). */
+  data: Payload | undefined;
   fua: boolean;
   noHole: boolean;
   zero: boolean;

@@ -7,6 +7,7 @@
 // peer) covers them, so a peer crash marks exactly them dirty. Reads come from the local replica
 // when it is up to date there, else from the peer.
 import { assert } from "../../common/assert.ts";
+import { copyPayload } from "../../common/bytes.ts";
 import { noGeneration } from "../generations.ts";
 import type { IoError } from "../types.ts";
 import { type Message, MessageType, WireStatus } from "../wire.ts";
@@ -952,7 +953,7 @@ export class WritePath {
         if (message.type !== MessageType.ReadReply) return this.v.peer.protocolError("expected ReadReply");
         const op = request.op;
         if (message.status !== WireStatus.Ok || message.data.length !== op.length) return this.completeClient(op, "EIO", "the peer could not serve the read");
-        op.target!.set(message.data);
+        copyPayload(message.data, op.target!);
         return this.completeClient(op, null);
       }
       case "barrier": {
