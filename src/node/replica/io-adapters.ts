@@ -50,7 +50,7 @@ export class BlockLayerStorage implements BlockStorage {
    */
   write(offset: number, data: Payload, fua: boolean, done: IoCallback): void {
     if (!(data instanceof Pieces)) return queueMicrotask(() => settle(this.layer.write(offset, data, { fua }), done));
-    // A FUA write in pieces is rare (the peer's FUA, a resync target's writes): one buffer, one FUA.
+    // FUA in pieces is rare (a client's FUA write, a repair, a primary that is still a resync target): one buffer, one FUA write.
     if (fua || !this.options.piecewise) return queueMicrotask(() => settle(this.layer.write(offset, joinPayload(data), { fua }), done));
     queueMicrotask(() => {
       const writes: Promise<void>[] = [];
