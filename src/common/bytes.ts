@@ -30,6 +30,12 @@ export class Pieces {
 /** Data as one buffer, or (received only) as pieces. `length` is its byte count either way. */
 export type Payload = Uint8Array | Pieces;
 
+/** `parts` in order as one Payload: the one non-empty part itself, an empty buffer when none, else Pieces of the non-empty ones. */
+export function payloadOf(parts: readonly Uint8Array[]): Payload {
+  const nonEmpty = parts.filter((part) => part.length > 0);
+  return nonEmpty.length > 1 ? new Pieces(nonEmpty) : (nonEmpty[0] ?? new Uint8Array(0));
+}
+
 /** The buffers `payload` is made of, in order. */
 export function partsOf(payload: Payload): readonly Uint8Array[] {
   return payload instanceof Pieces ? payload.parts : [payload];

@@ -18,7 +18,7 @@
 //  12 u32 payload length 16 u64 request id            24 u32 payload CRC32C  28 u32 header CRC32C
 // then the payload, then (flags & Tagged) a 16-byte tag over header and payload.
 import { checksum } from "./checksum.ts";
-import { bufferToFill, joinPayload, type Payload, Pieces, partsOf } from "../common/bytes.ts";
+import { bufferToFill, joinPayload, type Payload, payloadOf, Pieces, partsOf } from "../common/bytes.ts";
 import { crc32cRange } from "../common/crc32c.ts";
 import { type BitRun, DataState, DecisionKind, type Generations } from "./model.ts";
 import { FieldReader, FieldWriter, getUint16, getUint32, setUint16, setUint32, textEncoder, wireStatus, writeText } from "./wire-fields.ts";
@@ -83,14 +83,19 @@ function frame(type: MessageType, base: Base, fields: FieldWriter | undefined, d
   let crc = 0;
   if (mode.payloadCrc) {
     crc = checksum(head.bytes.subarray(frameHeaderBytes, head.offset));
-    if (data) for (const part of partsOf(data)) crc = checksum(part, crc);
+    if (data) crc = payloadChecksum(data, crc);
   }
   const payloadLength = head.offset - frameHeaderBytes + (data?.length ?? 0);
   finishHeader(head.bytes, type, mode.tagged ? FrameFlags.Tagged : 0, base.volumeId, base.requestId, payloadLength, crc);
   // Views only where needed: the fields usually fill their buffer exactly.
   const headBytes = head.offset === head.bytes.length ? head.bytes : head.bytes.subarray(0, head.offset);
-  if (!data || data.length === 0) return [headBytes];
-  return data instanceof Pieces ? [headBytes, ...data.parts] : [headBytes, data];
+  return data && data.length > 0 ? [headBytes, ...partsOf(data)] : [headBytes];
+}
+
+/** CRC32C of a payload's bytes, whole or in pieces, continuing from `crc`. */
+function payloadChecksum(payload: Payload, crc: number): number {
+  for (const part of partsOf(payload)) crc = checksum(part, crc);
+  return crc;
 }
 
 /**
@@ -414,18 +419,12 @@ export function decodeFrame(bytes: Uint8Array, offset: number, frameBytesMax: nu
 
 /** A frame from its checked header, its payload and its tag (a tagged frame's payload is checked by opening it, auth.ts). */
 function frameOf(header: Uint8Array, payload: Payload, tag: Uint8Array | undefined): Frame {
-  let intact = tag !== undefined;
-  if (!intact) {
-    let crc = 0;
-    for (const part of partsOf(payload)) crc = checksum(part, crc);
-    intact = crc === getUint32(header, 24);
-  }
   return {
     type: header[4]!,
     volumeId: getUint32(header, 8),
     requestId: getUint32(header, 20) * 0x100000000 + getUint32(header, 16),
     payload,
-    payloadIntact: intact,
+    payloadIntact: tag !== undefined || payloadChecksum(payload, 0) === getUint32(header, 24),
     header,
     tag,
   };
@@ -472,12 +471,8 @@ export function decodeMessage(frame: Frame): Message {
   const reader = new FieldReader(payload);
   const message: Record<string, unknown> = { type: frame.type, volumeId: frame.volumeId, requestId: frame.requestId };
   for (const field of layout.fields) {
-    if (field.kind === "data" && restOfData) {
-      const first = reader.rest();
-      message[field.name] = first.length === 0 && restOfData.length === 1 ? restOfData[0] : new Pieces(first.length === 0 ? restOfData : [first, ...restOfData]);
-    } else {
-      message[field.name] = readField(reader, field);
-    }
+    if (field.kind === "data" && restOfData) message[field.name] = payloadOf([reader.rest(), ...restOfData]);
+    else message[field.name] = readField(reader, field);
   }
   reader.end(`message type ${frame.type}`);
   layout.check?.(message);
@@ -581,8 +576,7 @@ export class Framer {
     const parts = this.takeViews(payloadLength);
     const tagParts = this.takeViews(tagLength);
     this.buffered -= size;
-    const payload = parts.length > 1 ? new Pieces(parts) : (parts[0] ?? new Uint8Array(0));
-    return frameOf(header!, payload, tagLength === 0 ? undefined : tagParts.length === 1 ? tagParts[0] : joinParts(tagParts));
+    return frameOf(header!, payloadOf(parts), tagLength === 0 ? undefined : joinPayload(payloadOf(tagParts)));
   }
 
   /** Views of the next `bytes` unread bytes, consumed. */

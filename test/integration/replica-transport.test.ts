@@ -138,15 +138,15 @@ describe("data in pieces (a large frame received) through the storage adapter", 
   const pieces = new Pieces([part(3, 0, 5000), part(3, 1, 70_001), part(3, 2, 3), part(3, 3, 50_000)]);
   const offset = 12_345;
 
-  /** A layer that records each write's range and source, and fails or delays the ones asked to. */
-  function recording(options: { failAt?: number; delayMs?: number } = {}) {
+  /** A layer that records each write's range and source; `failAt` fails at once, `held` holds every other write until it resolves. */
+  function recording(options: { failAt?: number; held?: Promise<void> } = {}) {
     const writes: { offset: number; source: Uint8Array }[] = [];
     const settled: number[] = [];
     class Recording extends PassThroughLayer {
       readonly kind = "recording";
       override async write(at: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
         writes.push({ offset: at, source });
-        if (options.delayMs !== undefined && at !== options.failAt) await Bun.sleep(options.delayMs);
+        if (options.held && at !== options.failAt) await options.held;
         settled.push(at);
         if (at === options.failAt) throw new BlockError("EIO", "injected");
         return super.write(at, source, flags);
@@ -182,18 +182,21 @@ describe("data in pieces (a large frame received) through the storage adapter", 
   });
 
   test("a piece that fails is reported once, and only after every other piece finished", async () => {
-    const { layer, settled } = recording({ failAt: offset + 5000, delayMs: 30 });
+    const { promise: held, resolve: release } = Promise.withResolvers<void>();
+    const { layer, settled } = recording({ failAt: offset + 5000, held });
     const storage = new BlockLayerStorage(layer, { piecewise: true });
-    const answers: (string | null)[] = [];
+    const answers: string[] = [];
     const answered = new Promise<void>((resolve) =>
       storage.write(offset, pieces, false, (error) => {
-        answers.push(error);
-        answers.push(`settled ${settled.length}`);
+        answers.push(`${error} with ${settled.length} pieces over`);
         resolve();
       }),
     );
+    // A macrotask turn runs every microtask queued before it: the failed piece is over, the rest held.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect({ settled, answers }).toEqual({ settled: [offset + 5000], answers: [] });
+    release();
     await answered;
-    await Bun.sleep(50);
-    expect(answers).toEqual(["EIO", "settled 4"]);
+    expect(answers).toEqual(["EIO with 4 pieces over"]);
   });
 });

@@ -49,21 +49,22 @@ export class BlockLayerStorage implements BlockStorage {
    * peer decodes, writes and answers while this node writes its own copy.
    */
   write(offset: number, data: Payload, fua: boolean, done: IoCallback): void {
-    if (!(data instanceof Pieces)) return queueMicrotask(() => settle(this.layer.write(offset, data, { fua }), done));
+    queueMicrotask(() => settle(this.writeNow(offset, data, fua), done));
+  }
+  private writeNow(offset: number, data: Payload, fua: boolean): Promise<void> {
+    if (!(data instanceof Pieces)) return this.layer.write(offset, data, { fua });
     // FUA in pieces is rare (a client's FUA write, a repair, a primary that is still a resync target): one buffer, one FUA write.
-    if (fua || !this.options.piecewise) return queueMicrotask(() => settle(this.layer.write(offset, joinPayload(data), { fua }), done));
-    queueMicrotask(() => {
-      const writes: Promise<void>[] = [];
-      let at = offset;
-      for (const part of data.parts) {
-        writes.push(this.layer.write(at, part, { fua: false }));
-        at += part.length;
-      }
-      // Answered once every piece is over, with the first failure: never while a piece still runs.
-      Promise.allSettled(writes).then((results) => {
-        const failed = results.find((result) => result.status === "rejected");
-        done(failed ? ioErrorOf(failed.reason) : null);
-      });
+    if (fua || !this.options.piecewise) return this.layer.write(offset, joinPayload(data), { fua });
+    const writes: Promise<void>[] = [];
+    let at = offset;
+    for (const part of data.parts) {
+      writes.push(this.layer.write(at, part, { fua: false }));
+      at += part.length;
+    }
+    // Over once every piece is over, failed with the first failure: never while a piece still runs.
+    return Promise.allSettled(writes).then((results) => {
+      const failed = results.find((result) => result.status === "rejected");
+      if (failed) throw failed.reason;
     });
   }
   flush(done: IoCallback): void {
