@@ -14,9 +14,10 @@ export function bufferToFill(size: number): Uint8Array {
 }
 
 /**
- * Bytes left in the pieces they arrived in: the data of a large replication frame, as views of the
- * receive chunks it spanned, handed to the page-cache write without being joined first (joining
- * 1 MiB cost 160–210 µs of CPU in a daemon, docs/benchmarks.md). Never empty pieces.
+ * Bytes left in the pieces they arrived in: the data of a large replication frame, or an NBD
+ * WRITE's payload, as views of the receive chunks it spanned, handed down to the page-cache write
+ * (and to the peer) without being joined first (joining 1 MiB cost 160–210 µs of CPU in a daemon,
+ * docs/benchmarks.md). Never empty pieces.
  */
 export class Pieces {
   readonly length: number;
@@ -27,7 +28,7 @@ export class Pieces {
   }
 }
 
-/** Data as one buffer, or (received only) as pieces. `length` is its byte count either way. */
+/** Data as one buffer, or (received from a socket) as pieces. `length` is its byte count either way. */
 export type Payload = Uint8Array | Pieces;
 
 /** `parts` in order as one Payload: the one non-empty part itself, an empty buffer when none, else Pieces of the non-empty ones. */
@@ -45,6 +46,13 @@ export function partsOf(payload: Payload): readonly Uint8Array[] {
 export function joinPayload(payload: Payload): Uint8Array {
   if (!(payload instanceof Pieces)) return payload;
   const out = bufferToFill(payload.length);
+  copyPayload(payload, out);
+  return out;
+}
+
+/** A new buffer holding `payload`'s bytes: a copy even when it is one buffer already. */
+export function copyOfPayload(payload: Payload): Uint8Array {
+  const out = new Uint8Array(payload.length);
   copyPayload(payload, out);
   return out;
 }

@@ -16,6 +16,7 @@
 // no further: a process that was stalled resumes at most at its next acting tick, not with a burst
 // of link timeouts before it has read what its peer sent meanwhile. The ticks the core called
 // quiet must act on nothing: the driver checks, and in the simulator a tick that acts is a failure.
+import type { Payload } from "../common/bytes.ts";
 import { BlockError } from "../common/errors.ts";
 import type { Logger } from "../common/log.ts";
 import { defaultReplicaConfig, type ReplicaConfig } from "./config.ts";
@@ -209,7 +210,7 @@ export class ReplicaDriver implements PeerTransportHandler {
   }
 
   /** `stable`: the caller never changes nor reuses `data` (WriteFlags.stable), so the core keeps it instead of a copy. */
-  write(volumeId: number, offset: number, data: Uint8Array, fua: boolean, done: Completion, stable = false): void {
+  write(volumeId: number, offset: number, data: Payload, fua: boolean, done: Completion, stable = false): void {
     this.request(volumeId, (error, _result, info) => done(error, info), (request) => ({ kind: "clientWrite", volumeId, request, offset, data, fua, stable }));
   }
 

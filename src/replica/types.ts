@@ -31,7 +31,7 @@ export type CoreEvent =
   | { kind: "data"; connection: number; bytes: Uint8Array }
   | { kind: "closed"; connection: number; reason: string }
   | { kind: "clientRead"; volumeId: number; request: number; offset: number; target: Uint8Array; localError?: IoError }
-  | { kind: "clientWrite"; volumeId: number; request: number; offset: number; data: Uint8Array; fua: boolean; stable?: boolean }
+  | { kind: "clientWrite"; volumeId: number; request: number; offset: number; data: Payload; fua: boolean; stable?: boolean }
   | { kind: "clientFlush"; volumeId: number; request: number }
   | { kind: "clientTrim"; volumeId: number; request: number; offset: number; length: number; fua: boolean }
   | { kind: "clientZero"; volumeId: number; request: number; offset: number; length: number; fua: boolean; noHole: boolean }

@@ -3,6 +3,7 @@
 // present different capabilities (no native FUA, no flush), and count what reached it.
 import { BlockError, type BlockErrorCode } from "../../src/common/errors.ts";
 import { PassThroughLayer, type BlockCapabilities, type BlockLayer, type Extent, type WriteFlags, type ZeroFlags } from "../../src/node/block/layer.ts";
+import type { Payload } from "../../src/common/bytes.ts";
 
 export class ControlledLayer extends PassThroughLayer {
   readonly kind = "controlled";
@@ -72,7 +73,7 @@ export class ControlledLayer extends PassThroughLayer {
   override read(offset: number, target: Uint8Array): Promise<void> {
     return this.gate("read", { offset, length: target.length }, () => this.below.read(offset, target));
   }
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     return this.gate("write", { offset, length: source.length, fua: flags?.fua }, () => this.below.write(offset, source, flags));
   }
   override flush(): Promise<void> {

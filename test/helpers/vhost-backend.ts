@@ -20,6 +20,7 @@ import { GateLayer } from "../../src/node/block/gate.ts";
 import { PassThroughLayer, type BlockLayer, type WriteFlags } from "../../src/node/block/layer.ts";
 import type { ExportResolver } from "../../src/node/export/types.ts";
 import { startVhostExport } from "../../src/node/export/vhost/server.ts";
+import type { Payload } from "../../src/common/bytes.ts";
 
 const { values } = parseArgs({
   options: {
@@ -48,7 +49,7 @@ class DelayedWrites extends PassThroughLayer {
   constructor(below: BlockLayer, private readonly delayMs: number) {
     super(below);
   }
-  override async write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override async write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     await Bun.sleep(this.delayMs);
     return this.below.write(offset, source, flags);
   }

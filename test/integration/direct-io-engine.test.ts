@@ -1,5 +1,6 @@
 // Proves the direct (O_DIRECT) file layer on both IO engines, io_uring and the thread pool (forced
-// by preference), on real files: random reads and writes of random sizes, aligned and not, many in
+// by preference), on real files: random reads and writes of random sizes, aligned and not, some
+// with the data in pieces (an NBD payload as received, copied together into an aligned buffer), many in
 // flight at once, checked byte for byte against a copy kept in memory; requests that do not fit the
 // ring at once (more than its entries) all complete; a medium that fails (qemu-storage-daemon's
 // FUSE export of a qcow2 image over blkdebug, which fails every data read and the writes of one
@@ -10,6 +11,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { type Payload, payloadOf } from "../../src/common/bytes.ts";
 import { BlockError, TandemError } from "../../src/common/errors.ts";
 import { ioUringEntries, ioUringPollMicrosDefault } from "../../src/constants.ts";
 import { FileLayer, alignedBuffer } from "../../src/node/block/file.ts";
@@ -37,6 +39,12 @@ function generator(seed: number): () => number {
     state ^= state << 5;
     return (state >>> 0) / 0x1_0000_0000;
   };
+}
+
+/** `bytes` cut at up to three random places into Pieces (a single buffer when no cut lands inside). */
+function inPieces(bytes: Uint8Array, random: () => number): Payload {
+  const cuts = [0, ...Array.from({ length: 3 }, () => Math.floor(random() * bytes.length)), bytes.length].sort((a, b) => a - b);
+  return payloadOf(cuts.slice(1).map((end, index) => bytes.subarray(cuts[index]!, end)));
 }
 
 function fillRandom(bytes: Uint8Array, random: () => number): void {
@@ -80,7 +88,8 @@ describe.each(engines)("direct file layer on %s", (engine) => {
           const source = aligned && random() < 0.8 ? alignedBuffer(length) : new Uint8Array(length + 1).subarray(1);
           fillRandom(source, random);
           shadow.set(source, offset);
-          writes.push(layer.write(offset, source));
+          // A third of them in pieces, as an NBD payload arrives: the layer copies them together.
+          writes.push(layer.write(offset, random() < 0.33 ? inPieces(source, random) : source));
         }
         await Promise.all(writes);
         const reads: Promise<void>[] = [];

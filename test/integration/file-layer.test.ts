@@ -2,11 +2,13 @@
 // pwrite done before the call returns; it must still answer through its promise, with the same
 // errors as the general path (EPERM on a read-only layer, ESHUTDOWN once closed), never by
 // throwing at the caller. FUA writes take the general path and reach the file too. A large write
-// goes to the kernel in pieces (constants.ts, pageCacheWritePieceBytes) and still lands whole.
+// goes to the kernel in pieces (constants.ts, pageCacheWritePieceBytes) and still lands whole; a
+// payload in pieces (an NBD WRITE as it arrived) is written from its pieces, never joined.
 import { afterAll, expect, spyOn, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { Pieces } from "../../src/common/bytes.ts";
 import { pageCacheWritePieceBytes } from "../../src/constants.ts";
 import { FileLayer } from "../../src/node/block/file.ts";
 
@@ -68,6 +70,34 @@ test("a large page-cache write reaches the kernel in pieces that end on piece bo
   const bytes = fs.readFileSync(file);
   expect(Buffer.from(bytes.subarray(offset, offset + source.length)).equals(Buffer.from(source))).toBe(true);
   expect(bytes.subarray(offset + source.length, offset + source.length + 3 * pageCacheWritePieceBytes).every((byte) => byte === 0x5a)).toBe(true);
+});
+
+test("a payload in pieces is written from the pieces themselves, with and without FUA, and lands whole", async () => {
+  const file = backing("payload-pieces.img");
+  const layer = FileLayer.open({ path: file });
+  const parts = [5000, 70_001, 3, pageCacheWritePieceBytes + 17].map((length, index) => new Uint8Array(length).map((_, at) => (index * 41 + at) & 0xff));
+  const whole = Buffer.concat(parts);
+  const offset = 12_345;
+  const sources = new Set<ArrayBufferLike>();
+  const realWriteSync = fs.writeSync;
+  const recording = spyOn(fs, "writeSync").mockImplementation(((fd: number, buffer: Uint8Array, ...rest: [number, number, number]) => {
+    sources.add(buffer.buffer);
+    return realWriteSync(fd, buffer, ...rest);
+  }) as typeof fs.writeSync);
+  try {
+    await layer.write(offset, new Pieces(parts));
+    await layer.write(offset + whole.length, new Pieces(parts), { fua: true });
+  } finally {
+    recording.mockRestore();
+  }
+  // Every pwrite took its bytes from one of the parts: nothing was copied together first.
+  expect([...sources].every((buffer) => parts.some((part) => part.buffer === buffer))).toBe(true);
+  await layer.close();
+  const bytes = fs.readFileSync(file);
+  expect(Buffer.from(bytes.subarray(offset, offset + whole.length)).equals(whole)).toBe(true);
+  expect(Buffer.from(bytes.subarray(offset + whole.length, offset + 2 * whole.length)).equals(whole)).toBe(true);
+  expect(bytes[offset - 1]).toBe(0);
+  expect(bytes[offset + 2 * whole.length]).toBe(0);
 });
 
 test("a write to a read-only layer, or to a closed one, is a rejected promise with its code", async () => {

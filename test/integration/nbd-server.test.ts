@@ -9,6 +9,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { copyOfPayload, joinPayload, type Payload, Pieces } from "../../src/common/bytes.ts";
 import { silentLogger } from "../../src/common/log.ts";
 import { type BlockLayer, PassThroughLayer, type WriteFlags } from "../../src/node/block/layer.ts";
 import { MemoryLayer } from "../../src/node/block/memory.ts";
@@ -60,9 +61,9 @@ function errorOf(promise: Promise<unknown>): Promise<unknown> {
 /** Keeps every buffer a write hands it, with a copy of what it held then (the mirror keeps stable buffers uncopied). */
 class KeepingLayer extends PassThroughLayer {
   readonly kind = "keeping";
-  readonly kept: { buffer: Uint8Array; then: Uint8Array; stable: boolean }[] = [];
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
-    this.kept.push({ buffer: source, then: source.slice(), stable: flags?.stable === true });
+  readonly kept: { payload: Payload; then: Uint8Array; stable: boolean }[] = [];
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
+    this.kept.push({ payload: source, then: copyOfPayload(source), stable: flags?.stable === true });
     return super.write(offset, source, flags);
   }
 }
@@ -72,8 +73,8 @@ describe("NBD server", () => {
     const layer = new KeepingLayer(new MemoryLayer(16 * MiB));
     const { address } = await serve({ vol0: { layer } });
     const client = await NbdClient.connect(address);
-    // Small writes (views of received chunks or carved from slabs), large ones (gathered across
-    // chunks), many of them in flight, then reads that fill buffers of their own.
+    // Small writes (views of received chunks), large ones (in pieces: views of the chunks they
+    // span), many of them in flight, then reads that fill buffers of their own.
     for (let round = 0; round < 4; round++) {
       const writes = Array.from({ length: 48 }, (_, index) => {
         const length = index % 6 === 0 ? 512 * 1024 : 4096 * (1 + (index % 3));
@@ -84,8 +85,9 @@ describe("NBD server", () => {
     }
     expect(layer.kept.length).toBe(4 * 48);
     expect(layer.kept.every((write) => write.stable)).toBe(true);
-    const changed = layer.kept.filter((write) => !Buffer.from(write.buffer).equals(Buffer.from(write.then)));
+    const changed = layer.kept.filter((write) => !Buffer.from(joinPayload(write.payload)).equals(Buffer.from(write.then)));
     expect(changed.length).toBe(0);
+    expect(layer.kept.some((write) => write.payload instanceof Pieces)).toBe(true);
     await client.disconnect();
   }, 60_000);
 

@@ -8,6 +8,7 @@
 // Besides the network and disk faults, the operator closes and reopens volumes and stops daemons
 // gracefully, volumes may start from imported data, processes stall past the link timeout, clients
 // change buffers of writes in flight, flushes fail the Linux way, and bit rot strikes either side.
+import { Pieces } from "../../src/common/bytes.ts";
 import { BlockError } from "../../src/common/errors.ts";
 import { StaticWriteAuthority } from "../../src/replica/authority.ts";
 import { replicaFramePiecesBytesMin } from "../../src/constants.ts";
@@ -698,8 +699,11 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       // A write whose buffer nothing changes is handed over as stable (as the NBD server does)
       // every other time, so both admission paths run; decided without a draw, so seeds replay.
       const stable = mutateAfterUs === undefined && record.id % 2 === 0;
+      // Half of those arrive in two pieces, as an NBD payload that spanned two received chunks.
+      const cut = 1 + ((record.id * 509) % Math.max(1, data.length - 1));
+      const payload = stable && record.id % 4 === 0 && cut < data.length ? new Pieces([data.subarray(0, cut), data.subarray(cut)]) : data;
       gate.enter(() => {
-        driver.write(volumeId, offset, data, fua, done, stable);
+        driver.write(volumeId, offset, payload, fua, done, stable);
         if (mutateAfterUs !== undefined) scheduler.after(mutateAfterUs, () => data.fill(0xa5, 16, 80));
       });
     },

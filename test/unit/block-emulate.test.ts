@@ -6,6 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { AssertingLayer, emulating } from "../../src/node/block/emulate.ts";
 import type { BlockCapabilities, WriteFlags, ZeroFlags } from "../../src/node/block/layer.ts";
 import { MemoryLayer } from "../../src/node/block/memory.ts";
+import type { Payload } from "../../src/common/bytes.ts";
 
 /** A memory layer that offers only some capabilities, and records the flags it was given. */
 class Limited extends MemoryLayer {
@@ -16,7 +17,7 @@ class Limited extends MemoryLayer {
   override capabilities(): BlockCapabilities {
     return { ...super.capabilities(), ...this.offers };
   }
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     this.flags.push(`write${flags?.fua ? "+fua" : ""}`);
     return super.write(offset, source, flags);
   }

@@ -6,6 +6,7 @@
 // bytes, IO handed to the layer, pauses, closes and the release of the export handle. Framing
 // is checked by feeding whole conversations split at every byte.
 import { describe, expect, test } from "bun:test";
+import { joinPayload, type Payload, Pieces } from "../../src/common/bytes.ts";
 import {
   encodeClientFlags,
   encodeInfoRequest,
@@ -360,7 +361,7 @@ describe("handshake", () => {
         driver.feed(conversation.slice(previous, cut));
         previous = cut;
       }
-      const ios = driver.ios.map((io) => ({ ...io, data: "data" in io ? [...io.data] : undefined, target: undefined }));
+      const ios = driver.ios.map((io) => ({ ...io, data: "data" in io ? [...joinPayload(io.data)] : undefined, target: undefined }));
       return { output: driver.readRaw(driver.unread), ios };
     };
     const whole = run([]);
@@ -404,7 +405,7 @@ test("options with data and a WRITE split at every pair of points give the same 
   const run = (prefix: Uint8Array[], conversation: Uint8Array, first: number, second: number) => {
     const driver = new SessionDriver();
     driver.feed(...prefix, conversation.slice(0, first), conversation.slice(first, second), conversation.slice(second));
-    const ios = driver.ios.map((io) => ("data" in io ? [...io.data].join(",") : io.kind)).join(";");
+    const ios = driver.ios.map((io) => ("data" in io ? [...joinPayload(io.data)].join(",") : io.kind)).join(";");
     return `${Buffer.from(driver.readRaw(driver.unread)).toString("hex")}|${ios}|${driver.closed}`;
   };
   const wholeNegotiation = run([], negotiation, 0, 0);
@@ -519,22 +520,38 @@ describe("transmission", () => {
     expect([0, 1, 2, 3].map(() => driver.readChunk().cookie)).toEqual([requests[2]!.cookie, requests[0]!.cookie, requests[3]!.cookie, requests[1]!.cookie]);
   });
 
-  test("a WRITE payload inside one received chunk is handed down without a copy; split payloads are joined", () => {
+  test("a WRITE payload is handed down without a copy: a view of the chunk it came in, or views of the chunks it spans; a trickled one is copied together", () => {
     const driver = serving();
     const payload = new Uint8Array(4096).map((_, index) => index * 13);
     const whole = request({ type: Command.Write, offset: 0 }, payload);
     driver.feed(whole.bytes);
     const io = driver.onlyIo() as Extract<IoRequest, { kind: "write" }>;
-    expect(io.data.buffer).toBe(whole.bytes.buffer); // a view into the received chunk
+    expect((io.data as Uint8Array).buffer).toBe(whole.bytes.buffer); // a view into the received chunk
     expect(io.data).toEqual(payload);
     driver.complete(io);
     expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: whole.cookie });
 
     const split = request({ type: Command.Write, offset: 4096, flags: CommandFlag.Fua }, payload);
     driver.feed(split.bytes.subarray(0, 100), split.bytes.subarray(100, 2000), split.bytes.subarray(2000));
-    const joined = driver.onlyIo() as Extract<IoRequest, { kind: "write" }>;
-    expect(joined).toMatchObject({ kind: "write", offset: 4096, fua: true });
-    expect(joined.data).toEqual(payload);
+    const spanning = driver.onlyIo() as Extract<IoRequest, { kind: "write" }>;
+    expect(spanning).toMatchObject({ kind: "write", offset: 4096, fua: true });
+    expect(spanning.data).toBeInstanceOf(Pieces);
+    expect((spanning.data as Pieces).parts.map((part) => [part.buffer === split.bytes.buffer, part.length])).toEqual([
+      [true, 100 - 28],
+      [true, 1900],
+      [true, 4096 - 72 - 1900],
+    ]);
+    expect(joinPayload(spanning.data)).toEqual(payload);
+    driver.complete(spanning);
+    expect(driver.readSimpleReply()).toEqual({ error: 0, cookie: split.cookie });
+
+    // 64 pieces of 64 bytes: smaller on average than is worth keeping, so one buffer of the bytes.
+    const trickled = request({ type: Command.Write, offset: 8192 }, payload);
+    const header = trickled.bytes.subarray(0, 28);
+    driver.feed(header, ...Array.from({ length: 64 }, (_, index) => trickled.bytes.slice(28 + index * 64, 28 + (index + 1) * 64)));
+    const copied = driver.onlyIo() as Extract<IoRequest, { kind: "write" }>;
+    expect(copied.data).toBeInstanceOf(Uint8Array);
+    expect(copied.data).toEqual(payload);
   });
 
   test("FLUSH, TRIM, WRITE_ZEROES and CACHE reach the layer with their flags", () => {
@@ -778,7 +795,7 @@ describe("transmission", () => {
     expect(driver.memoryOutstanding).toBe(0); // the first payload's memory went back with its completion
     driver.grantMemory();
     driver.feed(second.bytes.subarray(100));
-    expect((driver.onlyIo() as { data: Uint8Array }).data[0]).toBe(2);
+    expect(joinPayload((driver.onlyIo() as { data: Payload }).data)[0]).toBe(2);
     expect(driver.session.memoryHeldBytes).toBe(8192);
   });
 

@@ -7,6 +7,7 @@
 // (never "fast": a fast zero is refused with ENOTSUP, as NBD asks); a trim on a layer that cannot
 // trim does nothing (TRIM is advisory). The NBD and vhost exports and the replica's storage adapter
 // all go through it.
+import type { Payload } from "../../common/bytes.ts";
 import { assert } from "../../common/assert.ts";
 import { BlockError } from "../../common/errors.ts";
 import { type BlockCapabilities, type BlockLayer, PassThroughLayer, type WriteFlags, type ZeroFlags } from "./layer.ts";
@@ -25,7 +26,7 @@ export class EmulatingLayer extends PassThroughLayer {
     return { ...below, fua: !below.readOnly, zero: !below.readOnly, trim: !below.readOnly, fastZero: below.zero && below.fastZero };
   }
 
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     // Most writes are not FUA: straight down with the caller's flags, without the closure and the
     // async frame of durably. A FUA write the layer below cannot do keeps only `stable`.
     if (flags?.fua !== true) return this.below.write(offset, source, flags);
@@ -78,7 +79,7 @@ export class EmulatingLayer extends PassThroughLayer {
 export class AssertingLayer extends PassThroughLayer {
   readonly kind = "assert";
 
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     assert(!flags?.fua || this.below.capabilities().fua, "FUA is asked only of a layer that offers it");
     return this.below.write(offset, source, flags);
   }

@@ -21,6 +21,7 @@
 // directory, a FIFO) is refused by name.
 import fs from "node:fs";
 import { ptr } from "bun:ffi";
+import { copyPayload, type Payload, Pieces } from "../../common/bytes.ts";
 import { assert } from "../../common/assert.ts";
 import { BlockError, blockErrorFromSystem, TandemError } from "../../common/errors.ts";
 import {
@@ -206,13 +207,13 @@ export class FileLayer implements BlockLayer {
     return this.whileRunning(() => this.readRange(offset, target));
   }
 
-  write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     if (!this.direct && flags?.fua !== true) {
       // Into the page cache, not FUA: one pwrite that is over before this returns (nothing for a
       // close to wait for), so without the async frames and closures of the general path.
       try {
         this.checkWritable();
-        this.writeSyncAll(this.fd, source, offset);
+        this.writePiecesSync(source, offset);
         return Promise.resolve();
       } catch (error) {
         return Promise.reject(blockErrorFromSystem(error, `write ${this.path} at ${offset}+${source.length}`));
@@ -254,12 +255,12 @@ export class FileLayer implements BlockLayer {
     }
   }
 
-  private async writeRange(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  private async writeRange(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     this.checkWritable();
     const fua = flags?.fua === true;
     try {
       if (!this.direct) {
-        this.writeSyncAll(this.fd, source, offset);
+        this.writePiecesSync(source, offset);
         if (fua) await this.datasync();
         return;
       }
@@ -268,14 +269,16 @@ export class FileLayer implements BlockLayer {
       const end = roundUp(offset + source.length, this.alignment);
       const release = await this.rangeLock.acquire(start, end);
       try {
-        if (isAligned(source, offset, this.alignment)) return await this.writeAsyncAll(fd, source, offset);
+        if (!(source instanceof Pieces) && isAligned(source, offset, this.alignment)) return await this.writeAsyncAll(fd, source, offset);
+        // Otherwise the bytes go through an aligned bounce buffer: a payload in pieces is copied
+        // together there (its one copy), an unaligned range is completed from the disk around it.
         const bounce = this.bounce(end - start);
         // Read the partial head and tail blocks, then lay the new bytes over them.
         if (start !== offset) await this.readAsyncAll(this.fd, bounce.subarray(0, this.alignment), start);
         if (end !== offset + source.length && end - this.alignment >= start + (start !== offset ? this.alignment : 0)) {
           await this.readAsyncAll(this.fd, bounce.subarray(bounce.length - this.alignment), end - this.alignment);
         }
-        bounce.set(source, offset - start);
+        copyPayload(source, bounce, offset - start);
         await this.writeAsyncAll(fd, bounce, start);
       } finally {
         release();
@@ -449,6 +452,15 @@ export class FileLayer implements BlockLayer {
         throw new BlockError("EIO", `short read at ${offset + done}`);
       }
       done += bytes;
+    }
+  }
+
+  /** A page-cache write of `source` at `offset`, piece after piece as it came, none joined. */
+  private writePiecesSync(source: Payload, offset: number): void {
+    if (!(source instanceof Pieces)) return this.writeSyncAll(this.fd, source, offset);
+    for (const part of source.parts) {
+      this.writeSyncAll(this.fd, part, offset);
+      offset += part.length;
     }
   }
 

@@ -3,6 +3,7 @@
 // volume: while frozen, new requests wait (the VM sees latency, never an error) until the gate is
 // thawed; once closed, requests fail with ESHUTDOWN. Freezing is how the node stops IO at once when
 // it may no longer be allowed to write (DESIGN.md §5 rule 2); the decision itself lives elsewhere.
+import type { Payload } from "../../common/bytes.ts";
 import { BlockError } from "../../common/errors.ts";
 import type { BlockLayer, Extent, WriteFlags, ZeroFlags } from "./layer.ts";
 import { PassThroughLayer } from "./layer.ts";
@@ -134,7 +135,7 @@ export class GateLayer extends PassThroughLayer {
     return this.pass(() => this.below.read(offset, target));
   }
 
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     this.counters.writeOps++;
     this.counters.writeBytes += source.length;
     this.beforeRequest?.();

@@ -5,6 +5,7 @@
 // never call `flush` on a layer whose `flush` capability is false, and ask for FUA only when `fua`
 // is true; emulate.ts is the one place that emulates what a layer lacks. Failures are BlockErrors;
 // the export maps their code.
+import type { Payload } from "../../common/bytes.ts";
 import { BlockError } from "../../common/errors.ts";
 
 export interface BlockCapabilities {
@@ -64,7 +65,11 @@ export interface BlockLayer {
   capabilities(): BlockCapabilities;
   /** Fill `target` with the bytes at [offset, offset + target.length). */
   read(offset: number, target: Uint8Array): Promise<void>;
-  write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void>;
+  /**
+   * Write `source` at `offset`: one buffer, or (from the NBD server) the pieces a payload arrived
+   * in, which a layer writes as they are or copies together where it needs one buffer (O_DIRECT).
+   */
+  write(offset: number, source: Payload, flags?: WriteFlags): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, flags?: WriteFlags): Promise<void>;
   zero(offset: number, length: number, flags?: ZeroFlags): Promise<void>;
@@ -98,7 +103,7 @@ export abstract class PassThroughLayer implements BlockLayer {
   read(offset: number, target: Uint8Array): Promise<void> {
     return this.below.read(offset, target);
   }
-  write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     return this.below.write(offset, source, flags);
   }
   flush(): Promise<void> {

@@ -1,6 +1,7 @@
 // A volume held in memory: the backing layer of codec and export tests that need a real
 // BlockLayer without a disk, and a reference for what every layer must do. Sparse: 64 KiB pages
 // are allocated on first write, trimmed pages are dropped, so extents report real holes.
+import { copyPayload, type Payload } from "../../common/bytes.ts";
 import { BlockError } from "../../common/errors.ts";
 import type { BlockCapabilities, BlockLayer, Extent, WriteFlags, ZeroFlags } from "./layer.ts";
 
@@ -61,13 +62,16 @@ export class MemoryLayer implements BlockLayer {
     if (this.readOnly) throw new BlockError("EPERM", "memory volume is read-only");
   }
 
-  async write(offset: number, source: Uint8Array, _flags?: WriteFlags): Promise<void> {
+  async write(offset: number, source: Payload, _flags?: WriteFlags): Promise<void> {
     this.checkWritable();
     this.counters.writes++;
-    this.forEachPage(offset, source.length, (page, pageOffset, bytes, done) => {
+    // Pieces are copied together first: this layer serves tests and demos, not the hot path.
+    const bytes = source instanceof Uint8Array ? source : new Uint8Array(source.length);
+    if (bytes !== source) copyPayload(source, bytes);
+    this.forEachPage(offset, bytes.length, (page, pageOffset, count, done) => {
       let data = this.pages.get(page);
       if (!data) this.pages.set(page, (data = new Uint8Array(pageBytes)));
-      data.set(source.subarray(done, done + bytes), pageOffset);
+      data.set(bytes.subarray(done, done + count), pageOffset);
     });
   }
 

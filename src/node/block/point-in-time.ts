@@ -10,6 +10,7 @@
 // never sees a write that came after the point. Preserved chunks are bounded
 // (copyOutPreservedChunksMax): past it the session fails (the view answers EIO) and the volume's
 // own IO carries on unaffected.
+import type { Payload } from "../../common/bytes.ts";
 import { BlockError } from "../../common/errors.ts";
 import { copyOutPreserveChunkBytes, copyOutPreservedChunksMax } from "../../constants.ts";
 import type { BlockCapabilities, BlockLayer, Extent, WriteFlags, ZeroFlags } from "./layer.ts";
@@ -82,7 +83,7 @@ export class PointInTimeLayer extends PassThroughLayer {
   }
 
   // Without a session a write costs nothing here: no extra await on the volume's hot path.
-  override write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  override write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     if (!this.session) return this.below.write(offset, source, flags);
     return this.preserve(offset, source.length).then(() => this.below.write(offset, source, flags));
   }

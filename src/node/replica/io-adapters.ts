@@ -1,7 +1,7 @@
 // The production adapters behind the replica driver's IO interfaces (src/replica/io.ts): a volume's
 // BlockLayer stack as BlockStorage, a small metadata file as MetadataStore, the process clock and
 // the operating system's random source. They live with the daemon, not the pure cores.
-import { joinPayload, type Payload, Pieces } from "../../common/bytes.ts";
+import type { Payload } from "../../common/bytes.ts";
 import { BlockError, type BlockErrorCode } from "../../common/errors.ts";
 import type { BlockStorage, Clock, IoCallback, MetadataStore, Random } from "../../replica/io.ts";
 import type { IoError } from "../../replica/types.ts";
@@ -27,15 +27,7 @@ function settle(promise: Promise<void>, done: IoCallback): void {
 export class BlockLayerStorage implements BlockStorage {
   /** FUA, zeroes and trims as the core asks them, whatever the layer offers (emulate.ts). */
   private readonly layer: BlockLayer;
-  /**
-   * `piecewise`: the layer takes a write at any byte offset and length (the page cache), so data in
-   * pieces (a large frame received) is written piece by piece, never joined. Otherwise (O_DIRECT
-   * wants aligned ranges) the pieces are joined into one buffer first.
-   */
-  constructor(
-    layer: BlockLayer,
-    private readonly options: { piecewise: boolean } = { piecewise: false },
-  ) {
+  constructor(layer: BlockLayer) {
     this.layer = emulating(layer);
   }
   read(offset: number, target: Uint8Array, done: IoCallback): void {
@@ -46,26 +38,12 @@ export class BlockLayerStorage implements BlockStorage {
    * the replication link's flush of this turn's sends (TcpPeerTransport.send): the core sends a
    * mirrored write to the peer before it issues the local copy, and a page-cache write is a
    * synchronous pwrite, which would otherwise hold the frame back for its whole duration. So the
-   * peer decodes, writes and answers while this node writes its own copy.
+   * peer decodes, writes and answers while this node writes its own copy. Data in pieces (a large
+   * frame received, a client's payload) goes down as it is: the layer writes it piece by piece, or
+   * copies it together where it needs one aligned buffer (FileLayer).
    */
   write(offset: number, data: Payload, fua: boolean, done: IoCallback): void {
-    queueMicrotask(() => settle(this.writeNow(offset, data, fua), done));
-  }
-  private writeNow(offset: number, data: Payload, fua: boolean): Promise<void> {
-    if (!(data instanceof Pieces)) return this.layer.write(offset, data, { fua });
-    // FUA in pieces is rare (a client's FUA write, a repair, a primary that is still a resync target): one buffer, one FUA write.
-    if (fua || !this.options.piecewise) return this.layer.write(offset, joinPayload(data), { fua });
-    const writes: Promise<void>[] = [];
-    let at = offset;
-    for (const part of data.parts) {
-      writes.push(this.layer.write(at, part, { fua: false }));
-      at += part.length;
-    }
-    // Over once every piece is over, failed with the first failure: never while a piece still runs.
-    return Promise.allSettled(writes).then((results) => {
-      const failed = results.find((result) => result.status === "rejected");
-      if (failed) throw failed.reason;
-    });
+    queueMicrotask(() => settle(this.layer.write(offset, data, { fua }), done));
   }
   flush(done: IoCallback): void {
     settle(this.layer.flush(), done);

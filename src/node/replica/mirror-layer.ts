@@ -4,6 +4,7 @@
 // promises and says what the stack can honour: flush and FUA always (the driver makes them mean
 // "on both nodes"), trim and zero as mirrored operations, no fast zero (a mirrored zero is never
 // guaranteed fast), extents from the local replica.
+import type { Payload } from "../../common/bytes.ts";
 import { BlockError } from "../../common/errors.ts";
 import type { BlockCapabilities, BlockLayer, Extent, WriteFlags, ZeroFlags } from "../block/layer.ts";
 import type { Completion, ReplicaDriver } from "../../replica/driver.ts";
@@ -60,7 +61,7 @@ export class MirrorLayer implements BlockLayer {
     return new Promise((resolve, reject) => this.driver.read(this.volumeId, offset, target, completion(resolve, reject)));
   }
 
-  write(offset: number, source: Uint8Array, flags?: WriteFlags): Promise<void> {
+  write(offset: number, source: Payload, flags?: WriteFlags): Promise<void> {
     return new Promise((resolve, reject) => this.driver.write(this.volumeId, offset, source, flags?.fua === true, completion(resolve, reject), flags?.stable === true));
   }
 

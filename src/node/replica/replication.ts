@@ -275,7 +275,7 @@ export class NodeReplication implements ReplicationService {
     else this.staticAuthority!.setRole(volumeId, role);
     const metadata = FileLayer.open({ path: metadataPath });
     try {
-      await promised<void>((done) => this.driver.openVolume(volumeId, new BlockLayerStorage(local, { piecewise: local instanceof FileLayer && !local.direct }), new BlockLayerMetadataStore(metadata), done));
+      await promised<void>((done) => this.driver.openVolume(volumeId, new BlockLayerStorage(local), new BlockLayerMetadataStore(metadata), done));
     } catch (error) {
       this.quorum?.removeVolume(volumeId);
       await metadata.close();

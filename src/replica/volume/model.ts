@@ -12,7 +12,8 @@ export type OpKind = "read" | "write" | "trim" | "zero" | "flush";
 
 /** What a client request brings besides its kind and range. */
 export interface ClientFields {
-  data?: Uint8Array;
+  /** A write's bytes: one buffer, or (a stable NBD payload) the pieces it arrived in. */
+  data?: Payload;
   target?: Uint8Array;
   fua?: boolean;
   noHole?: boolean;
@@ -29,7 +30,7 @@ export interface ClientOp {
   request: number;
   offset: number;
   length: number;
-  data: Uint8Array | undefined;
+  data: Payload | undefined;
   target: Uint8Array | undefined;
   fua: boolean;
   noHole: boolean;

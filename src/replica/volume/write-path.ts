@@ -7,7 +7,7 @@
 // peer) covers them, so a peer crash marks exactly them dirty. Reads come from the local replica
 // when it is up to date there, else from the peer.
 import { assert } from "../../common/assert.ts";
-import { copyPayload } from "../../common/bytes.ts";
+import { copyOfPayload, copyPayload } from "../../common/bytes.ts";
 import { noGeneration } from "../generations.ts";
 import type { IoError } from "../types.ts";
 import { type Message, MessageType, WireStatus } from "../wire.ts";
@@ -110,7 +110,7 @@ export class WritePath {
       // here on both take their bytes from this copy, which nothing changes. A caller whose
       // buffer is stable (never changed nor reused: the NBD server's) hands over the buffer itself.
       // A copy by construction, not slice(): a Buffer's slice is a view of the same bytes.
-      data: context.config.bugs.shareClientBuffer || fields.stable === true || fields.data === undefined ? fields.data : new Uint8Array(fields.data),
+      data: context.config.bugs.shareClientBuffer || fields.stable === true || fields.data === undefined ? fields.data : copyOfPayload(fields.data),
       target: fields.target,
       fua: fields.fua === true,
       noHole: !trim && fields.noHole === true,

@@ -10,7 +10,6 @@
 // The client-side halves (option requests, requests, reply decoding) serve the tests and any
 // client we write; they follow the same rules.
 import { assert } from "../../../common/assert.ts";
-import { bufferToFill } from "../../../common/bytes.ts";
 import {
   NBD_MAGIC,
   NBD_OPTION_MAGIC,
@@ -447,15 +446,13 @@ export function decodeExportNameReply(bytes: Uint8Array, offset: number, noZeroe
 // ---- Buffers for data ----
 
 /**
- * Provides the buffers that READ data is read into and WRITE payloads are gathered in:
- * `bytes` long, with `alignedAt` the offset where the data starts (a driver may align that offset
- * in memory for O_DIRECT). `uninitialized`: the caller writes every byte before anything reads
- * the buffer (a WRITE payload, used only once all of it arrived), so a large one need not be
- * zeroed; read buffers stay zeroed, so a short read can never show a client old memory.
+ * Provides the buffers that READ data is read into: `bytes` long, zeroed (a short read can never
+ * show a client old memory), with `alignedAt` the offset where the data starts (a driver may align
+ * that offset in memory for O_DIRECT).
  */
-export type BufferAllocator = (bytes: number, alignedAt: number, uninitialized?: boolean) => Uint8Array;
+export type BufferAllocator = (bytes: number, alignedAt: number) => Uint8Array;
 
-export const plainAllocator: BufferAllocator = (bytes, _alignedAt, uninitialized) => (uninitialized ? bufferToFill(bytes) : new Uint8Array(bytes));
+export const plainAllocator: BufferAllocator = (bytes) => new Uint8Array(bytes);
 
 // ---- Transmission: requests ----
 

@@ -98,22 +98,21 @@ const coalesceBytesMax = 256 * 1024;
 const slabBytes = 1024 * 1024;
 
 /**
- * Hands out the buffers READ data is read into and split WRITE payloads are gathered in, with
- * the data 4 KiB aligned in memory so an O_DIRECT layer can use them without a bounce copy.
- * Small ones are carved in turn from 1 MiB slabs (one allocation and one address lookup per
- * slab, not per request); a slab is freed by the collector once no buffer cut from it is held.
- * Buffers are never reused, and only WRITE payloads (written whole before use) come unzeroed, so
- * no request can see another's bytes.
+ * Hands out the buffers READ data is read into, with the data 4 KiB aligned in memory so an
+ * O_DIRECT layer can use them without a bounce copy. Small ones are carved in turn from 1 MiB
+ * slabs (one allocation and one address lookup per slab, not per request); a slab is freed by the
+ * collector once no buffer cut from it is held. Buffers are never reused and come zeroed, so no
+ * request can see another's bytes.
  */
 export class AlignedBuffers {
   private slab: Uint8Array | undefined;
   private address = 0;
   private used = 0;
 
-  readonly allocate = (bytes: number, alignedAt: number, uninitialized = false): Uint8Array => {
+  readonly allocate = (bytes: number, alignedAt: number): Uint8Array => {
     const alignment = directIoAlignmentBytes;
     if (bytes > slabBytes / 4) {
-      const raw = uninitialized ? bufferToFill(bytes + alignment) : new Uint8Array(bytes + alignment);
+      const raw = new Uint8Array(bytes + alignment);
       const skew = (alignment - ((ptr(raw) + alignedAt) % alignment)) % alignment;
       return raw.subarray(skew, skew + bytes);
     }
@@ -566,8 +565,8 @@ class Connection {
         return layer.read(io.offset, io.target);
       case "write":
         checkWritable(handle, layer, io.offset, io.data.length, "write");
-        // A payload buffer is this server's alone and never reused (AlignedBuffers, or a view of
-        // a received chunk): the mirror keeps it rather than copying it.
+        // A payload is this server's alone and never reused (views of the chunks it was received
+        // in, or a buffer it was copied into): the mirror keeps it rather than copying it.
         return emulating(layer).write(io.offset, io.data, { fua: io.fua, stable: true });
       case "flush":
         return emulating(layer).flush();

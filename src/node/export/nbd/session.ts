@@ -23,6 +23,7 @@
 //  - teardown: DISC and drains finish the requests in flight, send their replies, then close;
 //    the export handle is released only when nothing is in flight any more.
 import { assert } from "../../../common/assert.ts";
+import { bufferToFill, copyPayload, type Payload, payloadOf } from "../../../common/bytes.ts";
 import type { BlockErrorCode } from "../../../common/errors.ts";
 import type { BlockCapabilities, Extent } from "../../block/layer.ts";
 import type { ExportInfo } from "../types.ts";
@@ -108,7 +109,8 @@ export type IoResult = { ok: true; extents?: Extent[] } | { ok: false; code: Blo
 export type IoRequest =
   /** Fill `target` (a view into the reply buffer) with the bytes at `offset`. */
   | { kind: "read"; id: number; offset: number; target: Uint8Array }
-  | { kind: "write"; id: number; offset: number; data: Uint8Array; fua: boolean }
+  /** `data` is the session's alone and never changed: one buffer, or the pieces it arrived in. */
+  | { kind: "write"; id: number; offset: number; data: Payload; fua: boolean }
   | { kind: "flush"; id: number }
   | { kind: "trim"; id: number; offset: number; length: number; fua: boolean }
   | { kind: "zero"; id: number; offset: number; length: number; fua: boolean; noHole: boolean; fastZero: boolean }
@@ -305,6 +307,16 @@ export class InputQueue {
     return joined;
   }
 
+  /** A view of the next bytes, up to `max`, as far as the first chunk holds them (empty when nothing is queued). */
+  takeUpTo(max: number): Uint8Array {
+    const first = this.chunks[0];
+    if (!first || max <= 0) return new Uint8Array(0);
+    const count = Math.min(max, first.length - this.head);
+    const view = first.subarray(this.head, this.head + count);
+    this.advance(count);
+    return view;
+  }
+
   /** The next `bytes` bytes: a view when they lie in one chunk, else a copy. */
   take(bytes: number): Uint8Array {
     assert(bytes <= this.length, "take past the end of the input");
@@ -380,12 +392,22 @@ interface Discard {
   then: () => void;
 }
 
-/** A WRITE whose payload is still arriving. */
+/**
+ * A WRITE whose payload is still arriving: views of the received chunks it lies in, handed down as
+ * Pieces without being copied together (the layers write them as they are), or, once the pieces
+ * turn out small (a client trickling its payload), one buffer everything is copied into.
+ */
 interface PayloadCollection {
   request: Request;
-  buffer: Uint8Array;
+  parts: Uint8Array[];
+  buffer: Uint8Array | undefined;
   filled: number;
 }
+
+/** Pieces a payload may arrive in before the average piece is checked against payloadPieceBytesMin. */
+const payloadPiecesFree = 8;
+/** Below this average piece size a payload is copied into one buffer: tiny pieces cost more kept than copied. */
+const payloadPieceBytesMin = 4096;
 
 /** A request that has IO in flight. */
 interface PendingRequest {
@@ -511,8 +533,8 @@ export class NbdSession {
   private drainReason: string | undefined;
 
   /**
-   * `allocate` provides the buffers READ data lands in and split WRITE payloads are gathered in;
-   * the driver may hand out memory aligned for O_DIRECT. Allocation is the only thing asked of it.
+   * `allocate` provides the buffers READ data lands in; the driver may hand out memory aligned for
+   * O_DIRECT. Allocation is the only thing asked of it.
    */
   constructor(
     limits: Partial<SessionLimits> = {},
@@ -691,7 +713,7 @@ export class NbdSession {
   private dropQueuedWork(): void {
     this.input.clear();
     if (this.collection) {
-      this.releaseMemory(this.collection.buffer.length);
+      this.releaseMemory(this.collection.request.length);
       this.collection = undefined;
     }
     this.discard = undefined;
@@ -1082,15 +1104,25 @@ export class NbdSession {
 
   private collectPayload(): boolean {
     const collection = this.collection!;
+    const length = collection.request.length;
     const before = collection.filled;
-    while (collection.filled < collection.buffer.length) {
-      const copied = this.input.copyOut(collection.buffer, collection.filled, collection.buffer.length - collection.filled);
-      if (copied === 0) break;
-      collection.filled += copied;
+    while (collection.filled < length && this.input.length > 0) {
+      if (collection.buffer) {
+        collection.filled += this.input.copyOut(collection.buffer, collection.filled, length - collection.filled);
+        continue;
+      }
+      const part = this.input.takeUpTo(length - collection.filled);
+      collection.parts.push(part);
+      collection.filled += part.length;
+      if (collection.parts.length > payloadPiecesFree && collection.filled < collection.parts.length * payloadPieceBytesMin) {
+        collection.buffer = bufferToFill(length);
+        copyPayload(payloadOf(collection.parts), collection.buffer);
+        collection.parts = [];
+      }
     }
-    if (collection.filled < collection.buffer.length) return collection.filled > before;
+    if (collection.filled < length) return collection.filled > before;
     this.collection = undefined;
-    this.startWrite(collection.request, collection.buffer);
+    this.startWrite(collection.request, collection.buffer ?? payloadOf(collection.parts));
     return true;
   }
 
@@ -1128,8 +1160,10 @@ export class NbdSession {
       }
       case Command.Write: {
         if (length === 0) return this.replyOk(request);
-        if (this.input.length >= length) return this.startWrite(request, this.input.take(length));
-        this.collection = { request, buffer: this.allocate(length, 0, true), filled: 0 };
+        // Usually the whole payload came with its header, in one chunk: a view of it.
+        const first = this.input.takeUpTo(length);
+        if (first.length === length) return this.startWrite(request, first);
+        this.collection = { request, parts: first.length > 0 ? [first] : [], buffer: undefined, filled: first.length };
         this.collectPayload();
         return;
       }
@@ -1186,7 +1220,7 @@ export class NbdSession {
     assert(false, `validated request of unexpected type ${request.type}`);
   }
 
-  private startWrite(request: Request, data: Uint8Array): void {
+  private startWrite(request: Request, data: Payload): void {
     const pending = this.track(request, data.length, 1);
     const fua = (request.flags & CommandFlag.Fua) !== 0;
     this.issue(pending, (id) => ({ kind: "write", id, offset: request.offset, data, fua }));
